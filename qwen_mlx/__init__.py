@@ -1,0 +1,36 @@
+"""qwen-mlx: Qwen3-4B as a first-class local model on Apple Silicon, with MLX."""
+
+__version__ = "0.1.0"
+
+from pathlib import Path  # noqa: E402
+
+from .engine import Piece, PromptCache, SamplingParams, Stats  # noqa: E402
+from .errors import QwenMlxError  # noqa: E402
+from .model import Completion, Model  # noqa: E402
+from .recipes import Recipe, parse_recipe  # noqa: E402
+
+
+def load(model: str | Path | None = None, *, recipe: str | Recipe = "q4",
+         adapter: str | Path | None = None, dtype: str = "auto") -> Model:
+    """Load a model by alias, hub repo id or folder; convert it into the cache if needed.
+
+    ``dtype`` is the compute type: "auto" (float32 on the CPU backend, the stored type on
+    Metal), "stored", or an mlx type name.
+    """
+    from . import hub, loader
+
+    recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
+    folder = hub.resolve(None if model is None else str(model), recipe)
+    net, tokenizer, config = loader.load_folder(
+        folder, adapter=None if adapter is None else Path(adapter), dtype=dtype)
+    return Model(net, tokenizer, config, folder, loader.eos_ids(folder, config))
+
+
+def generate(prompt, model: Model | str | None = None, **kwargs) -> Completion:
+    """One-shot convenience: load (if given a name) and generate."""
+    model = model if isinstance(model, Model) else load(model)
+    return model.generate(prompt, **kwargs)
+
+
+__all__ = ["Completion", "Model", "Piece", "PromptCache", "QwenMlxError", "Recipe",
+           "SamplingParams", "Stats", "generate", "load", "parse_recipe"]

@@ -1,0 +1,63 @@
+"""The `qwen-mlx` command: a thin click layer over the Python API.
+
+Commands parse options, call the API and print. Errors the user can fix arrive as
+QwenMlxError and are printed as one line with a non-zero exit; Ctrl-C exits 130 quietly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import QwenMlxError
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class Group(click.Group):
+    """A click group that turns exceptions into one-line errors."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except QwenMlxError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:  # `qwen-mlx generate ... | head`
+            sys.stderr.close()
+            sys.exit(0)
+        except OSError as e:  # a full disk, a permission: the system's own words suffice
+            where = f": {e.filename}" if e.filename else ""
+            _fail(f"{e.strerror or e}{where}")
+        except Exception as e:  # noqa: BLE001 - a bug, but still no wall of text by default
+            if os.environ.get("QWEN_MLX_DEBUG"):
+                raise
+            _fail(f"internal error: {type(e).__name__}: {e} "
+                  "(set QWEN_MLX_DEBUG=1 for the traceback)", 2)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="qwen-mlx")
+def main() -> None:
+    """Qwen3-4B on your Mac with MLX: convert, generate, chat."""
+
+
+def _register() -> None:
+    from .convert import convert
+    from .generate import generate
+
+    main.add_command(convert)
+    main.add_command(generate)
+
+
+_register()

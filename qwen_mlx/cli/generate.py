@@ -1,0 +1,55 @@
+"""`qwen-mlx generate`: one prompt in, the streamed reply out."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import QwenMlxError
+from .console import err, open_model
+from .options import MODEL_HELP, load_options, model_argument, sampling_kwargs, sampling_options
+
+
+@click.command(help=f"""Generate a reply to one prompt and stream it to stdout. The prompt
+comes from -p or, without it, from stdin. {MODEL_HELP}""")
+@model_argument
+@click.option("-p", "--prompt", help="The prompt (default: read stdin).")
+@click.option("--system", help="A system message (chat template only).")
+@click.option("--raw", is_flag=True, help="Send the prompt as it is, without the chat template.")
+@click.option("--json", "as_json", is_flag=True,
+              help="End stdout with one JSON record of token counts, speeds and memory.")
+@click.option("-q", "--quiet", is_flag=True, help="No statistics line on stderr.")
+@sampling_options
+@load_options
+def generate(model: str | None, prompt: str | None, system: str | None, raw: bool,
+             as_json: bool, quiet: bool, adapter: Path | None, recipe: str, **options) -> None:
+    if prompt is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise QwenMlxError("no prompt: pass -p TEXT or pipe the prompt on stdin")
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        raise QwenMlxError("the prompt is empty")
+    if raw and system:
+        raise QwenMlxError("--system needs the chat template; drop --raw")
+    llm = open_model(model, recipe=recipe, adapter=adapter)
+    messages = ([{"role": "system", "content": system}] if system else []) + \
+        [{"role": "user", "content": prompt}]
+    stats = None
+    for piece in llm.stream(prompt if raw else messages, raw=raw, **sampling_kwargs(options)):
+        sys.stdout.write(piece.text)
+        sys.stdout.flush()
+        stats = piece.stats or stats
+    sys.stdout.write("\n")
+    if as_json:
+        record = {"model": str(llm.path), **stats.to_dict(),
+                  "peak_memory_gb": round(stats.peak_memory / 1e9, 3)}
+        sys.stdout.write(json.dumps(record) + "\n")
+    elif not quiet:
+        err.print(f"[dim]{stats.prompt_tokens} prompt tokens at {stats.prompt_tps:.1f} tok/s, "
+                  f"{stats.generated_tokens} generated at {stats.generation_tps:.1f} tok/s, "
+                  f"first token {stats.time_to_first_token * 1000:.0f} ms, peak memory "
+                  f"{stats.peak_memory / 1e9:.2f} GB ({stats.finish_reason})[/dim]")
+    sys.stdout.flush()

