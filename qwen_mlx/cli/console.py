@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .. import hub, loader
+from ..checkpoint import Checkpoint
 from ..model import Model
 from ..quantize import ConvertReport, convert
 from ..recipes import Recipe, parse_recipe
@@ -18,6 +19,7 @@ err = Console(stderr=True, highlight=False)
 
 def convert_with_progress(source: Path, output: Path, recipe: Recipe, name: str, *,
                           force: bool = True) -> ConvertReport:
+    Checkpoint.open(source)  # fail in one line before a progress bar is drawn
     columns = (TextColumn("converting [bold]{task.description}"), BarColumn(), DownloadColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as bar:
@@ -27,7 +29,7 @@ def convert_with_progress(source: Path, output: Path, recipe: Recipe, name: str,
                                                                  total=total))
     err.print(f"[dim]converted {name} ({recipe.name}, {report.bits_per_weight:.2f} bits per "
               f"weight, {report.bytes_on_disk / 1e9:.2f} GB) in {report.seconds:.1f} s "
-              f"-> {report.output}[/dim]")
+              f"-> {report.output}[/dim]", soft_wrap=True)
     return report
 
 

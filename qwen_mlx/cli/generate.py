@@ -27,9 +27,10 @@ comes from -p or, without it, from stdin. {MODEL_HELP}""")
 def generate(model: str | None, prompt: str | None, system: str | None, raw: bool,
              as_json: bool, quiet: bool, adapter: Path | None, recipe: str, **options) -> None:
     if prompt is None:
-        if sys.stdin is None or sys.stdin.isatty():
+        piped = sys.stdin is not None and not sys.stdin.isatty()
+        prompt = sys.stdin.read() if piped else ""
+        if not prompt:
             raise QwenMlxError("no prompt: pass -p TEXT or pipe the prompt on stdin")
-        prompt = sys.stdin.read()
     if not prompt.strip():
         raise QwenMlxError("the prompt is empty")
     if raw and system:

@@ -1,0 +1,107 @@
+"""Generation: same greedy ids as mlx-lm, exact streamed text, eos and length stops."""
+
+from __future__ import annotations
+
+import json
+
+from mlx_lm import stream_generate
+from mlx_lm.sample_utils import make_sampler
+from mlx_lm.utils import load as mlx_lm_load
+
+from qwen_mlx import load
+
+MESSAGES = [{"role": "user", "content": "Write a haiku about the sea."}]
+
+
+def mlx_lm_greedy(folder, prompt_ids, n):
+    model, tokenizer = mlx_lm_load(str(folder))
+    return [r.token for r in stream_generate(model, tokenizer, prompt_ids, max_tokens=n,
+                                             sampler=make_sampler(temp=0.0))]
+
+
+def test_greedy_ids_equal_mlx_lm_stream_generate(tiny_model, tiny_q4_f32):
+    prompt = tiny_model.encode(MESSAGES)
+    ours = tiny_model.generate(prompt, temperature=0, max_tokens=40)
+    assert len(ours.tokens) == 40 and len(set(ours.tokens)) > 5
+    assert ours.tokens == mlx_lm_greedy(tiny_q4_f32, prompt, 40)
+    assert ours.stats.finish_reason == "length"
+
+
+def test_long_prompt_is_prefilled_in_chunks_with_the_same_result(tiny_model):
+    prompt = tiny_model.encode("lorem ipsum dolor sit amet " * 60, raw=True)
+    assert len(prompt) > 300
+    seen = []
+    chunked = tiny_model.generate(prompt, temperature=0, max_tokens=8, prefill_step=64,
+                                  on_prefill=lambda done, total: seen.append((done, total)))
+    whole = tiny_model.generate(prompt, temperature=0, max_tokens=8, prefill_step=4096)
+    assert chunked.tokens == whole.tokens
+    assert seen[0] == (64, len(prompt)) and seen[-1] == (len(prompt) - 1, len(prompt))
+
+
+def test_streamed_chinese_and_emoji_text_equals_the_decoded_text(tiny_model):
+    pieces = list(tiny_model.stream("用中文写一首关于大海的诗 🌊🐚", temperature=1.0, top_p=1.0,
+                                    top_k=0, seed=7, max_tokens=60))
+    tokens = [t for p in pieces for t in p.tokens]
+    text = "".join(p.text for p in pieces)
+    assert len(tokens) == 60
+    assert text == tiny_model.decode(tokens)
+    assert any(ord(c) > 0x2E80 for c in text)  # the sample did produce CJK characters
+    assert "\ufffd" not in text  # no character was split between pieces
+
+
+def test_generation_stops_at_every_eos_id_from_generation_config(tiny_q4_f32, copy_of):
+    free = load(tiny_q4_f32).generate(MESSAGES, temperature=0, max_tokens=12).tokens
+    k = next(i for i in range(3, 12) if free[i] not in free[:i])
+    folder = copy_of(tiny_q4_f32)
+    gen = json.loads((folder / "generation_config.json").read_text())
+    gen["eos_token_id"] = [151645, free[k]]  # pretend this greedy token ends the reply
+    (folder / "generation_config.json").write_text(json.dumps(gen))
+    model = load(folder)
+    assert set(model.eos_ids) == {151645, free[k]}
+    out = model.generate(MESSAGES, temperature=0, max_tokens=12)
+    assert out.tokens == free[:k]  # the eos id itself is not part of the reply
+    assert out.stats.finish_reason == "stop" and out.stats.generated_tokens == k + 1
+    assert out.text == model.decode(free[:k])
+
+
+def test_stop_string_cuts_the_text(tiny_model):
+    full = tiny_model.generate(MESSAGES, temperature=0, max_tokens=20).text
+    stop = full[10:14]
+    cut = tiny_model.generate(MESSAGES, temperature=0, max_tokens=20, stop=[stop])
+    assert cut.text == full[:full.index(stop)]
+    assert cut.stats.finish_reason == "stop"
+
+
+def test_seeded_sampling_repeats_and_defaults_come_from_generation_config(tiny_model):
+    d = tiny_model.defaults
+    assert (d.temperature, d.top_p, d.top_k) == (0.7, 0.8, 20)
+    a = tiny_model.generate(MESSAGES, seed=3, max_tokens=15).tokens
+    b = tiny_model.generate(MESSAGES, seed=3, max_tokens=15).tokens
+    c = tiny_model.generate(MESSAGES, seed=4, max_tokens=15).tokens
+    assert a == b and a != c
+    top1 = tiny_model.generate(MESSAGES, top_k=1, temperature=1.0, seed=5, max_tokens=15)
+    assert top1.tokens == tiny_model.generate(MESSAGES, temperature=0, max_tokens=15).tokens
+
+
+def test_cache_reuse_prefills_only_the_new_suffix(tiny_model):
+    cache = tiny_model.new_cache()
+    first = tiny_model.generate(MESSAGES, temperature=0, max_tokens=6, cache=cache)
+    assert first.stats.prefill_tokens == first.stats.prompt_tokens
+    history = MESSAGES + [{"role": "assistant", "content": first.text},
+                          {"role": "user", "content": "Another one."}]
+    prompt = tiny_model.encode(history)
+    second = tiny_model.generate(prompt, temperature=0, max_tokens=6, cache=cache)
+    fresh = tiny_model.generate(prompt, temperature=0, max_tokens=6)
+    assert second.tokens == fresh.tokens
+    assert second.stats.cached_tokens > first.stats.prompt_tokens
+    assert second.stats.prefill_tokens == len(prompt) - second.stats.cached_tokens
+    assert cache.tokens == (prompt + second.tokens)[:cache.offset]
+
+
+def test_stats_are_consistent(tiny_model):
+    out = tiny_model.generate(MESSAGES, temperature=0, max_tokens=10)
+    s = out.stats
+    assert s.prompt_tokens == len(tiny_model.encode(MESSAGES)) and s.generated_tokens == 10
+    assert s.time_to_first_token > 0 and s.decode_seconds > 0 and s.peak_memory > 0
+    assert abs(s.generation_tps - 9 / s.decode_seconds) < 1e-6
+    assert abs(s.prompt_tps - s.prefill_tokens / s.time_to_first_token) < 1e-6

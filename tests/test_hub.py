@@ -1,0 +1,99 @@
+"""Model resolution: aliases, repo ids, folders, the conversion cache, offline downloads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from qwen_mlx import hub, load
+from qwen_mlx.errors import QwenMlxError
+from qwen_mlx.recipes import Recipe
+
+
+def test_aliases_and_repo_ids():
+    assert hub.parse_spec(None).repo_id == "Qwen/Qwen3-4B-Instruct-2507"
+    assert hub.parse_spec("qwen3-4b-instruct-2507").repo_id == "Qwen/Qwen3-4B-Instruct-2507"
+    assert hub.parse_spec("Qwen3-4B").repo_id == "Qwen/Qwen3-4B"
+    assert hub.parse_spec("mlx-community/Qwen3-4B-4bit").repo_id == "mlx-community/Qwen3-4B-4bit"
+    with pytest.raises(QwenMlxError, match="model folder ./a/b does not exist"):
+        hub.parse_spec("./a/b")
+
+
+def test_cache_location_follows_qwen_mlx_home(tmp_path):
+    spec = hub.parse_spec("qwen3-4b")
+    assert hub.cache_dir(spec, Recipe()) == \
+        tmp_path / "qwen-mlx-home" / "models" / "Qwen--Qwen3-4B" / "q4"
+    assert hub.cache_dir(spec, Recipe(bits=8, dtype="float32")).name == "q8-f32"
+
+
+def test_hub_model_downloads_and_converts_once(tiny_hf, monkeypatch, tmp_path):
+    downloads, conversions = [], []
+
+    def fake_download(repo_id):
+        downloads.append(repo_id)
+        return tiny_hf
+
+    monkeypatch.setattr(hub, "download", fake_download)
+    from qwen_mlx import quantize
+
+    real_convert = quantize.convert
+    monkeypatch.setattr(quantize, "convert",
+                        lambda *a, **k: conversions.append(a) or real_convert(*a, **k))
+    first = load()  # the default model
+    expected = tmp_path / "qwen-mlx-home" / "models" / "Qwen--Qwen3-4B-Instruct-2507" / "q4"
+    assert first.path == expected and (expected / "qwen-mlx.json").is_file()
+    assert "base_model: Qwen/Qwen3-4B-Instruct-2507" in (expected / "README.md").read_text()
+    second = load("qwen3-4b-instruct-2507")
+    assert second.path == expected
+    assert downloads == ["Qwen/Qwen3-4B-Instruct-2507"] and len(conversions) == 1
+
+
+def test_local_hf_folder_is_converted_into_the_cache_and_refreshed_when_it_changes(
+        tiny_hf, copy_of):
+    src = copy_of(tiny_hf)
+    folder = hub.resolve(str(src))
+    assert folder.parent.name.startswith("local--copy--") and folder.name == "q4"
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert hub.resolve(str(src)) == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not redone
+    shard = src / "model.safetensors"
+    os.utime(shard, (shard.stat().st_atime, shard.stat().st_mtime + 10))
+    hub.resolve(str(src))
+    assert (folder / "model.safetensors").stat().st_mtime_ns != stamp  # source changed: redone
+
+
+def test_mlx_folder_is_used_in_place(tiny_q4):
+    assert hub.resolve(str(tiny_q4)) == tiny_q4
+
+
+def test_offline_download_fails_in_one_line():
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    with pytest.raises(QwenMlxError) as e:
+        hub.download("Qwen/Qwen3-4B-Instruct-2507")
+    assert str(e.value) == ("Qwen/Qwen3-4B-Instruct-2507 is not in the Hugging Face cache and "
+                            "downloads are off (HF_HUB_OFFLINE) or the hub is unreachable")
+    assert not Path(os.environ["HF_HOME"], "hub", "models--Qwen--Qwen3-4B-Instruct-2507",
+                    "snapshots").exists()
+
+
+def test_download_path_reads_the_hugging_face_cache_under_hf_home(tiny_hf, tmp_path):
+    """The real huggingface_hub path, offline: a snapshot already in $HF_HOME is used."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = tmp_path / "hf" / "hub" / "models--Qwen--Qwen3-4B"
+    commit = "0" * 40
+    shutil.copytree(tiny_hf, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+           "QWEN_MLX_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-m", "qwen_mlx", "convert", "qwen3-4b"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "home" / "models" / "Qwen--Qwen3-4B" / "q4"
+    assert proc.stdout == f"{out}\n"
+    assert (out / "model.safetensors").is_file()
