@@ -11,19 +11,20 @@ from .recipes import Recipe, parse_recipe  # noqa: E402
 
 
 def load(model: str | Path | None = None, *, recipe: str | Recipe = "q4",
-         adapter: str | Path | None = None, dtype: str = "auto") -> Model:
+         adapter: str | Path | None = None, dtype: str = "auto", convert=None) -> Model:
     """Load a model by alias, hub repo id or folder; convert it into the cache if needed.
 
     ``dtype`` is the compute type: "auto" (float32 on the CPU backend, the stored type on
-    Metal), "stored", or an mlx type name.
+    Metal), "stored", or an mlx type name. ``convert`` replaces the conversion step (the CLI
+    passes one that draws a progress bar); see :func:`qwen_mlx.hub.resolve`.
     """
     from . import hub, loader
 
     recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
-    folder = hub.resolve(None if model is None else str(model), recipe)
-    net, tokenizer, config = loader.load_folder(
-        folder, adapter=None if adapter is None else Path(adapter), dtype=dtype)
-    return Model(net, tokenizer, config, folder, loader.eos_ids(folder, config))
+    folder = hub.resolve(None if model is None else str(model), recipe, convert)
+    adapter = None if adapter is None else Path(adapter)
+    net, tokenizer, config = loader.load_folder(folder, adapter=adapter, dtype=dtype)
+    return Model(net, tokenizer, config, folder, loader.eos_ids(folder, config), adapter)
 
 
 def generate(prompt, model: Model | str | None = None, **kwargs) -> Completion:

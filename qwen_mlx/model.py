@@ -32,8 +32,10 @@ class Completion:
 class Model:
     """A loaded Qwen3 model: mlx-lm network, tokenizer, and the model's sampling defaults."""
 
-    def __init__(self, net, tokenizer, config: dict, path: Path, eos_ids: list[int]) -> None:
+    def __init__(self, net, tokenizer, config: dict, path: Path, eos_ids: list[int],
+                 adapter: Path | None = None) -> None:
         self.net = net
+        self.adapter = adapter
         self.tokenizer = tokenizer
         self.config = config
         self.path = Path(path)

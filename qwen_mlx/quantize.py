@@ -10,6 +10,7 @@ into its output file before the next is touched. Peak memory is about the larges
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ def _plan(tensors: list[TensorInfo], recipe: Recipe) -> list[list[TensorInfo]]:
     shards: list[list[TensorInfo]] = [[]]
     size = 0
     for info in tensors:
-        n = sum(DTYPE_BYTES[d] * _numel(s) for _, d, s in _outputs(info, recipe))
+        n = sum(DTYPE_BYTES[d] * math.prod(s) for _, d, s in _outputs(info, recipe))
         if shards[-1] and size + n > SHARD_BYTES:
             shards.append([])
             size = 0
@@ -68,12 +69,6 @@ def _plan(tensors: list[TensorInfo], recipe: Recipe) -> list[list[TensorInfo]]:
         size += n
     return shards
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _convert_tensor(array: mx.array, info: TensorInfo, recipe: Recipe) -> list[mx.array]:
@@ -121,7 +116,7 @@ def convert(source: Path, output: Path, recipe: Recipe, *, force: bool = False,
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         _write_config(tmp, ckpt.config, recipe)
         _copy_side_files(ckpt.path, tmp)
-        params = sum(_numel(t.shape) for t in ckpt.tensors.values())
+        params = sum(math.prod(t.shape) for t in ckpt.tensors.values())
         report = ConvertReport(Path(output), recipe, params, disk, 0.0)
         (tmp / "README.md").write_text(_model_card(source_name, report))
         (tmp / PROVENANCE).write_text(json.dumps({

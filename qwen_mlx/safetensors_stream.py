@@ -9,6 +9,7 @@ produced: peak memory is one tensor, not one file.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +41,7 @@ class TensorInfo:
 
 
 def tensor_nbytes(dtype: str, shape: tuple[int, ...]) -> int:
-    n = DTYPE_BYTES.get(dtype, 4)
-    for d in shape:
-        n *= d
-    return n
+    return DTYPE_BYTES.get(dtype, 4) * math.prod(shape)
 
 
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:

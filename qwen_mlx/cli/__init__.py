@@ -53,11 +53,12 @@ def main() -> None:
 
 
 def _register() -> None:
+    from .chat import chat
     from .convert import convert
     from .generate import generate
 
-    main.add_command(convert)
-    main.add_command(generate)
+    for command in (chat, convert, generate):
+        main.add_command(command)
 
 
 _register()

@@ -8,11 +8,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .. import hub, loader
+from .. import load
 from ..checkpoint import Checkpoint
 from ..model import Model
 from ..quantize import ConvertReport, convert
-from ..recipes import Recipe, parse_recipe
+from ..recipes import Recipe
 
 err = Console(stderr=True, highlight=False)
 
@@ -35,7 +35,4 @@ def convert_with_progress(source: Path, output: Path, recipe: Recipe, name: str,
 
 def open_model(spec: str | None, *, recipe: str = "q4", adapter: Path | None = None) -> Model:
     """Resolve, convert if needed (with progress), and load."""
-    folder = hub.resolve(spec, parse_recipe(recipe),
-                         convert=lambda s, o, r, n: convert_with_progress(s, o, r, n))
-    net, tokenizer, config = loader.load_folder(folder, adapter=adapter)
-    return Model(net, tokenizer, config, folder, loader.eos_ids(folder, config))
+    return load(spec, recipe=recipe, adapter=adapter, convert=convert_with_progress)

@@ -70,7 +70,7 @@ class Stats:
     time_to_first_token: float = 0.0
     decode_seconds: float = 0.0
     peak_memory: int = 0
-    finish_reason: str = ""  # "stop" (eos or stop string), "length", or "interrupted"
+    finish_reason: str = ""  # "stop" (eos or a stop string) or "length"
 
     @property
     def prompt_tps(self) -> float:
@@ -170,9 +170,6 @@ def stream(model, tokenizer, prompt: list[int], sampler: Sampler, *, max_tokens:
                 yield Piece(text, [token])
                 break
             yield Piece(text, [token])
-    except GeneratorExit:
-        stats.finish_reason = "interrupted"
-        raise
     finally:
         # What the layers now hold: the prompt plus every generated token fed back so far.
         cache.tokens = (prompt + generated)[:cache.offset]

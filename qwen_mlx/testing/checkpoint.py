@@ -9,6 +9,7 @@ Weights are random, so the text is gibberish, but varied: greedy decoding does n
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import mlx.core as mx
@@ -67,7 +68,7 @@ def make_checkpoint(out: Path, shape: str = "tiny", *, seed: int = 0,
     shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
     size = 0
     for name, shp in expected_shapes(config).items():
-        nbytes = 2 * _numel(shp)
+        nbytes = 2 * math.prod(shp)
         if shards[-1] and size + nbytes > shard_bytes:
             shards.append([])
             size = 0
@@ -82,14 +83,8 @@ def make_checkpoint(out: Path, shape: str = "tiny", *, seed: int = 0,
         weight_map.update({name: fname for name in arrays})
         del arrays
     if len(shards) > 1:
-        total = sum(2 * _numel(s) for shard in shards for _, s in shard)
+        total = sum(2 * math.prod(s) for shard in shards for _, s in shard)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return out
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

@@ -1,0 +1,164 @@
+"""The terminal side of `qwen-mlx chat`: line editing, slash commands, streaming display.
+
+All conversation logic is in :class:`~qwen_mlx.chat.session.ChatSession`; this module only
+reads input, prints, and maps Ctrl-C: during a reply it cuts the reply and returns to the
+prompt, at the prompt (like Ctrl-D) it leaves.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Iterable, Iterator
+
+from rich.console import Console
+
+from ..engine import Piece
+from ..errors import QwenMlxError
+from ..hub import home
+from . import store
+from .session import ChatSession
+
+HELP = """commands:
+  /help            this list
+  /reset           forget the conversation (keeps the system prompt)
+  /undo            drop the last exchange
+  /retry           generate the last reply again
+  /system [TEXT]   set (or, without TEXT, clear) the system prompt
+  /save NAME       save transcript and KV cache;  /load NAME  resume one
+  /stats           statistics of the last reply
+  /think on|off    reasoning for hybrid Qwen3 models (shown dimmed, dropped from later turns)
+  /exit            leave (Ctrl-D too)
+Esc then Enter inserts a newline; Ctrl-C stops a reply."""
+
+
+class Repl:
+    def __init__(self, session: ChatSession, *, out: Console, err: Console,
+                 quiet: bool = False) -> None:
+        self.session = session
+        self.out, self.err = out, err
+        self.quiet = quiet
+
+    # -- input -------------------------------------------------------------------------
+
+    def run(self, lines: Iterable[str] | None = None) -> None:
+        """Read messages from ``lines`` (one per line) or, when None, from the terminal."""
+        source = iter(lines) if lines is not None else self._terminal_lines()
+        while True:
+            try:
+                text = next(source)
+            except (StopIteration, EOFError, KeyboardInterrupt):
+                return
+            if not self.handle(text):
+                return
+
+    def _terminal_lines(self) -> Iterator[str]:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import FileHistory
+        from prompt_toolkit.key_binding import KeyBindings
+
+        keys = KeyBindings()
+
+        @keys.add("escape", "enter")
+        def _newline(event) -> None:
+            event.current_buffer.insert_text("\n")
+
+        (home()).mkdir(parents=True, exist_ok=True)
+        prompt = PromptSession(history=FileHistory(str(home() / "chat_history")),
+                               key_bindings=keys)
+        self.err.print("[dim]/help for commands, Ctrl-D to leave[/dim]")
+        while True:
+            yield prompt.prompt(">>> ", multiline=False)
+
+    # -- one line ----------------------------------------------------------------------
+
+    def handle(self, text: str) -> bool:
+        """Act on one input line; False means leave."""
+        text = text.rstrip("\n")
+        if not text.strip():
+            return True
+        try:
+            if text.startswith("/"):
+                return self.command(text)
+            self.show(self.session.send(text))
+        except QwenMlxError as e:
+            self.err.print(f"error: {e}", markup=False, highlight=False)
+        return True
+
+    def command(self, text: str) -> bool:
+        name, _, arg = text[1:].partition(" ")
+        arg = arg.strip()
+        s = self.session
+        actions: dict[str, Callable[[], object]] = {
+            "help": lambda: self.err.print(HELP, markup=False),
+            "reset": lambda: (s.reset(), self.note("conversation cleared")),
+            "undo": lambda: (s.undo(), self.note(f"dropped the last exchange; "
+                                                 f"{len(s.cache)} tokens stay cached")),
+            "retry": lambda: self.show(s.retry()),
+            "system": lambda: (s.set_system(arg), self.note("system prompt " +
+                                                            ("set" if arg else "cleared"))),
+            "save": lambda: self.note(f"saved to {store.save(s, arg)}"),
+            "load": lambda: self.note(f"loaded {store.load(s, arg)}: "
+                                      f"{len(s.messages)} messages, {len(s.cache)} cached "
+                                      f"tokens"),
+            "stats": self.stats,
+            "think": lambda: self.think(arg),
+        }
+        if name in ("exit", "quit", "bye"):
+            return False
+        if name not in actions:
+            raise QwenMlxError(f"unknown command /{name} (/help lists them)")
+        actions[name]()
+        return True
+
+    def think(self, arg: str) -> None:
+        if arg not in ("on", "off"):
+            raise QwenMlxError("usage: /think on|off")
+        self.session.set_thinking(arg == "on")
+        self.note(f"thinking {arg}")
+
+    def note(self, text: str) -> None:
+        self.err.print(text, style="dim", markup=False, highlight=False, soft_wrap=True)
+
+    # -- output ------------------------------------------------------------------------
+
+    def show(self, pieces: Iterator[Piece]) -> None:
+        """Stream a reply; <think> sections dimmed. Ctrl-C cuts the reply, not the chat."""
+        for notice in self.session.notices:
+            self.note(notice)
+        self.session.notices.clear()
+        dim = False
+        try:
+            for piece in pieces:
+                text = piece.text
+                while text:
+                    marker = "</think>" if dim else "<think>"
+                    head, found, text = text.partition(marker)
+                    self.out.print(head, style="dim" if dim else None, end="", markup=False,
+                                   highlight=False, soft_wrap=True)
+                    if found:
+                        self.out.print(found, style="dim", end="", markup=False,
+                                       highlight=False, soft_wrap=True)
+                        dim = not dim
+                self.out.file.flush()
+        except KeyboardInterrupt:
+            pieces.close()
+            self.out.print()
+            self.note("[reply cut]")
+            return
+        self.out.print()
+        if not self.quiet:
+            self.stats()
+
+    def stats(self) -> None:
+        st = self.session.last_stats
+        if st is None:
+            self.note("no reply yet")
+            return
+        self.note(f"{st.generated_tokens} tokens at {st.generation_tps:.1f} tok/s, first token "
+                  f"{st.time_to_first_token * 1000:.0f} ms ({st.prefill_tokens} prefilled, "
+                  f"{st.cached_tokens} cached), peak memory {st.peak_memory / 1e9:.2f} GB")
+
+
+def stdin_lines() -> Iterator[str]:
+    for line in sys.stdin:
+        yield line

@@ -1,0 +1,149 @@
+"""A multi-turn conversation over one KV cache, with no terminal code.
+
+The transcript is kept whole; each turn renders it through the chat template and the prompt
+cache prefills only what differs from what it already holds (the template may render earlier
+turns differently from how they were generated: Qwen3 drops old reasoning, for example).
+So a turn costs its new tokens, not the history. The REPL, tests and benchmarks drive this.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from ..engine import Piece, Stats
+from ..errors import QwenMlxError
+from ..model import Model
+
+MIN_REPLY_ROOM = 256  # a turn may not start with less room than this for its reply
+
+
+class ChatSession:
+    """Transcript + cache + settings. ``send``/``retry`` return piece generators; closing one
+    early (Ctrl-C) keeps the partial reply in the transcript, marked ``"cut": True``."""
+
+    def __init__(self, model: Model, *, system: str | None = None,
+                 thinking: bool | None = None, max_context: int | None = None,
+                 **sampling) -> None:
+        self.model = model
+        self.system = system
+        self.thinking = thinking
+        self.sampling = {k: v for k, v in sampling.items() if v is not None}
+        self.max_context = min(max_context or model.context_length, model.context_length)
+        self.messages: list[dict] = []
+        self.cache = model.new_cache()
+        self.last_stats: Stats | None = None
+        self.notices: list[str] = []  # things the front end should tell the user
+
+    # -- the conversation -------------------------------------------------------------
+
+    def conversation(self) -> list[dict]:
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + self.messages
+
+    def render(self) -> list[int]:
+        """The prompt for the next reply."""
+        return self.model.encode(self.conversation(), enable_thinking=self.thinking)
+
+    def send(self, text: str) -> Iterator[Piece]:
+        """Add a user message and stream the reply."""
+        if not text.strip():
+            raise QwenMlxError("empty message")
+        self.messages.append({"role": "user", "content": text})
+        try:
+            return self._reply()
+        except BaseException:
+            self.messages.pop()
+            raise
+
+    def retry(self) -> Iterator[Piece]:
+        """Drop the last reply and generate it again."""
+        if not self.messages or self.messages[-1]["role"] != "assistant":
+            raise QwenMlxError("nothing to retry yet")
+        removed = self.messages.pop()
+        try:
+            return self._reply()
+        except BaseException:
+            self.messages.append(removed)
+            raise
+
+    def undo(self) -> None:
+        """Drop the last exchange (user message and reply) and trim the cache to match."""
+        last_user = max((i for i, m in enumerate(self.messages) if m["role"] == "user"),
+                        default=None)
+        if last_user is None:
+            raise QwenMlxError("nothing to undo")
+        del self.messages[last_user:]
+        self._trim_cache()
+
+    def reset(self) -> None:
+        self.messages.clear()
+        self.cache.trim(0)
+        self.last_stats = None
+
+    def set_system(self, text: str | None) -> None:
+        self.system = text or None
+        self._trim_cache()
+
+    def set_thinking(self, on: bool) -> None:
+        self.thinking = on
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _trim_cache(self) -> None:
+        """Keep only the cached tokens the next prompt will start with.
+
+        The probe is the transcript plus an empty user turn: rendered as history, not as the
+        latest reply (Qwen3's template renders those two differently).
+        """
+        if not self.conversation():
+            self.cache.trim(0)
+            return
+        probe = self.model.encode(self.conversation() + [{"role": "user", "content": ""}],
+                                  enable_thinking=self.thinking)
+        common = 0
+        for a, b in zip(self.cache.tokens, probe):
+            if a != b:
+                break
+            common += 1
+        self.cache.trim(common)
+
+    def _fit(self) -> list[int]:
+        """The prompt, after dropping the oldest exchanges if the context is full."""
+        room = min(self.sampling.get("max_tokens", MIN_REPLY_ROOM), self.max_context // 2)
+        room = max(room, min(MIN_REPLY_ROOM, self.max_context // 2))
+        tokens = self.render()
+        while len(tokens) + room > self.max_context:
+            users = [i for i, m in enumerate(self.messages) if m["role"] == "user"]
+            if len(users) < 2:
+                raise QwenMlxError(f"the message is too long: {len(tokens):,} tokens with the "
+                                   f"system prompt; the context holds {self.max_context:,}")
+            del self.messages[:users[1]]
+            before, tokens = len(tokens), self.render()
+            self.notices.append(f"context full: dropped the oldest exchange "
+                                f"({before - len(tokens):,} tokens); the system prompt stays")
+        return tokens
+
+    def _reply(self) -> Iterator[Piece]:
+        tokens = self._fit()
+        settings = dict(self.sampling)
+        settings["max_tokens"] = min(settings.get("max_tokens", self.model.defaults.max_tokens),
+                                     self.max_context - len(tokens))
+        pieces = self.model.stream(tokens, cache=self.cache, **settings)
+        return self._record(pieces)
+
+    def _record(self, pieces: Iterator[Piece]) -> Iterator[Piece]:
+        parts: list[str] = []
+        finished = False
+        try:
+            for piece in pieces:
+                parts.append(piece.text)
+                if piece.stats is not None:
+                    self.last_stats = piece.stats
+                yield piece
+            finished = True
+        finally:
+            pieces.close()  # settles cache.tokens now, not at garbage collection
+            reply = {"role": "assistant", "content": "".join(parts)}
+            if not finished:
+                reply["cut"] = True
+            self.messages.append(reply)

@@ -1,0 +1,88 @@
+"""Saved chat sessions: transcript, settings and KV cache in one safetensors file.
+
+Resuming a long conversation from its saved cache costs a file read instead of a prefill.
+The file is written to a temporary name and renamed, so a crash or Ctrl-C never leaves a
+half-written session; a file from another model, or not a session at all, is refused with
+one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from mlx_lm.models.cache import load_prompt_cache, save_prompt_cache
+
+from ..errors import QwenMlxError
+from ..hub import home
+from .session import ChatSession
+
+FORMAT = "qwen-mlx-session/1"
+
+
+def session_path(name: str) -> Path:
+    """A bare NAME lives in $QWEN_MLX_HOME/sessions; anything with a slash is a path."""
+    if not name or name.strip() != name:
+        raise QwenMlxError("a session needs a name: /save NAME")
+    path = Path(name).expanduser() if ("/" in name or name.endswith(".safetensors")) else \
+        home() / "sessions" / name
+    return path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
+
+
+def model_identity(session: ChatSession) -> str:
+    """What a cache is only valid for: the weights (config and shard layout), the adapter,
+    and the compute type."""
+    model = session.model
+    digest = hashlib.sha256(json.dumps(model.config, sort_keys=True, default=str).encode())
+    for f in (model.path / "model.safetensors.index.json",
+              *([model.adapter / "adapter_config.json"] if model.adapter else [])):
+        if f.is_file():
+            digest.update(f.read_bytes())
+    digest.update(str(model.net.model.norm.weight.dtype).encode())
+    return digest.hexdigest()[:16]
+
+
+def save(session: ChatSession, name: str) -> Path:
+    path = session_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "model": str(session.model.path), "identity": model_identity(session),
+            "messages": json.dumps(session.messages, ensure_ascii=False),
+            "system": json.dumps(session.system), "thinking": json.dumps(session.thinking),
+            "cache_tokens": json.dumps(session.cache.tokens)}
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.safetensors")
+    try:
+        save_prompt_cache(str(tmp), session.cache.layers, meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load(session: ChatSession, name: str) -> Path:
+    """Replace the session's transcript and cache with a saved one."""
+    path = session_path(name)
+    if not path.is_file():
+        raise QwenMlxError(f"no saved session {name!r} ({path})")
+    try:
+        layers, meta = load_prompt_cache(str(path), return_metadata=True)
+    except Exception:  # noqa: BLE001 - any unreadable file gets the same answer
+        raise QwenMlxError(f"{path} is not a readable qwen-mlx session") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise QwenMlxError(f"{path} is not a qwen-mlx session")
+    if meta.get("identity") != model_identity(session):
+        raise QwenMlxError(f"{path} was saved with another model ({meta.get('model')}); "
+                           f"this chat runs {session.model.path}")
+    try:
+        messages = json.loads(meta["messages"])
+        tokens = json.loads(meta["cache_tokens"])
+        system, thinking = json.loads(meta["system"]), json.loads(meta["thinking"])
+    except (KeyError, ValueError):
+        raise QwenMlxError(f"{path} is a damaged qwen-mlx session") from None
+    if len(layers) != len(session.cache.layers) or (layers and layers[0].offset < len(tokens)):
+        raise QwenMlxError(f"{path} does not match this model's layers")
+    session.messages, session.system, session.thinking = messages, system, thinking
+    session.cache.layers, session.cache.tokens = layers, tokens
+    session.cache.trim(len(tokens))
+    return path
