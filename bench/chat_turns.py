@@ -1,36 +1,36 @@
 """Chat turn latency as the history grows: cache reuse against re-prefilling everything.
 
-    python bench/chat_turns.py [--shape small] [--turns 10] [--words 150] [--reply-tokens 32]
+    python bench/chat_turns.py [--shape small] [--recipes q4-f32] [--turns 10] [--tokens 200] [--reply-tokens 32]
+                               [--reps 3]
 
-Runs one conversation of --turns user messages of about 200 tokens each through a
-ChatSession (the KV cache is reused across turns), then replays the very same prompts with an
-empty cache each time (the naive baseline). Reports time to first token per turn and the
-ratio turn N / turn 2 for both; the goal for the session is <= 1.2.
+Runs a conversation of --turns user messages of 200 tokens each through a ChatSession
+(the KV cache is reused across turns) --reps times, then replays the very same prompts with an
+empty cache each time (the naive baseline). Reports the median time to first token per turn
+and the ratio turn N / turn 2 for both; the goal for the session is <= 1.2.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import tempfile
+import statistics
 import time
-from pathlib import Path
 
 import mlx.core as mx
 
 from qwen_mlx import load
 from qwen_mlx.chat import ChatSession
-from qwen_mlx.quantize import convert
-from qwen_mlx.recipes import parse_recipe
-from qwen_mlx.testing import make_checkpoint
+
+from checkpoints import converted, parser  # noqa: E402 - bench/ is run as a script folder
 
 WORDS = ("river stone light garden window paper music morning silver forest road "
          "ocean memory letter bridge winter candle story harbor mountain").split()
 
 
-def message(rng: random.Random, words: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(words)) + "?"
+def message(rng: random.Random, model, tokens: int) -> str:
+    """Random words cut to exactly ``tokens`` tokens, so every turn adds the same amount."""
+    text = " ".join(rng.choice(WORDS) for _ in range(tokens))
+    return model.decode(model.encode(text, raw=True)[:tokens])
 
 
 def ttft(pieces) -> float:
@@ -42,40 +42,40 @@ def ttft(pieces) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", default="small")
-    ap.add_argument("--recipe", default="q4-f32")
+    ap = parser(__doc__, "chat_turns.json", "q4-f32")
     ap.add_argument("--turns", type=int, default=10)
-    ap.add_argument("--words", type=int, default=150, help="words per user message "
-                    "(150 of these words make about 200 tokens)")
+    ap.add_argument("--tokens", type=int, default=200, help="tokens per user message")
     ap.add_argument("--reply-tokens", type=int, default=32)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" /
-                    "chat_turns.json")
+    ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="qwen-mlx-chat-bench-"))
-    folder = work / a.recipe
-    convert(make_checkpoint(work / "hf", a.shape), folder, parse_recipe(a.recipe))
+    (folder,) = converted(a.shape, a.recipes).values()
     model = load(folder)
-    rng = random.Random(0)
-    session = ChatSession(model, system="You are a helpful assistant.", temperature=0.0,
-                          max_tokens=a.reply_tokens)
     reply = ChatSession(model).send("warm up")  # compile and allocate before measuring
     for _ in reply:
         pass
-    rows, prompts = [], []
-    for turn in range(1, a.turns + 1):
-        text = message(rng, a.words)
-        pieces = session.send(text)
-        t = ttft(pieces)
-        for _ in pieces:  # finish the reply so the transcript holds it
-            pass
-        st = session.last_stats
-        prompts.append(session.model.encode(session.conversation()[:-1]))
-        rows.append({"turn": turn, "prompt_tokens": st.prompt_tokens,
-                     "prefilled": st.prefill_tokens, "session_ttft_s": t})
+    rows: list[dict] = []
+    prompts: list[list[int]] = []
+    for rep in range(a.reps):
+        rng = random.Random(0)  # the same messages every repetition
+        session = ChatSession(model, system="You are a helpful assistant.", temperature=0.0,
+                              max_tokens=a.reply_tokens)
+        for turn in range(a.turns):
+            pieces = session.send(message(rng, model, a.tokens))
+            t = ttft(pieces)
+            for _ in pieces:  # finish the reply so the transcript holds it
+                pass
+            st = session.last_stats
+            if rep == 0:
+                prompts.append(session.model.encode(session.conversation()[:-1]))
+                rows.append({"turn": turn + 1, "prompt_tokens": st.prompt_tokens,
+                             "prefilled": st.prefill_tokens, "session_samples": []})
+            rows[turn]["session_samples"].append(t)
     for row, prompt in zip(rows, prompts):
-        row["naive_ttft_s"] = ttft(model.stream(prompt, temperature=0.0, max_tokens=1))
+        row["naive_samples"] = [ttft(model.stream(prompt, temperature=0.0, max_tokens=1))
+                                for _ in range(a.reps)]
         mx.clear_cache()
+        row["session_ttft_s"] = statistics.median(row["session_samples"])
+        row["naive_ttft_s"] = statistics.median(row["naive_samples"])
     for row in rows:
         print(f"turn {row['turn']:2d}: {row['prompt_tokens']:5d} prompt tokens, "
               f"{row['prefilled']:4d} prefilled; first token {row['session_ttft_s'] * 1000:7.1f} ms"

@@ -15,13 +15,10 @@ Both sides get the same token ids and the same sampler settings. Run it on a qui
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import mlx.core as mx
 import mlx_lm
@@ -31,9 +28,8 @@ from mlx_lm.utils import load as mlx_lm_load
 
 import qwen_mlx
 from qwen_mlx import load
-from qwen_mlx.quantize import convert
-from qwen_mlx.recipes import parse_recipe
-from qwen_mlx.testing import make_checkpoint
+
+from checkpoints import converted, parser  # noqa: E402 - bench/ is run as a script folder
 
 MODES = {"greedy": dict(temperature=0.0, top_p=1.0, top_k=0),
          "default sampling": dict(temperature=0.7, top_p=0.8, top_k=20)}
@@ -64,21 +60,13 @@ def run_ours(model, prompt, n, mode):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", default="small")
-    ap.add_argument("--recipes", default="q4-f32,q4")
+    ap = parser(__doc__, "side_by_side.json", "q4-f32,q4")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--gen-tokens", type=int, default=128)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" /
-                    "side_by_side.json")
     a = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="qwen-mlx-bench-"))
-    src = make_checkpoint(work / "hf", a.shape)
     results = []
-    for recipe_name in a.recipes.split(","):
-        folder = work / recipe_name
-        convert(src, folder, parse_recipe(recipe_name))
+    for recipe_name, folder in converted(a.shape, a.recipes).items():
         ours = load(folder)
         theirs, tokenizer = mlx_lm_load(str(folder))
         words = "The quick brown fox jumps over the lazy dog while it rains. "

@@ -186,8 +186,9 @@ def test_save_then_load_in_a_new_process_gives_the_same_next_reply(tiny_model, t
     assert prefilled == unbroken_prefill < len(tiny_model.encode(unbroken.conversation()[:-1]))
 
 
+@pytest.mark.parametrize("leave", ["c", "d"])
 def test_ctrl_c_in_a_terminal_cuts_the_reply_and_the_chat_goes_on(tiny_model, tiny_q4_f32,
-                                                                 tmp_path):
+                                                                 tmp_path, leave):
     pexpect = pytest.importorskip("pexpect")
     env = {**os.environ, "QWEN_MLX_HOME": str(tmp_path), "TERM": "dumb"}
     child = pexpect.spawn(sys.executable, ["-m", "qwen_mlx", "chat", str(tiny_q4_f32), "--temp",
@@ -202,8 +203,8 @@ def test_ctrl_c_in_a_terminal_cuts_the_reply_and_the_chat_goes_on(tiny_model, ti
     child.sendline("/save after")
     child.expect("saved to")
     child.expect(">>> ")
-    time.sleep(0.5)  # let the line editor take the terminal, or Ctrl-D goes to the tty driver
-    child.sendcontrol("d")
+    time.sleep(0.5)  # let the line editor take the terminal, or the key goes to the tty driver
+    child.sendcontrol(leave)  # at the prompt, Ctrl-C and Ctrl-D both leave
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
@@ -213,3 +214,20 @@ def test_ctrl_c_in_a_terminal_cuts_the_reply_and_the_chat_goes_on(tiny_model, ti
     assert first == {"role": "user", "content": "Tell me a very long story"}
     assert cut["cut"] is True and len(cut["content"]) >= 20
     assert len(session.cache) > 20
+
+
+def test_think_switch_and_dimmed_reasoning(tiny_model):
+    session = ChatSession(tiny_model, **GREEDY)
+    session.messages.append({"role": "user", "content": "Hi"})
+    assert not tiny_model.decode(session.render()).endswith("<think>\n\n</think>\n\n")
+    repl, out, err = make_repl(session)
+    repl.handle("/think off")
+    assert tiny_model.decode(session.render()).endswith("<think>\n\n</think>\n\n")
+    assert err.getvalue() == "thinking off\n"
+    from qwen_mlx.engine import Piece
+
+    shown = io.StringIO()
+    repl.out = Console(file=shown, force_terminal=True, color_system="standard", width=200)
+    repl.show(iter([Piece("<think>"), Piece("\nhmm"), Piece("</think>"), Piece("\n\nYes.")]))
+    dim, plain = "\x1b[2m", "\x1b[0m"
+    assert shown.getvalue() == f"{dim}<think>{plain}\n{dim}hmm{plain}{dim}</think>{plain}\n\nYes.\n"
