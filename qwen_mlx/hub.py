@@ -128,6 +128,8 @@ def resolve(text: str | None, recipe: Recipe = DEFAULT,
     if _is_current(target, spec.folder):
         return target
     source = spec.folder if spec.folder is not None else download(spec.repo_id)
+    if spec.folder is None and is_mlx_folder(source):
+        return source  # an MLX repo (mlx-community's, say): nothing to convert
     if convert is None:
         from .quantize import convert as _convert
 

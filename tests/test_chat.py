@@ -136,7 +136,7 @@ def test_commands_and_bad_input(tiny_model):
     repl.handle("/system You are a pirate.")
     repl.handle("Hi")
     assert session.conversation()[0]["content"] == "You are a pirate."
-    assert "tokens at" in err.getvalue().splitlines()[-1]
+    assert " generated at " in err.getvalue().splitlines()[-1]
     assert repl.handle("/exit") is False
 
 

@@ -105,3 +105,14 @@ def test_stats_are_consistent(tiny_model):
     assert s.time_to_first_token > 0 and s.decode_seconds > 0 and s.peak_memory > 0
     assert abs(s.generation_tps - 9 / s.decode_seconds) < 1e-6
     assert abs(s.prompt_tps - s.prefill_tokens / s.time_to_first_token) < 1e-6
+
+
+def test_stats_summary_line():
+    from qwen_mlx import Stats
+
+    s = Stats(prompt_tokens=120, prefill_tokens=20, cached_tokens=100, generated_tokens=11,
+              time_to_first_token=0.25, decode_seconds=0.5, peak_memory=2_500_000_000,
+              finish_reason="stop")
+    assert s.summary() == ("120 prompt tokens (20 prefilled, 100 cached) at 80.0 tok/s, "
+                           "11 generated at 20.0 tok/s, first token 250 ms, peak memory 2.50 GB "
+                           "(stop)")

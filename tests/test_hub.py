@@ -64,8 +64,10 @@ def test_local_hf_folder_is_converted_into_the_cache_and_refreshed_when_it_chang
     assert (folder / "model.safetensors").stat().st_mtime_ns != stamp  # source changed: redone
 
 
-def test_mlx_folder_is_used_in_place(tiny_q4):
+def test_mlx_folder_is_used_in_place(tiny_q4, monkeypatch):
     assert hub.resolve(str(tiny_q4)) == tiny_q4
+    monkeypatch.setattr(hub, "download", lambda repo_id: tiny_q4)  # an mlx-community repo
+    assert hub.resolve("mlx-community/Qwen3-4B-4bit") == tiny_q4
 
 
 def test_offline_download_fails_in_one_line():

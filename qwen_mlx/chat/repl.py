@@ -154,9 +154,7 @@ class Repl:
         if st is None:
             self.note("no reply yet")
             return
-        self.note(f"{st.generated_tokens} tokens at {st.generation_tps:.1f} tok/s, first token "
-                  f"{st.time_to_first_token * 1000:.0f} ms ({st.prefill_tokens} prefilled, "
-                  f"{st.cached_tokens} cached), peak memory {st.peak_memory / 1e9:.2f} GB")
+        self.note(st.summary())
 
 
 def stdin_lines() -> Iterator[str]:

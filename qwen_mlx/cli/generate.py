@@ -49,8 +49,5 @@ def generate(model: str | None, prompt: str | None, system: str | None, raw: boo
                   "peak_memory_gb": round(stats.peak_memory / 1e9, 3)}
         sys.stdout.write(json.dumps(record) + "\n")
     elif not quiet:
-        err.print(f"[dim]{stats.prompt_tokens} prompt tokens at {stats.prompt_tps:.1f} tok/s, "
-                  f"{stats.generated_tokens} generated at {stats.generation_tps:.1f} tok/s, "
-                  f"first token {stats.time_to_first_token * 1000:.0f} ms, peak memory "
-                  f"{stats.peak_memory / 1e9:.2f} GB ({stats.finish_reason})[/dim]")
+        err.print(stats.summary(), style="dim", markup=False, soft_wrap=True)
     sys.stdout.flush()

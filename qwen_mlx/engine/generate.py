@@ -82,6 +82,14 @@ class Stats:
         steps = self.generated_tokens - 1
         return steps / self.decode_seconds if steps > 0 and self.decode_seconds else 0.0
 
+    def summary(self) -> str:
+        """One line for people: what was computed, how fast, and why it stopped."""
+        return (f"{self.prompt_tokens} prompt tokens ({self.prefill_tokens} prefilled, "
+                f"{self.cached_tokens} cached) at {self.prompt_tps:.1f} tok/s, "
+                f"{self.generated_tokens} generated at {self.generation_tps:.1f} tok/s, first "
+                f"token {self.time_to_first_token * 1000:.0f} ms, peak memory "
+                f"{self.peak_memory / 1e9:.2f} GB ({self.finish_reason})")
+
     def to_dict(self) -> dict:
         return {**asdict(self), "prompt_tps": round(self.prompt_tps, 3),
                 "generation_tps": round(self.generation_tps, 3)}
