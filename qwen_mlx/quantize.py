@@ -23,7 +23,8 @@ from . import __version__
 from .atomic import atomic_dir
 from .checkpoint import TOKENIZER_FILES, Checkpoint
 from .recipes import Recipe
-from .safetensors_stream import DTYPE_BYTES, StreamingWriter, TensorInfo
+from .safetensors_stream import (DTYPE_BYTES, StreamingWriter, TensorInfo, plan_shards,
+                                 shard_name)
 
 SHARD_BYTES = 2 << 30  # output files of at most ~2 GiB (a tensor is never split)
 PROVENANCE = "qwen-mlx.json"
@@ -56,21 +57,6 @@ def _outputs(info: TensorInfo, recipe: Recipe) -> list[tuple[str, str, tuple[int
             (f"{base}.scales", dtype, groups), (f"{base}.biases", dtype, groups)]
 
 
-def _plan(tensors: list[TensorInfo], recipe: Recipe) -> list[list[TensorInfo]]:
-    """Group source tensors (in file order) into output shards of at most SHARD_BYTES."""
-    shards: list[list[TensorInfo]] = [[]]
-    size = 0
-    for info in tensors:
-        n = sum(DTYPE_BYTES[d] * math.prod(s) for _, d, s in _outputs(info, recipe))
-        if shards[-1] and size + n > SHARD_BYTES:
-            shards.append([])
-            size = 0
-        shards[-1].append(info)
-        size += n
-    return shards
-
-
-
 def _convert_tensor(array: mx.array, info: TensorInfo, recipe: Recipe) -> list[mx.array]:
     array = array.astype(getattr(mx, recipe.dtype))
     if not recipe.quantizes(info.shape):
@@ -78,24 +64,25 @@ def _convert_tensor(array: mx.array, info: TensorInfo, recipe: Recipe) -> list[m
     return list(mx.quantize(array, group_size=recipe.group_size, bits=recipe.bits))
 
 
-def convert(source: Path, output: Path, recipe: Recipe, *, force: bool = False,
+def convert(source: Path | Checkpoint, output: Path, recipe: Recipe, *, force: bool = False,
             source_name: str | None = None, progress: Progress | None = None) -> ConvertReport:
-    """Convert the checkpoint in ``source`` into an MLX folder at ``output``.
-
-    The folder appears only when complete; ``force`` replaces an existing one.
+    """Convert the checkpoint in ``source`` (a folder, or one already validated) into an MLX
+    folder at ``output``. The folder appears only when complete; ``force`` replaces an
+    existing one.
     """
     start = time.perf_counter()
-    ckpt = Checkpoint.open(Path(source))
-    source_name = source_name or str(Path(source).resolve())
+    ckpt = source if isinstance(source, Checkpoint) else Checkpoint.open(Path(source))
+    source_name = source_name or str(ckpt.path.resolve())
     # Read files in order and tensors in on-disk order, so reads stay sequential.
-    ordered = sorted(ckpt.tensors.values(), key=lambda t: (ckpt.files.index(t.file), t.name))
-    shards = _plan(ordered, recipe)
+    file_order = {f: i for i, f in enumerate(ckpt.files)}
+    ordered = sorted(ckpt.tensors.values(), key=lambda t: (file_order[t.file], t.name))
+    shards = plan_shards(ordered, lambda info: sum(
+        DTYPE_BYTES[d] * math.prod(shape) for _, d, shape in _outputs(info, recipe)), SHARD_BYTES)
     total, done = ckpt.nbytes, 0
     with atomic_dir(Path(output), force=force) as tmp:
         weight_map: dict[str, str] = {}
         for i, shard in enumerate(shards):
-            fname = (f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                     if len(shards) > 1 else "model.safetensors")
+            fname = shard_name(i, len(shards))
             entries = [e for info in shard for e in _outputs(info, recipe)]
             with StreamingWriter(tmp / fname, entries, {"format": "mlx"}) as writer:
                 opened: dict[Path, dict[str, mx.array]] = {}

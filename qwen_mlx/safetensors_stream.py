@@ -13,7 +13,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable, Sequence, TypeVar
 
 import mlx.core as mx
 import numpy as np
@@ -42,6 +42,29 @@ class TensorInfo:
 
 def tensor_nbytes(dtype: str, shape: tuple[int, ...]) -> int:
     return DTYPE_BYTES.get(dtype, 4) * math.prod(shape)
+
+
+T = TypeVar("T")
+
+
+def plan_shards(items: Sequence[T], nbytes: Callable[[T], int], limit: int) -> list[list[T]]:
+    """Split items, in order, into files of at most ``limit`` bytes (an item is never split)."""
+    shards: list[list[T]] = [[]]
+    size = 0
+    for item in items:
+        n = nbytes(item)
+        if shards[-1] and size + n > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(item)
+        size += n
+    return shards
+
+
+def shard_name(index: int, count: int) -> str:
+    """Hugging Face's file names: model.safetensors, or model-00001-of-00003.safetensors."""
+    return f"model-{index + 1:05d}-of-{count:05d}.safetensors" if count > 1 else \
+        "model.safetensors"
 
 
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:

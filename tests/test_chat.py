@@ -13,19 +13,11 @@ from rich.console import Console
 
 from qwen_mlx.chat import ChatSession, store
 from qwen_mlx.chat.repl import Repl
+from qwen_mlx.engine.prompt_cache import common_prefix
 from qwen_mlx.errors import QwenMlxError
 
 GREEDY = dict(temperature=0.0, max_tokens=12)
 TURNS = ["Hello, who are you?", "Tell me about the sea.", "And the mountains?"]
-
-
-def common_prefix(a, b):
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def reply(pieces):

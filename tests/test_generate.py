@@ -116,3 +116,11 @@ def test_stats_summary_line():
     assert s.summary() == ("120 prompt tokens (20 prefilled, 100 cached) at 80.0 tok/s, "
                            "11 generated at 20.0 tok/s, first token 250 ms, peak memory 2.50 GB "
                            "(stop)")
+
+
+def test_common_prefix():
+    from qwen_mlx.engine.prompt_cache import common_prefix
+
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix([1, 2], [1, 2, 3]) == 2
+    assert common_prefix([], [1]) == 0 and common_prefix([5], [6]) == 0

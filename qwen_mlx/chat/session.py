@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from ..engine import Piece, Stats
+from ..engine.prompt_cache import common_prefix
 from ..errors import QwenMlxError
 from ..model import Model
 
@@ -100,12 +101,7 @@ class ChatSession:
             return
         probe = self.model.encode(self.conversation() + [{"role": "user", "content": ""}],
                                   enable_thinking=self.thinking)
-        common = 0
-        for a, b in zip(self.cache.tokens, probe):
-            if a != b:
-                break
-            common += 1
-        self.cache.trim(common)
+        self.cache.trim(common_prefix(self.cache.tokens, probe))
 
     def _fit(self) -> list[int]:
         """The prompt, after dropping the oldest exchanges if the context is full."""

@@ -19,12 +19,12 @@ err = Console(stderr=True, highlight=False)
 
 def convert_with_progress(source: Path, output: Path, recipe: Recipe, name: str, *,
                           force: bool = True) -> ConvertReport:
-    Checkpoint.open(source)  # fail in one line before a progress bar is drawn
+    checkpoint = Checkpoint.open(source)  # fail in one line before a progress bar is drawn
     columns = (TextColumn("converting [bold]{task.description}"), BarColumn(), DownloadColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task(f"{name} -> {recipe.name}", total=None)
-        report = convert(source, output, recipe, force=force, source_name=name,
+        report = convert(checkpoint, output, recipe, force=force, source_name=name,
                          progress=lambda done, total: bar.update(task, completed=done,
                                                                  total=total))
     err.print(f"[dim]converted {name} ({recipe.name}, {report.bits_per_weight:.2f} bits per "

@@ -7,7 +7,19 @@ back to it and returns the suffix that still has to be computed.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from mlx_lm.models.cache import make_prompt_cache
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class PromptCache:
@@ -40,9 +52,6 @@ class PromptCache:
         At least one token is always left to compute: generation needs the logits of the
         last prompt position.
         """
-        common = 0
-        limit = min(len(self.tokens), len(prompt) - 1)
-        while common < limit and self.tokens[common] == prompt[common]:
-            common += 1
+        common = min(common_prefix(self.tokens, prompt), len(prompt) - 1)
         self.trim(common)
         return prompt[common:]

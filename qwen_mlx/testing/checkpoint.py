@@ -15,6 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from ..checkpoint import expected_shapes
+from ..safetensors_stream import plan_shards, shard_name
 from .tokenizer import write_tokenizer
 
 # Qwen3-4B's architecture; the small shapes shrink the width and depth only.
@@ -65,19 +66,11 @@ def make_checkpoint(out: Path, shape: str = "tiny", *, seed: int = 0,
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
     mx.random.seed(seed)
-    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
-    size = 0
-    for name, shp in expected_shapes(config).items():
-        nbytes = 2 * math.prod(shp)
-        if shards[-1] and size + nbytes > shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append((name, shp))
-        size += nbytes
+    shards = plan_shards(list(expected_shapes(config).items()),
+                         lambda item: 2 * math.prod(item[1]), shard_bytes)
     weight_map = {}
     for i, shard in enumerate(shards):
-        fname = (f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" if len(shards) > 1
-                 else "model.safetensors")
+        fname = shard_name(i, len(shards))
         arrays = {name: random_tensor(name, shp) for name, shp in shard}
         mx.save_safetensors(str(out / fname), arrays, metadata={"format": "pt"})
         weight_map.update({name: fname for name in arrays})
