@@ -91,3 +91,12 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert proc.stderr == f"error: {bad} is a LlamaForCausalLM model; qwen-mlx supports " \
                           "Qwen3ForCausalLM only\n"
     assert proc.stdout == ""
+
+
+def test_the_command_line_starts_without_importing_mlx_lm():
+    """`qwen-mlx --help` and friends stay fast: mlx-lm (and transformers) load on first use."""
+    code = ("import sys, qwen_mlx.cli; "
+            "print(sorted(m for m in ('mlx_lm', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout == "[]\n", proc.stderr

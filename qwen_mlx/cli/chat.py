@@ -8,8 +8,6 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from ..chat import ChatSession
-from ..chat.repl import Repl, stdin_lines
 from .console import err, open_model
 from .options import MODEL_HELP, load_options, model_argument, sampling_kwargs, sampling_options
 
@@ -30,7 +28,8 @@ When stdin is not a terminal, each input line is one message. {MODEL_HELP}""")
 def chat(model: str | None, system: str | None, think: bool | None, max_context: int | None,
          session_name: str | None, quiet: bool, adapter: Path | None, recipe: str,
          **options) -> None:
-    from ..chat import store
+    from ..chat import ChatSession, store
+    from ..chat.repl import Repl, stdin_lines
 
     llm = open_model(model, recipe=recipe, adapter=adapter)
     session = ChatSession(llm, system=system, thinking=think, max_context=max_context,

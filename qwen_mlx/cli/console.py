@@ -8,11 +8,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
+from typing import TYPE_CHECKING
+
 from .. import load
 from ..checkpoint import Checkpoint
-from ..model import Model
 from ..quantize import ConvertReport, convert
 from ..recipes import Recipe
+
+if TYPE_CHECKING:
+    from ..model import Model
 
 err = Console(stderr=True, highlight=False)
 
@@ -33,6 +37,7 @@ def convert_with_progress(source: Path, output: Path, recipe: Recipe, name: str,
     return report
 
 
-def open_model(spec: str | None, *, recipe: str = "q4", adapter: Path | None = None) -> Model:
+def open_model(spec: str | None, *, recipe: str = "q4",
+               adapter: Path | None = None) -> "Model":
     """Resolve, convert if needed (with progress), and load."""
     return load(spec, recipe=recipe, adapter=adapter, convert=convert_with_progress)
