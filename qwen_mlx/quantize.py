@@ -23,8 +23,8 @@ from . import __version__
 from .atomic import atomic_dir
 from .checkpoint import TOKENIZER_FILES, Checkpoint
 from .recipes import Recipe
-from .safetensors_stream import (DTYPE_BYTES, StreamingWriter, TensorInfo, plan_shards,
-                                 shard_name)
+from .safetensors_stream import (StreamingWriter, TensorInfo, plan_shards, shard_name,
+                                 tensor_nbytes)
 
 SHARD_BYTES = 2 << 30  # output files of at most ~2 GiB (a tensor is never split)
 PROVENANCE = "qwen-mlx.json"
@@ -77,7 +77,7 @@ def convert(source: Path | Checkpoint, output: Path, recipe: Recipe, *, force: b
     file_order = {f: i for i, f in enumerate(ckpt.files)}
     ordered = sorted(ckpt.tensors.values(), key=lambda t: (file_order[t.file], t.name))
     shards = plan_shards(ordered, lambda info: sum(
-        DTYPE_BYTES[d] * math.prod(shape) for _, d, shape in _outputs(info, recipe)), SHARD_BYTES)
+        tensor_nbytes(d, shape) for _, d, shape in _outputs(info, recipe)), SHARD_BYTES)
     total, done = ckpt.nbytes, 0
     with atomic_dir(Path(output), force=force) as tmp:
         weight_map: dict[str, str] = {}

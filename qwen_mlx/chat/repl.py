@@ -7,7 +7,6 @@ prompt, at the prompt (like Ctrl-D) it leaves.
 
 from __future__ import annotations
 
-import sys
 from typing import Callable, Iterable, Iterator
 
 from rich.console import Console
@@ -62,7 +61,7 @@ class Repl:
         def _newline(event) -> None:
             event.current_buffer.insert_text("\n")
 
-        (home()).mkdir(parents=True, exist_ok=True)
+        home().mkdir(parents=True, exist_ok=True)
         prompt = PromptSession(history=FileHistory(str(home() / "chat_history")),
                                key_bindings=keys)
         self.err.print("[dim]/help for commands, Ctrl-D to leave[/dim]")
@@ -156,7 +155,3 @@ class Repl:
             return
         self.note(st.summary())
 
-
-def stdin_lines() -> Iterator[str]:
-    for line in sys.stdin:
-        yield line

@@ -105,8 +105,7 @@ class ChatSession:
 
     def _fit(self) -> list[int]:
         """The prompt, after dropping the oldest exchanges if the context is full."""
-        room = min(self.sampling.get("max_tokens", MIN_REPLY_ROOM), self.max_context // 2)
-        room = max(room, min(MIN_REPLY_ROOM, self.max_context // 2))
+        room = min(max(self.sampling.get("max_tokens", 0), MIN_REPLY_ROOM), self.max_context // 2)
         tokens = self.render()
         while len(tokens) + room > self.max_context:
             users = [i for i, m in enumerate(self.messages) if m["role"] == "user"]

@@ -29,7 +29,7 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
          session_name: str | None, quiet: bool, adapter: Path | None, recipe: str,
          **options) -> None:
     from ..chat import ChatSession, store
-    from ..chat.repl import Repl, stdin_lines
+    from ..chat.repl import Repl
 
     llm = open_model(model, recipe=recipe, adapter=adapter)
     session = ChatSession(llm, system=system, thinking=think, max_context=max_context,
@@ -38,4 +38,4 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
         store.load(session, session_name)
     interactive = sys.stdin is not None and sys.stdin.isatty()
     out = Console(highlight=False, soft_wrap=True)
-    Repl(session, out=out, err=err, quiet=quiet).run(None if interactive else stdin_lines())
+    Repl(session, out=out, err=err, quiet=quiet).run(None if interactive else sys.stdin)

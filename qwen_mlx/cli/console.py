@@ -4,11 +4,10 @@ JSON), a conversion progress bar, and the model loader that uses it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-from typing import TYPE_CHECKING
 
 from .. import load
 from ..checkpoint import Checkpoint

@@ -9,13 +9,12 @@ Weights are random, so the text is gibberish, but varied: greedy decoding does n
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import mlx.core as mx
 
 from ..checkpoint import expected_shapes
-from ..safetensors_stream import plan_shards, shard_name
+from ..safetensors_stream import plan_shards, shard_name, tensor_nbytes
 from .tokenizer import write_tokenizer
 
 # Qwen3-4B's architecture; the small shapes shrink the width and depth only.
@@ -67,7 +66,7 @@ def make_checkpoint(out: Path, shape: str = "tiny", *, seed: int = 0,
     (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
     mx.random.seed(seed)
     shards = plan_shards(list(expected_shapes(config).items()),
-                         lambda item: 2 * math.prod(item[1]), shard_bytes)
+                         lambda item: tensor_nbytes("BF16", item[1]), shard_bytes)
     weight_map = {}
     for i, shard in enumerate(shards):
         fname = shard_name(i, len(shards))
@@ -76,7 +75,7 @@ def make_checkpoint(out: Path, shape: str = "tiny", *, seed: int = 0,
         weight_map.update({name: fname for name in arrays})
         del arrays
     if len(shards) > 1:
-        total = sum(2 * math.prod(s) for shard in shards for _, s in shard)
+        total = sum(tensor_nbytes("BF16", s) for shard in shards for _, s in shard)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return out
