@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from mlx_lm.models.cache import load_prompt_cache, save_prompt_cache
 
+from ..engine.kv_cache import KVSpec, restore, savable
 from ..errors import QwenMlxError
 from ..hub import home
 from .session import ChatSession
@@ -50,10 +52,11 @@ def save(session: ChatSession, name: str) -> Path:
     meta = {"format": FORMAT, "model": str(session.model.path), "identity": model_identity(session),
             "messages": json.dumps(session.messages, ensure_ascii=False),
             "system": json.dumps(session.system), "thinking": json.dumps(session.thinking),
-            "cache_tokens": json.dumps(session.cache.tokens)}
+            "cache_tokens": json.dumps(session.cache.tokens),
+            "kv": json.dumps(asdict(session.cache.spec))}
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.safetensors")
     try:
-        save_prompt_cache(str(tmp), session.cache.layers, meta)
+        save_prompt_cache(str(tmp), savable(session.cache.layers), meta)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -78,11 +81,14 @@ def load(session: ChatSession, name: str) -> Path:
         messages = json.loads(meta["messages"])
         tokens = json.loads(meta["cache_tokens"])
         system, thinking = json.loads(meta["system"]), json.loads(meta["thinking"])
-    except (KeyError, ValueError):
+        spec = KVSpec(**json.loads(meta.get("kv", "{}")))
+    except (KeyError, ValueError, TypeError):
         raise QwenMlxError(f"{path} is a damaged qwen-mlx session") from None
+    layers = restore(layers, spec)
     if len(layers) != len(session.cache.layers) or (layers and layers[0].offset < len(tokens)):
         raise QwenMlxError(f"{path} does not match this model's layers")
     session.messages, session.system, session.thinking = messages, system, thinking
     session.cache.layers, session.cache.tokens = layers, tokens
+    session.cache.spec = spec
     session.cache.trim(len(tokens))
     return path

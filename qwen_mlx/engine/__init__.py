@@ -1,8 +1,9 @@
 """The one generation engine: sampling, prompt caching, prefill and decode."""
 
 from .generate import Piece, Stats, generate_tokens, stream
+from .kv_cache import KVSpec
 from .prompt_cache import PromptCache
 from .sampling import SamplingParams, make_sampler
 
-__all__ = ["Piece", "PromptCache", "SamplingParams", "Stats", "generate_tokens", "make_sampler",
+__all__ = ["KVSpec", "Piece", "PromptCache", "SamplingParams", "Stats", "generate_tokens", "make_sampler",
            "stream"]

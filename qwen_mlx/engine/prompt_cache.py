@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from mlx_lm.models.cache import make_prompt_cache
+from .kv_cache import KVSpec, make_cache
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -23,10 +23,12 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class PromptCache:
-    """mlx-lm's per-layer KV caches plus the token ids they hold."""
+    """mlx-lm's per-layer KV caches (full precision or quantized, as ``spec`` says) plus the
+    token ids they hold."""
 
-    def __init__(self, model) -> None:
-        self.layers = make_prompt_cache(model)
+    def __init__(self, model, spec: KVSpec = KVSpec()) -> None:
+        self.spec = spec
+        self.layers = make_cache(model, spec)
         self.tokens: list[int] = []
 
     def __len__(self) -> int:
