@@ -26,21 +26,52 @@ def __getattr__(name: str):
 
 
 def load(model: str | Path | None = None, *, recipe: str | Recipe = "q4",
-         adapter: str | Path | None = None, dtype: str = "auto", convert=None) -> "Model":
+         adapter: str | Path | None = None, dtype: str = "auto", convert=None,
+         context: int | str | None = None, kv_bits: int | None = None, kv_group_size: int = 64,
+         kv_start: int = 0, prefill_step: int = 512, memory: str | int | None = None,
+         force: bool = False) -> "Model":
     """Load a model by alias, hub repo id or folder; convert it into the cache if needed.
 
     ``dtype`` is the compute type: "auto" (float32 on the CPU backend, the stored type on
     Metal), "stored", or an mlx type name. ``convert`` replaces the conversion step (the CLI
     passes one that draws a progress bar); see :func:`qwen_mlx.hub.resolve`.
+
+    Memory is planned before anything is loaded (see :mod:`qwen_mlx.memory_plan`):
+    ``context`` ("32k", "1m", a number; past the native 256k this turns on YaRN) is refused
+    with a suggestion if it will not fit, unless ``force``; without it, the context is capped
+    at what fits. ``kv_bits`` 8 or 4 quantizes the KV cache (``kv_group_size`` must divide the
+    head size; the first ``kv_start`` tokens stay full precision). ``memory`` plans for less
+    RAM than the machine has ("12GB").
     """
     from . import hub, loader
+    from .checkpoint import read_config
+    from .context import parse_context, rope_overrides
+    from .engine import KVSpec
+    from .memory_plan import plan_for, weight_bytes_of_folder
     from .model import Model
 
     recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
     folder = hub.resolve(None if model is None else str(model), recipe, convert)
+    wanted = None if context is None else parse_context(context)
+    config = read_config(folder)
+    overrides = rope_overrides(config, wanted)
+    config = {**config, **overrides}
+    kv = KVSpec(kv_bits, kv_group_size, kv_start).check(int(config.get("head_dim") or 128))
+    cast = loader.compute_dtype(dtype)
+    compute_bytes = cast.size if cast else None
+    plan = plan_for(config, weights=weight_bytes_of_folder(folder, compute_bytes),
+                    compute_bytes=compute_bytes, kv=kv, prefill_step=prefill_step,
+                    memory=memory)
+    limit = wanted if wanted is not None else plan.largest_context()
+    if not limit:  # not even the weights fit: refused (with the numbers) unless forced
+        plan.check(plan.shape.positions, force)
+        limit = plan.shape.positions
+    plan.check(limit, force)
     adapter = None if adapter is None else Path(adapter)
-    net, tokenizer, config = loader.load_folder(folder, adapter=adapter, dtype=dtype)
-    return Model(net, tokenizer, config, folder, loader.eos_ids(folder, config), adapter)
+    net, tokenizer, config = loader.load_folder(folder, adapter=adapter, dtype=dtype,
+                                                overrides=overrides)
+    return Model(net, tokenizer, config, folder, loader.eos_ids(folder, config), adapter, kv=kv,
+                 context_limit=limit, prefill_step=prefill_step, plan=plan)
 
 
 def generate(prompt, model: "Model | str | None" = None, **kwargs) -> "Completion":

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .checkpoint import is_mlx_folder
+from .checkpoint import is_mlx_folder, read_config
 from .errors import QwenMlxError
 from .recipes import DEFAULT, Recipe
 
@@ -112,6 +112,34 @@ def _is_current(converted: Path, source: Path | None) -> bool:
         return json.loads(marker.read_text()).get("source_fingerprint") == fingerprint(source)
     except (OSError, ValueError):
         return False
+
+
+def locate(text: str | None, recipe: Recipe = DEFAULT) -> tuple[Path | None, dict]:
+    """(MLX folder, config) if the model is here in MLX form, else (None, its config): read
+    from a local checkpoint or fetched alone from the hub. Nothing is converted, and no
+    weights are downloaded; the memory planner uses this."""
+    spec = parse_spec(text)
+    if spec.folder is not None and is_mlx_folder(spec.folder):
+        return spec.folder, read_config(spec.folder)
+    target = cache_dir(spec, recipe)
+    if _is_current(target, spec.folder):
+        return target, read_config(target)
+    if spec.folder is not None:
+        return None, read_config(spec.folder)
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        config_file = Path(hf_hub_download(spec.repo_id, "config.json"))
+    except LocalEntryNotFoundError:
+        raise QwenMlxError(f"{spec.repo_id}'s config is not in the Hugging Face cache and "
+                           "downloads are off (HF_HUB_OFFLINE) or the hub is unreachable") \
+            from None
+    except HfHubHTTPError as e:
+        raise QwenMlxError(f"cannot fetch {spec.repo_id}'s config: "
+                           f"{str(e).splitlines()[0]}") from None
+    folder = config_file.parent
+    return (folder if is_mlx_folder(folder) else None), read_config(folder)
 
 
 def resolve(text: str | None, recipe: Recipe = DEFAULT,

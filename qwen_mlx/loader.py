@@ -30,13 +30,15 @@ def compute_dtype(choice: str = "auto") -> mx.Dtype | None:
         raise QwenMlxError(f"unknown compute dtype {choice!r}") from None
 
 
-def load_folder(folder: Path, *, adapter: Path | None = None, dtype: str = "auto"):
-    """Return (model, tokenizer wrapper, config) for an MLX folder."""
+def load_folder(folder: Path, *, adapter: Path | None = None, dtype: str = "auto",
+                overrides: dict | None = None):
+    """Return (model, tokenizer wrapper, config) for an MLX folder; ``overrides`` replace
+    config keys (rope scaling for a longer context)."""
     from mlx_lm.utils import load_adapters, load_model, load_tokenizer
 
     folder = Path(folder)
     try:
-        model, config = load_model(folder)
+        model, config = load_model(folder, model_config=overrides or None)
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise QwenMlxError(f"cannot load {folder}: {str(e).splitlines()[0]}") from None
     if adapter is not None:

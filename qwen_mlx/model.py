@@ -15,7 +15,7 @@ from typing import Iterator, Sequence, Union
 import mlx.core as mx
 
 from . import engine
-from .engine import Piece, PromptCache, SamplingParams, Stats
+from .engine import KVSpec, Piece, PromptCache, SamplingParams, Stats
 from .errors import QwenMlxError
 
 Message = dict
@@ -33,8 +33,14 @@ class Model:
     """A loaded Qwen3 model: mlx-lm network, tokenizer, and the model's sampling defaults."""
 
     def __init__(self, net, tokenizer, config: dict, path: Path, eos_ids: list[int],
-                 adapter: Path | None = None) -> None:
+                 adapter: Path | None = None, *, kv: KVSpec = KVSpec(),
+                 context_limit: int | None = None,
+                 prefill_step: int = engine.generate.PREFILL_STEP, plan=None) -> None:
         self.net = net
+        self.kv = kv.check(int(config.get("head_dim", 128)))
+        self.context_limit = context_limit  # set by the memory plan: what fits in memory
+        self.prefill_step = prefill_step
+        self.plan = plan  # the MemoryPlan it was loaded under, if any
         self.adapter = adapter
         self.tokenizer = tokenizer
         self.config = config
@@ -44,11 +50,15 @@ class Model:
 
     @property
     def context_length(self) -> int:
-        return int(self.config.get("max_position_embeddings", 40960))
+        """Most tokens (prompt plus reply) one sequence may hold: the model's positions
+        (with YaRN, if on), capped by what the memory plan found room for."""
+        native = int(self.config.get("max_position_embeddings", 40960))
+        return min(native, self.context_limit or native)
 
     def new_cache(self) -> PromptCache:
-        """A cache to pass to :meth:`stream` across calls, so shared prefixes are reused."""
-        return PromptCache(self.net)
+        """A cache to pass to :meth:`stream` across calls, so shared prefixes are reused.
+        It stores keys and values as the model's ``kv`` spec says (quantized or not)."""
+        return PromptCache(self.net, self.kv)
 
     def encode(self, prompt: Prompt, *, raw: bool = False, tools: list | None = None,
                enable_thinking: bool | None = None) -> list[int]:
@@ -72,7 +82,7 @@ class Model:
                cache: PromptCache | None = None, stop: Sequence[str] = (),
                tools: list | None = None, enable_thinking: bool | None = None,
                on_prefill: engine.generate.PrefillProgress | None = None,
-               prefill_step: int = engine.generate.PREFILL_STEP,
+               prefill_step: int | None = None,
                **sampling) -> Iterator[Piece]:
         """Stream the reply to a prompt (text, messages, or token ids).
 
@@ -92,10 +102,13 @@ class Model:
                                f"is {self.context_length:,}")
         if params.seed is not None:
             mx.random.seed(params.seed)
+        step = prefill_step or self.prefill_step
+        chunk_at = (lambda depth: min(step, self.plan.chunk_at(depth))) if self.plan else None
         return engine.stream(self.net, self.tokenizer, tokens, engine.make_sampler(params),
-                             max_tokens=min(params.max_tokens, room), cache=cache,
-                             eos_ids=self.eos_ids, stop=stop, prefill_step=prefill_step,
-                             on_prefill=on_prefill)
+                             max_tokens=min(params.max_tokens, room),
+                             cache=self.new_cache() if cache is None else cache,
+                             eos_ids=self.eos_ids, stop=stop,
+                             prefill_step=step, chunk_at=chunk_at, on_prefill=on_prefill)
 
     def generate(self, prompt: Prompt | list[int], **kwargs) -> Completion:
         """Like :meth:`stream`, but wait for the whole reply."""

@@ -45,7 +45,8 @@ class ConvertReport:
         return self.bytes_on_disk * 8 / self.parameters
 
 
-def _outputs(info: TensorInfo, recipe: Recipe) -> list[tuple[str, str, tuple[int, ...]]]:
+def converted_tensors(info: TensorInfo,
+                      recipe: Recipe) -> list[tuple[str, str, tuple[int, ...]]]:
     """(name, dtype, shape) of what one source tensor becomes."""
     dtype = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}[recipe.dtype]
     if not recipe.quantizes(info.shape):
@@ -77,13 +78,13 @@ def convert(source: Path | Checkpoint, output: Path, recipe: Recipe, *, force: b
     file_order = {f: i for i, f in enumerate(ckpt.files)}
     ordered = sorted(ckpt.tensors.values(), key=lambda t: (file_order[t.file], t.name))
     shards = plan_shards(ordered, lambda info: sum(
-        tensor_nbytes(d, shape) for _, d, shape in _outputs(info, recipe)), SHARD_BYTES)
+        tensor_nbytes(d, shape) for _, d, shape in converted_tensors(info, recipe)), SHARD_BYTES)
     total, done = ckpt.nbytes, 0
     with atomic_dir(Path(output), force=force) as tmp:
         weight_map: dict[str, str] = {}
         for i, shard in enumerate(shards):
             fname = shard_name(i, len(shards))
-            entries = [e for info in shard for e in _outputs(info, recipe)]
+            entries = [e for info in shard for e in converted_tensors(info, recipe)]
             with StreamingWriter(tmp / fname, entries, {"format": "mlx"}) as writer:
                 opened: dict[Path, dict[str, mx.array]] = {}
                 for info in shard:
@@ -91,7 +92,7 @@ def convert(source: Path | Checkpoint, output: Path, recipe: Recipe, *, force: b
                         opened = {info.file: mx.load(str(info.file))}
                     arrays = _convert_tensor(opened[info.file].pop(info.name), info, recipe)
                     mx.eval(arrays)
-                    for (name, _, _), array in zip(_outputs(info, recipe), arrays):
+                    for (name, _, _), array in zip(converted_tensors(info, recipe), arrays):
                         writer.write(name, array)
                         weight_map[name] = fname
                     del arrays

@@ -22,20 +22,25 @@ from .prompt_cache import PromptCache
 from .sampling import Sampler
 
 PrefillProgress = Callable[[int, int], None]  # (tokens done, tokens total)
+ChunkPolicy = Callable[[int], int]  # cache depth -> rows to prefill in the next chunk
 PREFILL_STEP = 512
 
 
 def generate_tokens(model, tokens: list[int], cache: list, sampler: Sampler, *,
                     max_tokens: int, prefill_step: int = PREFILL_STEP,
+                    chunk_at: ChunkPolicy | None = None,
                     on_prefill: PrefillProgress | None = None) -> Iterator[int]:
     """Yield up to ``max_tokens`` new token ids after ``tokens`` (which the cache lacks).
 
+    The prompt is prefilled ``prefill_step`` rows at a time, or as ``chunk_at(depth)`` says
+    (the memory plan shrinks chunks deep in a long context, where attention scores grow).
     Each yielded token has been fed to the cache unless it is the last one allowed.
     """
     prompt = mx.array(tokens)
     total, done = len(tokens), 0
     while total - done > 1:  # all but the last prompt token: only the cache is wanted
-        n = min(prefill_step, total - done - 1)
+        step = chunk_at(cache[0].offset) if chunk_at else prefill_step
+        n = min(step, total - done - 1)
         model(prompt[None, done:done + n], cache=cache)
         mx.eval([c.state for c in cache])
         done += n
@@ -143,6 +148,7 @@ class StopStrings:
 def stream(model, tokenizer, prompt: list[int], sampler: Sampler, *, max_tokens: int,
            cache: PromptCache | None = None, eos_ids: Iterable[int] = (),
            stop: Iterable[str] = (), prefill_step: int = PREFILL_STEP,
+           chunk_at: ChunkPolicy | None = None,
            on_prefill: PrefillProgress | None = None) -> Iterator[Piece]:
     """Generate a reply to ``prompt`` (token ids) as text pieces; the last carries the stats.
 
@@ -163,7 +169,8 @@ def stream(model, tokenizer, prompt: list[int], sampler: Sampler, *, max_tokens:
     first = start
     try:
         for token in generate_tokens(model, todo, cache.layers, sampler, max_tokens=max_tokens,
-                                     prefill_step=prefill_step, on_prefill=on_prefill):
+                                     prefill_step=prefill_step, chunk_at=chunk_at,
+                                     on_prefill=on_prefill):
             if not generated:
                 first = time.perf_counter()
                 stats.time_to_first_token = first - start

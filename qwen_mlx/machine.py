@@ -1,0 +1,117 @@
+"""What this machine is: chip, memory, the memory budget MLX may use, and memory bandwidth.
+
+The memory plan needs the budget; the benchmark needs the bandwidth, because decoding one
+token reads every weight once and so cannot beat bytes-per-token / bandwidth.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from dataclasses import asdict, dataclass
+
+import psutil
+
+from .errors import QwenMlxError
+
+# Unified-memory bandwidth in GB/s (10^9), from Apple's specifications. The keys are the
+# chip names sysctl reports ("Apple M2 Pro"); variants whose bandwidth depends on the
+# configuration list the common one and are noted.
+BANDWIDTH_GBS = {
+    "Apple M1": 68.25, "Apple M1 Pro": 204.8, "Apple M1 Max": 409.6, "Apple M1 Ultra": 819.2,
+    "Apple M2": 102.4, "Apple M2 Pro": 204.8, "Apple M2 Max": 409.6, "Apple M2 Ultra": 819.2,
+    "Apple M3": 102.4, "Apple M3 Pro": 153.6, "Apple M3 Max": 409.6, "Apple M3 Ultra": 819.2,
+    "Apple M4": 120.0, "Apple M4 Pro": 273.0, "Apple M4 Max": 546.0,
+}
+BANDWIDTH_NOTES = {
+    "Apple M3 Max": "409.6 GB/s for the 40-core GPU; the 30-core M3 Max has 300",
+    "Apple M4 Max": "546 GB/s for the 40-core GPU; the 32-core M4 Max has 410",
+}
+BUDGET_FRACTION = 0.75  # of RAM, where MLX does not report a recommended working set
+GIB = 1 << 30
+
+
+@dataclass
+class Machine:
+    chip: str
+    memory_bytes: int
+    budget_bytes: int  # what MLX should plan to use at most
+    budget_source: str
+    bandwidth_gbs: float | None
+    bandwidth_source: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def chip_name() -> str:
+    """sysctl's brand string on macOS ("Apple M3 Pro"); the CPU model elsewhere."""
+    if platform.system() == "Darwin":
+        try:
+            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"],
+                                  capture_output=True, text=True, timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return "Apple Silicon (unknown)"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def known_bandwidth(chip: str) -> float | None:
+    return BANDWIDTH_GBS.get(chip.strip())
+
+
+def recommended_working_set() -> int | None:
+    """MLX's recommended working-set size on Metal (about 2/3 to 3/4 of RAM), else None."""
+    import mlx.core as mx
+
+    try:
+        if not mx.metal.is_available():
+            return None
+        info = mx.device_info() if hasattr(mx, "device_info") else mx.metal.device_info()
+        size = info.get("max_recommended_working_set_size")
+        return int(size) if size else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def parse_bytes(text: str) -> int:
+    """'16GB', '12.5G', '800MB', '17179869184' -> bytes. GB means 2^30, as Mac memory sizes
+    are quoted (a "16 GB" Mac has 16 x 2^30 bytes)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if not m:
+        raise QwenMlxError(f"cannot read {text!r} as a memory size (try 16GB)")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": GIB, "t": 1 << 40}[m.group(2)]
+    return int(float(m.group(1)) * scale)
+
+
+def budget_for(memory_bytes: int) -> int:
+    return int(memory_bytes * BUDGET_FRACTION)
+
+
+def this_machine(memory: str | int | None = None) -> Machine:
+    """This machine; ``memory`` (or $QWEN_MLX_MEMORY) plans for another amount of RAM, to
+    leave room for other apps or to ask what a 16 GB Mac would fit."""
+    chip = chip_name()
+    bandwidth = known_bandwidth(chip)
+    source = BANDWIDTH_NOTES.get(chip, "Apple's specification") if bandwidth else \
+        "unknown chip"
+    memory = memory if memory is not None else os.environ.get("QWEN_MLX_MEMORY") or None
+    if memory is not None:
+        total = parse_bytes(memory) if isinstance(memory, str) else int(memory)
+        return Machine(chip, total, budget_for(total), f"{BUDGET_FRACTION:.0%} of the "
+                       f"{total / GIB:.1f} GiB asked for", bandwidth, source)
+    total = psutil.virtual_memory().total
+    recommended = recommended_working_set()
+    if recommended:
+        return Machine(chip, total, recommended, "MLX's recommended working set", bandwidth,
+                       source)
+    return Machine(chip, total, budget_for(total), f"{BUDGET_FRACTION:.0%} of RAM", bandwidth,
+                   source)

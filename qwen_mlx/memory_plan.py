@@ -1,0 +1,205 @@
+"""Will it fit? Weights + KV cache + prefill activations against the machine's budget.
+
+Everything is arithmetic on the config and the weight files, done before a byte is loaded,
+so a context that does not fit is refused with a suggestion instead of swapping the Mac to
+a halt. The model (one per process) costs:
+
+    weights                 the tensors as they sit in memory (files, cast to compute type)
+    + RUNTIME_BYTES         MLX, Python, tokenizer: measured about 0.4 GB, rounded up
+    + activations           one prefill chunk through one layer, plus the logits
+    + attention scores      only where attention materialises them (quantized KV, CPU):
+                            capped at SCORE_BYTES by shrinking prefill chunks at depth
+    + context x KV bytes per token
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .checkpoint import expected_shapes, weight_files
+from .engine.kv_cache import KVSpec
+from .errors import QwenMlxError
+from .machine import GIB, Machine, this_machine
+from .recipes import Recipe
+from .safetensors_stream import DTYPE_BYTES, TensorInfo, read_header
+
+RUNTIME_BYTES = 512 << 20
+SCORE_BYTES = 512 << 20  # attention scores of one prefill chunk, at most
+MIN_CHUNK = 16
+FLOAT_TYPES = ("BF16", "F16", "F32")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The numbers of a Qwen3 config that memory depends on."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    positions: int
+
+    @classmethod
+    def of(cls, config: dict) -> "Shape":
+        return cls(config["num_hidden_layers"], config["hidden_size"],
+                   config["intermediate_size"], config["num_attention_heads"],
+                   config["num_key_value_heads"], config.get("head_dim") or
+                   config["hidden_size"] // config["num_attention_heads"],
+                   config["vocab_size"], int(config.get("max_position_embeddings", 40960)))
+
+
+def _in_memory(dtype: str, shape: tuple[int, ...], compute_bytes: int | None) -> int:
+    size = compute_bytes if dtype in FLOAT_TYPES and compute_bytes else DTYPE_BYTES[dtype]
+    return size * math.prod(shape)
+
+
+def weight_bytes_of_folder(folder: Path, compute_bytes: int | None) -> int:
+    """Bytes the weights of an MLX folder take once loaded (floats cast to compute type)."""
+    total = 0
+    for f in weight_files(folder):
+        tensors, _ = read_header(f)
+        total += sum(_in_memory(t.dtype, t.shape, compute_bytes) for t in tensors.values())
+    return total
+
+
+def weight_bytes_of_config(config: dict, recipe: Recipe, compute_bytes: int | None) -> int:
+    """Bytes the weights will take after converting a checkpoint with this config."""
+    from .quantize import converted_tensors
+
+    total = 0
+    for name, shape in expected_shapes(config).items():
+        for _, dtype, out in converted_tensors(TensorInfo(name, Path(), "BF16", shape), recipe):
+            total += _in_memory(dtype, out, compute_bytes)
+    return total
+
+
+@dataclass
+class MemoryPlan:
+    shape: Shape
+    weights: int
+    machine: Machine
+    dtype_bytes: int = 2  # keys, values and activations
+    kv: KVSpec = field(default_factory=KVSpec)
+    prefill_step: int = 512
+    fused_attention: bool = True  # Metal's fused SDPA never materialises the scores
+
+    # -- the parts ------------------------------------------------------------------
+
+    def kv_bytes_per_token(self, kv: KVSpec | None = None) -> float:
+        kv = kv or self.kv
+        s = self.shape
+        return s.layers * 2 * s.kv_heads * s.head_dim * kv.bytes_per_element(self.dtype_bytes)
+
+    def materialises_scores(self, kv: KVSpec | None = None) -> bool:
+        return (kv or self.kv).bits is not None or not self.fused_attention
+
+    def activation_bytes(self) -> int:
+        """One prefill chunk through one layer (residual, norms, q/k/v/o, MLP) plus the float32
+        logits of the last position."""
+        s = self.shape
+        per_token = 4 * s.hidden + 2 * s.heads * s.head_dim + 2 * s.kv_heads * s.head_dim + \
+            3 * s.intermediate
+        return self.prefill_step * per_token * self.dtype_bytes + s.vocab * 4
+
+    def score_bytes(self, context: int, kv: KVSpec | None = None) -> int:
+        if not self.materialises_scores(kv):
+            return 0
+        return min(self.shape.heads * self.prefill_step * context * 4, SCORE_BYTES)
+
+    def needed(self, context: int, kv: KVSpec | None = None) -> int:
+        return math.ceil(self.weights + RUNTIME_BYTES + self.activation_bytes()
+                         + self.score_bytes(context, kv) + context * self.kv_bytes_per_token(kv))
+
+    def largest_context(self, kv: KVSpec | None = None) -> int:
+        """The most tokens that fit (capped at the model's positions); 0 if nothing fits."""
+        room = self.machine.budget_bytes - self.weights - RUNTIME_BYTES - self.activation_bytes()
+        per_token = self.kv_bytes_per_token(kv)
+        if room <= 0:
+            return 0
+        n = room / per_token
+        if self.materialises_scores(kv):
+            rate = self.shape.heads * self.prefill_step * 4
+            n = room / (per_token + rate)
+            if rate * n > SCORE_BYTES:  # the chunk cap binds: scores cost SCORE_BYTES flat
+                n = (room - SCORE_BYTES) / per_token
+        return max(0, min(int(n), self.shape.positions))
+
+    def chunk_at(self, depth: int) -> int:
+        """Prefill rows per chunk at this cache depth: the configured step, shrunk when
+        materialised attention scores would pass SCORE_BYTES."""
+        if not self.materialises_scores():
+            return self.prefill_step
+        rows = SCORE_BYTES // (self.shape.heads * 4 * (depth + self.prefill_step))
+        return max(MIN_CHUNK, min(self.prefill_step, rows))
+
+    # -- decisions ------------------------------------------------------------------
+
+    def alternatives(self) -> dict[str, int]:
+        """Largest context for full-precision, 8-bit and 4-bit KV (same group size/start)."""
+        return {spec.label: self.largest_context(spec) for spec in (
+            replace(self.kv, bits=None), replace(self.kv, bits=8), replace(self.kv, bits=4))}
+
+    def check(self, context: int, force: bool = False) -> None:
+        """Refuse a context that does not fit, saying what would."""
+        if force or self.needed(context) <= self.machine.budget_bytes:
+            return
+        head = f"{context:,} tokens of context need {self.needed(context) / GIB:.1f} GiB; the " \
+               f"budget is {self.machine.budget_bytes / GIB:.1f} GiB ({self.machine.budget_source})"
+        largest = self.largest_context()
+        if not largest:
+            raise QwenMlxError(f"{head}: the weights alone do not fit; use a smaller recipe "
+                               f"(--recipe q4) or --force")
+        hints = [f"--kv-bits {bits}" for bits in (8, 4) if bits < (self.kv.bits or 16)
+                 and self.largest_context(replace(self.kv, bits=bits)) >= context]
+        raise QwenMlxError(f"{head}: try {' or '.join(hints[:1] + [f'--context {largest:,}'])} "
+                           f"(or --force)")
+
+    def table(self, context: int | None = None) -> list[tuple[str, str]]:
+        """(what, amount) rows for people."""
+        rows = [("machine", f"{self.machine.chip}, {self.machine.memory_bytes / GIB:.1f} GiB"),
+                ("budget", f"{self.machine.budget_bytes / GIB:.2f} GiB "
+                           f"({self.machine.budget_source})"),
+                ("weights", f"{self.weights / GIB:.2f} GiB"),
+                ("runtime + activations", f"{(RUNTIME_BYTES + self.activation_bytes()) / GIB:.2f}"
+                                          f" GiB (prefill step {self.prefill_step})"),
+                ("KV per token", f"{self.kv_bytes_per_token():,.0f} bytes ({self.kv.label})")]
+        if context:
+            fits = self.needed(context) <= self.machine.budget_bytes
+            rows.append((f"at {context:,} tokens", f"{self.needed(context) / GIB:.2f} GiB "
+                         f"needed: {'fits' if fits else 'does NOT fit'}"))
+        for label, n in self.alternatives().items():
+            rows.append((f"largest context, {label} KV", f"{n:,} tokens"))
+        return rows
+
+
+def plan_for(config: dict, *, weights: int, compute_bytes: int | None, kv: KVSpec,
+             prefill_step: int, memory: str | int | None = None) -> MemoryPlan:
+    """The plan on this machine (or for ``memory`` bytes of RAM) for a model with this
+    config (overrides applied) whose weights take ``weights`` bytes once loaded."""
+    import mlx.core as mx
+
+    return MemoryPlan(Shape.of(config), weights, this_machine(memory),
+                      dtype_bytes=compute_bytes or 2, kv=kv, prefill_step=prefill_step,
+                      fused_attention=mx.default_device().type == mx.DeviceType.gpu)
+
+
+def plan_model(model: str | None, *, recipe: Recipe, compute_bytes: int | None,
+               context: int | None, kv: KVSpec, prefill_step: int,
+               memory: str | int | None = None) -> MemoryPlan:
+    """Plan without loading, converting or downloading weights: a converted folder is
+    measured from its files, anything else from its config and the recipe."""
+    from . import hub
+    from .context import rope_overrides
+
+    folder, config = hub.locate(model, recipe)
+    config = {**config, **rope_overrides(config, context)}
+    weights = weight_bytes_of_folder(folder, compute_bytes) if folder else \
+        weight_bytes_of_config(config, recipe, compute_bytes)
+    return plan_for(config, weights=weights, compute_bytes=compute_bytes,
+                    kv=kv.check(Shape.of(config).head_dim), prefill_step=prefill_step,
+                    memory=memory)
