@@ -79,3 +79,14 @@ def shared_available() -> bool:
 def pytest_report_header(config):
     return f"../shared: {'present' if shared_available() else 'absent'}; " \
            f"QWEN_MLX_DEBUG={os.environ.get('QWEN_MLX_DEBUG', '')}"
+
+
+@pytest.fixture(scope="session")
+def tiny_kv(tmp_path_factory, tokenizer_bytes) -> Path:
+    """Tiny, but with head size 32 so KV quantization groups (32, 64, 128) can divide it;
+    q4 with float32 scales."""
+    hf = make_checkpoint(tmp_path_factory.mktemp("tiny-kv-hf"), "tiny",
+                         config_overrides={"head_dim": 32}, tokenizer_json_bytes=tokenizer_bytes)
+    out = tmp_path_factory.mktemp("conv") / "tiny-kv-q4-f32"
+    convert(hf, out, Recipe(dtype="float32"))
+    return out

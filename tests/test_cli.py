@@ -62,7 +62,7 @@ def test_sampling_flags_reach_the_engine(tiny_model, tiny_q4_f32):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["generate", "{tiny}"], "error: no prompt: pass -p TEXT or pipe the prompt on stdin"),
+    (["generate", "{tiny}"], "error: no prompt: pass -p TEXT, --file PATH, or pipe the prompt on stdin"),
     (["generate", "{tiny}", "-p", "  "], "error: the prompt is empty"),
     (["generate", "./no/such/folder", "-p", "x"], "error: model folder ./no/such/folder does "
                                                   "not exist"),

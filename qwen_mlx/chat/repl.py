@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Iterator
 from rich.console import Console
 
 from ..engine import Piece
+from ..documents import with_document
 from ..errors import QwenMlxError
 from ..hub import home
 from . import store
@@ -23,6 +24,7 @@ HELP = """commands:
   /undo            drop the last exchange
   /retry           generate the last reply again
   /system [TEXT]   set (or, without TEXT, clear) the system prompt
+  /file PATH [REQUEST]  send a text file (then REQUEST) as a message
   /save NAME       save transcript and KV cache;  /load NAME  resume one
   /stats           statistics of the last reply
   /think on|off    reasoning for hybrid Qwen3 models (shown dimmed, dropped from later turns)
@@ -32,10 +34,17 @@ Esc then Enter inserts a newline; Ctrl-C stops a reply."""
 
 class Repl:
     def __init__(self, session: ChatSession, *, out: Console, err: Console,
-                 quiet: bool = False) -> None:
+                 quiet: bool = False, progress=None) -> None:
+        """``progress``: a prefill progress callback with a ``close()`` (the CLI's bar)."""
         self.session = session
         self.out, self.err = out, err
         self.quiet = quiet
+        self.progress = progress
+        session.on_prefill = progress
+
+    def _close_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
 
     # -- input -------------------------------------------------------------------------
 
@@ -80,7 +89,7 @@ class Repl:
                 return self.command(text)
             self.show(self.session.send(text))
         except QwenMlxError as e:
-            self.err.print(f"error: {e}", markup=False, highlight=False)
+            self.err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return True
 
     def command(self, text: str) -> bool:
@@ -100,6 +109,7 @@ class Repl:
                                       f"{len(s.messages)} messages, {len(s.cache)} cached "
                                       f"tokens"),
             "stats": self.stats,
+            "file": lambda: self.send_file(arg),
             "think": lambda: self.think(arg),
         }
         if name in ("exit", "quit", "bye"):
@@ -108,6 +118,12 @@ class Repl:
             raise QwenMlxError(f"unknown command /{name} (/help lists them)")
         actions[name]()
         return True
+
+    def send_file(self, arg: str) -> None:
+        path, _, request = arg.partition(" ")
+        if not path:
+            raise QwenMlxError("usage: /file PATH [REQUEST]")
+        self.show(self.session.send(with_document(path, request)))
 
     def think(self, arg: str) -> None:
         if arg not in ("on", "off"):
@@ -128,6 +144,7 @@ class Repl:
         dim = False
         try:
             for piece in pieces:
+                self._close_progress()
                 text = piece.text
                 while text:
                     marker = "</think>" if dim else "<think>"
@@ -140,6 +157,7 @@ class Repl:
                         dim = not dim
                 self.out.file.flush()
         except KeyboardInterrupt:
+            self._close_progress()
             pieces.close()
             self.out.print()
             self.note("[reply cut]")

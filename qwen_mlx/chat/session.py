@@ -34,6 +34,7 @@ class ChatSession:
         self.cache = model.new_cache()
         self.last_stats: Stats | None = None
         self.notices: list[str] = []  # things the front end should tell the user
+        self.on_prefill = None  # progress callback for long prompts, set by the front end
 
     # -- the conversation -------------------------------------------------------------
 
@@ -123,7 +124,8 @@ class ChatSession:
         settings = dict(self.sampling)
         settings["max_tokens"] = min(settings.get("max_tokens", self.model.defaults.max_tokens),
                                      self.max_context - len(tokens))
-        pieces = self.model.stream(tokens, cache=self.cache, **settings)
+        pieces = self.model.stream(tokens, cache=self.cache, on_prefill=self.on_prefill,
+                                   **settings)
         return self._record(pieces)
 
     def _record(self, pieces: Iterator[Piece]) -> Iterator[Piece]:

@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from .console import err, open_model
-from .options import MODEL_HELP, load_options, model_argument, sampling_kwargs, sampling_options
+from .console import PrefillBar, err, open_model
+from .options import (MODEL_HELP, force_option, load_options, memory_kwargs, memory_options, model_argument,
+                      sampling_kwargs, sampling_options)
 
 
 @click.command(help=f"""Chat with a model. Replies stream as they are generated; the KV cache
@@ -25,17 +26,21 @@ When stdin is not a terminal, each input line is one message. {MODEL_HELP}""")
 @click.option("-q", "--quiet", is_flag=True, help="No statistics line after each reply.")
 @sampling_options
 @load_options
+@memory_options
+@force_option
 def chat(model: str | None, system: str | None, think: bool | None, max_context: int | None,
          session_name: str | None, quiet: bool, adapter: Path | None, recipe: str,
          **options) -> None:
     from ..chat import ChatSession, store
     from ..chat.repl import Repl
 
-    llm = open_model(model, recipe=recipe, adapter=adapter)
+    llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
     session = ChatSession(llm, system=system, thinking=think, max_context=max_context,
                           **sampling_kwargs(options))
     if session_name:
         store.load(session, session_name)
     interactive = sys.stdin is not None and sys.stdin.isatty()
     out = Console(highlight=False, soft_wrap=True)
-    Repl(session, out=out, err=err, quiet=quiet).run(None if interactive else sys.stdin)
+    with PrefillBar() as bar:
+        Repl(session, out=out, err=err, quiet=quiet, progress=bar).run(
+            None if interactive else sys.stdin)

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, Task,
+                           TextColumn, TimeRemainingColumn)
+from rich.text import Text
 
 from .. import load
 from ..checkpoint import Checkpoint
@@ -36,7 +38,54 @@ def convert_with_progress(source: Path, output: Path, recipe: Recipe, name: str,
     return report
 
 
-def open_model(spec: str | None, *, recipe: str = "q4",
-               adapter: Path | None = None) -> "Model":
-    """Resolve, convert if needed (with progress), and load."""
-    return load(spec, recipe=recipe, adapter=adapter, convert=convert_with_progress)
+def open_model(spec: str | None, *, recipe: str = "q4", adapter: Path | None = None,
+               **memory) -> "Model":
+    """Resolve, convert if needed (with progress), plan memory, and load."""
+    model = load(spec, recipe=recipe, adapter=adapter, convert=convert_with_progress, **memory)
+    native = int(model.config.get("max_position_embeddings", 0))
+    if model.context_length < native and memory.get("context") is None:
+        err.print(f"[dim]context: {model.context_length:,} tokens fit in memory "
+                  f"({model.kv.label} KV; the model allows {native:,}; "
+                  f"`qwen-mlx plan` shows the options)[/dim]", soft_wrap=True)
+    return model
+
+
+class TokenRate(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.0f} tok/s" if task.speed else "")
+
+
+class PrefillBar:
+    """A prefill progress bar (tokens, tok/s, ETA) for prompts longer than ``threshold``
+    tokens; pass it as ``on_prefill`` inside its ``with`` block. It closes before the first
+    generated text is printed."""
+
+    def __init__(self, threshold: int = 2048) -> None:
+        self.threshold = threshold
+        self.bar: Progress | None = None
+        self.task = None
+
+    def __enter__(self) -> "PrefillBar":
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= self.threshold:
+            return
+        if self.bar is None:
+            self.bar = Progress(TextColumn("prefill"), BarColumn(),
+                                TextColumn("{task.completed:,}/{task.total:,} tokens"),
+                                TokenRate(), TimeRemainingColumn(), console=err,
+                                transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("prefill", total=total)
+        self.bar.update(self.task, completed=done, total=total)
+        if done >= total - 1:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -9,14 +9,18 @@ from pathlib import Path
 import click
 
 from ..errors import QwenMlxError
-from .console import err, open_model
-from .options import MODEL_HELP, load_options, model_argument, sampling_kwargs, sampling_options
+from ..documents import with_document
+from .console import PrefillBar, err, open_model
+from .options import (MODEL_HELP, force_option, load_options, memory_kwargs, memory_options, model_argument,
+                      sampling_kwargs, sampling_options)
 
 
 @click.command(help=f"""Generate a reply to one prompt and stream it to stdout. The prompt
-comes from -p or, without it, from stdin. {MODEL_HELP}""")
+comes from -p or, without it, from stdin; --file puts a document before it. {MODEL_HELP}""")
 @model_argument
 @click.option("-p", "--prompt", help="The prompt (default: read stdin).")
+@click.option("-f", "--file", "document", type=click.Path(path_type=Path, dir_okay=True),
+              help="A text file to put in the prompt, before the -p request.")
 @click.option("--system", help="A system message (chat template only).")
 @click.option("--raw", is_flag=True, help="Send the prompt as it is, without the chat template.")
 @click.option("--json", "as_json", is_flag=True,
@@ -24,25 +28,33 @@ comes from -p or, without it, from stdin. {MODEL_HELP}""")
 @click.option("-q", "--quiet", is_flag=True, help="No statistics line on stderr.")
 @sampling_options
 @load_options
-def generate(model: str | None, prompt: str | None, system: str | None, raw: bool,
-             as_json: bool, quiet: bool, adapter: Path | None, recipe: str, **options) -> None:
-    if prompt is None:
+@memory_options
+@force_option
+def generate(model: str | None, prompt: str | None, document: Path | None, system: str | None,
+             raw: bool, as_json: bool, quiet: bool, adapter: Path | None, recipe: str,
+             **options) -> None:
+    if prompt is None and document is None:
         piped = sys.stdin is not None and not sys.stdin.isatty()
         prompt = sys.stdin.read() if piped else ""
         if not prompt:
-            raise QwenMlxError("no prompt: pass -p TEXT or pipe the prompt on stdin")
+            raise QwenMlxError("no prompt: pass -p TEXT, --file PATH, or pipe the prompt on "
+                               "stdin")
+    if document is not None:
+        prompt = with_document(document, prompt)
     if not prompt.strip():
         raise QwenMlxError("the prompt is empty")
     if raw and system:
         raise QwenMlxError("--system needs the chat template; drop --raw")
-    llm = open_model(model, recipe=recipe, adapter=adapter)
+    llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
     messages = ([{"role": "system", "content": system}] if system else []) + \
         [{"role": "user", "content": prompt}]
     stats = None
-    for piece in llm.stream(prompt if raw else messages, raw=raw, **sampling_kwargs(options)):
-        sys.stdout.write(piece.text)
-        sys.stdout.flush()
-        stats = piece.stats or stats
+    with PrefillBar() as bar:
+        for piece in llm.stream(prompt if raw else messages, raw=raw, on_prefill=bar,
+                                **sampling_kwargs(options)):
+            sys.stdout.write(piece.text)
+            sys.stdout.flush()
+            stats = piece.stats or stats
     sys.stdout.write("\n")
     if as_json:
         record = {"model": str(llm.path), **stats.to_dict(),

@@ -47,5 +47,32 @@ load_options = _stack(
 )
 
 
+memory_options = _stack(
+    click.option("--context", help="Context length to plan for: 32k, 256k, 1m or a number "
+                 "(past the native 256k: YaRN). Default: the most that fits in memory."),
+    click.option("--kv-bits", type=click.Choice(["8", "4"]), callback=lambda c, p, v:
+                 None if v is None else int(v), help="Quantize the KV cache (8: half the "
+                 "memory, 4: about a quarter)."),
+    click.option("--kv-group-size", type=click.Choice(["32", "64", "128"]), default="64",
+                 show_default=True, callback=lambda c, p, v: int(v),
+                 help="KV quantization group; must divide the head size (128)."),
+    click.option("--kv-start", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Keep the first N tokens of the KV cache at full precision."),
+    click.option("--prefill-step", type=click.IntRange(min=16), default=512,
+                 show_default=True, help="Prompt tokens computed per chunk."),
+    click.option("--memory", help="Plan for this much RAM (12GB) instead of the machine's, "
+                 "to leave room for other apps."),
+)
+force_option = click.option("--force", is_flag=True, help="Load even if the memory plan "
+                            "says the context will not fit.")
+MEMORY_KEYS = ("context", "kv_bits", "kv_group_size", "kv_start", "prefill_step", "memory",
+               "force")
+
+
+def memory_kwargs(options: dict) -> dict:
+    """Pop the memory options out of a command's keyword arguments."""
+    return {k: options.pop(k) for k in MEMORY_KEYS if k in options}
+
+
 def sampling_kwargs(options: dict) -> dict:
     return {k: options[k] for k in SAMPLING_KEYS if options.get(k) is not None}

@@ -1,0 +1,55 @@
+"""`qwen-mlx plan`: how much context fits, before anything is downloaded or loaded."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..context import parse_context
+from ..errors import QwenMlxError
+from ..recipes import parse_recipe
+from .options import MODEL_HELP, memory_kwargs, memory_options, model_argument
+
+
+@click.command(help=f"""Plan memory for MODEL: weights, KV cache per token and prefill
+activations against this machine's budget, the largest context for full-precision, 8-bit and
+4-bit KV, and whether --context fits. Nothing is converted or loaded; a hub model's config
+alone is fetched. Exits 1 when --context does not fit. {MODEL_HELP}""")
+@model_argument
+@click.option("--recipe", default="q4", show_default=True,
+              help="Recipe the model would be converted with.")
+@memory_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(model: str | None, recipe: str, as_json: bool, **options) -> None:
+    from ..engine.kv_cache import KVSpec  # the engine imports mlx-lm: only when needed
+    from ..loader import compute_dtype
+    from ..memory_plan import plan_model
+
+    o = memory_kwargs(options)
+    context = None if o["context"] is None else parse_context(o["context"])
+    cast = compute_dtype("auto")
+    result = plan_model(model, recipe=parse_recipe(recipe), compute_bytes=cast.size if cast
+                        else None, context=context,
+                        kv=KVSpec(o["kv_bits"], o["kv_group_size"], o["kv_start"]),
+                        prefill_step=o["prefill_step"], memory=o["memory"])
+    if as_json:
+        record = {"machine": result.machine.to_dict(), "weights_bytes": result.weights,
+                  "kv_bytes_per_token": result.kv_bytes_per_token(),
+                  "largest_context": result.alternatives(),
+                  **({"context": context, "needed_bytes": result.needed(context)}
+                     if context else {})}
+        sys.stdout.write(json.dumps(record) + "\n")
+    else:
+        table = Table(show_header=False, box=None, pad_edge=False)
+        for what, amount in result.table(context):
+            table.add_row(what, amount)
+        Console(highlight=False).print(table)
+    if context is not None:
+        try:
+            result.check(context)
+        except QwenMlxError as e:
+            raise QwenMlxError(str(e).replace(" (or --force)", "")) from None

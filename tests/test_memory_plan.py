@@ -1,0 +1,123 @@
+"""The memory planner: hand-computed Qwen3-4B numbers, the machine table, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from qwen_mlx import load
+from qwen_mlx.cli import main
+from qwen_mlx.engine import KVSpec
+from qwen_mlx.errors import QwenMlxError
+from qwen_mlx.hub import home
+from qwen_mlx.machine import GIB, Machine, known_bandwidth, parse_bytes
+from qwen_mlx.memory_plan import (RUNTIME_BYTES, SCORE_BYTES, MemoryPlan, Shape,
+                                  weight_bytes_of_config, weight_bytes_of_folder)
+from qwen_mlx.recipes import Recipe
+from qwen_mlx.testing.checkpoint import BASE_CONFIG  # Qwen3-4B's architecture numbers
+
+MAC_16GB = Machine("Apple M4", 16 * GIB, 12 * GIB, "75% of 16 GiB", 120.0, "spec")
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(main, list(map(str, args)), input=input)
+
+
+def qwen3_4b_plan(kv: KVSpec = KVSpec()) -> MemoryPlan:
+    weights = weight_bytes_of_config(BASE_CONFIG, Recipe(), 2)
+    return MemoryPlan(Shape.of(BASE_CONFIG), weights, MAC_16GB, dtype_bytes=2, kv=kv)
+
+
+def test_qwen3_4b_weights_and_kv_bytes_by_hand():
+    # linear layers: 36 x (2560 x (4096 + 1024 + 1024) + 4096 x 2560 + 3 x 9728 x 2560)
+    # = 3,633,315,840 weights; the tied embedding 151,936 x 2560 = 388,956,160. At q4 g64
+    # with bf16 scales and biases each weight costs 4 + 32/64 = 4.5 bits; the norms stay bf16:
+    # 36 x (2 x 2560 + 2 x 128) + 2560 = 196,096 values.
+    assert weight_bytes_of_config(BASE_CONFIG, Recipe(), 2) == \
+        (3_633_315_840 + 388_956_160) * 9 // 16 + 196_096 * 2 == 2_262_920_192
+    plan = qwen3_4b_plan()
+    # 36 layers x (k and v) x 8 kv heads x 128 dims x 2 bytes
+    assert plan.kv_bytes_per_token() == 36 * 2 * 8 * 128 * 2 == 147_456
+    assert plan.kv_bytes_per_token(KVSpec(8)) == 73_728 * (1 + 4 / 64) == 78_336
+    assert plan.kv_bytes_per_token(KVSpec(4)) == 73_728 * (0.5 + 4 / 64) == 41_472
+    assert plan.needed(262_144) > 37.7e9  # 256k at bf16 KV cannot fit in 16 GB
+
+
+def test_largest_context_on_a_16gb_mac_by_hand():
+    plan = qwen3_4b_plan()
+    # one 512-row chunk: (4 x 2560 + 2 x 4096 + 2 x 1024 + 3 x 9728) x 2 bytes per row,
+    # plus 151,936 float32 logits
+    assert plan.activation_bytes() == 512 * 49_664 * 2 + 151_936 * 4 == 51_463_680
+    room = 12 * GIB - 2_262_920_192 - RUNTIME_BYTES - 51_463_680
+    assert room == 10_033_647_104
+    # bf16 KV on Metal: fused attention, nothing else grows with the context
+    assert plan.largest_context() == room // 147_456 == 68_045
+    # quantized KV materialises attention scores; chunks shrink to keep them <= 512 MiB
+    assert plan.largest_context(KVSpec(8)) == (room - SCORE_BYTES) // 78_336 == 121_231
+    assert plan.largest_context(KVSpec(4)) == (room - SCORE_BYTES) // 41_472 == 228_992
+    assert plan.alternatives() == {"full precision": 68_045, "8-bit": 121_231, "4-bit": 228_992}
+    assert [qwen3_4b_plan(KVSpec(4)).chunk_at(d) for d in (0, 100_000, 262_144)] == [512, 41, 16]
+    assert plan.chunk_at(262_144) == 512
+
+
+def test_refusal_names_what_would_fit():
+    plan = qwen3_4b_plan()
+    plan.check(60_000)
+    with pytest.raises(QwenMlxError) as e:
+        plan.check(200_000)
+    assert str(e.value) == (
+        "200,000 tokens of context need 30.1 GiB; the budget is 12.0 GiB (75% of 16 GiB): "
+        "try --kv-bits 4 or --context 68,045 (or --force)")
+    plan.check(200_000, force=True)
+    big = MemoryPlan(Shape.of(BASE_CONFIG), 20 * GIB, MAC_16GB)
+    with pytest.raises(QwenMlxError, match="the weights alone do not fit"):
+        big.check(1000)
+
+
+def test_machine_facts():
+    assert known_bandwidth("Apple M4 Max") == 546.0 and known_bandwidth("Apple M1") == 68.25
+    assert known_bandwidth("AMD EPYC") is None
+    assert parse_bytes("16GB") == 16 * GIB and parse_bytes("800m") == 800 << 20
+    with pytest.raises(QwenMlxError, match="cannot read 'lots' as a memory size"):
+        parse_bytes("lots")
+
+
+def test_folder_weights_count_the_compute_type(tiny_q4, tiny_hf):
+    # q4 with bf16 scales: loaded as float32 on the CPU backend, floats take twice the bytes
+    stored = weight_bytes_of_folder(tiny_q4, None)
+    as_f32 = weight_bytes_of_folder(tiny_q4, 4)
+    assert stored == sum(f.stat().st_size for f in tiny_q4.glob("*.safetensors")) - \
+        sum(8 + int.from_bytes(f.read_bytes()[:8], "little") for f in tiny_q4.glob("*.safetensors"))
+    assert stored < as_f32 < 2 * stored
+    config = json.loads((tiny_hf / "config.json").read_text())
+    assert weight_bytes_of_config(config, Recipe(), None) == stored
+
+
+def test_load_refuses_or_caps_the_context(tiny_q4_f32):
+    capped = load(tiny_q4_f32, memory="1GB")
+    fits = capped.plan.largest_context()
+    assert capped.context_length == fits and 20_000 < fits < 40_000
+    with pytest.raises(QwenMlxError, match=rf"try --context {fits:,} \(or --force\)$"):
+        load(tiny_q4_f32, context="1m", memory="1GB")
+    forced = load(tiny_q4_f32, context="1m", memory="1GB", force=True)
+    assert forced.context_length == 1_048_576
+
+
+def test_plan_and_generate_on_the_command_line(tiny_q4_f32, tiny_hf):
+    result = run("plan", tiny_q4_f32, "--context", "1m", "--memory", "1GB")
+    assert result.exit_code == 1
+    assert "largest context, 4-bit KV" in result.stdout
+    assert result.stderr == ("error: 1,048,576 tokens of context need 1.5 GiB; the budget is "
+                             "0.8 GiB (75% of the 1.0 GiB asked for): try --context 29,871\n")
+    result = run("plan", tiny_hf, "--json")  # not converted yet: planned from the config
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["largest_context"]["full precision"] == 262_144
+    assert not (home() / "models").exists()  # nothing was converted
+    result = run("generate", tiny_q4_f32, "-p", "hi", "--context", "1m", "--memory", "1GB")
+    assert result.exit_code == 1 and result.output.startswith("error: 1,048,576 tokens")
+    result = run("generate", tiny_q4_f32, "-p", "hi", "--context", "1m", "--memory", "1GB",
+                 "--force", "--max-tokens", "2", "-q")
+    assert result.exit_code == 0, result.output
