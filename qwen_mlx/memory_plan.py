@@ -8,7 +8,9 @@ a halt. The model (one per process) costs:
     + RUNTIME_BYTES         MLX, Python, tokenizer: measured about 0.4 GB, rounded up
     + activations           one prefill chunk through one layer, plus the logits
     + attention scores      only where attention materialises them (quantized KV, CPU):
-                            capped at SCORE_BYTES by shrinking prefill chunks at depth
+                            prefill chunks shrink at depth so that the scores stay below
+                            both SCORE_BYTES and the size of the KV cache (so memory grows
+                            with the cache, not with cache x chunk)
     + context x KV bytes per token
 """
 
@@ -26,7 +28,8 @@ from .recipes import Recipe
 from .safetensors_stream import DTYPE_BYTES, TensorInfo, read_header
 
 RUNTIME_BYTES = 512 << 20
-SCORE_BYTES = 512 << 20  # attention scores of one prefill chunk, at most
+SCORE_BYTES = 512 << 20  # attention scores of one prefill chunk, at most...
+MIN_SCORE_BYTES = 16 << 20  # ...and no more than the KV cache they attend over, above this
 MIN_CHUNK = 16
 FLOAT_TYPES = ("BF16", "F16", "F32")
 
@@ -131,10 +134,11 @@ class MemoryPlan:
 
     def chunk_at(self, depth: int) -> int:
         """Prefill rows per chunk at this cache depth: the configured step, shrunk when
-        materialised attention scores would pass SCORE_BYTES."""
+        materialised attention scores would pass SCORE_BYTES or the KV cache's own size."""
         if not self.materialises_scores():
             return self.prefill_step
-        rows = SCORE_BYTES // (self.shape.heads * 4 * (depth + self.prefill_step))
+        budget = min(SCORE_BYTES, max(MIN_SCORE_BYTES, int(depth * self.kv_bytes_per_token())))
+        rows = budget // (self.shape.heads * 4 * (depth + self.prefill_step))
         return max(MIN_CHUNK, min(self.prefill_step, rows))
 
     # -- decisions ------------------------------------------------------------------

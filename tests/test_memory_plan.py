@@ -16,7 +16,7 @@ from qwen_mlx.machine import GIB, Machine, known_bandwidth, parse_bytes
 from qwen_mlx.memory_plan import (RUNTIME_BYTES, SCORE_BYTES, MemoryPlan, Shape,
                                   weight_bytes_of_config, weight_bytes_of_folder)
 from qwen_mlx.recipes import Recipe
-from qwen_mlx.testing.checkpoint import BASE_CONFIG  # Qwen3-4B's architecture numbers
+from qwen_mlx.shapes import BASE_CONFIG  # Qwen3-4B's architecture numbers
 
 MAC_16GB = Machine("Apple M4", 16 * GIB, 12 * GIB, "75% of 16 GiB", 120.0, "spec")
 
@@ -55,10 +55,11 @@ def test_largest_context_on_a_16gb_mac_by_hand():
     # bf16 KV on Metal: fused attention, nothing else grows with the context
     assert plan.largest_context() == room // 147_456 == 68_045
     # quantized KV materialises attention scores; chunks shrink to keep them <= 512 MiB
+    # (and, early on, no bigger than the cache: 16 MiB / (32 heads x 4 bytes x 512) = 256)
     assert plan.largest_context(KVSpec(8)) == (room - SCORE_BYTES) // 78_336 == 121_231
     assert plan.largest_context(KVSpec(4)) == (room - SCORE_BYTES) // 41_472 == 228_992
     assert plan.alternatives() == {"full precision": 68_045, "8-bit": 121_231, "4-bit": 228_992}
-    assert [qwen3_4b_plan(KVSpec(4)).chunk_at(d) for d in (0, 100_000, 262_144)] == [512, 41, 16]
+    assert [qwen3_4b_plan(KVSpec(4)).chunk_at(d) for d in (0, 100_000, 262_144)] == [256, 41, 16]
     assert plan.chunk_at(262_144) == 512
 
 

@@ -49,16 +49,17 @@ class Group(click.Group):
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="qwen-mlx")
 def main() -> None:
-    """Qwen3-4B on your Mac with MLX: convert, generate, chat, plan."""
+    """Qwen3-4B on your Mac with MLX: convert, generate, chat, plan, bench."""
 
 
 def _register() -> None:
+    from .bench import bench
     from .chat import chat
     from .convert import convert
     from .generate import generate
     from .plan import plan
 
-    for command in (chat, convert, generate, plan):
+    for command in (bench, chat, convert, generate, plan):
         main.add_command(command)
 
 

@@ -15,34 +15,11 @@ import mlx.core as mx
 
 from ..checkpoint import expected_shapes
 from ..safetensors_stream import plan_shards, shard_name, tensor_nbytes
+from ..shapes import SHAPES, config_for  # noqa: F401 - SHAPES is re-exported
 from .tokenizer import write_tokenizer
 
-# Qwen3-4B's architecture; the small shapes shrink the width and depth only.
-BASE_CONFIG = {
-    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "attention_bias": False,
-    "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
-    "hidden_act": "silu", "initializer_range": 0.02, "max_position_embeddings": 262144,
-    "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 5000000,
-    "sliding_window": None, "use_sliding_window": False, "tie_word_embeddings": True,
-    "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 151936,
-    "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
-    "max_window_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
-    "head_dim": 128,
-}
-SHAPES = {
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, max_window_layers=2, intermediate_size=128,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=16),
-    "small": dict(hidden_size=256, num_hidden_layers=4, max_window_layers=4,
-                  intermediate_size=768, num_attention_heads=8, num_key_value_heads=2,
-                  head_dim=32),
-    "4b": {},
-}
 GENERATION_CONFIG = {"bos_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643],
                      "pad_token_id": 151643, "temperature": 0.7, "top_k": 20, "top_p": 0.8}
-
-
-def config_for(shape: str) -> dict:
-    return {**BASE_CONFIG, **SHAPES[shape]}
 
 
 def random_tensor(name: str, shape: tuple[int, ...]) -> mx.array:

@@ -1,0 +1,139 @@
+"""`qwen-mlx bench`: the JSON record, the roofline arithmetic, random weights, mlx-lm."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from qwen_mlx.benchmark import (bytes_per_token, kv_bytes_per_token, random_target, roofline,
+                                weights_read_per_token)
+from qwen_mlx.cli import main
+from qwen_mlx.cli.bench import parse_lengths
+from qwen_mlx.engine import KVSpec
+from qwen_mlx.errors import QwenMlxError
+from qwen_mlx.machine import known_bandwidth
+from qwen_mlx.memory_plan import weight_bytes_of_config
+from qwen_mlx.recipes import Recipe, parse_recipe
+from qwen_mlx.shapes import config_for
+
+FAST = ["--prompt-lengths", "32,64", "--depths", "0,96", "--gen-tokens", "8", "-n", "2",
+        "--warmup", "1"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(map(str, args)))
+
+
+def test_roofline_arithmetic_for_qwen3_4b():
+    config = config_for("qwen3-4b")
+    weights = weight_bytes_of_config(config, Recipe(), 2)  # q4 g64, bf16 scales
+    assert weights == 2_262_920_192  # "about 2.263 GB per token"
+    assert kv_bytes_per_token(config, KVSpec(), 2) == 147_456
+    assert kv_bytes_per_token(config, KVSpec(4), 2) == 41_472
+    assert bytes_per_token(weights, 147_456, 2048) == 2_262_920_192 + 2048 * 147_456
+    # M4 Max (546 GB/s): 241.3 tok/s at depth 0, 212.9 at 2048; mlx-lm's published 134.5
+    # tok/s for Qwen3-4B-Instruct-2507 q4 on an M4 Max is 55.7% of the depth-0 ceiling.
+    m4_max = known_bandwidth("Apple M4 Max")
+    assert round(roofline(m4_max, weights), 1) == 241.3
+    assert round(roofline(m4_max, bytes_per_token(weights, 147_456, 2048)), 1) == 212.9
+    assert round(100 * 134.5 / roofline(m4_max, weights), 1) == 55.7
+    assert round(roofline(known_bandwidth("Apple M1"), weights), 1) == 30.2
+
+
+def test_random_weights_match_the_planned_bytes():
+    for recipe in ("q4", "q8", "bf16"):
+        target = random_target("tiny", parse_recipe(recipe), kv=KVSpec(), prefill_step=512)
+        assert weights_read_per_token(target.net, target.config) == \
+            weight_bytes_of_config(config_for("tiny"), parse_recipe(recipe), 4)  # float32
+
+
+def test_parse_lengths():
+    assert parse_lengths("0,2048,8k,32K", "--depths", 0) == [0, 2048, 8192, 32768]
+    for bad, message in [("1,x", "cannot read 'x'"), ("1m2", "cannot read '1m2'"),
+                         ("", "cannot read ''"), ("0", "0 is below 1")]:
+        with pytest.raises(QwenMlxError, match=message):
+            parse_lengths(bad, "--prompt-lengths", 1)
+
+
+def test_random_weights_json_has_every_field_and_consistent_numbers(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run("bench", "shape:tiny", "--recipes", "q4,q8", *FAST, "--json", out)
+    assert result.exit_code == 0, result.output
+    assert "shape:tiny q4 random" in result.stdout and "shape:tiny q8 random" in result.stdout
+    record = json.loads(out.read_text())
+    assert set(record) == {"versions", "machine", "settings", "results", "comparisons",
+                           "created"}
+    assert set(record["versions"]) == {"qwen-mlx", "mlx", "mlx-lm"}
+    machine = record["machine"]
+    assert machine["memory_bytes"] > 0 and machine["bandwidth_gbs"] > 0
+    assert machine["bandwidth_source"]
+    assert record["settings"]["prompt_lengths"] == [32, 64]
+    assert record["settings"]["depths"] == [0, 96] and record["settings"]["reps"] == 2
+    assert [r["name"] for r in record["results"]] == ["shape:tiny q4 random",
+                                                      "shape:tiny q8 random"]
+    for r in record["results"]:
+        assert r["load_seconds"] > 0 and r["engine"] == "qwen-mlx"
+        for p in r["prefill"]:
+            seconds = p["seconds"]["samples"]
+            assert len(seconds) == 2 and all(s > 0 for s in seconds)
+            rates = p["tokens_per_second"]["samples"]
+            assert rates == pytest.approx([p["tokens"] / s for s in seconds])
+            assert p["tokens_per_second"]["mean"] == pytest.approx(sum(rates) / 2)
+            assert p["time_to_first_token"] == pytest.approx(sum(seconds) / 2)
+        for d in r["decode"]:
+            tps = d["tokens_per_second"]
+            assert len(tps["samples"]) == 2 and min(tps["samples"]) > 0
+            assert d["roofline_tokens_per_second"] == pytest.approx(
+                machine["bandwidth_gbs"] * 1e9 / d["bytes_per_token"], rel=1e-3)
+            assert d["roofline_percent"] == pytest.approx(
+                100 * tps["mean"] / d["roofline_tokens_per_second"], abs=0.1)
+        deeper = r["decode"][1]["bytes_per_token"] - r["decode"][0]["bytes_per_token"]
+        assert deeper == 96 * kv_bytes_per_token(config_for("tiny"), KVSpec(), 4)
+        memory = r["memory"]
+        assert memory["weights"] > 0 and memory["kv_cache"] > 0 and memory["other"] >= 0
+        assert memory["peak"] >= memory["weights"] + memory["kv_cache"]
+    q4, q8 = record["results"]
+    assert q4["memory"]["weights"] < q8["memory"]["weights"]
+
+
+def test_compare_with_mlx_lm_and_plot(tiny_q4_f32, tmp_path):
+    out, png = tmp_path / "b.json", tmp_path / "b.png"
+    result = run("bench", tiny_q4_f32, *FAST, "--compare", "mlx-lm", "--kv-bits", "8",
+                 "--kv-group-size", "32", "--json", out, "--plot", png)
+    assert result.exit_code == 1  # the tiny fixture's head size is 16: no KV group fits
+    assert "error: --kv-group-size 32 must divide the head size 16" in result.output
+    result = run("bench", tiny_q4_f32, *FAST, "--compare", "mlx-lm", "--json", out,
+                 "--plot", png)
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert [r["engine"] for r in record["results"]] == ["qwen-mlx", "mlx-lm"]
+    (comparison,) = record["comparisons"]
+    assert set(comparison["prefill"]) == {"32", "64"} and set(comparison["decode"]) == {"0", "96"}
+    ours, theirs = record["results"]
+    assert comparison["decode"]["0"] == pytest.approx(
+        ours["decode"][0]["tokens_per_second"]["mean"] /
+        theirs["decode"][0]["tokens_per_second"]["mean"], rel=1e-2)
+    assert math.isfinite(comparison["peak_memory"]) and comparison["peak_memory"] > 0
+    assert "vs mlx-lm (ours/theirs): prefill 32: x" in result.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_errors(tiny_q4_f32):
+    cases = [(["bench", "no/such/model"], "error: model folder no/such/model does not exist"),
+             (["bench", "shape:huge"], "error: unknown shape 'huge': use one of qwen3-4b, "
+                                       "tiny, small"),
+             (["bench", "shape:tiny", "--depths", "0,lots"],
+              "error: --depths: cannot read 'lots' as a token count (use numbers like "
+              "512,2048,8k)"),
+             (["bench", tiny_q4_f32, "--depths", "300k"],
+              f"error: {tiny_q4_f32.name}: 307,329 tokens (prompt or depth plus generated) "
+              f"exceed the context limit of 262,144"),
+             (["bench", "shape:tiny", "--compare", "mlx-lm"],
+              "error: --compare mlx-lm needs a model on disk, not random weights")]
+    for args, message in cases:
+        result = run(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.output.strip().splitlines()[-1] == message
