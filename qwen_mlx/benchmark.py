@@ -23,7 +23,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -150,8 +150,11 @@ def time_decode(target: Target, depth: int, gen_tokens: int, seed: int) -> tuple
 
 def measure(target: Target, *, prompt_lengths: list[int], depths: list[int],
             gen_tokens: int = 128, reps: int = 3, warmup: int = 1,
-            bandwidth_gbs: float | None = None) -> dict:
-    """Every number for one target, as a JSON-ready dict (samples included)."""
+            bandwidth_gbs: float | None = None,
+            on_step: Callable[[str], None] | None = None) -> dict:
+    """Every number for one target, as a JSON-ready dict (samples included). ``on_step``
+    hears what is being measured (a long run takes minutes on a slow machine)."""
+    say = on_step or (lambda text: None)
     longest = max(prompt_lengths + [d + gen_tokens + 1 for d in depths])
     if longest > target.context_length:
         raise QwenMlxError(f"{target.name}: {longest:,} tokens (prompt or depth plus "
@@ -161,6 +164,7 @@ def measure(target: Target, *, prompt_lengths: list[int], depths: list[int],
     kv_peak = 0
     prefill, decode = {}, {}
     for n in prompt_lengths:
+        say(f"prefill {n:,} tokens")
         for i in range(warmup):
             time_prefill(target, n, seed=10_000 + i)
         runs = [time_prefill(target, n, seed=i) for i in range(reps)]
@@ -173,6 +177,7 @@ def measure(target: Target, *, prompt_lengths: list[int], depths: list[int],
     kv_per_token = kv_bytes_per_token(target.config, target.kv, dtype_bytes)
     weights_read = weights_read_per_token(target.net, target.config)
     for depth in depths:
+        say(f"decode {gen_tokens} tokens at depth {depth:,}")
         for i in range(warmup):
             time_decode(target, depth, min(gen_tokens, 16), seed=20_000 + i)
         runs = [time_decode(target, depth, gen_tokens, seed=100 + i) for i in range(reps)]

@@ -197,3 +197,45 @@ def test_chat_file_command(tiny_model, tiny_q4_f32, tmp_path):
     assert result.stdout.startswith(expected.text)
     assert f"error: no such file: {tmp_path}/none.txt" in result.stderr
     assert "error: usage: /file PATH [REQUEST]" in result.stderr
+
+
+def test_prefill_reports_progress_chunk_by_chunk(tiny_model):
+    tokens = tiny_model.encode(TEXT)
+    calls = []
+    out = tiny_model.generate(tokens, temperature=0, max_tokens=2, prefill_step=64,
+                              on_prefill=lambda done, total: calls.append((done, total)))
+    n = len(tokens)
+    expected = [(d, n) for d in range(64, n - 1, 64)] + [(n - 1, n)]
+    assert calls == expected
+    assert out.stats.prefill_tokens == n
+
+
+def test_prefill_bar_shows_only_for_long_prompts_and_closes():
+    from qwen_mlx.cli.console import PrefillBar
+
+    with PrefillBar(threshold=100) as bar:
+        bar(50, 80)
+        assert bar.bar is None  # short prompt: no bar
+        bar(50, 400)
+        assert bar.bar is not None and bar.bar.tasks[0].completed == 50
+        bar(399, 400)  # the last prompt chunk: the bar goes before the reply is printed
+        assert bar.bar is None
+        bar(100, 400)
+    assert bar.bar is None  # leaving the block (Ctrl-C, an error) closes it too
+
+
+def test_prefix_cache_sizes_and_trims_across_its_two_parts(tiny_kv):
+    model = load(tiny_kv, kv_bits=4, kv_group_size=32, kv_start=8)
+    cache = model.new_cache()
+    assert cache.layers[0].nbytes == 0
+    model.generate(model.encode(TEXT)[:20], cache=cache, temperature=0, max_tokens=1)
+    layer = cache.layers[0]
+    assert (layer.head.offset, layer.tail.offset, layer.offset) == (8, 12, 20)
+    full = layer.nbytes
+    cache.trim(15)  # trims the quantized tail first
+    assert (layer.head.offset, layer.tail.offset) == (8, 7)
+    cache.trim(5)  # then into the full-precision head
+    assert (layer.head.offset, layer.tail.offset) == (5, 0)
+    model.generate(model.encode(TEXT)[:9], cache=cache, temperature=0, max_tokens=1)
+    assert (layer.head.offset, layer.tail.offset) == (8, 1)  # the head refills to its start
+    assert 0 < layer.nbytes <= full

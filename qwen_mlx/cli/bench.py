@@ -95,7 +95,7 @@ def bench(models: tuple[str, ...], recipes: str, random_weights: bool, prompt_le
     if bandwidth is None:
         bandwidth = round(benchmark.measure_bandwidth(), 1)
         bandwidth_source = "measured here with a 256 MB copy (unknown chip)"
-    err.print(f"[dim]{machine.chip}: {bandwidth:g} GB/s memory bandwidth "
+    err.print(f"[dim]{machine.chip}: {bandwidth:,.1f} GB/s memory bandwidth "
               f"({bandwidth_source})[/dim]", soft_wrap=True)
 
     settings = {"prompt_lengths": lengths, "depths": depth_list, "gen_tokens": gen_tokens,
@@ -105,19 +105,14 @@ def bench(models: tuple[str, ...], recipes: str, random_weights: bool, prompt_le
     for spec in specs:
         for recipe in recipe_list:
             target, folder = _target(spec, recipe, memory)
-            err.print(f"[dim]measuring {target.name}...[/dim]", soft_wrap=True)
-            result = benchmark.measure(target, prompt_lengths=lengths, depths=depth_list,
-                                       gen_tokens=gen_tokens, reps=reps, warmup=warmup,
-                                       bandwidth_gbs=bandwidth)
-            results.append(result)
-            if compare:
-                theirs = benchmark.measure(benchmark.mlx_lm_target(folder, target),
-                                           prompt_lengths=lengths, depths=depth_list,
-                                           gen_tokens=gen_tokens, reps=reps, warmup=warmup,
-                                           bandwidth_gbs=bandwidth)
-                results.append(theirs)
-                comparisons.append(benchmark.ratios(result, theirs))
-            del target
+            results.append(_measure(target, lengths, depth_list, gen_tokens, reps, warmup,
+                                    bandwidth))
+            if compare:  # loaded only now, so neither model's memory counts in the other's
+                theirs = benchmark.mlx_lm_target(folder, target)
+                del target
+                results.append(_measure(theirs, lengths, depth_list, gen_tokens, reps, warmup,
+                                        bandwidth))
+                comparisons.append(benchmark.ratios(results[-2], results[-1]))
     _print_table(results, comparisons)
     record = {"versions": _versions(), "machine": {**machine.to_dict(), "bandwidth_gbs":
                                                     bandwidth, "bandwidth_source":
@@ -132,6 +127,16 @@ def bench(models: tuple[str, ...], recipes: str, random_weights: bool, prompt_le
 
         atomic_write_bytes(plot_path, plot(record))
         err.print(f"[dim]wrote {plot_path}[/dim]")
+
+
+def _measure(target, lengths, depths, gen_tokens, reps, warmup, bandwidth) -> dict:
+    from .. import benchmark
+
+    with err.status(target.name) as status:
+        return benchmark.measure(target, prompt_lengths=lengths, depths=depths,
+                                 gen_tokens=gen_tokens, reps=reps, warmup=warmup,
+                                 bandwidth_gbs=bandwidth,
+                                 on_step=lambda text: status.update(f"{target.name}: {text}"))
 
 
 def _target(spec: str | None, recipe, memory: dict):

@@ -103,6 +103,10 @@ class PrefixQuantizedKVCache(CacheList):
             self.tail.update_and_fetch(keys[..., room:, :], values[..., room:, :])
         return self, self  # the attention below reads both parts from the cache itself
 
+    @property
+    def nbytes(self) -> int:  # mlx-lm's QuantizedKVCache.nbytes fails while it is empty
+        return self.head.nbytes + (self.tail.nbytes if self.tail.keys is not None else 0)
+
     def trim(self, n: int) -> int:
         done = self.tail.trim(n)
         return done + self.head.trim(n - done)
