@@ -49,7 +49,7 @@ class Group(click.Group):
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="qwen-mlx")
 def main() -> None:
-    """Qwen3-4B on your Mac with MLX: convert, generate, chat, plan, bench."""
+    """Qwen3-4B on your Mac with MLX: convert, generate, chat, serve, plan, bench."""
 
 
 def _register() -> None:
@@ -58,8 +58,9 @@ def _register() -> None:
     from .convert import convert
     from .generate import generate
     from .plan import plan
+    from .serve import serve
 
-    for command in (bench, chat, convert, generate, plan):
+    for command in (bench, chat, convert, generate, plan, serve):
         main.add_command(command)
 
 

@@ -1,0 +1,64 @@
+"""`qwen-mlx serve`: OpenAI- and Ollama-compatible server on one loaded model."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import click
+
+from ..errors import QwenMlxError
+from .console import PrefillBar, err, open_model
+from .options import (MODEL_HELP, force_option, load_options, memory_kwargs, memory_options,
+                      model_argument)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@click.command(help=f"""Serve MODEL over HTTP: OpenAI's /v1/chat/completions and /v1/models,
+Ollama's /api/chat, /api/generate, /api/tags, /api/show and /api/version. Requests run one at
+a time on one engine; the KV caches of recent conversations are kept, so a client that resends
+its history prefills only the new part. Loopback only unless --host says otherwise.
+{MODEL_HELP}""")
+@model_argument
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but loopback exposes the model to the network.")
+@click.option("--port", type=click.IntRange(1, 65535), default=11434, show_default=True,
+              help="Port (11434 is Ollama's, so Ollama clients find it unchanged).")
+@click.option("--api-key", envvar="QWEN_MLX_API_KEY",
+              help="Require 'Authorization: Bearer KEY' (or set QWEN_MLX_API_KEY).")
+@click.option("--cache-slots", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Conversations whose KV caches are kept for reuse.")
+@load_options
+@memory_options
+@force_option
+def serve(model: str | None, host: str, port: int, api_key: str | None, cache_slots: int,
+          adapter: Path | None, recipe: str, **options) -> None:
+    from ..hub import DEFAULT_MODEL
+    from ..serve import Server, run
+
+    check_port(host, port)  # before minutes of loading, not after
+    if host not in LOOPBACK and not api_key:
+        err.print(f"[yellow]serving on {host} without --api-key: anyone who can reach this "
+                  f"machine can use the model[/yellow]", soft_wrap=True)
+    llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
+    model_id = Path(model).name if model and Path(model).expanduser().is_dir() else \
+        (model or DEFAULT_MODEL)
+    err.print(f"serving {model_id} on http://{host}:{port} (OpenAI: /v1, Ollama: /api); "
+              f"Ctrl-C stops", soft_wrap=True)
+    run(Server(llm, model_id, api_key=api_key, slots=cache_slots, progress=PrefillBar()),
+        host, port)
+
+
+def check_port(host: str, port: int) -> None:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise QwenMlxError(f"cannot resolve --host {host}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise QwenMlxError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None

@@ -1,0 +1,67 @@
+"""The ASGI app: routes for both APIs over one :class:`Server`, each API's error shape, and
+the optional API key.
+
+Starlette (with uvicorn) rather than FastAPI: the two APIs need their own error bodies and
+streaming formats, which we write by hand either way, so FastAPI's validation layer would only
+be bypassed; Starlette is the part of it we use.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from . import ollama, openai
+from .server import RequestError, Server
+
+Handler = Callable[[Server, Request], Awaitable[Response]]
+
+
+def create_app(server: Server) -> Starlette:
+    def route(path: str, handler, methods: list[str], api) -> Route:
+        async def endpoint(request: Request) -> Response:
+            try:
+                authorize(server, request)
+                result = handler(server, request) if _takes_request(handler) else \
+                    handler(server)
+                return await result if hasattr(result, "__await__") else result
+            except RequestError as e:
+                return api.error(e)
+        return Route(path, endpoint, methods=methods)
+
+    routes = [
+        Route("/", lambda request: PlainTextResponse("qwen-mlx is running"),
+              methods=["GET", "HEAD"]),
+        route("/v1/models", openai.models, ["GET"], openai),
+        route("/v1/chat/completions", openai.chat_completions, ["POST"], openai),
+        route("/api/tags", ollama.tags, ["GET"], ollama),
+        route("/api/show", ollama.show, ["POST"], ollama),
+        route("/api/version", lambda server: ollama.version(), ["GET"], ollama),
+        route("/api/chat", ollama.chat, ["POST"], ollama),
+        route("/api/generate", ollama.generate, ["POST"], ollama),
+    ]
+    return Starlette(routes=routes)
+
+
+def _takes_request(handler) -> bool:
+    return handler.__code__.co_argcount == 2
+
+
+def authorize(server: Server, request: Request) -> None:
+    """With --api-key, every API route needs ``Authorization: Bearer KEY``."""
+    if server.api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(given.encode(), server.api_key.encode()):
+        raise RequestError(401, "invalid or missing API key (Authorization: Bearer KEY)",
+                           code="invalid_api_key")
+
+
+async def not_found(request: Request, exc) -> JSONResponse:
+    return JSONResponse({"error": f"no route {request.url.path}"}, status_code=404)

@@ -1,0 +1,171 @@
+"""Ollama-compatible endpoints: /api/chat and /api/generate (NDJSON streaming by default),
+/api/tags, /api/show, /api/version. Durations are nanoseconds, as Ollama reports them."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from .. import __version__
+from . import tool_calls
+from .openai import read_json
+from .server import RequestError, Server, number, stop_list
+
+
+def error(e: RequestError) -> JSONResponse:
+    return JSONResponse({"error": e.message}, status_code=e.status)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def options(body: dict) -> tuple[dict, list[str], int | None]:
+    """Ollama's ``options`` -> (sampling, stop strings, num_ctx)."""
+    opts = body.get("options") or {}
+    if not isinstance(opts, dict):
+        raise RequestError(400, "'options' must be an object")
+    predict = number(opts, "num_predict", int)
+    out = {"temperature": number(opts, "temperature", low=0),
+           "top_p": number(opts, "top_p", low=0, high=1),
+           "top_k": number(opts, "top_k", int, low=0),
+           "min_p": number(opts, "min_p", low=0, high=1),
+           "seed": number(opts, "seed", int),
+           "max_tokens": predict if predict and predict > 0 else None}  # -1: until the end
+    return ({k: v for k, v in out.items() if v is not None}, stop_list(opts.get("stop")),
+            number(opts, "num_ctx", int, low=1))
+
+
+def final(server: Server, stats, started: float, **fields) -> dict:
+    return {"model": server.model_id, "created_at": now(), **fields, "done": True,
+            "done_reason": stats.finish_reason,
+            "total_duration": int((time.perf_counter() - started) * 1e9), "load_duration": 0,
+            "prompt_eval_count": stats.prompt_tokens,
+            "prompt_eval_duration": int(stats.time_to_first_token * 1e9),
+            "eval_count": stats.generated_tokens,
+            "eval_duration": int(stats.decode_seconds * 1e9)}
+
+
+def ollama_calls(calls: list[dict]) -> list[dict]:
+    return [{"function": {"name": c["name"], "arguments": c["arguments"]}} for c in calls]
+
+
+async def respond(server: Server, body: dict, tokens: list[int], started: float, *,
+                  key: str, tools: bool) -> Response:
+    """Run the generation; ``key`` is "message" (/api/chat) or "response" (/api/generate)."""
+    sampling, stop, _ = options(body)
+    pieces = server.generate(tokens, sampling, stop)
+    splitter = tool_calls.Splitter(enabled=tools)
+
+    def payload(text: str, calls: list[dict] | None = None):
+        if key == "response":
+            return text
+        message = {"role": "assistant", "content": text}
+        if calls:
+            message["tool_calls"] = ollama_calls(calls)
+        return message
+
+    if not body.get("stream", True):
+        text, stats = [], None
+        async for piece in pieces:
+            text.append(splitter.feed(piece.text))
+            stats = piece.stats or stats
+        rest, calls = splitter.finish()
+        return JSONResponse(final(server, stats, started,
+                                  **{key: payload("".join(text) + rest, calls)}))
+
+    async def lines():
+        stats = None
+        try:
+            async for piece in pieces:
+                stats = piece.stats or stats
+                text = splitter.feed(piece.text)
+                if text:
+                    yield json.dumps({"model": server.model_id, "created_at": now(),
+                                      key: payload(text), "done": False},
+                                     ensure_ascii=False) + "\n"
+        finally:
+            await pieces.aclose()
+        rest, calls = splitter.finish()
+        if rest or calls:
+            yield json.dumps({"model": server.model_id, "created_at": now(),
+                              key: payload(rest, calls), "done": False},
+                             ensure_ascii=False) + "\n"
+        yield json.dumps(final(server, stats, started, **{key: payload("")})) + "\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+async def chat(server: Server, request: Request) -> Response:
+    started = time.perf_counter()
+    body = await read_json(request)
+    server.check_model(body.get("model"))
+    tokens = server.encode_chat(body.get("messages"), body.get("tools"))
+    server.check_length(tokens, options(body)[2])
+    return await respond(server, body, tokens, started, key="message",
+                         tools=bool(body.get("tools")))
+
+
+async def generate(server: Server, request: Request) -> Response:
+    started = time.perf_counter()
+    body = await read_json(request)
+    server.check_model(body.get("model"))
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise RequestError(400, "'prompt' must be non-empty text")
+    system = body.get("system")
+    tokens = server.encode_text(prompt, raw=bool(body.get("raw")),
+                                system=system if isinstance(system, str) else None)
+    server.check_length(tokens, options(body)[2])
+    return await respond(server, body, tokens, started, key="response", tools=False)
+
+
+def details(server: Server) -> dict:
+    from math import prod
+
+    from ..checkpoint import expected_shapes
+
+    config = server.model.config
+    quant = config.get("quantization") or {}
+    try:
+        count = sum(prod(s) for s in expected_shapes(config).values())
+        size = f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.1f}M"
+    except KeyError:
+        size = ""
+    return {"parent_model": "", "format": "mlx", "family": "qwen3", "families": ["qwen3"],
+            "parameter_size": size,
+            "quantization_level": f"Q{quant['bits']}" if quant.get("bits") else "F16"}
+
+
+def tags(server: Server) -> JSONResponse:
+    size = sum(f.stat().st_size for f in server.model.path.glob("*.safetensors"))
+    return JSONResponse({"models": [{
+        "name": server.model_id, "model": server.model_id,
+        "modified_at": datetime.fromtimestamp(server.started, timezone.utc).isoformat(),
+        "size": size, "digest": "", "details": details(server)}]})
+
+
+async def show(server: Server, request: Request) -> JSONResponse:
+    body = await read_json(request)
+    server.check_model(body.get("model") or body.get("name"))
+    config = server.model.config
+    d = server.model.defaults
+    return JSONResponse({
+        "modelfile": f"FROM {server.model.path}\n",
+        "template": getattr(server.model.tokenizer, "chat_template", None) or "",
+        "parameters": f"temperature {d.temperature}\ntop_p {d.top_p}\ntop_k {d.top_k}",
+        "details": details(server),
+        "model_info": {"general.architecture": "qwen3",
+                       "qwen3.context_length": server.model.context_length,
+                       "qwen3.embedding_length": config.get("hidden_size"),
+                       "qwen3.block_count": config.get("num_hidden_layers")},
+        "capabilities": ["completion", "tools"],
+        "modified_at": datetime.fromtimestamp(server.started, timezone.utc).isoformat()})
+
+
+def version() -> JSONResponse:
+    return JSONResponse({"version": __version__})

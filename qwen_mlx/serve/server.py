@@ -1,0 +1,138 @@
+"""What both APIs share: the loaded model, its names, request validation, and one
+generation call that turns messages into pieces through the worker."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from ..engine import Piece
+from ..errors import QwenMlxError
+from ..model import Model
+from .worker import Worker
+
+
+class RequestError(Exception):
+    """A 4xx answer: each API renders it in its own error shape."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None,
+                 param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+
+@dataclass
+class Server:
+    model: Model
+    model_id: str
+    api_key: str | None = None
+    slots: int = 4
+    progress: object = None  # prefill progress callback for long prompts (the CLI's bar)
+    started: float = field(default_factory=time.time)
+    worker: Worker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.worker = Worker(self.model, self.slots, self.progress)
+
+    # -- requests ---------------------------------------------------------------------
+
+    def check_model(self, name) -> None:
+        """Clients must name the served model (Ollama's ":latest" tag and case aside)."""
+        if not isinstance(name, str) or not name:
+            raise RequestError(400, "'model' is required", param="model")
+        wanted = name.lower().removesuffix(":latest")
+        names = {self.model_id.lower(), self.model_id.lower().rsplit("/", 1)[-1]}
+        if wanted not in names:
+            raise RequestError(404, f"model '{name}' not found; this server runs "
+                                    f"'{self.model_id}'", code="model_not_found", param="model")
+
+    def encode_chat(self, messages, tools=None) -> list[int]:
+        if not isinstance(messages, list) or not messages:
+            raise RequestError(400, "'messages' must be a non-empty list", param="messages")
+        clean = [normalize_message(m, i) for i, m in enumerate(messages)]
+        if tools is not None and not isinstance(tools, list):
+            raise RequestError(400, "'tools' must be a list", param="tools")
+        try:
+            tokens = self.model.encode(clean, tools=tools or None)
+        except QwenMlxError as e:
+            raise RequestError(400, str(e)) from None
+        except Exception as e:  # noqa: BLE001 - the template rejects odd input its own way
+            raise RequestError(400, f"cannot render the messages: {e}",
+                               param="messages") from None
+        return self.check_length(tokens)
+
+    def encode_text(self, prompt: str, *, raw: bool, system: str | None = None) -> list[int]:
+        if raw:
+            return self.check_length(self.model.encode(prompt, raw=True))
+        messages = ([{"role": "system", "content": system}] if system else []) + \
+            [{"role": "user", "content": prompt}]
+        return self.check_length(self.model.encode(messages))
+
+    def check_length(self, tokens: list[int], limit: int | None = None) -> list[int]:
+        limit = min(limit or self.model.context_length, self.model.context_length)
+        if len(tokens) >= limit:
+            raise RequestError(400, f"the prompt is {len(tokens):,} tokens; the context is "
+                                    f"{limit:,}", code="context_length_exceeded",
+                               param="messages")
+        return tokens
+
+    async def generate(self, tokens: list[int], sampling: dict,
+                       stop: list[str]) -> AsyncIterator[Piece]:
+        async for piece in self.worker.generate(tokens, sampling, stop):
+            yield piece
+
+
+def normalize_message(m, index: int) -> dict:
+    """A chat message as the template wants it: text content (OpenAI content parts joined),
+    tool-call arguments as objects."""
+    if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
+        raise RequestError(400, f"messages[{index}] needs a role of system, user, assistant "
+                                f"or tool", param="messages")
+    content = m.get("content")
+    if isinstance(content, list):  # OpenAI content parts: keep the text ones
+        content = "".join(p.get("text", "") for p in content
+                          if isinstance(p, dict) and p.get("type") == "text")
+    if content is None:
+        content = ""
+    if not isinstance(content, str):
+        raise RequestError(400, f"messages[{index}].content must be text", param="messages")
+    out = {"role": m["role"], "content": content}
+    calls = []
+    for call in m.get("tool_calls") or []:
+        fn = call.get("function", call) if isinstance(call, dict) else {}
+        arguments = fn.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                pass
+        calls.append({"function": {"name": fn.get("name", ""), "arguments": arguments}})
+    if calls:
+        out["tool_calls"] = calls
+    return out
+
+
+def stop_list(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        return value
+    raise RequestError(400, "'stop' must be a string or a list of strings", param="stop")
+
+
+def number(body: dict, key: str, kind=float, *, low=None, high=None):
+    """An optional numeric field, range-checked."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (kind is int and float(value) != int(value)):
+        raise RequestError(400, f"'{key}' must be a number", param=key)
+    value = kind(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise RequestError(400, f"'{key}' is out of range", param=key)
+    return value

@@ -1,0 +1,110 @@
+"""One model, one engine thread: requests queue up and run one at a time, never interleaved.
+
+The worker keeps a few KV caches of recent conversations. A chat client resends the whole
+history on every request; the request goes to the cache sharing the longest prefix with it,
+so only the new suffix is prefilled. Results travel back to the asyncio side as events;
+a request whose client went away is cancelled between two tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from ..engine import Piece, PromptCache
+from ..engine.prompt_cache import common_prefix
+from ..model import Model
+
+_DONE = object()
+
+
+@dataclass
+class Job:
+    tokens: list[int]
+    sampling: dict
+    stop: list[str]
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def put(self, item) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+
+class CachePool:
+    """Up to ``slots`` prompt caches, most recently used first."""
+
+    def __init__(self, model: Model, slots: int) -> None:
+        self.model, self.slots = model, slots
+        self.caches: list[PromptCache] = []
+
+    def take(self, tokens: list[int]) -> PromptCache:
+        best = max(self.caches, key=lambda c: common_prefix(c.tokens, tokens), default=None)
+        if best is None or (common_prefix(best.tokens, tokens) == 0
+                            and len(self.caches) < self.slots):
+            return self.model.new_cache()
+        self.caches.remove(best)
+        return best
+
+    def give_back(self, cache: PromptCache) -> None:
+        self.caches.insert(0, cache)
+        del self.caches[self.slots:]
+
+
+class Worker:
+    def __init__(self, model: Model, slots: int = 4, progress=None) -> None:
+        """``progress``: a prefill progress callback with ``close()`` (the CLI's bar)."""
+        self.model = model
+        self.progress = progress
+        self.pool = CachePool(model, slots)
+        self.jobs: queue.Queue[Job] = queue.Queue()
+        self.finished: deque[dict] = deque(maxlen=64)  # recent jobs: tokens made, cancelled
+        self.thread = threading.Thread(target=self._loop, name="qwen-mlx-engine", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if not job.cancelled.is_set():
+                self._run(job)
+            job.put(_DONE)
+
+    def _run(self, job: Job) -> None:
+        cache = self.pool.take(job.tokens)
+        made = 0
+        try:
+            pieces = self.model.stream(job.tokens, cache=cache, stop=job.stop,
+                                       on_prefill=self.progress, **job.sampling)
+            for piece in pieces:
+                if job.cancelled.is_set():
+                    break
+                made += len(piece.tokens)
+                job.put(piece)
+            pieces.close()
+        except Exception as e:  # noqa: BLE001 - reported to the request, the worker lives on
+            job.put(e)
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+            self.pool.give_back(cache)
+            self.finished.append({"generated": made, "cancelled": job.cancelled.is_set()})
+
+    async def generate(self, tokens: list[int], sampling: dict,
+                       stop: list[str]) -> AsyncIterator[Piece]:
+        """The reply's pieces; the last carries the stats. Leaving early cancels the job."""
+        job = Job(tokens, sampling, stop, asyncio.get_running_loop())
+        self.jobs.put(job)
+        try:
+            while True:
+                item = await job.events.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            job.cancelled.set()

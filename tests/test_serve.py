@@ -1,0 +1,329 @@
+"""`qwen-mlx serve` through the official openai and ollama clients, on a loopback port."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import ollama
+import openai
+import pytest
+import uvicorn
+
+from qwen_mlx import load
+from qwen_mlx.engine import Piece, Stats
+from qwen_mlx.serve import Server, create_app, tool_calls
+
+MODEL = "tiny-qwen3"
+GREEDY = {"temperature": 0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    """A uvicorn server in a thread."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.port = free_port()
+        self.uvicorn = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1",
+                                                     port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
+        self.thread.start()
+        while not self.uvicorn.started:
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.uvicorn.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_q4_f32):
+    return load(tiny_q4_f32, context=1024)
+
+
+@pytest.fixture(scope="module")
+def running(model):
+    r = Running(Server(model, MODEL))
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def client(running):
+    return openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def local(running):
+    return ollama.Client(host=running.url)
+
+
+def alone(model, messages, **kw) -> str:
+    """The reply computed directly with the engine, with a fresh cache."""
+    return model.generate(messages, **GREEDY, **kw).text
+
+
+def test_openai_chat_stream_and_not_with_usage(model, client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+    expected = alone(model, messages, max_tokens=10)
+    r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10,
+                                       temperature=0)
+    assert r.choices[0].message.content == expected and r.choices[0].finish_reason == "length"
+    assert r.usage.prompt_tokens == len(model.encode(messages))
+    assert r.usage.completion_tokens == 10
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 10
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=messages, max_completion_tokens=10, temperature=0, stream=True,
+        stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
+    # the same prompt again: all but its last token come from the kept cache
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == r.usage.prompt_tokens - 1
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_stop_and_seed(model, client):
+    messages = [{"role": "user", "content": "Count with me"}]
+    full = alone(model, messages, max_tokens=12)
+    stop = full[5:9]
+    r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12,
+                                       temperature=0, stop=[stop])
+    assert r.choices[0].message.content == full[:full.index(stop)]
+    assert r.choices[0].finish_reason == "stop"
+    seeded = [client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8,
+                                             temperature=1.0, seed=7).choices[0].message.content
+              for _ in range(2)]
+    assert seeded[0] == seeded[1]
+
+
+def test_growing_conversation_prefills_only_the_suffix(model, client):
+    history = [{"role": "user", "content": "Tell me about rivers."}]
+    first = client.chat.completions.create(model=MODEL, messages=history, max_tokens=12,
+                                           temperature=0)
+    history += [{"role": "assistant", "content": first.choices[0].message.content},
+                {"role": "user", "content": "And lakes?"}]
+    second = client.chat.completions.create(model=MODEL, messages=history, max_tokens=12,
+                                            temperature=0)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached >= first.usage.prompt_tokens  # the first prompt at least, maybe its reply
+    assert second.choices[0].message.content == alone(model, history, max_tokens=12)
+
+
+def test_four_concurrent_requests_each_match_their_own_reply(model, client):
+    prompts = [f"Question number {i}: what is {i} plus {i}?" for i in range(4)]
+    expected = [alone(model, [{"role": "user", "content": p}], max_tokens=16) for p in prompts]
+
+    def ask(prompt: str) -> str:
+        stream = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=16,
+            temperature=0, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(ask, prompts)) == expected
+
+
+class Scripted:
+    """A model whose replies are scripted (random weights never call tools): the real
+    tokenizer and template, the server's real code paths."""
+
+    def __init__(self, model, replies: list[str]) -> None:
+        self.model, self.replies, self.prompts = model, list(replies), []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def stream(self, tokens, **kwargs):
+        self.prompts.append(self.model.decode(tokens))  # recorded when the worker starts it
+        text = self.replies.pop(0)
+        stats = Stats(prompt_tokens=len(tokens), prefill_tokens=len(tokens),
+                      generated_tokens=7, finish_reason="stop")
+        parts = [text[i:i + 5] for i in range(0, len(text), 5)]
+        yield from [Piece(p, [1]) for p in parts] + [Piece("", [], stats)]
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_tool_call_round_trip(model, stream):
+    scripted = Scripted(model, ["Let me check.\n" + CALL, "It is 3 degrees in Oslo."])
+    running = Running(Server(scripted, MODEL))
+    try:
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0)
+        messages = [{"role": "user", "content": "Weather in Oslo?"}]
+        if stream:
+            chunks = list(client.chat.completions.create(model=MODEL, messages=messages,
+                                                         tools=[WEATHER], stream=True))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks)
+            calls = [t for c in chunks for t in (c.choices[0].delta.tool_calls or [])]
+            finish = chunks[-1].choices[0].finish_reason
+        else:
+            r = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER])
+            text, calls = r.choices[0].message.content, r.choices[0].message.tool_calls
+            finish = r.choices[0].finish_reason
+        assert text.strip() == "Let me check." and finish == "tool_calls"
+        (call,) = calls
+        assert call.function.name == "get_weather"
+        assert json.loads(call.function.arguments) == {"city": "Oslo"}
+        assert "<tools>" in scripted.prompts[0] and '"get_weather"' in scripted.prompts[0]
+        messages += [{"role": "assistant", "content": None, "tool_calls": [
+                         {"id": call.id, "type": "function",
+                          "function": {"name": "get_weather", "arguments": call.function.arguments}}]},
+                     {"role": "tool", "tool_call_id": call.id, "content": "3 degrees"}]
+        r = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER])
+        assert r.choices[0].message.content == "It is 3 degrees in Oslo."
+        assert r.choices[0].finish_reason == "stop" and not r.choices[0].message.tool_calls
+        second = scripted.prompts[1]
+        assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>' \
+            in second
+        assert "<tool_response>\n3 degrees\n</tool_response>" in second
+    finally:
+        running.stop()
+
+
+def test_ollama_tool_call(model):
+    scripted = Scripted(model, [CALL])
+    running = Running(Server(scripted, MODEL))
+    try:
+        r = ollama.Client(host=running.url).chat(
+            model=MODEL, messages=[{"role": "user", "content": "Weather in Oslo?"}],
+            tools=[WEATHER], stream=False)
+        (call,) = r.message.tool_calls
+        assert call.function.name == "get_weather" and call.function.arguments == {"city": "Oslo"}
+    finally:
+        running.stop()
+
+
+def test_ollama_chat_generate_and_metadata(model, local):
+    messages = [{"role": "user", "content": "Hello there"}]
+    expected = alone(model, messages, max_tokens=9)
+    r = local.chat(model=MODEL, messages=messages, options={"num_predict": 9, "temperature": 0},
+                   stream=False)
+    assert r.message.content == expected and r.done and r.done_reason == "length"
+    assert r.prompt_eval_count == len(model.encode(messages)) and r.eval_count == 9
+    assert r.total_duration >= r.prompt_eval_duration + r.eval_duration > 0
+    parts = list(local.chat(model=f"{MODEL}:latest", messages=messages,
+                            options={"num_predict": 9, "temperature": 0}, stream=True))
+    assert "".join(p.message.content for p in parts) == expected
+    assert [p.done for p in parts] == [False] * (len(parts) - 1) + [True]
+    assert parts[-1].eval_count == 9 and parts[-1].eval_duration > 0
+    raw = local.generate(model=MODEL, prompt="Once upon", raw=True, stream=False,
+                         options={"num_predict": 6, "temperature": 0})
+    assert raw.response == model.generate("Once upon", raw=True, max_tokens=6, **GREEDY).text
+    templated = "".join(p.response for p in local.generate(
+        model=MODEL, prompt="Hello there", options={"num_predict": 9, "temperature": 0},
+        stream=True))
+    assert templated == expected
+    (listed,) = local.list().models
+    assert listed.model == MODEL and listed.details.family == "qwen3"
+    assert listed.details.quantization_level == "Q4" and listed.size > 0
+    shown = local.show(MODEL)
+    assert shown.modelinfo["qwen3.context_length"] == 1024 and "tools" in shown.capabilities
+    assert httpx.get(f"{local._client.base_url}/api/version").json()["version"]
+
+
+def test_disconnect_mid_stream_stops_generation(model, running, client):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Go on forever"}],
+            "max_tokens": 900, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{running.url}/v1/chat/completions", json=body) as response:
+        lines = response.iter_lines()
+        got = [next(lines) for _ in range(6)]
+    assert got[0].startswith("data: ")
+    time.sleep(0.5)
+    # served next, and correctly; the abandoned request stopped long before 900 tokens
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                       max_tokens=5, temperature=0)
+    assert r.choices[0].message.content == alone(model, [{"role": "user", "content": "Hi"}],
+                                                 max_tokens=5)
+    abandoned = [j for j in running.server.worker.finished if j["cancelled"]]
+    assert abandoned and abandoned[-1]["generated"] < 900
+
+
+def test_bad_requests_get_each_apis_error_shape(running):
+    url = running.url
+    post = httpx.post
+    r = post(f"{url}/v1/chat/completions", content=b"{not json")
+    assert r.status_code == 400
+    assert r.json() == {"error": {"message": "the request body is not valid JSON",
+                                  "type": "invalid_request_error", "param": None, "code": None}}
+    r = post(f"{url}/v1/chat/completions", json={"model": "gpt-4o", "messages": [
+        {"role": "user", "content": "x"}]})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    r = post(f"{url}/v1/chat/completions", json={"model": MODEL})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = post(f"{url}/v1/chat/completions", json={"model": MODEL, "messages": [
+        {"role": "user", "content": "word " * 1100}]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    r = post(f"{url}/v1/chat/completions", json={"model": MODEL, "temperature": "hot",
+                                                 "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
+    r = post(f"{url}/api/chat", content=b"[")
+    assert r.status_code == 400 and r.json() == {"error": "the request body is not valid JSON"}
+    r = post(f"{url}/api/chat", json={"model": "llama3", "messages": []})
+    assert r.status_code == 404 and "not found" in r.json()["error"]
+    r = post(f"{url}/api/generate", json={"model": MODEL, "prompt": "hi " * 50,
+                                          "options": {"num_ctx": 20}})
+    assert r.status_code == 400 and "the context is 20" in r.json()["error"]
+    with pytest.raises(ollama.ResponseError) as e:
+        ollama.Client(host=url).chat(model=MODEL, messages=[{"role": "robot", "content": "x"}])
+    assert e.value.status_code == 400
+    # and the server keeps serving
+    r = post(f"{url}/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False,
+                                          "options": {"num_predict": 2}})
+    assert r.status_code == 200 and r.json()["eval_count"] == 2
+
+
+def test_api_key(model):
+    running = Running(Server(model, MODEL, api_key="s3cret"))
+    try:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+        r = httpx.post(f"{running.url}/v1/chat/completions", json=body)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        r = httpx.post(f"{running.url}/v1/chat/completions", json=body,
+                       headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 200
+        assert httpx.get(f"{running.url}/api/tags").status_code == 401
+    finally:
+        running.stop()
+
+
+def test_tool_call_splitter_holds_back_a_partial_tag():
+    s = tool_calls.Splitter()
+    assert s.feed("Sure <tool") == "Sure "
+    assert s.feed("_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>") == ""
+    assert s.finish() == ("", [{"name": "f", "arguments": {}}])
+    s = tool_calls.Splitter()
+    assert s.feed("a <tool") + s.feed("box>") == "a <toolbox>"
+    assert tool_calls.parse("x <tool_call>not json</tool_call>") == \
+        ("x <tool_call>not json</tool_call>", [])
+
+
+def test_serve_command_refuses_a_taken_port(tiny_q4_f32):
+    from click.testing import CliRunner
+
+    from qwen_mlx.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["serve", str(tiny_q4_f32), "--port", str(port)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
