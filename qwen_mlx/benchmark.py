@@ -192,7 +192,8 @@ def measure(target: Target, *, prompt_lengths: list[int], depths: list[int],
                          "roofline_percent": ceiling and round(100 * rates.mean / ceiling, 1)}
     peak = mx.get_peak_memory()
     weights = weight_bytes(target.net)
-    return {"name": target.name, "engine": target.engine, "load_seconds": round(target.load_seconds, 3),
+    return {"name": target.name, "engine": target.engine,
+            "load_seconds": round(target.load_seconds, 3),
             "compute_dtype": target.compute_dtype, "kv": asdict(target.kv),
             "prefill_step": target.prefill_step, "context_length": target.context_length,
             "prefill": list(prefill.values()), "decode": list(decode.values()),

@@ -185,7 +185,8 @@ def test_openai_tool_call_round_trip(model, stream):
         assert "<tools>" in scripted.prompts[0] and '"get_weather"' in scripted.prompts[0]
         messages += [{"role": "assistant", "content": None, "tool_calls": [
                          {"id": call.id, "type": "function",
-                          "function": {"name": "get_weather", "arguments": call.function.arguments}}]},
+                          "function": {"name": "get_weather",
+                                       "arguments": call.function.arguments}}]},
                      {"role": "tool", "tool_call_id": call.id, "content": "3 degrees"}]
         r = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER])
         assert r.choices[0].message.content == "It is 3 degrees in Oslo."

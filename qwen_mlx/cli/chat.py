@@ -9,8 +9,8 @@ import click
 from rich.console import Console
 
 from .console import PrefillBar, err, open_model
-from .options import (MODEL_HELP, force_option, load_options, memory_kwargs, memory_options, model_argument,
-                      sampling_kwargs, sampling_options)
+from .options import (MODEL_HELP, generation_options, memory_kwargs, model_argument,
+                      sampling_kwargs)
 
 
 @click.command(help=f"""Chat with a model. Replies stream as they are generated; the KV cache
@@ -24,10 +24,7 @@ When stdin is not a terminal, each input line is one message. {MODEL_HELP}""")
               help="Tokens of history to keep (default: the model's context length).")
 @click.option("--load", "session_name", help="Resume a session saved with /save.")
 @click.option("-q", "--quiet", is_flag=True, help="No statistics line after each reply.")
-@sampling_options
-@load_options
-@memory_options
-@force_option
+@generation_options
 def chat(model: str | None, system: str | None, think: bool | None, max_context: int | None,
          session_name: str | None, quiet: bool, adapter: Path | None, recipe: str,
          **options) -> None:

@@ -11,8 +11,8 @@ import click
 from ..errors import QwenMlxError
 from ..documents import with_document
 from .console import PrefillBar, err, open_model
-from .options import (MODEL_HELP, force_option, load_options, memory_kwargs, memory_options, model_argument,
-                      sampling_kwargs, sampling_options)
+from .options import (MODEL_HELP, generation_options, memory_kwargs, model_argument,
+                      sampling_kwargs)
 
 
 @click.command(help=f"""Generate a reply to one prompt and stream it to stdout. The prompt
@@ -26,10 +26,7 @@ comes from -p or, without it, from stdin; --file puts a document before it. {MOD
 @click.option("--json", "as_json", is_flag=True,
               help="End stdout with one JSON record of token counts, speeds and memory.")
 @click.option("-q", "--quiet", is_flag=True, help="No statistics line on stderr.")
-@sampling_options
-@load_options
-@memory_options
-@force_option
+@generation_options
 def generate(model: str | None, prompt: str | None, document: Path | None, system: str | None,
              raw: bool, as_json: bool, quiet: bool, adapter: Path | None, recipe: str,
              **options) -> None:

@@ -76,3 +76,7 @@ def memory_kwargs(options: dict) -> dict:
 
 def sampling_kwargs(options: dict) -> dict:
     return {k: options[k] for k in SAMPLING_KEYS if options.get(k) is not None}
+
+
+# Everything a command that loads a model and generates takes (generate, chat).
+generation_options = _stack(sampling_options, load_options, memory_options, force_option)

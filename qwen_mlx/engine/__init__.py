@@ -5,5 +5,5 @@ from .kv_cache import KVSpec
 from .prompt_cache import PromptCache
 from .sampling import SamplingParams, make_sampler
 
-__all__ = ["KVSpec", "Piece", "PromptCache", "SamplingParams", "Stats", "generate_tokens", "make_sampler",
-           "stream"]
+__all__ = ["KVSpec", "Piece", "PromptCache", "SamplingParams", "Stats", "generate_tokens",
+           "make_sampler", "stream"]

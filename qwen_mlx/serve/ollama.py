@@ -11,9 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .. import __version__
-from . import tool_calls
 from .openai import read_json
-from .server import RequestError, Server, number, stop_list
+from .server import Outcome, RequestError, Server, number, stop_list
 
 
 def error(e: RequestError) -> JSONResponse:
@@ -58,8 +57,6 @@ async def respond(server: Server, body: dict, tokens: list[int], started: float,
                   key: str, tools: bool) -> Response:
     """Run the generation; ``key`` is "message" (/api/chat) or "response" (/api/generate)."""
     sampling, stop, _ = options(body)
-    pieces = server.generate(tokens, sampling, stop)
-    splitter = tool_calls.Splitter(enabled=tools)
 
     def payload(text: str, calls: list[dict] | None = None):
         if key == "response":
@@ -70,32 +67,22 @@ async def respond(server: Server, body: dict, tokens: list[int], started: float,
         return message
 
     if not body.get("stream", True):
-        text, stats = [], None
-        async for piece in pieces:
-            text.append(splitter.feed(piece.text))
-            stats = piece.stats or stats
-        rest, calls = splitter.finish()
-        return JSONResponse(final(server, stats, started,
-                                  **{key: payload("".join(text) + rest, calls)}))
+        out = await server.complete(tokens, sampling, stop, tools=tools)
+        return JSONResponse(final(server, out.stats, started, **{key: payload(out.text,
+                                                                              out.calls)}))
+
+    def line(record: dict) -> str:
+        return json.dumps(record, ensure_ascii=False) + "\n"
 
     async def lines():
-        stats = None
-        try:
-            async for piece in pieces:
-                stats = piece.stats or stats
-                text = splitter.feed(piece.text)
-                if text:
-                    yield json.dumps({"model": server.model_id, "created_at": now(),
-                                      key: payload(text), "done": False},
-                                     ensure_ascii=False) + "\n"
-        finally:
-            await pieces.aclose()
-        rest, calls = splitter.finish()
-        if rest or calls:
-            yield json.dumps({"model": server.model_id, "created_at": now(),
-                              key: payload(rest, calls), "done": False},
-                             ensure_ascii=False) + "\n"
-        yield json.dumps(final(server, stats, started, **{key: payload("")})) + "\n"
+        async for item in server.reply(tokens, sampling, stop, tools=tools):
+            if isinstance(item, str):
+                item = Outcome(item, [], None)
+            if item.text or item.calls:
+                yield line({"model": server.model_id, "created_at": now(),
+                            key: payload(item.text, item.calls), "done": False})
+            if item.stats is not None:
+                yield line(final(server, item.stats, started, **{key: payload("")}))
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 

@@ -9,7 +9,6 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from . import tool_calls
 from .server import RequestError, Server, number, stop_list
 
 
@@ -59,23 +58,16 @@ async def chat_completions(server: Server, request: Request) -> Response:
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": ident, "created": created, "model": server.model_id}
-    pieces = server.generate(tokens, settings, stop)
-    splitter = tool_calls.Splitter(enabled=bool(tools))
-
     if not stream:
-        text, stats = [], None
-        async for piece in pieces:
-            text.append(splitter.feed(piece.text))
-            stats = piece.stats or stats
-        rest, calls = splitter.finish()
-        message = {"role": "assistant", "content": ("".join(text) + rest) or None}
-        finish = stats.finish_reason
-        if calls:
-            message["tool_calls"], finish = openai_calls(calls), "tool_calls"
-            message["content"] = message["content"].strip() if message["content"] else None
+        out = await server.complete(tokens, settings, stop, tools=bool(tools))
+        message = {"role": "assistant", "content": out.text.strip() if out.calls else out.text}
+        finish = out.stats.finish_reason
+        if out.calls:
+            message["tool_calls"], finish = openai_calls(out.calls), "tool_calls"
+        message["content"] = message["content"] or None
         return JSONResponse({**head, "object": "chat.completion", "choices": [
             {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-            "usage": usage(stats)})
+            "usage": usage(out.stats)})
 
     def chunk(delta: dict, finish=None, **extra) -> str:
         data = {**head, "object": "chat.completion.chunk",
@@ -85,27 +77,21 @@ async def chat_completions(server: Server, request: Request) -> Response:
 
     async def events():
         yield chunk({"role": "assistant", "content": ""})
-        stats = None
-        try:
-            async for piece in pieces:
-                stats = piece.stats or stats
-                text = splitter.feed(piece.text)
-                if text:
-                    yield chunk({"content": text})
-        finally:
-            await pieces.aclose()  # a client that went away cancels the generation
-        rest, calls = splitter.finish()
-        if rest:
-            yield chunk({"content": rest})
-        finish = stats.finish_reason
-        if calls:
-            yield chunk({"tool_calls": openai_calls(calls)})
-            finish = "tool_calls"
-        yield chunk({}, finish, **({"usage": None} if include_usage else {}))
-        if include_usage:
-            data = {**head, "object": "chat.completion.chunk", "choices": [],
-                    "usage": usage(stats)}
-            yield f"data: {json.dumps(data)}\n\n"
+        async for item in server.reply(tokens, settings, stop, tools=bool(tools)):
+            if isinstance(item, str):
+                yield chunk({"content": item})
+                continue
+            if item.text:
+                yield chunk({"content": item.text})
+            finish = item.stats.finish_reason
+            if item.calls:
+                yield chunk({"tool_calls": openai_calls(item.calls)})
+                finish = "tool_calls"
+            yield chunk({}, finish, **({"usage": None} if include_usage else {}))
+            if include_usage:
+                data = {**head, "object": "chat.completion.chunk", "choices": [],
+                        "usage": usage(item.stats)}
+                yield f"data: {json.dumps(data)}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream",

@@ -8,9 +8,10 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from ..engine import Piece
+from ..engine import Stats
 from ..errors import QwenMlxError
 from ..model import Model
+from . import tool_calls
 from .worker import Worker
 
 
@@ -78,10 +79,43 @@ class Server:
                                param="messages")
         return tokens
 
-    async def generate(self, tokens: list[int], sampling: dict,
-                       stop: list[str]) -> AsyncIterator[Piece]:
-        async for piece in self.worker.generate(tokens, sampling, stop):
-            yield piece
+    async def reply(self, tokens: list[int], sampling: dict, stop: list[str], *,
+                    tools: bool) -> AsyncIterator[str | Outcome]:
+        """The reply as text deltas safe to show now, then one :class:`Outcome`. With
+        ``tools``, text from ``<tool_call>`` on is held back and parsed at the end. Leaving
+        early (a client that went away) cancels the generation."""
+        pieces = self.worker.generate(tokens, sampling, stop)
+        splitter = tool_calls.Splitter(enabled=tools)
+        stats = None
+        try:
+            async for piece in pieces:
+                stats = piece.stats or stats
+                text = splitter.feed(piece.text)
+                if text:
+                    yield text
+        finally:
+            await pieces.aclose()
+        rest, calls = splitter.finish()
+        yield Outcome(rest, calls, stats)
+
+    async def complete(self, tokens: list[int], sampling: dict, stop: list[str], *,
+                       tools: bool) -> Outcome:
+        """The whole reply at once: all its text, its tool calls, its stats."""
+        parts = []
+        async for item in self.reply(tokens, sampling, stop, tools=tools):
+            if isinstance(item, Outcome):
+                return Outcome("".join(parts) + item.text, item.calls, item.stats)
+            parts.append(item)
+        raise RuntimeError("the reply ended without its outcome")
+
+
+@dataclass
+class Outcome:
+    """How a reply ended: the text not yet sent, the tool calls, the stats."""
+
+    text: str
+    calls: list[dict]
+    stats: Stats
 
 
 def normalize_message(m, index: int) -> dict:
