@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -186,7 +187,10 @@ def test_ctrl_c_in_a_terminal_cuts_the_reply_and_the_chat_goes_on(tiny_model, ti
     env = {**os.environ, "QWEN_MLX_HOME": str(tmp_path), "TERM": "dumb"}
     child = pexpect.spawn(sys.executable, ["-m", "qwen_mlx", "chat", str(tiny_q4_f32), "--temp",
                                            "0", "--max-tokens", "100000", "-q"],
-                          env=env, encoding="utf-8", timeout=120, dimensions=(40, 200))
+                          env=env, encoding="utf-8", timeout=120, dimensions=(40, 200),
+                          # a runner started in the background (`cmd &` without job control)
+                          # ignores SIGINT, and children inherit that: give Ctrl-C back
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     opening = tiny_model.generate("Tell me a very long story", **GREEDY).text
     child.expect(">>> ")
     child.sendline("Tell me a very long story")
