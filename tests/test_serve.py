@@ -275,6 +275,9 @@ def test_bad_requests_get_each_apis_error_shape(running):
     r = post(f"{url}/v1/chat/completions", json={"model": MODEL, "temperature": "hot",
                                                  "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
+    r = post(f"{url}/v1/chat/completions", json={"model": MODEL, "n": 2,
+                                                 "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 400 and r.json()["error"]["message"] == "only n=1 is supported"
     r = post(f"{url}/api/chat", content=b"[")
     assert r.status_code == 400 and r.json() == {"error": "the request body is not valid JSON"}
     r = post(f"{url}/api/chat", json={"model": "llama3", "messages": []})

@@ -51,6 +51,8 @@ def openai_calls(calls: list[dict]) -> list[dict]:
 async def chat_completions(server: Server, request: Request) -> Response:
     body = await read_json(request)
     server.check_model(body.get("model"))
+    if body.get("n", 1) != 1:
+        raise RequestError(400, "only n=1 is supported", param="n")
     tools = body.get("tools")
     tokens = server.encode_chat(body.get("messages"), tools)
     settings, stop = sampling(body), stop_list(body.get("stop"))
