@@ -331,3 +331,17 @@ def test_serve_command_refuses_a_taken_port(tiny_q4_f32):
         result = CliRunner().invoke(main, ["serve", str(tiny_q4_f32), "--port", str(port)])
     assert result.exit_code == 1
     assert result.output.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+
+
+def test_cache_pool_keeps_at_most_one_context_of_tokens(model):
+    from qwen_mlx.serve.worker import CachePool
+
+    pool = CachePool(model, slots=3)  # the model's context is 1024
+    for n in (300, 400, 500):
+        cache = model.new_cache()
+        cache.tokens = list(range(n))
+        pool.give_back(cache)
+    assert [len(c) for c in pool.caches] == [500, 400]  # 300 more would pass 1024
+    reused = pool.take(list(range(450)) + [7])  # the longest common prefix wins
+    assert len(reused) == 500 and [len(c) for c in pool.caches] == [400]
+    assert len(pool.take([99])) == 0  # nothing shared and a slot free: a new cache

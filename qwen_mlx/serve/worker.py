@@ -36,7 +36,9 @@ class Job:
 
 
 class CachePool:
-    """Up to ``slots`` prompt caches, most recently used first."""
+    """Up to ``slots`` prompt caches, most recently used first, holding together no more
+    tokens than one full context: the memory plan budgeted one context, so the pool never
+    grows past it (the least recently used caches are dropped first)."""
 
     def __init__(self, model: Model, slots: int) -> None:
         self.model, self.slots = model, slots
@@ -51,8 +53,13 @@ class CachePool:
         return best
 
     def give_back(self, cache: PromptCache) -> None:
-        self.caches.insert(0, cache)
-        del self.caches[self.slots:]
+        kept, total = [], 0
+        for c in [cache, *self.caches][:self.slots]:
+            if kept and total + len(c) > self.model.context_length:
+                break
+            kept.append(c)
+            total += len(c)
+        self.caches = kept
 
 
 class Worker:
