@@ -30,7 +30,8 @@ import mlx.nn as nn
 
 from .engine import KVSpec, PromptCache, SamplingParams, generate_tokens, make_sampler
 from .errors import QwenMlxError
-from .memory_plan import MemoryPlan
+from .loader import param_bytes
+from .memory_plan import MemoryPlan, Shape, kv_bytes_per_token
 
 GREEDY = make_sampler(SamplingParams(temperature=0.0))
 
@@ -79,18 +80,12 @@ def _dtype_of(net: nn.Module) -> str:
     return str(net.model.norm.weight.dtype).removeprefix("mlx.core.")
 
 
-def weight_bytes(net: nn.Module) -> int:
-    from mlx.utils import tree_flatten
-
-    return sum(v.nbytes for _, v in tree_flatten(net.parameters()))
-
-
 def weights_read_per_token(net: nn.Module, config: dict) -> int:
     """Weight bytes one decode step reads: all of them except, for an untied embedding, the
     table (only one row of it is looked up). A tied table is read whole, as the output head."""
-    weights = weight_bytes(net)
+    weights = param_bytes(net)
     if not config.get("tie_word_embeddings", False):
-        weights -= weight_bytes(net.model.embed_tokens)
+        weights -= param_bytes(net.model.embed_tokens)
     return weights
 
 
@@ -102,12 +97,6 @@ def bytes_per_token(weights_read: int, kv_bytes_per_token: float, depth: int) ->
 def roofline(bandwidth_gbs: float, bytes_read: float) -> float:
     """The decode tokens/s memory bandwidth allows."""
     return bandwidth_gbs * 1e9 / bytes_read
-
-
-def kv_bytes_per_token(config: dict, kv: KVSpec, dtype_bytes: int) -> float:
-    layers, heads = config["num_hidden_layers"], config["num_key_value_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    return layers * 2 * heads * head_dim * kv.bytes_per_element(dtype_bytes)
 
 
 def random_prompt(n: int, seed: int) -> list[int]:
@@ -173,8 +162,8 @@ def measure(target: Target, *, prompt_lengths: list[int], depths: list[int],
         prefill[n] = {"tokens": n, "seconds": Summary.of(seconds).__dict__,
                       "tokens_per_second": Summary.of([n / s for s in seconds]).__dict__,
                       "time_to_first_token": Summary.of(seconds).mean}
-    dtype_bytes = mx.zeros((1,), dtype=target.net.model.norm.weight.dtype).itemsize
-    kv_per_token = kv_bytes_per_token(target.config, target.kv, dtype_bytes)
+    kv_per_token = kv_bytes_per_token(Shape.of(target.config), target.kv,
+                                      target.net.model.norm.weight.dtype.size)
     weights_read = weights_read_per_token(target.net, target.config)
     for depth in depths:
         say(f"decode {gen_tokens} tokens at depth {depth:,}")
@@ -191,7 +180,7 @@ def measure(target: Target, *, prompt_lengths: list[int], depths: list[int],
                          "roofline_tokens_per_second": ceiling and round(ceiling, 2),
                          "roofline_percent": ceiling and round(100 * rates.mean / ceiling, 1)}
     peak = mx.get_peak_memory()
-    weights = weight_bytes(target.net)
+    weights = param_bytes(target.net)
     return {"name": target.name, "engine": target.engine,
             "load_seconds": round(target.load_seconds, 3),
             "compute_dtype": target.compute_dtype, "kv": asdict(target.kv),
@@ -231,7 +220,7 @@ def random_target(shape: str, recipe, *, kv: KVSpec, prefill_step: int, seed: in
     load_seconds = time.perf_counter() - start
     kv = kv.check(config["head_dim"])
     dtype_bytes = (cast or stored).size
-    plan = plan_for(config, weights=weight_bytes(net), compute_bytes=dtype_bytes, kv=kv,
+    plan = plan_for(config, weights=param_bytes(net), compute_bytes=dtype_bytes, kv=kv,
                     prefill_step=prefill_step, memory=memory)
     return Target(f"shape:{shape} {recipe.name} random", net, config, kv, plan,
                   load_seconds, config["max_position_embeddings"], prefill_step,

@@ -17,15 +17,17 @@ from .errors import QwenMlxError
 SUFFIX = {"": 1, "k": 1024, "m": 1024 * 1024}  # 256k = 262,144 and 1m = 1,048,576, as Qwen
 
 
+def parse_count(text: str) -> int | None:
+    """'32k' -> 32768, '1m' -> 1048576, '40000' -> 40000; None if it is not a token count."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([km]?)\s*", str(text).lower())
+    return int(float(m.group(1)) * SUFFIX[m.group(2)]) if m else None
+
+
 def parse_context(text: str | int) -> int:
-    """'32k' -> 32768, '1m' -> 1048576, '40000' -> 40000."""
-    if isinstance(text, int):
-        value = text
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([km]?)\s*", str(text).lower())
-        if not m:
-            raise QwenMlxError(f"cannot read {text!r} as a context length (try 32k, 256k or 1m)")
-        value = int(float(m.group(1)) * SUFFIX[m.group(2)])
+    """A context length: a token count of at least 1."""
+    value = text if isinstance(text, int) else parse_count(text)
+    if value is None:
+        raise QwenMlxError(f"cannot read {text!r} as a context length (try 32k, 256k or 1m)")
     if value < 1:
         raise QwenMlxError("the context length must be at least 1 token")
     return value

@@ -56,6 +56,11 @@ class Shape:
                    config["vocab_size"], int(config.get("max_position_embeddings", 40960)))
 
 
+def kv_bytes_per_token(shape: Shape, kv: KVSpec, dtype_bytes: int) -> float:
+    """Keys and values of every layer for one token, stored as ``kv`` says."""
+    return shape.layers * 2 * shape.kv_heads * shape.head_dim * kv.bytes_per_element(dtype_bytes)
+
+
 def _in_memory(dtype: str, shape: tuple[int, ...], compute_bytes: int | None) -> int:
     size = compute_bytes if dtype in FLOAT_TYPES and compute_bytes else DTYPE_BYTES[dtype]
     return size * math.prod(shape)
@@ -94,9 +99,7 @@ class MemoryPlan:
     # -- the parts ------------------------------------------------------------------
 
     def kv_bytes_per_token(self, kv: KVSpec | None = None) -> float:
-        kv = kv or self.kv
-        s = self.shape
-        return s.layers * 2 * s.kv_heads * s.head_dim * kv.bytes_per_element(self.dtype_bytes)
+        return kv_bytes_per_token(self.shape, kv or self.kv, self.dtype_bytes)
 
     def materialises_scores(self, kv: KVSpec | None = None) -> bool:
         return (kv or self.kv).bits is not None or not self.fused_attention

@@ -8,14 +8,13 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from qwen_mlx.benchmark import (bytes_per_token, kv_bytes_per_token, random_target, roofline,
-                                weights_read_per_token)
+from qwen_mlx.benchmark import bytes_per_token, random_target, roofline, weights_read_per_token
 from qwen_mlx.cli import main
 from qwen_mlx.cli.bench import parse_lengths
 from qwen_mlx.engine import KVSpec
 from qwen_mlx.errors import QwenMlxError
 from qwen_mlx.machine import known_bandwidth
-from qwen_mlx.memory_plan import weight_bytes_of_config
+from qwen_mlx.memory_plan import Shape, kv_bytes_per_token, weight_bytes_of_config
 from qwen_mlx.recipes import Recipe, parse_recipe
 from qwen_mlx.shapes import config_for
 
@@ -31,8 +30,8 @@ def test_roofline_arithmetic_for_qwen3_4b():
     config = config_for("qwen3-4b")
     weights = weight_bytes_of_config(config, Recipe(), 2)  # q4 g64, bf16 scales
     assert weights == 2_262_920_192  # "about 2.263 GB per token"
-    assert kv_bytes_per_token(config, KVSpec(), 2) == 147_456
-    assert kv_bytes_per_token(config, KVSpec(4), 2) == 41_472
+    assert kv_bytes_per_token(Shape.of(config), KVSpec(), 2) == 147_456
+    assert kv_bytes_per_token(Shape.of(config), KVSpec(4), 2) == 41_472
     assert bytes_per_token(weights, 147_456, 2048) == 2_262_920_192 + 2048 * 147_456
     # M4 Max (546 GB/s): 241.3 tok/s at depth 0, 212.9 at 2048; mlx-lm's published 134.5
     # tok/s for Qwen3-4B-Instruct-2507 q4 on an M4 Max is 55.7% of the depth-0 ceiling.
@@ -91,7 +90,7 @@ def test_random_weights_json_has_every_field_and_consistent_numbers(tmp_path):
             assert d["roofline_percent"] == pytest.approx(
                 100 * tps["mean"] / d["roofline_tokens_per_second"], abs=0.1)
         deeper = r["decode"][1]["bytes_per_token"] - r["decode"][0]["bytes_per_token"]
-        assert deeper == 96 * kv_bytes_per_token(config_for("tiny"), KVSpec(), 4)
+        assert deeper == 96 * kv_bytes_per_token(Shape.of(config_for("tiny")), KVSpec(), 4)
         memory = r["memory"]
         assert memory["weights"] > 0 and memory["kv_cache"] > 0 and memory["other"] >= 0
         assert memory["peak"] >= memory["weights"] + memory["kv_cache"]

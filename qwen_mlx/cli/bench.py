@@ -20,17 +20,14 @@ RANDOM_DEFAULT = "shape:qwen3-4b"
 
 def parse_lengths(text: str, option: str, minimum: int) -> list[int]:
     """'0,2048,8k' -> [0, 2048, 8192], with errors that name the option."""
-    from ..context import SUFFIX
+    from ..context import parse_count
 
     values = []
     for part in text.split(","):
-        part = part.strip().lower()
-        unit = SUFFIX.get(part[-1:], None) if part[-1:].isalpha() else 1
-        number = part[:-1] if part[-1:].isalpha() else part
-        if unit is None or not number.isdigit():
-            raise QwenMlxError(f"{option}: cannot read {part!r} as a token count "
+        value = parse_count(part)
+        if value is None:
+            raise QwenMlxError(f"{option}: cannot read {part.strip()!r} as a token count "
                                f"(use numbers like 512,2048,8k)")
-        value = int(number) * unit
         if value < minimum:
             raise QwenMlxError(f"{option}: {value} is below {minimum}")
         values.append(value)
