@@ -13,7 +13,7 @@ from typing import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from . import ollama, openai
@@ -23,13 +23,11 @@ Handler = Callable[[Server, Request], Awaitable[Response]]
 
 
 def create_app(server: Server) -> Starlette:
-    def route(path: str, handler, methods: list[str], api) -> Route:
+    def route(path: str, handler: Handler, methods: list[str], api) -> Route:
         async def endpoint(request: Request) -> Response:
             try:
                 authorize(server, request)
-                result = handler(server, request) if _takes_request(handler) else \
-                    handler(server)
-                return await result if hasattr(result, "__await__") else result
+                return await handler(server, request)
             except RequestError as e:
                 return api.error(e)
         return Route(path, endpoint, methods=methods)
@@ -41,15 +39,11 @@ def create_app(server: Server) -> Starlette:
         route("/v1/chat/completions", openai.chat_completions, ["POST"], openai),
         route("/api/tags", ollama.tags, ["GET"], ollama),
         route("/api/show", ollama.show, ["POST"], ollama),
-        route("/api/version", lambda server: ollama.version(), ["GET"], ollama),
+        route("/api/version", ollama.version, ["GET"], ollama),
         route("/api/chat", ollama.chat, ["POST"], ollama),
         route("/api/generate", ollama.generate, ["POST"], ollama),
     ]
     return Starlette(routes=routes)
-
-
-def _takes_request(handler) -> bool:
-    return handler.__code__.co_argcount == 2
 
 
 def authorize(server: Server, request: Request) -> None:
@@ -61,7 +55,3 @@ def authorize(server: Server, request: Request) -> None:
     if not hmac.compare_digest(given.encode(), server.api_key.encode()):
         raise RequestError(401, "invalid or missing API key (Authorization: Bearer KEY)",
                            code="invalid_api_key")
-
-
-async def not_found(request: Request, exc) -> JSONResponse:
-    return JSONResponse({"error": f"no route {request.url.path}"}, status_code=404)

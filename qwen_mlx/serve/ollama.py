@@ -128,7 +128,7 @@ def details(server: Server) -> dict:
             "quantization_level": f"Q{quant['bits']}" if quant.get("bits") else "F16"}
 
 
-def tags(server: Server) -> JSONResponse:
+async def tags(server: Server, request: Request) -> JSONResponse:
     size = sum(f.stat().st_size for f in server.model.path.glob("*.safetensors"))
     return JSONResponse({"models": [{
         "name": server.model_id, "model": server.model_id,
@@ -154,5 +154,5 @@ async def show(server: Server, request: Request) -> JSONResponse:
         "modified_at": datetime.fromtimestamp(server.started, timezone.utc).isoformat()})
 
 
-def version() -> JSONResponse:
+async def version(server: Server, request: Request) -> JSONResponse:
     return JSONResponse({"version": __version__})

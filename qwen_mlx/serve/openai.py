@@ -18,7 +18,7 @@ def error(e: RequestError) -> JSONResponse:
                                    "code": e.code}}, status_code=e.status)
 
 
-def models(server: Server) -> JSONResponse:
+async def models(server: Server, request: Request) -> JSONResponse:
     return JSONResponse({"object": "list", "data": [
         {"id": server.model_id, "object": "model", "created": int(server.started),
          "owned_by": "qwen-mlx"}]})
