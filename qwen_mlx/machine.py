@@ -17,18 +17,17 @@ import psutil
 from .errors import QwenMlxError
 
 # Unified-memory bandwidth in GB/s (10^9), from Apple's specifications. The keys are the
-# chip names sysctl reports ("Apple M2 Pro"); variants whose bandwidth depends on the
-# configuration list the common one and are noted.
+# chip names sysctl reports ("Apple M2 Pro"). Where the bandwidth depends on the GPU
+# configuration, BY_GPU_CORES decides from system_profiler's core count; without one, the
+# largest configuration is assumed and the report says so.
 BANDWIDTH_GBS = {
     "Apple M1": 68.25, "Apple M1 Pro": 204.8, "Apple M1 Max": 409.6, "Apple M1 Ultra": 819.2,
     "Apple M2": 102.4, "Apple M2 Pro": 204.8, "Apple M2 Max": 409.6, "Apple M2 Ultra": 819.2,
     "Apple M3": 102.4, "Apple M3 Pro": 153.6, "Apple M3 Max": 409.6, "Apple M3 Ultra": 819.2,
     "Apple M4": 120.0, "Apple M4 Pro": 273.0, "Apple M4 Max": 546.0,
 }
-BANDWIDTH_NOTES = {
-    "Apple M3 Max": "409.6 GB/s for the 40-core GPU; the 30-core M3 Max has 300",
-    "Apple M4 Max": "546 GB/s for the 40-core GPU; the 32-core M4 Max has 410",
-}
+# Chips whose bandwidth depends on the GPU configuration: {chip: {GPU cores: GB/s}}.
+BY_GPU_CORES = {"Apple M3 Max": {30: 300.0, 40: 409.6}, "Apple M4 Max": {32: 410.0, 40: 546.0}}
 BUDGET_FRACTION = 0.75  # of RAM, where MLX does not report a recommended working set
 GIB = 1 << 30
 
@@ -64,8 +63,23 @@ def chip_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def known_bandwidth(chip: str) -> float | None:
-    return BANDWIDTH_GBS.get(chip.strip())
+def known_bandwidth(chip: str, gpu_cores: int | None = None) -> float | None:
+    variants = BY_GPU_CORES.get(chip.strip(), {})
+    return variants.get(gpu_cores) or BANDWIDTH_GBS.get(chip.strip())
+
+
+def gpu_cores(profile: str | None = None) -> int | None:
+    """The GPU core count from ``system_profiler SPDisplaysDataType`` (macOS), else None."""
+    if profile is None:
+        if platform.system() != "Darwin":
+            return None
+        try:
+            profile = subprocess.run(["system_profiler", "SPDisplaysDataType"],
+                                     capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+    m = re.search(r"Total Number of Cores:\s*(\d+)", profile)
+    return int(m.group(1)) if m else None
 
 
 def recommended_working_set() -> int | None:
@@ -100,9 +114,12 @@ def this_machine(memory: str | int | None = None) -> Machine:
     """This machine; ``memory`` (or $QWEN_MLX_MEMORY) plans for another amount of RAM, to
     leave room for other apps or to ask what a 16 GB Mac would fit."""
     chip = chip_name()
-    bandwidth = known_bandwidth(chip)
-    source = BANDWIDTH_NOTES.get(chip, "Apple's specification") if bandwidth else \
-        "unknown chip"
+    cores = gpu_cores() if chip in BY_GPU_CORES else None
+    bandwidth = known_bandwidth(chip, cores)
+    source = ("unknown chip" if bandwidth is None else "Apple's specification" +
+              (f", {cores}-core GPU" if cores else
+               " (GPU cores unknown: the largest configuration)" if chip in BY_GPU_CORES
+               else ""))
     memory = memory if memory is not None else os.environ.get("QWEN_MLX_MEMORY") or None
     if memory is not None:
         total = parse_bytes(memory) if isinstance(memory, str) else int(memory)

@@ -12,7 +12,7 @@ from qwen_mlx.cli import main
 from qwen_mlx.engine import KVSpec
 from qwen_mlx.errors import QwenMlxError
 from qwen_mlx.hub import home
-from qwen_mlx.machine import GIB, Machine, known_bandwidth, parse_bytes
+from qwen_mlx.machine import GIB, Machine, gpu_cores, known_bandwidth, parse_bytes
 from qwen_mlx.memory_plan import (RUNTIME_BYTES, SCORE_BYTES, MemoryPlan, Shape,
                                   weight_bytes_of_config, weight_bytes_of_folder)
 from qwen_mlx.recipes import Recipe
@@ -80,6 +80,12 @@ def test_refusal_names_what_would_fit():
 def test_machine_facts():
     assert known_bandwidth("Apple M4 Max") == 546.0 and known_bandwidth("Apple M1") == 68.25
     assert known_bandwidth("AMD EPYC") is None
+    # the 32-core M4 Max and the 30-core M3 Max have less bandwidth than the 40-core ones
+    profile = "Chipset Model: Apple M4 Max\n      Type: GPU\n      Total Number of Cores: 32\n"
+    assert gpu_cores(profile) == 32 and gpu_cores("no GPU here") is None
+    assert known_bandwidth("Apple M4 Max", 32) == 410.0
+    assert known_bandwidth("Apple M4 Max", 40) == known_bandwidth("Apple M4 Max") == 546.0
+    assert known_bandwidth("Apple M3 Max", 30) == 300.0
     assert parse_bytes("16GB") == 16 * GIB and parse_bytes("800m") == 800 << 20
     with pytest.raises(QwenMlxError, match="cannot read 'lots' as a memory size"):
         parse_bytes("lots")
