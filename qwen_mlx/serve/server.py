@@ -3,7 +3,6 @@ generation call that turns messages into pieces through the worker."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -136,13 +135,8 @@ def normalize_message(m, index: int) -> dict:
     calls = []
     for call in m.get("tool_calls") or []:
         fn = call.get("function", call) if isinstance(call, dict) else {}
-        arguments = fn.get("arguments", {})
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except ValueError:
-                pass
-        calls.append({"function": {"name": fn.get("name", ""), "arguments": arguments}})
+        calls.append({"function": {"name": fn.get("name", ""),
+                                   "arguments": tool_calls.as_object(fn.get("arguments", {}))}})
     if calls:
         out["tool_calls"] = calls
     return out

@@ -15,6 +15,16 @@ OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 
 
+def as_object(arguments):
+    """Arguments as a JSON object where they arrive as JSON text (OpenAI sends them so)."""
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except ValueError:
+            pass
+    return arguments
+
+
 def parse(text: str) -> tuple[str, list[dict]]:
     """(text outside the blocks, [{"name": ..., "arguments": {...}}, ...])."""
     calls, kept, last = [], [], 0
@@ -25,13 +35,7 @@ def parse(text: str) -> tuple[str, list[dict]]:
             continue
         if not isinstance(call, dict) or not isinstance(call.get("name"), str):
             continue
-        arguments = call.get("arguments", {})
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except ValueError:
-                pass
-        calls.append({"name": call["name"], "arguments": arguments})
+        calls.append({"name": call["name"], "arguments": as_object(call.get("arguments", {}))})
         kept.append(text[last:m.start()])
         last = m.end()
     kept.append(text[last:])
