@@ -47,7 +47,7 @@ def load(model: str | Path | None = None, *, recipe: str | Recipe = "q4",
     from .checkpoint import read_config
     from .context import parse_context, rope_overrides
     from .engine import KVSpec
-    from .memory_plan import plan_for, weight_bytes_of_folder
+    from .memory_plan import Shape, plan_for, weight_bytes_of_folder
     from .model import Model
 
     recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
@@ -56,7 +56,7 @@ def load(model: str | Path | None = None, *, recipe: str | Recipe = "q4",
     config = read_config(folder)
     overrides = rope_overrides(config, wanted)
     config = {**config, **overrides}
-    kv = KVSpec(kv_bits, kv_group_size, kv_start).check(int(config.get("head_dim") or 128))
+    kv = KVSpec(kv_bits, kv_group_size, kv_start).check(Shape.of(config).head_dim)
     cast = loader.compute_dtype(dtype)
     compute_bytes = cast.size if cast else None
     plan = plan_for(config, weights=weight_bytes_of_folder(folder, compute_bytes),

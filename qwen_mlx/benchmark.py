@@ -57,7 +57,7 @@ class Target:
                    model.context_length, model.prefill_step, _dtype_of(model.net))
 
     def chunk_at(self, depth: int) -> int:
-        return min(self.prefill_step, self.plan.chunk_at(depth)) if self.plan else \
+        return self.plan.chunk_at(depth, cap=self.prefill_step) if self.plan else \
             self.prefill_step
 
     def steps(self, tokens: list[int], max_tokens: int) -> tuple[Iterator, list]:
@@ -158,10 +158,10 @@ def measure(target: Target, *, prompt_lengths: list[int], depths: list[int],
             time_prefill(target, n, seed=10_000 + i)
         runs = [time_prefill(target, n, seed=i) for i in range(reps)]
         kv_peak = max([kv_peak] + [b for _, b in runs])
-        seconds = [s for s, _ in runs]
-        prefill[n] = {"tokens": n, "seconds": Summary.of(seconds).__dict__,
-                      "tokens_per_second": Summary.of([n / s for s in seconds]).__dict__,
-                      "time_to_first_token": Summary.of(seconds).mean}
+        seconds = Summary.of([s for s, _ in runs])
+        prefill[n] = {"tokens": n, "seconds": seconds.__dict__,
+                      "tokens_per_second": Summary.of([n / s for s in seconds.samples]).__dict__,
+                      "time_to_first_token": seconds.mean}
     kv_per_token = kv_bytes_per_token(Shape.of(target.config), target.kv,
                                       target.net.model.norm.weight.dtype.size)
     weights_read = weights_read_per_token(target.net, target.config)

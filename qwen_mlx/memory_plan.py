@@ -135,14 +135,16 @@ class MemoryPlan:
                 n = (room - SCORE_BYTES) / per_token
         return max(0, min(int(n), self.shape.positions))
 
-    def chunk_at(self, depth: int) -> int:
-        """Prefill rows per chunk at this cache depth: the configured step, shrunk when
-        materialised attention scores would pass SCORE_BYTES or the KV cache's own size."""
+    def chunk_at(self, depth: int, cap: int | None = None) -> int:
+        """Prefill rows per chunk at this cache depth: the configured step (or ``cap``, a
+        caller's smaller step), shrunk when materialised attention scores would pass
+        SCORE_BYTES or the KV cache's own size."""
+        step = min(self.prefill_step, cap or self.prefill_step)
         if not self.materialises_scores():
-            return self.prefill_step
+            return step
         budget = min(SCORE_BYTES, max(MIN_SCORE_BYTES, int(depth * self.kv_bytes_per_token())))
         rows = budget // (self.shape.heads * 4 * (depth + self.prefill_step))
-        return max(MIN_CHUNK, min(self.prefill_step, rows))
+        return min(step, max(MIN_CHUNK, min(self.prefill_step, rows)))
 
     # -- decisions ------------------------------------------------------------------
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
@@ -103,7 +104,7 @@ class Model:
         if params.seed is not None:
             mx.random.seed(params.seed)
         step = prefill_step or self.prefill_step
-        chunk_at = (lambda depth: min(step, self.plan.chunk_at(depth))) if self.plan else None
+        chunk_at = partial(self.plan.chunk_at, cap=step) if self.plan else None
         return engine.stream(self.net, self.tokenizer, tokens, engine.make_sampler(params),
                              max_tokens=min(params.max_tokens, room),
                              cache=self.new_cache() if cache is None else cache,
