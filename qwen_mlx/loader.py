@@ -34,7 +34,7 @@ def load_folder(folder: Path, *, adapter: Path | None = None, dtype: str = "auto
                 overrides: dict | None = None):
     """Return (model, tokenizer wrapper, config) for an MLX folder; ``overrides`` replace
     config keys (rope scaling for a longer context)."""
-    from mlx_lm.utils import load_adapters, load_model, load_tokenizer
+    from mlx_lm.utils import load_adapters, load_model
 
     folder = Path(folder)
     try:
@@ -55,13 +55,19 @@ def load_folder(folder: Path, *, adapter: Path | None = None, dtype: str = "auto
     if cast is not None:
         model.set_dtype(cast)
         mx.eval(model.parameters())
+    return model, load_tokenizer(folder, config), config
+
+
+def load_tokenizer(folder: Path, config: dict):
+    """mlx-lm's tokenizer wrapper (streaming detokenizer, chat template) with every EOS id."""
+    from mlx_lm.utils import load_tokenizer as mlx_lm_tokenizer
+
     if not (folder / "tokenizer.json").is_file():
         raise QwenMlxError(f"{folder} has no tokenizer (tokenizer.json is missing)")
     try:
-        tokenizer = load_tokenizer(folder, eos_token_ids=eos_ids(folder, config))
+        return mlx_lm_tokenizer(folder, eos_token_ids=eos_ids(folder, config))
     except (OSError, ValueError) as e:
         raise QwenMlxError(f"cannot load the tokenizer of {folder}: {e}") from None
-    return model, tokenizer, config
 
 
 def eos_ids(folder: Path, config: dict) -> list[int]:

@@ -49,18 +49,19 @@ class Group(click.Group):
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="qwen-mlx")
 def main() -> None:
-    """Qwen3-4B on your Mac with MLX: convert, generate, chat, serve, plan, bench."""
+    """Qwen3-4B on your Mac with MLX: convert, generate, chat, serve, finetune, plan, bench."""
 
 
 def _register() -> None:
     from .bench import bench
     from .chat import chat
     from .convert import convert
+    from .finetune import finetune
     from .generate import generate
     from .plan import plan
     from .serve import serve
 
-    for command in (bench, chat, convert, generate, plan, serve):
+    for command in (bench, chat, convert, finetune, generate, plan, serve):
         main.add_command(command)
 
 

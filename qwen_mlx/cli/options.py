@@ -47,6 +47,8 @@ load_options = _stack(
 )
 
 
+memory_option = click.option("--memory", help="Plan for this much RAM (12GB) instead of the "
+                             "machine's, to leave room for other apps.")
 memory_options = _stack(
     click.option("--context", help="Context length to plan for: 32k, 256k, 1m or a number "
                  "(past the native 256k: YaRN). Default: the most that fits in memory."),
@@ -60,8 +62,7 @@ memory_options = _stack(
                  help="Keep the first N tokens of the KV cache at full precision."),
     click.option("--prefill-step", type=click.IntRange(min=16), default=512,
                  show_default=True, help="Prompt tokens computed per chunk."),
-    click.option("--memory", help="Plan for this much RAM (12GB) instead of the machine's, "
-                 "to leave room for other apps."),
+    memory_option,
 )
 force_option = click.option("--force", is_flag=True, help="Load even if the memory plan "
                             "says the context will not fit.")

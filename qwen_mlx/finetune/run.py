@@ -1,0 +1,219 @@
+"""A training run from settings to adapter: data checked, model resolved, memory planned,
+LoRA placed, and a loop that logs metrics and checkpoints as it goes.
+
+``prepare`` does every check that can fail before the first step (bad data, a folder that
+holds something else, a run that will not fit); ``Run.train`` is the loop. The output
+folder is always either empty of adapters or holds the adapter of the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import mlx.core as mx
+
+from .. import hub, loader
+from ..checkpoint import read_config
+from ..errors import QwenMlxError
+from ..machine import this_machine
+from ..memory_plan import Shape, weight_bytes_of_folder
+from ..recipes import parse_recipe
+from . import resume
+from .adapters import add_lora, adapter_config, save_adapter
+from .batches import Batches, Fitted, fit_length
+from .config import TRAINING_KEYS, TrainConfig
+from .data import Dataset, load_data
+from .memory import TrainingMemory, check
+from .tokens import Encoder
+from .trainer import StepReport, Trainer, ValReport
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class Stopped:
+    """Training stopped early (Ctrl-C) after a completed step, with a checkpoint saved."""
+
+    step: int
+
+
+@dataclass
+class DataReport:
+    format: str
+    train: int
+    valid: int
+    truncated: int
+    dropped: int
+    empty: int
+    split_from_train: bool
+
+
+def _settings(explicit: dict, output: Path, resuming: bool) -> TrainConfig:
+    """The run's config: on resume, the checkpoint's, where explicit settings must agree."""
+    if not resuming:
+        return TrainConfig.from_dict(explicit).check()
+    folder = resume.latest(output)
+    if folder is None:
+        raise QwenMlxError(f"nothing to resume in {output} (no checkpoint)")
+    saved = resume.read_state(folder)["config"]
+    for key, value in explicit.items():
+        if key in (*TRAINING_KEYS, "model") and saved.get(key) != value:
+            flag = "--" + key.replace("_", "-")
+            raise QwenMlxError(f"{flag} {value!r} differs from the run being resumed "
+                               f"({saved.get(key)!r}); start a new output folder to change it")
+    return TrainConfig.from_dict({**saved, **explicit}).check()
+
+
+def _check_output(output: Path, resuming: bool) -> None:
+    if resuming or not output.exists():
+        return
+    if not output.is_dir():
+        raise QwenMlxError(f"output {output} is a file")
+    if resume.latest(output) is not None:
+        raise QwenMlxError(f"{output} holds a training run; add --resume to continue it, or "
+                           f"choose another -o")
+    if any(output.iterdir()):
+        raise QwenMlxError(f"output {output} exists and is not empty; choose another -o")
+
+
+def lora_parameter_count(shape: Shape, config: TrainConfig) -> int:
+    """Trainable parameters: rank x (inputs + outputs) per adapted matrix."""
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    dims = {"q": (shape.hidden, q), "k": (shape.hidden, kv), "v": (shape.hidden, kv),
+            "o": (q, shape.hidden), "gate": (shape.hidden, shape.intermediate),
+            "up": (shape.hidden, shape.intermediate), "down": (shape.intermediate, shape.hidden)}
+    layers = min(config.layers or shape.layers, shape.layers)
+    return layers * sum(config.rank * sum(dims[t]) for t in config.targets)
+
+
+class Run:
+    """A prepared run; iterate :meth:`train` to train."""
+
+    def __init__(self, config: TrainConfig, output: Path, folder: Path, data: DataReport,
+                 memory: TrainingMemory, trainer: Trainer, settings: dict,
+                 data_fingerprint: str) -> None:
+        self.config, self.output, self.model_folder = config, output, folder
+        self.data, self.memory, self.trainer = data, memory, trainer
+        self.settings, self.data_fingerprint = settings, data_fingerprint
+
+    @property
+    def step(self) -> int:
+        return self.trainer.state.step
+
+    @property
+    def steps(self) -> int:
+        return self.trainer.steps
+
+    def _save(self) -> None:
+        t = self.trainer
+        resume.save(self.output, t.model, t.optimizer, t.state, self.config,
+                    self.data_fingerprint)
+        save_adapter(self.output, t.model, self.settings)
+
+    def _metrics(self) -> "object":
+        """The metrics log, cut back to the checkpoint being resumed from."""
+        path = self.output / METRICS_FILE
+        kept = []
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= self.step:
+                        kept.append(line + "\n")
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a kill
+        path.write_text("".join(kept))
+        return open(path, "a", encoding="utf-8")
+
+    def train(self, stop: Callable[[], bool] = lambda: False) \
+            -> Iterator[StepReport | ValReport | Stopped]:
+        """Yield a report per step and per validation. ``stop()`` is asked after each
+        step; when it says so, a checkpoint is written and a :class:`Stopped` yielded."""
+        self.output.mkdir(parents=True, exist_ok=True)
+        with self._metrics() as log:
+            for report in self.trainer.run(on_save=self._save):
+                log.write(json.dumps(report.to_dict()) + "\n")
+                log.flush()
+                yield report
+                if isinstance(report, StepReport) and report.step < self.steps and stop():
+                    self._save()
+                    yield Stopped(report.step)
+                    return
+
+
+def prepare(settings: dict, *, resume_run: bool = False, force: bool = False,
+            convert=None, memory: str | int | None = None) -> Run:
+    """Check everything and build the run. ``settings`` holds the keys of
+    :class:`TrainConfig` that were given (config file and flags); the rest are defaults,
+    or, with ``resume_run``, the checkpoint's."""
+    if not settings.get("output"):
+        raise QwenMlxError("give an output folder (-o ADAPTER_DIR)")
+    output = Path(settings["output"])
+    config = _settings(settings, output, resume_run)
+    _check_output(output, resume_run)
+    if not config.data:
+        raise QwenMlxError("give the training data (--data FILE_OR_FOLDER)")
+    dataset = load_data(config.data, valid_split=config.valid_split, seed=config.seed)
+    data_fingerprint = resume.fingerprint(dataset.files)
+
+    folder = hub.resolve(config.model, parse_recipe(config.recipe), convert)
+    model_config = read_config(folder)
+    shape = Shape.of(model_config)
+    if config.layers and config.layers > shape.layers:
+        raise QwenMlxError(f"--layers {config.layers}: the model has {shape.layers} layers")
+    tokenizer = loader.load_tokenizer(folder, model_config)
+    train, valid, report = _encode(dataset, tokenizer, config)
+    steps = config.iters or math.ceil((config.epochs or 3) * len(train) / config.grad_accum)
+
+    cast = loader.compute_dtype("auto")
+    dtype_bytes = cast.size if cast else 2
+    need = check(shape, config, train.longest(), force, machine=this_machine(memory),
+                 weights=weight_bytes_of_folder(folder, cast.size if cast else None),
+                 trainable=lora_parameter_count(shape, config), dtype_bytes=dtype_bytes)
+
+    model, _, _ = loader.load_folder(folder)
+    mx.random.seed(config.seed)  # the adapters' initial values
+    adapter_settings = adapter_config(config, shape.layers, config.model or hub.DEFAULT_MODEL)
+    add_lora(model, adapter_settings)
+    trainer = Trainer(model, config, train, valid, steps)
+    if resume_run:
+        latest = resume.latest(output)
+        resume.check_data(resume.read_state(latest), data_fingerprint, latest)
+        trainer.state = resume.restore(latest, model, trainer.optimizer)
+    return Run(config, output, folder, report, need, trainer, adapter_settings,
+               data_fingerprint)
+
+
+def _encode(dataset: Dataset, tokenizer, config: TrainConfig) \
+        -> tuple[Batches, Batches | None, DataReport]:
+    encoder = Encoder(tokenizer, train_on_all=config.train_on_all)
+    fitted: list[Fitted] = []
+    for part in (dataset.train, dataset.valid):
+        fitted.append(fit_length([encoder.encode(dataset.format, e) for e in part],
+                                 config.max_seq_len, config.overlong))
+    train, valid = fitted
+    if not train.examples:
+        raise QwenMlxError(f"no training example is left after --max-seq-len "
+                           f"{config.max_seq_len} ({train.dropped + train.empty} dropped)")
+    report = DataReport(dataset.format, len(train.examples), len(valid.examples),
+                        train.truncated + valid.truncated, train.dropped + valid.dropped,
+                        train.empty + valid.empty, dataset.split_from_train)
+    return (Batches(train.examples, config.batch_size, config.seed),
+            Batches(valid.examples, config.batch_size, config.seed) if valid.examples else None,
+            report)
+
+
+def finetune(model: str | None = None, data: str | Path | None = None,
+             output: str | Path | None = None, *, resume_run: bool = False,
+             force: bool = False, **settings) -> Path:
+    """Train LoRA adapters and return the output folder (the Python face of
+    ``qwen-mlx finetune``). Keyword arguments are :class:`TrainConfig` fields."""
+    given = {k: str(v) for k, v in dict(model=model, data=data, output=output).items()
+             if v is not None}
+    run = prepare({**given, **settings}, resume_run=resume_run, force=force)
+    for _ in run.train():
+        pass
+    return run.output
