@@ -102,8 +102,8 @@ def convert(source: Path | Checkpoint, output: Path, recipe: Recipe, *, force: b
         disk = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
         index = {"metadata": {"total_size": disk}, "weight_map": dict(sorted(weight_map.items()))}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        _write_config(tmp, ckpt.config, recipe)
-        _copy_side_files(ckpt.path, tmp)
+        write_config(tmp, ckpt.config, recipe)
+        copy_side_files(ckpt.path, tmp)
         params = sum(math.prod(t.shape) for t in ckpt.tensors.values())
         report = ConvertReport(Path(output), recipe, params, disk, 0.0)
         (tmp / "README.md").write_text(_model_card(source_name, report))
@@ -120,7 +120,7 @@ def fingerprint(folder: Path) -> list:
             for f in sorted(Path(folder).glob("*.safetensors"))]
 
 
-def _write_config(out: Path, config: dict, recipe: Recipe) -> None:
+def write_config(out: Path, config: dict, recipe: Recipe) -> None:
     config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
     if recipe.quantization:
         # mlx-lm reads "quantization"; Hugging Face tooling looks for "quantization_config".
@@ -130,7 +130,7 @@ def _write_config(out: Path, config: dict, recipe: Recipe) -> None:
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _copy_side_files(src: Path, out: Path) -> None:
+def copy_side_files(src: Path, out: Path) -> None:
     for name in TOKENIZER_FILES + ("generation_config.json", "LICENSE"):
         if (src / name).is_file():
             shutil.copyfile(src / name, out / name)

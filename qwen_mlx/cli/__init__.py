@@ -49,7 +49,8 @@ class Group(click.Group):
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="qwen-mlx")
 def main() -> None:
-    """Qwen3-4B on your Mac with MLX: convert, generate, chat, serve, finetune, plan, bench."""
+    """Qwen3-4B on your Mac with MLX: convert, generate, chat, serve, finetune,
+    fuse, plan, bench."""
 
 
 def _register() -> None:
@@ -57,11 +58,12 @@ def _register() -> None:
     from .chat import chat
     from .convert import convert
     from .finetune import finetune
+    from .fuse import fuse
     from .generate import generate
     from .plan import plan
     from .serve import serve
 
-    for command in (bench, chat, convert, finetune, generate, plan, serve):
+    for command in (bench, chat, convert, finetune, fuse, generate, plan, serve):
         main.add_command(command)
 
 
