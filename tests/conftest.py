@@ -56,6 +56,14 @@ def tiny_q4_f32(tmp_path_factory, tiny_hf) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_f32(tmp_path_factory, tiny_hf) -> Path:
+    """Not quantized, float32: plain LoRA, and the fastest to train on the CPU."""
+    out = tmp_path_factory.mktemp("conv") / "tiny-f32"
+    convert(tiny_hf, out, Recipe(bits=None, dtype="float32"))
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_q4_f32):
     from qwen_mlx import load
 

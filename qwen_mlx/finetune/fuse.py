@@ -21,6 +21,7 @@ from mlx.utils import tree_unflatten
 
 from .. import __version__, hub, loader
 from ..atomic import atomic_dir
+from ..checkpoint import read_config
 from ..errors import QwenMlxError
 from ..quantize import copy_side_files, write_config
 from ..recipes import Recipe, parse_recipe
@@ -122,8 +123,8 @@ def fuse(model: str | None, adapter: str | Path, output: str | Path, *, q4: bool
     folder = hub.resolve(model, parse_recipe(recipe), convert)
     if output.exists() and not force:
         raise QwenMlxError(f"output {output} already exists (use --force to replace it)")
+    target = _output_recipe(read_config(folder), q4, dequantize)
     net, _, config = loader.load_folder(folder, adapter=adapter, dtype="stored")
-    target = _output_recipe(config, q4, dequantize)
     merged = merge(net, target)
     from mlx_lm.utils import save_model
 

@@ -63,7 +63,7 @@ def estimate(shape: Shape, *, weights: int, trainable: int, config: TrainConfig,
     return TrainingMemory(
         weights, trainable * ADAM_BYTES,
         activation_bytes(shape, config.batch_size, width, dtype_bytes, config.grad_checkpoint),
-        SLICE * shape.vocab * 4 * 3, machine.budget_bytes)
+        min(SLICE, config.batch_size * width) * shape.vocab * 4 * 3, machine.budget_bytes)
 
 
 def suggestion(shape: Shape, config: TrainConfig, width: int, **kwargs) -> str | None:
