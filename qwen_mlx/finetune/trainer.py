@@ -22,7 +22,7 @@ from mlx.utils import tree_map
 
 from .batches import Batch, Batches
 from .config import TrainConfig
-from .loss import loss_sum
+from .loss import loss_for_grad, loss_sum
 from .resume import RunState
 
 FLOOR = 0.1  # cosine decay ends at this fraction of the peak learning rate
@@ -117,7 +117,7 @@ class Trainer:
             config.lr, warmup_steps(config, steps), steps))
         if config.grad_checkpoint:
             checkpoint_layers(model.model.layers)
-        self._value_and_grad = nn.value_and_grad(model, loss_sum)
+        self._value_and_grad = nn.value_and_grad(model, loss_for_grad)
 
     def validate(self) -> float | None:
         if not self.valid:
