@@ -271,3 +271,20 @@ def test_loss_gradient_equals_plain_autograd_over_all_logits(tmp_path, tiny_f32,
     for (name, g), (_, e) in zip(tree_flatten(grads), tree_flatten(expected)):
         np.testing.assert_allclose(np.array(g), np.array(e), atol=1e-4, rtol=1e-4,
                                    err_msg=name)
+
+
+def test_config_files(tmp_path):
+    from qwen_mlx.finetune.config import read_config_file
+
+    (tmp_path / "a.toml").write_text('rank = 16\ntargets = "q,v"\nmax-seq-len = 512\n')
+    config = TrainConfig.from_dict(read_config_file(tmp_path / "a.toml"))
+    assert (config.rank, config.targets, config.max_seq_len) == (16, ["q", "v"], 512)
+    (tmp_path / "b.yaml").write_text("rank: [unclosed\n")
+    with pytest.raises(QwenMlxError, match=r"^config .*b.yaml: while parsing"):
+        read_config_file(tmp_path / "b.yaml")
+    (tmp_path / "c.yaml").write_text("rnak: 4\n")
+    with pytest.raises(QwenMlxError, match=r"^config: unknown key 'rnak' \(known: "):
+        TrainConfig.from_dict(read_config_file(tmp_path / "c.yaml"))
+    (tmp_path / "d.txt").write_text("rank: 4\n")
+    with pytest.raises(QwenMlxError, match=r"use a \.yaml, \.toml or \.json file"):
+        read_config_file(tmp_path / "d.txt")

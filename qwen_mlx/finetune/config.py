@@ -113,7 +113,10 @@ def read_config_file(path: str | Path) -> dict:
         raise QwenMlxError(f"cannot read config {path}: {e.strerror}") from None
     try:
         if path.suffix == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
 
             values = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
