@@ -183,3 +183,23 @@ def test_batches_pad_and_select_only_trained_positions(encoder):
         [width + i for i, on in enumerate(b.mask[1:]) if on]
     assert batch.select.tolist() == expected
     assert batch.tokens == len(a.ids) + len(b.ids) - 2
+
+
+def test_batch_order_is_a_function_of_seed_and_epoch(encoder):
+    from qwen_mlx.finetune.batches import Batches
+    from qwen_mlx.finetune.data import Example
+
+    examples = [encoder.encode("text", Example({"text": "word " * n}, f"t:{n}"))
+                for n in range(1, 21)]
+    batches = Batches(examples, 2, seed=3)
+    assert len(batches) == 10
+    # Sorted by length into fixed groups; each epoch a permutation of them.
+    assert sorted(batches.epoch_order(0)) == list(range(10))
+    assert batches.epoch_order(0) != batches.epoch_order(1)
+    assert [batches.at(i).inputs.tolist() for i in (3, 13)] == \
+        [collate(batches.groups[batches.epoch_order(e)[3]]).inputs.tolist() for e in (0, 1)]
+    assert Batches(examples, 2, seed=3).epoch_order(5) == batches.epoch_order(5)
+    # Validation: every batch, or `limit` spread over the lengths.
+    assert len(list(batches.in_order())) == 10
+    spread = [b.inputs.tolist() for b in batches.in_order(3)]
+    assert spread == [collate(batches.groups[i]).inputs.tolist() for i in (0, 3, 6)]

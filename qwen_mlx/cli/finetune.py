@@ -72,6 +72,8 @@ turn. Checkpoints go into the output folder; after an interruption, run the same
        f"for validation when there is no valid.jsonl [default: {D.valid_split:g}].")
 @_flag("--val-every", type=click.IntRange(min=1), help=f"Validate every N steps "
        f"[default: {D.val_every}].")
+@_flag("--val-batches", type=click.IntRange(min=1), help="Most batches per validation, spread "
+       f"over the lengths [default: {D.val_batches}].")
 @_flag("--save-every", type=click.IntRange(min=1), help=f"Checkpoint every N steps "
        f"[default: {D.save_every}].")
 @memory_option

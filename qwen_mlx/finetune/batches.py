@@ -99,8 +99,12 @@ class Batches:
         return collate(self.groups[self.epoch_order(epoch)[index]])
 
     def in_order(self, limit: int | None = None):
-        """Every batch once, unshuffled (validation)."""
-        for group in self.groups[:limit]:
+        """Every batch once, unshuffled (validation); past ``limit`` batches, ``limit`` of
+        them spread evenly over the lengths."""
+        groups = self.groups
+        if limit is not None and len(groups) > limit:
+            groups = [groups[i * len(groups) // limit] for i in range(limit)]
+        for group in groups:
             yield collate(group)
 
     def longest(self) -> int:

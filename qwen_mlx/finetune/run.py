@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TextIO
 
 import mlx.core as mx
 
@@ -52,8 +52,18 @@ class DataReport:
     split_from_train: bool
 
 
+def _absolute(settings: dict) -> dict:
+    """Local model and data paths made absolute: a resume may start from another folder."""
+    out = dict(settings)
+    for key in ("model", "data"):
+        if out.get(key) is not None and Path(out[key]).exists():
+            out[key] = str(Path(out[key]).resolve())
+    return out
+
+
 def _settings(explicit: dict, output: Path, resuming: bool) -> TrainConfig:
     """The run's config: on resume, the checkpoint's, where explicit settings must agree."""
+    explicit = _absolute(explicit)
     if not resuming:
         return TrainConfig.from_dict(explicit).check()
     folder = resume.latest(output)
@@ -114,7 +124,7 @@ class Run:
                     self.data_fingerprint)
         save_adapter(self.output, t.model, self.settings)
 
-    def _metrics(self) -> "object":
+    def _metrics(self) -> TextIO:
         """The metrics log, cut back to the checkpoint being resumed from."""
         path = self.output / METRICS_FILE
         kept = []
