@@ -15,6 +15,8 @@ from qwen_mlx.finetune.data import load_data
 from qwen_mlx.finetune.tokens import Encoder
 from qwen_mlx.loader import load_tokenizer
 
+from .conftest import SHARED, shared_available
+
 CHAT = {"messages": [{"role": "user", "content": "Hi"},
                      {"role": "assistant", "content": "Hello."}]}
 
@@ -121,13 +123,16 @@ def test_mask_is_every_assistant_turn_token_by_token(encoder):
     rendered = tok.apply_chat_template(CONVERSATION["messages"], tools=CONVERSATION["tools"],
                                        tokenize=False)
     assert encoded.ids == tok.encode(rendered, add_special_tokens=False)
-    # The oracle: character spans of each assistant turn in the rendered text, mapped to
-    # tokens through the tokenizer's offsets (not the id scan the encoder uses).
-    header, end = "<|im_start|>assistant\n", "<|im_end|>"
+    # The oracle: character spans of each assistant turn in the rendered text (less an
+    # empty think block), mapped to tokens through the tokenizer's offsets (not the id scan
+    # the encoder uses).
+    header, end, empty = "<|im_start|>assistant\n", "<|im_end|>", "<think>\n\n</think>\n\n"
     wanted_chars, start = [], 0
     while (at := rendered.find(header, start)) != -1:
         stop = rendered.index(end, at) + len(end)
-        wanted_chars.append((at + len(header), stop))
+        begin = at + len(header)
+        begin += len(empty) if rendered.startswith(empty, begin) else 0
+        wanted_chars.append((begin, stop))
         start = stop
     offsets = tok._tokenizer(rendered, add_special_tokens=False,
                              return_offsets_mapping=True)["offset_mapping"]
@@ -137,7 +142,7 @@ def test_mask_is_every_assistant_turn_token_by_token(encoder):
         "Paris.<|im_end|>",
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
         '</tool_call><|im_end|>',
-        "<think>\n\n</think>\n\nSunny and 21 C.<|im_end|>",
+        "Sunny and 21 C.<|im_end|>",  # the template's empty think block is not trained
     ]
 
 
@@ -152,8 +157,13 @@ def test_train_on_all_text_and_prompt_completion(encoder):
     assert text.mask == [False] + [True] * (len(text.ids) - 1)
     pc = encoder.encode("prompt/completion",
                         Example({"prompt": "2+2?", "completion": "4"}, "t:1"))
-    assert [tok.decode(s) for s in spans(pc.ids, pc.mask)] == \
-        ["<think>\n\n</think>\n\n4<|im_end|>"]
+    assert [tok.decode(s) for s in spans(pc.ids, pc.mask)] == ["4<|im_end|>"]
+    assert "<think>\n\n</think>\n\n4" in tok.decode(pc.ids)  # still in the input
+    reasoned = encoder.encode("messages", Example({"messages": [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "<think>\nAdd them.\n</think>\n\n4"}]}, "t:1"))
+    assert [tok.decode(s) for s in spans(reasoned.ids, reasoned.mask)] == \
+        ["<think>\nAdd them.\n</think>\n\n4<|im_end|>"]
 
 
 def test_max_seq_len_truncates_or_drops_and_counts(encoder):
@@ -203,3 +213,19 @@ def test_batch_order_is_a_function_of_seed_and_epoch(encoder):
     assert len(list(batches.in_order())) == 10
     spread = [b.inputs.tolist() for b in batches.in_order(3)]
     assert spread == [collate(batches.groups[i]).inputs.tolist() for i in (0, 3, 6)]
+
+
+@pytest.mark.skipif(not shared_available(), reason="needs ../shared (Qwen's templates)")
+@pytest.mark.parametrize("template", ["chat_template_instruct_2507.jinja",
+                                      "chat_template_qwen3_hybrid.jinja"])
+def test_mask_with_qwens_own_templates(tiny_f32, template):
+    from qwen_mlx.finetune.data import Example
+
+    tok = load_tokenizer(tiny_f32, {})
+    tok._tokenizer.chat_template = (SHARED / "qwen3" / "reference" / template).read_text()
+    encoded = Encoder(tok).encode("messages", Example(CONVERSATION, "t:1"))
+    assert [tok.decode(s) for s in spans(encoded.ids, encoded.mask)] == [
+        "Paris.<|im_end|>",
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+        '</tool_call><|im_end|>',
+        "Sunny and 21 C.<|im_end|>"]

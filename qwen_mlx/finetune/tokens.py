@@ -7,6 +7,12 @@ keeps the mask exact when the template rewrites earlier turns (Qwen3 drops the <
 block of old assistant turns), and trains **every** assistant turn, where mlx-lm's
 ``--mask-prompt`` trains only the last one. The ``<|im_end|>`` that closes a turn is
 trained so the model learns to stop; the newline after it belongs to the template.
+
+Qwen's templates (Instruct-2507's and the hybrid models') open the last assistant turn with
+an empty ``<think>\n\n</think>\n\n``. That block is template, not reply: the instruct
+model never writes it, and the hybrid model gets it as part of the prompt when thinking is
+off. It stays in the input but is not trained, so a tuned model does not learn to print it.
+A non-empty reasoning block is the reply's and is trained.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from .data import Example
 
 ASSISTANT_HEADER = "<|im_start|>assistant\n"
 TURN_END = "<|im_end|>"
+EMPTY_THINK = "<think>\n\n</think>\n\n"
 
 
 @dataclass
@@ -40,6 +47,7 @@ class Encoder:
         self.train_on_all = train_on_all
         self.header = tokenizer.encode(ASSISTANT_HEADER, add_special_tokens=False)
         self.end = tokenizer.convert_tokens_to_ids(TURN_END)
+        self.empty_think = tokenizer.encode(EMPTY_THINK, add_special_tokens=False)
 
     def messages_of(self, fmt: str, record: dict) -> list[dict]:
         if fmt == "prompt/completion":
@@ -61,6 +69,8 @@ class Encoder:
         while i < len(ids):
             if ids[i:i + n] == self.header:
                 j = i + n
+                if ids[j:j + len(self.empty_think)] == self.empty_think:
+                    j += len(self.empty_think)
                 while j < len(ids) and ids[j] != self.end:
                     mask[j] = True
                     j += 1
