@@ -288,3 +288,20 @@ def test_config_files(tmp_path):
     (tmp_path / "d.txt").write_text("rank: 4\n")
     with pytest.raises(QwenMlxError, match=r"use a \.yaml, \.toml or \.json file"):
         read_config_file(tmp_path / "d.txt")
+
+
+def test_epochs_set_the_steps_and_the_estimate_counts_the_adapter(tmp_path, tiny_f32):
+    from mlx.utils import tree_flatten
+
+    from qwen_mlx.finetune.run import lora_parameter_count
+
+    data = str(write_data(tmp_path / "d.jsonl"))
+    base = {"model": str(tiny_f32), "data": data, "valid_split": 0.0, "batch_size": 2}
+    assert prepare({**base, "output": str(tmp_path / "a"), "epochs": 1}).steps == 2
+    assert prepare({**base, "output": str(tmp_path / "b")}).steps == 6  # 3 epochs
+    run = prepare({**base, "output": str(tmp_path / "c"), "epochs": 1.5, "grad_accum": 2,
+                   "rank": 4, "targets": ["k", "gate"], "layers": 1})
+    assert run.steps == 2
+    trainable = sum(v.size for _, v in tree_flatten(run.trainer.model.trainable_parameters()))
+    shape = Shape.of(json.loads((tiny_f32 / "config.json").read_text()))
+    assert trainable == lora_parameter_count(shape, run.config) == 4 * (64 + 32) + 4 * (64 + 128)

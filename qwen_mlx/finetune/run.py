@@ -25,7 +25,7 @@ from ..recipes import parse_recipe
 from . import resume
 from .adapters import add_lora, adapter_config, save_adapter
 from .batches import Batches, Fitted, fit_length
-from .config import TRAINING_KEYS, TrainConfig
+from .config import DEFAULT_EPOCHS, TRAINING_KEYS, TrainConfig
 from .data import Dataset, load_data
 from .memory import TrainingMemory, check
 from .tokens import Encoder
@@ -168,6 +168,9 @@ def prepare(settings: dict, *, resume_run: bool = False, force: bool = False,
         raise QwenMlxError("give the training data (--data FILE_OR_FOLDER)")
     dataset = load_data(config.data, valid_split=config.valid_split, seed=config.seed)
     data_fingerprint = resume.fingerprint(dataset.files)
+    if resume_run:
+        latest = resume.latest(output)
+        resume.check_data(resume.read_state(latest), data_fingerprint, latest)
 
     folder = hub.resolve(config.model, parse_recipe(config.recipe), convert)
     model_config = read_config(folder)
@@ -176,13 +179,14 @@ def prepare(settings: dict, *, resume_run: bool = False, force: bool = False,
         raise QwenMlxError(f"--layers {config.layers}: the model has {shape.layers} layers")
     tokenizer = loader.load_tokenizer(folder, model_config)
     train, valid, report = _encode(dataset, tokenizer, config)
-    steps = config.iters or math.ceil((config.epochs or 3) * len(train) / config.grad_accum)
+    steps = config.iters or math.ceil((config.epochs or DEFAULT_EPOCHS) * len(train)
+                                      / config.grad_accum)
 
-    cast = loader.compute_dtype("auto")
-    dtype_bytes = cast.size if cast else 2
+    cast = loader.compute_dtype("auto")  # float32 on the CPU backend; stored types on Metal
     need = check(shape, config, train.longest(), force, machine=this_machine(memory),
                  weights=weight_bytes_of_folder(folder, cast.size if cast else None),
-                 trainable=lora_parameter_count(shape, config), dtype_bytes=dtype_bytes)
+                 trainable=lora_parameter_count(shape, config),
+                 dtype_bytes=cast.size if cast else 2)
 
     model, _, _ = loader.load_folder(folder)
     mx.random.seed(config.seed)  # the adapters' initial values
@@ -190,8 +194,6 @@ def prepare(settings: dict, *, resume_run: bool = False, force: bool = False,
     add_lora(model, adapter_settings)
     trainer = Trainer(model, config, train, valid, steps)
     if resume_run:
-        latest = resume.latest(output)
-        resume.check_data(resume.read_state(latest), data_fingerprint, latest)
         trainer.state = resume.restore(latest, model, trainer.optimizer)
     return Run(config, output, folder, report, need, trainer, adapter_settings,
                data_fingerprint)
