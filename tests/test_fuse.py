@@ -71,8 +71,8 @@ def test_fusing_into_4bit_requantizes_and_reports_agreement(tmp_path, tiny_q4_f3
                                atol=1e-3)
 
 
-def test_q4_quantizes_a_float_base(tmp_path, tiny_f32, adapter_f32):
-    report = fuse(str(tiny_f32), adapter_f32, tmp_path / "q4", q4=True, verify_tokens=0)
+def test_q4_quantizes_a_float_base_found_from_the_adapter(tmp_path, tiny_f32, adapter_f32):
+    report = fuse(None, adapter_f32, tmp_path / "q4", q4=True, verify_tokens=0)
     assert report.format == "q4-f32"
     assert json.loads((tmp_path / "q4" / "config.json").read_text())["quantization"]["bits"] == 4
 

@@ -49,7 +49,7 @@ turn. Checkpoints go into the output folder; after an interruption, run the same
 @_flag("--targets", help=f"Projections to adapt [default: {','.join(TARGETS)}].")
 @_flag("--lr", type=float, help=f"Peak learning rate, after warmup, then cosine decay "
        f"[default: {D.lr:g}].")
-@_flag("--warmup", type=click.IntRange(min=0), help="Warmup steps [default: 5%% of the run, "
+@_flag("--warmup", type=click.IntRange(min=0), help="Warmup steps [default: 5% of the run, "
        "at most 100].")
 @_flag("--batch-size", type=click.IntRange(min=1), help=f"Examples per batch "
        f"[default: {D.batch_size}].")
@@ -63,7 +63,7 @@ turn. Checkpoints go into the output folder; after an interruption, run the same
 @_flag("--epochs", type=click.FloatRange(min=0, min_open=True),
        help="Passes over the data [default: 3, when --iters is not given].")
 @_flag("--grad-checkpoint/--no-grad-checkpoint", help="Recompute activations in the "
-       "backward pass: much less memory, about a third slower.")
+       "backward pass: much less memory, more compute.")
 @_flag("--seed", type=int, help=f"Seed for adapter init, data order and dropout "
        f"[default: {D.seed}].")
 @_flag("--train-on-all/--assistant-only", help="Train on every token, not just the "

@@ -14,7 +14,8 @@ from .options import MODEL_HELP, model_argument
 @click.command(help=f"""Merge a LoRA adapter into the model's weights and write an MLX folder
 that mlx-lm and every qwen-mlx command load without the adapter. A 4-bit model stays 4-bit
 (dequantize, merge, requantize). Then greedy replies of the fused model are compared with
-the model plus adapter, and the token agreement is reported. {MODEL_HELP}""")
+the model plus adapter, and the token agreement is reported. MODEL defaults to the one the
+adapter was trained on. {MODEL_HELP}""")
 @model_argument
 @click.option("--adapter", type=click.Path(path_type=Path), required=True,
               help="Adapter folder (from `qwen-mlx finetune`).")

@@ -113,14 +113,24 @@ def verify(fused: Path, base: Path, adapter: Path, prompts, max_tokens: int) -> 
     return out
 
 
+def base_model_of(adapter: Path) -> str | None:
+    """The model an adapter was trained on, as `qwen-mlx finetune` recorded it."""
+    try:
+        return json.loads((adapter / "adapter_config.json").read_text()).get("base_model")
+    except (OSError, ValueError):
+        return None  # loading the adapter reports what is wrong with it
+
+
 def fuse(model: str | None, adapter: str | Path, output: str | Path, *, q4: bool = False,
          dequantize: bool = False, recipe: str = "q4", force: bool = False,
          prompts=PROMPTS, verify_tokens: int = 32, convert=None) -> FuseReport:
-    """Merge ``adapter`` into ``model`` and write the result to ``output`` (appears only when
-    complete); then compare greedy replies to ``prompts`` unless ``verify_tokens`` is 0."""
+    """Merge ``adapter`` into ``model`` (default: the model it was trained on) and write the
+    result to ``output`` (appears only when complete); then compare greedy replies to
+    ``prompts`` unless ``verify_tokens`` is 0."""
     start = time.perf_counter()
     adapter, output = Path(adapter), Path(output)
-    folder = hub.resolve(model, parse_recipe(recipe), convert)
+    folder = hub.resolve(model if model is not None else base_model_of(adapter),
+                         parse_recipe(recipe), convert)
     if output.exists() and not force:
         raise QwenMlxError(f"output {output} already exists (use --force to replace it)")
     target = _output_recipe(read_config(folder), q4, dequantize)

@@ -109,10 +109,10 @@ def arrays(batch: Batch) -> tuple[mx.array, ...]:
 
 class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig, train: Batches,
-                 valid: Batches | None, steps: int, state: RunState | None = None) -> None:
+                 valid: Batches | None, steps: int) -> None:
         self.model, self.config, self.train, self.valid = model, config, train, valid
         self.steps = steps
-        self.state = state or RunState()
+        self.state = RunState()  # a resumed run replaces it with the checkpoint's
         self.optimizer = optim.Adam(learning_rate=schedule(
             config.lr, warmup_steps(config, steps), steps))
         if config.grad_checkpoint:
