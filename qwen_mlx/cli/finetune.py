@@ -10,9 +10,7 @@ from typing import Iterator
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..finetune import TARGETS, Stopped, TrainConfig, prepare
-from ..finetune.config import parse_targets, read_config_file
-from ..finetune.trainer import StepReport, ValReport
+from ..finetune.config import TARGETS, TrainConfig, parse_targets, read_config_file
 from ..machine import GIB
 from .console import convert_with_progress, err
 from .options import MODEL_HELP, memory_option, model_argument
@@ -81,6 +79,9 @@ turn. Checkpoints go into the output folder; after an interruption, run the same
               "not fit.")
 def finetune(model: str | None, config_file: Path | None, resume: bool | None,
              memory: str | None, force: bool, **flags) -> None:
+    from ..finetune.run import Stopped, prepare
+    from ..finetune.trainer import StepReport, ValReport
+
     settings = read_config_file(config_file) if config_file else {}
     if model is not None:
         flags["model"] = model

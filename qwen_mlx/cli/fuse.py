@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from ..finetune.fuse import PROMPTS, fuse as fuse_adapter
 from .console import convert_with_progress, err
 from .options import MODEL_HELP, model_argument
 
@@ -34,6 +33,8 @@ adapter was trained on. {MODEL_HELP}""")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def fuse(model: str | None, adapter: Path, output: Path, q4: bool, dequantize: bool,
          recipe: str, prompts: tuple[str, ...], verify_tokens: int, force: bool) -> None:
+    from ..finetune.fuse import PROMPTS, fuse as fuse_adapter
+
     with err.status("fusing"):
         report = fuse_adapter(model, adapter, output, q4=q4, dequantize=dequantize,
                               recipe=recipe, force=force, prompts=prompts or PROMPTS,
