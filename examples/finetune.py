@@ -21,7 +21,7 @@ print(f"{run.data.train} training examples; memory: {run.memory.describe()}")
 for report in run.train():
     if isinstance(report, StepReport):
         print(f"step {report.step}/{report.steps}  loss {report.loss:.3f}  "
-              f"{report.tokens_per_second:.0f} tok/s")
+              f"{report.tokens_per_second:.0f} tok/s  eta {report.eta:.0f} s")
     elif isinstance(report, ValReport):
         print(f"validation loss {report.loss:.3f}")
 

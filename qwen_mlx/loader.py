@@ -34,6 +34,13 @@ def load_folder(folder: Path, *, adapter: Path | None = None, dtype: str = "auto
                 overrides: dict | None = None):
     """Return (model, tokenizer wrapper, config) for an MLX folder; ``overrides`` replace
     config keys (rope scaling for a longer context)."""
+    model, config = load_weights(folder, adapter=adapter, dtype=dtype, overrides=overrides)
+    return model, load_tokenizer(Path(folder), config), config
+
+
+def load_weights(folder: Path, *, adapter: Path | None = None, dtype: str = "auto",
+                 overrides: dict | None = None):
+    """(model, config) without the tokenizer, for callers that load it once themselves."""
     from mlx_lm.utils import load_adapters, load_model
 
     folder = Path(folder)
@@ -55,7 +62,7 @@ def load_folder(folder: Path, *, adapter: Path | None = None, dtype: str = "auto
     if cast is not None:
         model.set_dtype(cast)
         mx.eval(model.parameters())
-    return model, load_tokenizer(folder, config), config
+    return model, config
 
 
 def load_tokenizer(folder: Path, config: dict):

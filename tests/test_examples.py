@@ -29,5 +29,5 @@ def test_finetune_example_runs(tmp_path, tiny_f32):
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("2 training examples; memory: ")
     assert re.fullmatch(r"validation loss [\d.]+", lines[1])
-    assert re.fullmatch(r"step 1/2  loss [\d.]+  \d+ tok/s", lines[2])
+    assert re.fullmatch(r"step 1/2  loss [\d.]+  \d+ tok/s  eta \d+ s", lines[2])
     assert (tmp_path / "out" / "adapters.safetensors").is_file()

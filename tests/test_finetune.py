@@ -284,8 +284,15 @@ def test_config_files(tmp_path):
     with pytest.raises(QwenMlxError, match=r"^config .*b.yaml: while parsing"):
         read_config_file(tmp_path / "b.yaml")
     (tmp_path / "c.yaml").write_text("rnak: 4\n")
-    with pytest.raises(QwenMlxError, match=r"^config: unknown key 'rnak' \(known: "):
-        TrainConfig.from_dict(read_config_file(tmp_path / "c.yaml"))
+    with pytest.raises(QwenMlxError, match=r"^config .*c.yaml: unknown key 'rnak' \(known: "):
+        read_config_file(tmp_path / "c.yaml")
+    (tmp_path / "e.yaml").write_text("lr: 1e-4\nrank: 8.0\ngrad-checkpoint: true\n")
+    assert read_config_file(tmp_path / "e.yaml") == {"lr": 1e-4, "rank": 8,
+                                                    "grad_checkpoint": True}
+    (tmp_path / "f.yaml").write_text("rank: eight\n")
+    with pytest.raises(QwenMlxError, match=r"^config .*f.yaml: rank must be a whole number "
+                                           r"\(got 'eight'\)$"):
+        read_config_file(tmp_path / "f.yaml")
     (tmp_path / "d.txt").write_text("rank: 4\n")
     with pytest.raises(QwenMlxError, match=r"use a \.yaml, \.toml or \.json file"):
         read_config_file(tmp_path / "d.txt")

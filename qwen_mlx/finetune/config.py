@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,7 +98,32 @@ class TrainConfig:
                                f"{', '.join(sorted(known))})")
         if isinstance(values.get("targets"), str):
             values["targets"] = parse_targets(values["targets"])
-        return cls(**values)
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _coerce(k, v, hints[k], where) for k, v in values.items()})
+
+
+def _coerce(key: str, value, hint, where: str):
+    """Numbers as the field wants them: YAML reads ``lr: 1e-4`` as text (PyYAML wants a
+    dot in a float), and a JSON file may say ``8.0`` for a rank."""
+    kinds = typing.get_args(hint) or (hint,)
+    if value is None:
+        return None
+    if bool in kinds:
+        if isinstance(value, bool):
+            return value
+        raise QwenMlxError(f"{where}: {key} must be true or false (got {value!r})")
+    if float not in kinds and int not in kinds:
+        return value
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is not None and float in kinds:
+        return number
+    if number is not None and number.is_integer():
+        return int(number)
+    kind = "a number" if float in kinds else "a whole number"
+    raise QwenMlxError(f"{where}: {key} must be {kind} (got {value!r})")
 
 
 def parse_targets(text: str) -> list[str]:
@@ -105,7 +131,7 @@ def parse_targets(text: str) -> list[str]:
 
 
 def read_config_file(path: str | Path) -> dict:
-    """Keys from a .yaml/.yml, .toml or .json file."""
+    """Settings from a .yaml/.yml, .toml or .json file, checked and typed."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -133,4 +159,6 @@ def read_config_file(path: str | Path) -> dict:
         raise QwenMlxError(f"config {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise QwenMlxError(f"config {path}: expected keys and values at the top level")
-    return values
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    checked = TrainConfig.from_dict(values, f"config {path}")  # names and types, with the file
+    return {k: getattr(checked, k) for k in values}

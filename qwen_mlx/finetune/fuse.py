@@ -134,7 +134,7 @@ def fuse(model: str | None, adapter: str | Path, output: str | Path, *, q4: bool
     if output.exists() and not force:
         raise QwenMlxError(f"output {output} already exists (use --force to replace it)")
     target = _output_recipe(read_config(folder), q4, dequantize)
-    net, _, config = loader.load_folder(folder, adapter=adapter, dtype="stored")
+    net, config = loader.load_weights(folder, adapter=adapter, dtype="stored")
     merged = merge(net, target)
     from mlx_lm.utils import save_model
 

@@ -188,7 +188,7 @@ def prepare(settings: dict, *, resume_run: bool = False, force: bool = False,
                  trainable=lora_parameter_count(shape, config),
                  dtype_bytes=cast.size if cast else 2)
 
-    model, _, _ = loader.load_folder(folder)
+    model, _ = loader.load_weights(folder)
     mx.random.seed(config.seed)  # the adapters' initial values
     adapter_settings = adapter_config(config, shape.layers, config.model or hub.DEFAULT_MODEL)
     add_lora(model, adapter_settings)
