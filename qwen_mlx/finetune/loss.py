@@ -5,12 +5,17 @@ mlx-lm's loss runs the 151,936-way output projection on every position of the pa
 and keeps all the logits for the backward pass (batch 4 x 2,048 tokens: 5 GB in float32).
 Here the hidden states of the trained positions are gathered first, so prompt, template and
 padding positions never reach the output layer (on a small model that layer is most of the
-work). Then, for each slice of at most ``SLICE`` rows, the logits, the loss and the gradient
-with respect to the hidden states are computed together, and the logits are dropped: the
+work). Then, one slice of at most ``SLICE`` rows after another, the logits, the loss and the
+gradient with respect to the hidden states are computed together, and the logits dropped: the
 output layer is frozen, so nothing later in the graph changes that gradient. Autograd sees
 a linear stand-in, ``sum(h * stop_gradient(dh))``, whose gradient is ``dh``; the value
 reported is the true loss. Same two matrix products per row as plain autograd, and one
 slice of logits in memory instead of all of them.
+
+The slices are chained with ``mx.depends``: left alone, MLX may evaluate them side by side
+(measured: 1.9 GB for 1,796 rows of the 151,936-way layer, against about 0.84 GB, whatever
+the row count, chained). Evaluating each slice inside the traced function instead is worse:
+under ``value_and_grad`` every evaluated slice stays referenced (6.4 GB).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-SLICE = 256
+SLICE = 128
 
 
 def output_layer(model: nn.Module):
@@ -48,7 +53,7 @@ def loss_sum(model: nn.Module, inputs: mx.array, targets: mx.array,
     head = output_layer(model)
     total = mx.array(0.0, mx.float32)
     for s, e in _slices(hidden.shape[0]):
-        logits = head(hidden[s:e]).astype(mx.float32)
+        logits = head(mx.depends(hidden[s:e], total)).astype(mx.float32)
         total = total + nn.losses.cross_entropy(logits, wanted[s:e]).sum()
     return total
 
@@ -62,6 +67,8 @@ def loss_for_grad(model: nn.Module, inputs: mx.array, targets: mx.array,
     total, grads = mx.array(0.0, mx.float32), []
     for s, e in _slices(hidden.shape[0]):
         h, t = fixed[s:e], wanted[s:e]
+        if grads:  # after the slice before is done, so slices' logits never coexist
+            h = mx.depends(h, [grads[-1], total])
         logits = head(h).astype(mx.float32)
         lse = mx.logsumexp(logits, axis=-1, keepdims=True)
         total = total + (lse[:, 0] - mx.take_along_axis(logits, t[:, None], -1)[:, 0]).sum()

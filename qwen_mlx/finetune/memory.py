@@ -21,6 +21,7 @@ from .config import TrainConfig
 from .loss import SLICE
 
 ADAM_BYTES = 4 * 4  # float32 parameter, gradient, and Adam's two moments
+LOGIT_COPIES = 11  # slice-sized float32 arrays live at the loss's peak (measured, CPU)
 
 
 @dataclass
@@ -63,7 +64,8 @@ def estimate(shape: Shape, *, weights: int, trainable: int, config: TrainConfig,
     return TrainingMemory(
         weights, trainable * ADAM_BYTES,
         activation_bytes(shape, config.batch_size, width, dtype_bytes, config.grad_checkpoint),
-        min(SLICE, config.batch_size * width) * shape.vocab * 4 * 3, machine.budget_bytes)
+        min(SLICE, config.batch_size * width) * shape.vocab * 4 * LOGIT_COPIES,
+        machine.budget_bytes)
 
 
 def suggestion(shape: Shape, config: TrainConfig, width: int, **kwargs) -> str | None:
