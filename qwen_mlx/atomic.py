@@ -2,7 +2,11 @@
 
 Everything is written under a hidden temporary sibling of the target and renamed into place
 at the end; rename is atomic on one filesystem, so a reader sees either the old target, or
-nothing, or the finished new one. Ctrl-C, a crash or a full disk removes the temporary.
+nothing, or the finished new one. Ctrl-C, SIGTERM, a crash or a full disk removes the
+temporary; what SIGKILL or a power cut leaves is cleaned by the next run that writes into the
+same folder (:mod:`qwen_mlx.leftovers`). Replacing an existing folder is allowed only for our
+own kind of output (:mod:`qwen_mlx.outputs`), and the old folder stays until the new one is
+complete.
 """
 
 from __future__ import annotations
@@ -11,32 +15,34 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from .errors import QwenMlxError
-
-
-def _temp_sibling(target: Path, tag: str) -> Path:
-    return target.with_name(f".{target.name}.{tag}-{os.getpid()}")
+from . import leftovers
+from .outputs import absolute, check_target
 
 
 @contextlib.contextmanager
-def atomic_dir(target: Path, *, force: bool = False) -> Iterator[Path]:
+def atomic_dir(target: Path, *, force: bool = False,
+               protect: Iterable[Path] = ()) -> Iterator[Path]:
     """Yield an empty temporary folder that becomes ``target`` when the block succeeds.
 
-    An existing ``target`` is refused unless ``force``; with ``force`` it is replaced only
-    after the new folder is complete.
+    An existing ``target`` is refused unless ``force``, and even then unless it is a model
+    output that holds none of ``protect`` (see :func:`qwen_mlx.outputs.check_target`); it is
+    replaced only after the new folder is complete.
     """
-    target = Path(target)
-    if target.exists() and not force:
-        raise QwenMlxError(f"output {target} already exists (use --force to replace it)")
+    target = absolute(target)
+    check_target(target, force=force, protect=protect)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(target, "partial")
+    leftovers.clean_folder(target.parent)
+    tmp = leftovers.temp_name(target, "partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    marker = tmp / leftovers.MARKER
+    marker.touch()
     try:
         yield tmp
-        old = _temp_sibling(target, "old")
+        marker.unlink()
+        old = leftovers.temp_name(target, "old")
         if target.exists():
             target.rename(old)
         tmp.rename(target)
@@ -52,7 +58,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     ``mx.save_safetensors`` that add one) that replaces ``path`` when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    leftovers.clean_folder(path.parent)
+    tmp = leftovers.temp_file(path)
     try:
         yield tmp
         with open(tmp, "rb+") as f:

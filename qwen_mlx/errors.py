@@ -8,3 +8,16 @@ non-zero; anything else is a bug and is reported as such.
 
 class QwenMlxError(Exception):
     """A problem with the user's input or environment, explained in one line."""
+
+
+def one_line(message: str, items: int = 3) -> str:
+    """A multi-line library message (a heading, then one name per line) as one line: the
+    heading and the first few names, so nothing ends on a bare colon."""
+    lines = [line.strip().rstrip(",.") for line in str(message).splitlines() if line.strip()]
+    if not lines:
+        return str(message)
+    head, rest = lines[0].rstrip(":").rstrip(), lines[1:]
+    if not rest:
+        return head
+    more = f" and {len(rest) - items} more" if len(rest) > items else ""
+    return f"{head}: {'; '.join(rest[:items])}{more}"

@@ -82,6 +82,24 @@ def cache_dir(spec: ModelSpec, recipe: Recipe) -> Path:
     return home() / "models" / name / recipe.name
 
 
+def offline() -> bool:
+    """True when the user turned downloads off (huggingface_hub's HF_HUB_OFFLINE)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _not_here(repo_id: str, what: str) -> QwenMlxError:
+    """Why a hub model cannot be had right now, and the two ways out."""
+    if offline():
+        return QwenMlxError(
+            f"{repo_id}{what} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
+            f"unset it to download once, or pass a local model folder (`qwen-mlx models "
+            f"sources` lists what the cache holds)")
+    return QwenMlxError(
+        f"cannot reach the Hugging Face hub for {repo_id}{what}, and it is not in the cache: "
+        f"go online once to download it, or pass a local model folder (`qwen-mlx models "
+        f"sources` lists what the cache holds)")
+
+
 def download(repo_id: str) -> Path:
     """Fetch a repo's config, tokenizer and safetensors files (progress bars from the hub)."""
     from huggingface_hub import snapshot_download
@@ -90,10 +108,14 @@ def download(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=DOWNLOAD_PATTERNS))
     except LocalEntryNotFoundError:
-        raise QwenMlxError(f"{repo_id} is not in the Hugging Face cache and downloads are "
-                           "off (HF_HUB_OFFLINE) or the hub is unreachable") from None
+        raise _not_here(repo_id, "") from None
     except HfHubHTTPError as e:
         raise QwenMlxError(f"cannot download {repo_id}: {str(e).splitlines()[0]}") from None
+
+
+def source_folder(spec: ModelSpec) -> Path:
+    """The Hugging Face-layout folder a conversion reads: the local one, or the download."""
+    return spec.folder if spec.folder is not None else download(spec.repo_id)
 
 
 ConvertFn = Callable[[Path, Path, Recipe, str], None]
@@ -114,6 +136,16 @@ def _is_current(converted: Path, source: Path | None) -> bool:
         return False
 
 
+def _mark_used(converted: Path) -> None:
+    """`qwen-mlx models` shows when a cached model was last used: the marker's mtime."""
+    from .quantize import PROVENANCE
+
+    try:
+        os.utime(converted / PROVENANCE)
+    except OSError:
+        pass  # a read-only cache still serves
+
+
 def locate(text: str | None, recipe: Recipe = DEFAULT) -> tuple[Path | None, dict]:
     """(MLX folder, config) if the model is here in MLX form, else (None, its config): read
     from a local checkpoint or fetched alone from the hub. Nothing is converted, and no
@@ -132,9 +164,7 @@ def locate(text: str | None, recipe: Recipe = DEFAULT) -> tuple[Path | None, dic
     try:
         config_file = Path(hf_hub_download(spec.repo_id, "config.json"))
     except LocalEntryNotFoundError:
-        raise QwenMlxError(f"{spec.repo_id}'s config is not in the Hugging Face cache and "
-                           "downloads are off (HF_HUB_OFFLINE) or the hub is unreachable") \
-            from None
+        raise _not_here(spec.repo_id, "'s config") from None
     except HfHubHTTPError as e:
         raise QwenMlxError(f"cannot fetch {spec.repo_id}'s config: "
                            f"{str(e).splitlines()[0]}") from None
@@ -154,8 +184,9 @@ def resolve(text: str | None, recipe: Recipe = DEFAULT,
         return spec.folder
     target = cache_dir(spec, recipe)
     if _is_current(target, spec.folder):
+        _mark_used(target)
         return target
-    source = spec.folder if spec.folder is not None else download(spec.repo_id)
+    source = source_folder(spec)
     if spec.folder is None and is_mlx_folder(source):
         return source  # an MLX repo (mlx-community's, say): nothing to convert
     if convert is None:

@@ -15,7 +15,8 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from .errors import QwenMlxError
+from .checkpoint import check_architecture, read_config
+from .errors import QwenMlxError, one_line
 
 
 def compute_dtype(choice: str = "auto") -> mx.Dtype | None:
@@ -44,10 +45,13 @@ def load_weights(folder: Path, *, adapter: Path | None = None, dtype: str = "aut
     from mlx_lm.utils import load_adapters, load_model
 
     folder = Path(folder)
+    config = read_config(folder)
+    check_architecture(config, folder)
     try:
         model, config = load_model(folder, model_config=overrides or None)
     except (FileNotFoundError, ValueError, KeyError) as e:
-        raise QwenMlxError(f"cannot load {folder}: {str(e).splitlines()[0]}") from None
+        raise QwenMlxError(f"cannot load {folder} ({describe(config)}): {one_line(str(e))}") \
+            from None
     if adapter is not None:
         adapter = Path(adapter)
         if not (adapter / "adapter_config.json").is_file():
@@ -55,14 +59,32 @@ def load_weights(folder: Path, *, adapter: Path | None = None, dtype: str = "aut
         try:
             model = load_adapters(model, str(adapter))
         except (FileNotFoundError, ValueError, KeyError) as e:
-            raise QwenMlxError(f"cannot load adapter {adapter}: {str(e).splitlines()[0]}") \
-                from None
+            base = base_model_of(adapter)
+            origin = f"trained on {base}" if base else "trained on another model?"
+            raise QwenMlxError(f"cannot load adapter {adapter} ({origin}) onto {folder} "
+                               f"({describe(config)}): {one_line(str(e))}") from None
         model.eval()
     cast = compute_dtype(dtype)
     if cast is not None:
         model.set_dtype(cast)
         mx.eval(model.parameters())
     return model, config
+
+
+def base_model_of(adapter: Path) -> str | None:
+    """The model an adapter was trained on, as `qwen-mlx finetune` recorded it."""
+    try:
+        return json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model")
+    except (OSError, ValueError, AttributeError):
+        return None  # loading the adapter reports what is wrong with it
+
+
+def describe(config: dict) -> str:
+    """A folder's model in a few words, for errors: 'qwen3, 2 layers of width 64, 4-bit'."""
+    quant = config.get("quantization") or {}
+    bits = f", {quant['bits']}-bit" if isinstance(quant, dict) and quant.get("bits") else ""
+    return (f"{config.get('model_type', 'unknown type')}, {config.get('num_hidden_layers', '?')}"
+            f" layers of width {config.get('hidden_size', '?')}{bits}")
 
 
 def load_tokenizer(folder: Path, config: dict):

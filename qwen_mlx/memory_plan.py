@@ -165,8 +165,9 @@ class MemoryPlan:
                                f"(--recipe q4) or --force")
         hints = [f"--kv-bits {bits}" for bits in (8, 4) if bits < (self.kv.bits or 16)
                  and self.largest_context(replace(self.kv, bits=bits)) >= context]
-        raise QwenMlxError(f"{head}: try {' or '.join(hints[:1] + [f'--context {largest:,}'])} "
-                           f"(or --force)")
+        raise QwenMlxError(f"{head}: try "
+                           f"{' or '.join(hints[:1] + [f'--context {context_option(largest)}'])}"
+                           f" (or --force)")
 
     def table(self, context: int | None = None) -> list[tuple[str, str]]:
         """(what, amount) rows for people."""
@@ -212,3 +213,8 @@ def plan_model(model: str | None, *, recipe: Recipe, compute_bytes: int | None,
     return plan_for(config, weights=weights, compute_bytes=compute_bytes,
                     kv=kv.check(Shape.of(config).head_dim), prefill_step=prefill_step,
                     memory=memory)
+
+
+def context_option(tokens: int) -> str:
+    """A --context value the parser reads back, rounded down so it still fits: 8500k."""
+    return f"{tokens // 1024}k" if tokens >= 1024 else str(tokens)

@@ -73,8 +73,22 @@ class Model:
         if not self.tokenizer.has_chat_template:
             raise QwenMlxError(f"{self.path} has no chat template; use a raw prompt (--raw)")
         kwargs = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
-        return list(self.tokenizer.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=True, **kwargs))
+        from jinja2 import TemplateError, TemplateSyntaxError
+
+        try:
+            return list(self.tokenizer.apply_chat_template(
+                messages, tools=tools, add_generation_prompt=True, **kwargs))
+        except TemplateError as e:
+            verdict = "is broken" if isinstance(e, TemplateSyntaxError) else \
+                "refused the conversation"
+            raise QwenMlxError(f"the chat template in {self.template_file} {verdict}: "
+                               f"{_template_problem(e)}") from None
+
+    @property
+    def template_file(self) -> Path:
+        """Where the chat template was read from (mlx-lm prefers chat_template.jinja)."""
+        own = self.path / "chat_template.jinja"
+        return own if own.is_file() else self.path / "tokenizer_config.json"
 
     def decode(self, tokens: Sequence[int]) -> str:
         return self.tokenizer.decode(list(tokens))
@@ -122,3 +136,10 @@ class Model:
                 out.stats = piece.stats
         out.text = "".join(parts)
         return out
+
+
+def _template_problem(e: Exception) -> str:
+    """A jinja error in one line: its message, and the line number for a syntax error."""
+    line = getattr(e, "lineno", None)
+    message = str(getattr(e, "message", None) or e).splitlines()[0]
+    return f"{message} (line {line})" if line else message

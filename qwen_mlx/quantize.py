@@ -80,7 +80,7 @@ def convert(source: Path | Checkpoint, output: Path, recipe: Recipe, *, force: b
     shards = plan_shards(ordered, lambda info: sum(
         tensor_nbytes(d, shape) for _, d, shape in converted_tensors(info, recipe)), SHARD_BYTES)
     total, done = ckpt.nbytes, 0
-    with atomic_dir(Path(output), force=force) as tmp:
+    with atomic_dir(Path(output), force=force, protect=[ckpt.path]) as tmp:
         weight_map: dict[str, str] = {}
         for i, shard in enumerate(shards):
             fname = shard_name(i, len(shards))
@@ -107,11 +107,21 @@ def convert(source: Path | Checkpoint, output: Path, recipe: Recipe, *, force: b
         params = sum(math.prod(t.shape) for t in ckpt.tensors.values())
         report = ConvertReport(Path(output), recipe, params, disk, 0.0)
         (tmp / "README.md").write_text(_model_card(source_name, report))
-        (tmp / PROVENANCE).write_text(json.dumps({
-            "source": source_name, "recipe": recipe.name, "qwen_mlx_version": __version__,
-            "source_fingerprint": fingerprint(ckpt.path)}, indent=2) + "\n")
+        (tmp / PROVENANCE).write_text(json.dumps(provenance(ckpt.path, source_name, recipe),
+                                                  indent=2) + "\n")
     report.seconds = time.perf_counter() - start
     return report
+
+
+def provenance(source: Path, source_name: str, recipe: Recipe) -> dict:
+    """What `qwen-mlx models` shows and the cache checks: where a conversion came from."""
+    real = Path(source).resolve()
+    return {"source": source_name, "source_path": str(real),
+            # a hub download sits in the Hugging Face cache at .../snapshots/<revision>
+            "revision": real.name if real.parent.name == "snapshots" else None,
+            "recipe": recipe.name, "qwen_mlx_version": __version__,
+            "converted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "source_fingerprint": fingerprint(real)}
 
 
 def fingerprint(folder: Path) -> list:

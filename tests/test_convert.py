@@ -8,6 +8,7 @@ import mlx.core as mx
 import pytest
 from mlx_lm.utils import load as mlx_lm_load
 
+from qwen_mlx.errors import QwenMlxError
 from qwen_mlx.quantize import convert
 from qwen_mlx.recipes import Recipe, parse_recipe
 from qwen_mlx.safetensors_stream import read_header
@@ -127,11 +128,15 @@ def test_interrupted_conversion_leaves_nothing(tiny_hf, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_force_replaces_an_existing_output(tiny_hf, tmp_path):
+def test_force_replaces_an_existing_model_output_but_not_a_users_folder(tiny_hf, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old-file").write_text("x")
+    convert(tiny_hf, out, Recipe())
     convert(tiny_hf, out, Recipe(bits=8), force=True)
-    assert not (out / "old-file").exists()
     assert json.loads((out / "config.json").read_text())["quantization"]["bits"] == 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(QwenMlxError, match=r"--force will not replace .*out: it holds "
+                                           r"notes.txt; --force replaces only a model"):
+        convert(tiny_hf, out, Recipe(), force=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "config.json").read_text())["quantization"]["bits"] == 8

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,7 +77,8 @@ def test_offline_download_fails_in_one_line():
     with pytest.raises(QwenMlxError) as e:
         hub.download("Qwen/Qwen3-4B-Instruct-2507")
     assert str(e.value) == ("Qwen/Qwen3-4B-Instruct-2507 is not in the Hugging Face cache and "
-                            "downloads are off (HF_HUB_OFFLINE) or the hub is unreachable")
+                            "HF_HUB_OFFLINE is set: unset it to download once, or pass a local "
+                            "model folder (`qwen-mlx models sources` lists what the cache holds)")
     assert not Path(os.environ["HF_HOME"], "hub", "models--Qwen--Qwen3-4B-Instruct-2507",
                     "snapshots").exists()
 
@@ -99,3 +102,17 @@ def test_download_path_reads_the_hugging_face_cache_under_hf_home(tiny_hf, tmp_p
     out = tmp_path / "home" / "models" / "Qwen--Qwen3-4B" / "q4"
     assert proc.stdout == f"{out}\n"
     assert (out / "model.safetensors").is_file()
+
+
+def test_an_unreachable_hub_is_told_apart_from_offline_mode(tmp_path):
+    """Online mode, but the hub is a closed port on this machine: say so, and the ways out."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    result = subprocess.run([sys.executable, "-m", "qwen_mlx", "generate",
+                             "Qwen/Qwen3-4B-Instruct-2507", "-p", "Hi"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: cannot reach the Hugging Face hub for Qwen/Qwen3-4B-Instruct-2507, and it is "
+        "not in the cache: go online once to download it, or pass a local model folder "
+        "(`qwen-mlx models sources` lists what the cache holds)")

@@ -6,7 +6,9 @@ QwenMlxError and are printed as one line with a non-zero exit; Ctrl-C exits 130 
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import sys
 
 import click
@@ -20,10 +22,34 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+class _NoteHandler(logging.Handler):
+    """Library notices (a leftover cleaned, a file restored) as one stderr line each; the
+    stream is looked up per line, so a test runner that swaps stderr sees them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"note: {record.getMessage()}", err=True)
+
+
+def _terminated(signum, frame) -> None:
+    # SIGTERM unwinds like Ctrl-C, so every temporary output is removed on the way out.
+    raise SystemExit(128 + signum)
+
+
+def _setup() -> None:
+    log = logging.getLogger("qwen_mlx")
+    if not any(isinstance(h, _NoteHandler) for h in log.handlers):
+        log.addHandler(_NoteHandler())
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
+
+
 class Group(click.Group):
     """A click group that turns exceptions into one-line errors."""
 
     def invoke(self, ctx: click.Context):
+        _setup()
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):

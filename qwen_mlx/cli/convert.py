@@ -9,37 +9,58 @@ import click
 from .. import hub
 from ..checkpoint import is_mlx_folder
 from ..errors import QwenMlxError
+from ..outputs import check_target
 from ..recipes import Recipe
 from .console import convert_with_progress
 from .options import MODEL_HELP, model_argument
 
+PRESETS = {"q4": 4, "q8": 8, "no_quantize": None}
+
+
+def recipe_from_flags(flags: dict[str, bool], bits: int | None, group_size: int,
+                      dtype: str) -> Recipe:
+    """One recipe from --q4/--q8/--no-quantize/--bits; two that disagree are refused."""
+    given = [name for name, on in flags.items() if on]
+    names = ["--" + n.replace("_", "-") for n in given]
+    if len(given) > 1:
+        raise QwenMlxError(f"{' and '.join(names)} contradict each other; give one")
+    if bits is not None and given and PRESETS[given[0]] != bits:
+        raise QwenMlxError(f"--bits {bits} contradicts {names[0]}; give one")
+    if bits is None:
+        bits = PRESETS[given[0]] if given else 4
+    return Recipe(bits=bits, group_size=group_size, dtype=dtype)
+
 
 @click.command(help=f"""Convert a Hugging Face Qwen3 checkpoint to MLX (affine 4-bit, group
 size 64 by default). Without -o the result goes into the model cache, where chat and generate
-find it. {MODEL_HELP}""")
+find it. --force replaces an existing output only if it is a model folder (never one that
+holds the source, the current folder or anything else of yours). {MODEL_HELP}""")
 @model_argument
-@click.option("--q4", "preset", flag_value="q4", default=True, help="4-bit (the default).")
-@click.option("--q8", "preset", flag_value="q8", help="8-bit.")
-@click.option("--no-quantize", "preset", flag_value="none", help="Keep float weights.")
-@click.option("--bits", type=int, help="Bits per weight (2, 3, 4, 5, 6, 8); overrides --q4/--q8.")
+@click.option("--q4", is_flag=True, help="4-bit (the default).")
+@click.option("--q8", is_flag=True, help="8-bit.")
+@click.option("--no-quantize", is_flag=True, help="Keep float weights.")
+@click.option("--bits", type=click.Choice(["2", "3", "4", "5", "6", "8"]),
+              callback=lambda c, p, v: None if v is None else int(v),
+              help="Bits per weight, instead of --q4/--q8.")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64",
               show_default=True, help="Weights per quantization group.")
 @click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]),
               default="bfloat16", show_default=True,
               help="Type of scales, biases and unquantized tensors.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--force", is_flag=True, help="Replace an existing output folder.")
-def convert(model: str | None, preset: str, bits: int | None, group_size: str, dtype: str,
-            output: Path | None, force: bool) -> None:
-    if bits is None:
-        bits = {"q4": 4, "q8": 8, "none": None}[preset]
-    recipe = Recipe(bits=bits, group_size=int(group_size), dtype=dtype)
+@click.option("--force", is_flag=True, help="Replace an existing output model folder.")
+def convert(model: str | None, q4: bool, q8: bool, no_quantize: bool, bits: int | None,
+            group_size: str, dtype: str, output: Path | None, force: bool) -> None:
+    recipe = recipe_from_flags({"q4": q4, "q8": q8, "no_quantize": no_quantize}, bits,
+                               int(group_size), dtype)
+    if recipe.bits is None and click.get_current_context().get_parameter_source(
+            "group_size") == click.core.ParameterSource.COMMANDLINE:
+        raise QwenMlxError("--group-size needs quantized weights; drop --no-quantize or it")
     spec = hub.parse_spec(model)
     if spec.folder is not None and is_mlx_folder(spec.folder):
         raise QwenMlxError(f"{spec.folder} is already an MLX model; nothing to convert")
     output = output or hub.cache_dir(spec, recipe)
-    if output.exists() and not force:
-        raise QwenMlxError(f"output {output} already exists (use --force to replace it)")
-    source = spec.folder if spec.folder is not None else hub.download(spec.repo_id)
+    check_target(output, force=force, protect=[spec.folder] if spec.folder else [])
+    source = hub.source_folder(spec)
     convert_with_progress(source, output, recipe, spec.display, force=force)
     click.echo(str(output))

@@ -125,7 +125,9 @@ def read_jsonl(path: Path, fmt: str | None = None) -> tuple[str, list[Example]]:
         try:
             record = json.loads(line)
         except ValueError as e:
-            errors.append(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
+            # json says "Unterminated string starting at": no second "at"
+            errors.append(f"{where}: not valid JSON ({e.msg.removesuffix(' at')} at column "
+                          f"{e.colno})")
             continue
         this = _format_of(record) if isinstance(record, dict) else None
         if this is not None and fmt is not None and this != fmt:

@@ -23,6 +23,7 @@ from .. import __version__, hub, loader
 from ..atomic import atomic_dir
 from ..checkpoint import read_config
 from ..errors import QwenMlxError
+from ..outputs import check_target
 from ..quantize import copy_side_files, write_config
 from ..recipes import Recipe, parse_recipe
 
@@ -113,14 +114,6 @@ def verify(fused: Path, base: Path, adapter: Path, prompts, max_tokens: int) -> 
     return out
 
 
-def base_model_of(adapter: Path) -> str | None:
-    """The model an adapter was trained on, as `qwen-mlx finetune` recorded it."""
-    try:
-        return json.loads((adapter / "adapter_config.json").read_text()).get("base_model")
-    except (OSError, ValueError):
-        return None  # loading the adapter reports what is wrong with it
-
-
 def fuse(model: str | None, adapter: str | Path, output: str | Path, *, q4: bool = False,
          dequantize: bool = False, recipe: str = "q4", force: bool = False,
          prompts=PROMPTS, verify_tokens: int = 32, convert=None) -> FuseReport:
@@ -129,16 +122,15 @@ def fuse(model: str | None, adapter: str | Path, output: str | Path, *, q4: bool
     ``prompts`` unless ``verify_tokens`` is 0."""
     start = time.perf_counter()
     adapter, output = Path(adapter), Path(output)
-    folder = hub.resolve(model if model is not None else base_model_of(adapter),
+    folder = hub.resolve(model if model is not None else loader.base_model_of(adapter),
                          parse_recipe(recipe), convert)
-    if output.exists() and not force:
-        raise QwenMlxError(f"output {output} already exists (use --force to replace it)")
+    check_target(output, force=force, protect=[folder, adapter])
     target = _output_recipe(read_config(folder), q4, dequantize)
     net, config = loader.load_weights(folder, adapter=adapter, dtype="stored")
     merged = merge(net, target)
     from mlx_lm.utils import save_model
 
-    with atomic_dir(output, force=force) as tmp:
+    with atomic_dir(output, force=force, protect=[folder, adapter]) as tmp:
         save_model(tmp, net)
         write_config(tmp, config, target)
         copy_side_files(folder, tmp)
