@@ -94,17 +94,22 @@ def test_tensor_table_must_match_the_config(tiny_hf, copy_of, change, message):
     assert not out.exists()
 
 
-def test_existing_output_is_kept_without_force(tiny_hf, tmp_path):
+def test_existing_output_is_kept_without_force_and_force_replaces_only_a_model(tiny_hf, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
     assert_fails_cleanly(convert_cli(tiny_hf, out), out,
                          f"output {out} already exists (use --force to replace it)")
     assert (out / "mine.txt").read_text() == "keep me"
+    assert_fails_cleanly(convert_cli(tiny_hf, out, "--force", "--q8"), out,
+                         f"--force will not replace {out}: it holds mine.txt; --force replaces "
+                         f"only a model or adapter folder that qwen-mlx or mlx-lm wrote")
+    assert (out / "mine.txt").read_text() == "keep me"
+    (out / "mine.txt").unlink()
+    assert convert_cli(tiny_hf, out).exit_code == 0
     result = convert_cli(tiny_hf, out, "--force", "--q8")
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{out}\n"
-    assert not (out / "mine.txt").exists()
     assert json.loads((out / "config.json").read_text())["quantization"]["bits"] == 8
 
 
