@@ -48,9 +48,9 @@ def _inside(inner: Path, outer: Path) -> bool:
 def check_target(target: Path, *, force: bool, protect: Iterable[Path] = ()) -> None:
     """Refuse an output path that is not ours to write, with the reason in one line.
 
-    A new path is fine. An existing one needs ``force``, and even then must be a model
-    output that contains none of ``protect`` (the sources the command reads), the current
-    folder, the home folder or a filesystem root.
+    A new path or an empty folder is fine. An existing folder is never one that is or
+    contains ``protect`` (the sources the command reads), the current folder, the home folder
+    or a filesystem root; otherwise it needs ``force`` and must be a model output.
     """
     target = absolute(target)
     real = target.resolve()
@@ -61,20 +61,21 @@ def check_target(target: Path, *, force: bool, protect: Iterable[Path] = ()) -> 
                                f"({source}); choose another -o")
     if not (target.exists() or target.is_symlink()):
         return
-    if not force:
-        raise QwenMlxError(f"output {target} already exists (use --force to replace it)")
     if target.is_symlink():
-        raise QwenMlxError(f"--force will not replace {target}: it is a symbolic link; "
-                           "name the folder itself")
+        raise QwenMlxError(f"will not replace {target}: it is a symbolic link; name the "
+                           "folder itself")
     if not target.is_dir():
-        raise QwenMlxError(f"--force will not replace {target}: it is a file, not a model "
-                           "folder")
+        raise QwenMlxError(f"will not replace {target}: it is a file, not a model folder")
     for place, what in ((Path(target.anchor), "a filesystem root"),
                         (Path.home().resolve(), "your home folder"),
                         (Path.cwd().resolve(), "the current folder")):
         if _inside(place, real):
             relation = "is" if place == real else "contains"
-            raise QwenMlxError(f"--force will not replace {target}: it {relation} {what}")
+            raise QwenMlxError(f"will not replace {target}: it {relation} {what}")
+    if not any(target.iterdir()):
+        return  # an empty folder made for the output
+    if not force:
+        raise QwenMlxError(f"output {target} already exists (use --force to replace it)")
     foreign = foreign_entries(target)
     if foreign or not _is_model_output(target):
         held = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4

@@ -80,24 +80,38 @@ def test_q4_quantizes_a_float_base_found_from_the_adapter(tmp_path, tiny_f32, ad
 @pytest.mark.parametrize("args, message", [
     (["--adapter", "{tmp}/none", "-o", "{tmp}/x"], "error: {tmp}/none is not an adapter folder "
                                                     "(no adapter_config.json)"),
-    (["--adapter", "{adapter}", "-o", "{tmp}", "--verify-tokens", "0"],
-     "error: output {tmp} already exists (use --force to replace it)"),
+    (["--adapter", "{adapter}", "-o", "{tmp}/full", "--verify-tokens", "0"],
+     "error: output {tmp}/full already exists (use --force to replace it)"),
+    (["--adapter", "{adapter}", "-o", "{tmp}/full", "--force"],
+     "error: --force will not replace {tmp}/full: it holds notes.txt; --force replaces only a "
+     "model or adapter folder that qwen-mlx or mlx-lm wrote"),
+    (["--adapter", "{adapter}", "-o", "{adapter}", "--force"],
+     "error: output {adapter} is the model being read ({adapter}); choose another -o"),
     (["--adapter", "{adapter}", "-o", "{tmp}/x", "--q4", "--dequantize"],
      "error: give --q4 or --dequantize, not both"),
 ])
 def test_fuse_errors_are_one_line(tmp_path, tiny_f32, adapter_f32, args, message):
     args = [a.format(tmp=tmp_path, adapter=adapter_f32) for a in args]
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    adapter_files = sorted(p.name for p in adapter_f32.iterdir())
     result = CliRunner().invoke(main, ["fuse", str(tiny_f32), *args])
     assert result.exit_code == 1
-    assert result.output == message.format(tmp=tmp_path) + "\n"
+    assert result.output == message.format(tmp=tmp_path, adapter=adapter_f32) + "\n"
     assert not (tmp_path / "x").exists()
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in adapter_f32.iterdir()) == adapter_files
 
 
-def test_fuse_refuses_an_adapter_for_another_shape(tmp_path, tiny_kv, adapter_f32):
+def test_fuse_refuses_an_adapter_for_another_shape(tmp_path, tiny_kv, tiny_f32, adapter_f32):
     result = CliRunner().invoke(main, ["fuse", str(tiny_kv), "--adapter", str(adapter_f32),
                                        "-o", str(tmp_path / "x")])
     assert result.exit_code == 1
-    assert result.output.startswith(f"error: cannot load adapter {adapter_f32}: ")
+    assert result.output.startswith(f"error: cannot load adapter {adapter_f32} (trained on "
+                                    f"{tiny_f32}) onto {tiny_kv} (qwen3, 2 layers of width 64, "
+                                    f"4-bit): Adapter at {adapter_f32} contains incompatible "
+                                    f"tensors: model.")
+    assert "\n" not in result.output.rstrip("\n") and not result.output.endswith(":\n")
     assert result.output.count("\n") == 1
 
 
