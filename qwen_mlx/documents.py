@@ -17,10 +17,14 @@ def read_document(path: str | Path) -> str:
         raise QwenMlxError(f"no such file: {path}")
     if not path.is_file():
         raise QwenMlxError(f"{path} is not a file")
-    if path.stat().st_size > MAX_BYTES:
-        raise QwenMlxError(f"{path} is {path.stat().st_size / 2**20:.0f} MiB; documents are "
-                           f"limited to {MAX_BYTES >> 20} MiB of text")
-    data = path.read_bytes()
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise QwenMlxError(f"{path} is {size / 2**20:.0f} MiB; documents are limited to "
+                               f"{MAX_BYTES >> 20} MiB of text")
+        data = path.read_bytes()
+    except OSError as e:
+        raise QwenMlxError(f"cannot read {path}: {e.strerror or e}") from None
     if b"\0" in data:
         raise QwenMlxError(f"{path} is a binary file, not text")
     try:

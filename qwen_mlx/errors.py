@@ -21,3 +21,9 @@ def one_line(message: str, items: int = 3) -> str:
         return head
     more = f" and {len(rest) - items} more" if len(rest) > items else ""
     return f"{head}: {'; '.join(rest[:items])}{more}"
+
+
+def os_error_line(e: OSError) -> str:
+    """A full disk, a permission, a missing file: the system's own words and the path."""
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or e}{where}"

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from ..engine import Piece
 from ..documents import with_document
-from ..errors import QwenMlxError
+from ..errors import QwenMlxError, os_error_line
 from ..hub import home
 from . import store
 from .session import ChatSession
@@ -61,7 +61,6 @@ class Repl:
 
     def _terminal_lines(self) -> Iterator[str]:
         from prompt_toolkit import PromptSession
-        from prompt_toolkit.history import FileHistory
         from prompt_toolkit.key_binding import KeyBindings
 
         keys = KeyBindings()
@@ -70,17 +69,41 @@ class Repl:
         def _newline(event) -> None:
             event.current_buffer.insert_text("\n")
 
-        home().mkdir(parents=True, exist_ok=True)
-        prompt = PromptSession(history=FileHistory(str(home() / "chat_history")),
-                               key_bindings=keys)
+        prompt = PromptSession(history=self._history(), key_bindings=keys)
         self.err.print("[dim]/help for commands, Ctrl-D to leave[/dim]")
         while True:
             yield prompt.prompt(">>> ", multiline=False)
 
+    def _history(self):
+        """The line editor's history file; when it cannot be written, history lives in
+        memory for this chat, with one line said about it."""
+        from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+        note = self.note
+
+        class SafeFileHistory(FileHistory):
+            def store_string(self, string: str) -> None:
+                try:
+                    super().store_string(string)
+                except OSError as e:
+                    note(f"history not saved: {os_error_line(e)}")
+                    self.store_string = lambda _: None
+
+        path = home() / "chat_history"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            history = SafeFileHistory(str(path))
+            list(history.load_history_strings())  # unreadable: fail here, not mid-prompt
+            return history
+        except OSError as e:
+            self.note(f"history not kept: {os_error_line(e)}")
+            return InMemoryHistory()
+
     # -- one line ----------------------------------------------------------------------
 
     def handle(self, text: str) -> bool:
-        """Act on one input line; False means leave."""
+        """Act on one input line; False means leave. A refused message or a failed file
+        operation is one line, and the conversation goes on as it was."""
         text = text.rstrip("\n")
         if not text.strip():
             return True
@@ -89,15 +112,20 @@ class Repl:
                 return self.command(text)
             self.show(self.session.send(text))
         except QwenMlxError as e:
-            self.err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+            self.error(str(e))
+        except OSError as e:
+            self.error(os_error_line(e))
         return True
+
+    def error(self, message: str) -> None:
+        self.err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
 
     def command(self, text: str) -> bool:
         name, _, arg = text[1:].partition(" ")
         arg = arg.strip()
         s = self.session
         actions: dict[str, Callable[[], object]] = {
-            "help": lambda: self.err.print(HELP, markup=False),
+            "help": lambda: self.note(HELP),
             "reset": lambda: (s.reset(), self.note("conversation cleared")),
             "undo": lambda: (s.undo(), self.note(f"dropped the last exchange; "
                                                  f"{len(s.cache)} tokens stay cached")),

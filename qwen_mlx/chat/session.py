@@ -24,8 +24,9 @@ class ChatSession:
 
     def __init__(self, model: Model, *, system: str | None = None,
                  thinking: bool | None = None, max_context: int | None = None,
-                 **sampling) -> None:
+                 stop: tuple[str, ...] | list[str] = (), **sampling) -> None:
         self.model = model
+        self.stop = tuple(stop)
         self.system = system
         self.thinking = thinking
         self.sampling = {k: v for k, v in sampling.items() if v is not None}
@@ -125,7 +126,7 @@ class ChatSession:
         settings["max_tokens"] = min(settings.get("max_tokens", self.model.defaults.max_tokens),
                                      self.max_context - len(tokens))
         pieces = self.model.stream(tokens, cache=self.cache, on_prefill=self.on_prefill,
-                                   **settings)
+                                   stop=self.stop, **settings)
         return self._record(pieces)
 
     def _record(self, pieces: Iterator[Piece]) -> Iterator[Piece]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 from mlx_lm.models.cache import load_prompt_cache, save_prompt_cache
 
 from ..engine.kv_cache import KVSpec, restore, savable
-from ..errors import QwenMlxError
+from ..atomic import atomic_path
+from ..errors import QwenMlxError, os_error_line
 from ..hub import home
 from .session import ChatSession
 
@@ -48,18 +48,19 @@ def model_identity(session: ChatSession) -> str:
 
 def save(session: ChatSession, name: str) -> Path:
     path = session_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "model": str(session.model.path), "identity": model_identity(session),
             "messages": json.dumps(session.messages, ensure_ascii=False),
             "system": json.dumps(session.system), "thinking": json.dumps(session.thinking),
             "cache_tokens": json.dumps(session.cache.tokens),
             "kv": json.dumps(asdict(session.cache.spec))}
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.safetensors")
     try:
-        save_prompt_cache(str(tmp), savable(session.cache.layers), meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp:
+            save_prompt_cache(str(tmp), savable(session.cache.layers), meta)
+    except OSError as e:
+        raise QwenMlxError(f"cannot save the session to {path}: {os_error_line(e)}") from None
+    except RuntimeError:  # mlx reports a failed write so, naming its temporary file
+        raise QwenMlxError(f"cannot save the session to {path}: cannot write in "
+                           f"{path.parent}") from None
     return path
 
 

@@ -14,7 +14,7 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import QwenMlxError
+from ..errors import QwenMlxError, os_error_line
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -63,8 +63,7 @@ class Group(click.Group):
             sys.stderr.close()
             sys.exit(0)
         except OSError as e:  # a full disk, a permission: the system's own words suffice
-            where = f": {e.filename}" if e.filename else ""
-            _fail(f"{e.strerror or e}{where}")
+            _fail(os_error_line(e))
         except Exception as e:  # noqa: BLE001 - a bug, but still no wall of text by default
             if os.environ.get("QWEN_MLX_DEBUG"):
                 raise

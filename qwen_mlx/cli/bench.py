@@ -13,7 +13,7 @@ from .. import __version__
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import QwenMlxError
 from .console import convert_with_progress, err
-from .options import memory_kwargs, memory_options
+from .options import given, memory_kwargs, memory_options
 
 RANDOM_DEFAULT = "shape:qwen3-4b"
 
@@ -66,6 +66,7 @@ def bench(models: tuple[str, ...], recipes: str, random_weights: bool, prompt_le
           depths: str, gen_tokens: int, reps: int, warmup: int, compare: str | None,
           json_path: Path | None, plot_path: Path | None, **options) -> None:
     from .. import benchmark
+    from ..checkpoint import is_mlx_folder
     from ..hub import parse_spec
     from ..machine import this_machine
     from ..shapes import config_for
@@ -85,8 +86,10 @@ def bench(models: tuple[str, ...], recipes: str, random_weights: bool, prompt_le
     for spec in specs:  # fail on a bad name before measuring anything
         if spec and spec.startswith("shape:"):
             config_for(spec.removeprefix("shape:"))
-        else:
-            parse_spec(spec)
+        elif (folder := parse_spec(spec).folder) is not None and is_mlx_folder(folder) and (
+                given("recipes") or len(recipe_list) > 1):
+            raise QwenMlxError(f"--recipes applies to models that must be converted; {folder} "
+                               f"is already an MLX model and would be measured as it is")
     machine = this_machine(memory["memory"])
     bandwidth, bandwidth_source = machine.bandwidth_gbs, machine.bandwidth_source
     if bandwidth is None:
@@ -153,8 +156,9 @@ def _target(spec: str | None, recipe, memory: dict):
     start = time.perf_counter()
     model = load(folder, recipe=recipe, **memory)
     mx.eval(model.net.parameters())
-    converted = not (spec and is_mlx_folder(Path(spec)))
-    name = (f"{spec or hub.DEFAULT_MODEL} {recipe.name}" if converted else Path(spec).name) + \
+    local = hub.parse_spec(spec).folder
+    converted = not (local is not None and is_mlx_folder(local))
+    name = (f"{spec or hub.DEFAULT_MODEL} {recipe.name}" if converted else local.name) + \
         (f" kv{kv.bits}" if kv.bits else "")
     return benchmark.Target.from_model(name, model, time.perf_counter() - start), folder
 

@@ -24,20 +24,25 @@ When stdin is not a terminal, each input line is one message. {MODEL_HELP}""")
               help="Tokens of history to keep (default: the model's context length).")
 @click.option("--load", "session_name", help="Resume a session saved with /save.")
 @click.option("-q", "--quiet", is_flag=True, help="No statistics line after each reply.")
+@click.option("--jsonl", is_flag=True, help="For programs: read one message (or /command) "
+              "per stdin line and answer each with one JSON object on stdout (reply, "
+              "finish_reason, stats; or error).")
 @generation_options
 def chat(model: str | None, system: str | None, think: bool | None, max_context: int | None,
-         session_name: str | None, quiet: bool, adapter: Path | None, recipe: str,
-         **options) -> None:
+         session_name: str | None, quiet: bool, jsonl: bool, adapter: Path | None,
+         recipe: str, stop: tuple[str, ...], **options) -> None:
     from ..chat import ChatSession, store
+    from ..chat.jsonl import JsonlRepl
     from ..chat.repl import Repl
 
     llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
     session = ChatSession(llm, system=system, thinking=think, max_context=max_context,
-                          **sampling_kwargs(options))
+                          stop=stop, **sampling_kwargs(options))
     if session_name:
         store.load(session, session_name)
-    interactive = sys.stdin is not None and sys.stdin.isatty()
+    interactive = sys.stdin is not None and sys.stdin.isatty() and not jsonl
     out = Console(highlight=False, soft_wrap=True)
+    kind = JsonlRepl if jsonl else Repl
     with PrefillBar() as bar:
-        Repl(session, out=out, err=err, quiet=quiet, progress=bar).run(
+        kind(session, out=out, err=err, quiet=quiet, progress=None if jsonl else bar).run(
             None if interactive else sys.stdin)

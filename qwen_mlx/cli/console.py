@@ -15,6 +15,7 @@ from .. import load
 from ..checkpoint import Checkpoint
 from ..quantize import ConvertReport, convert
 from ..recipes import Recipe
+from .options import check_recipe_applies
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -41,6 +42,7 @@ def convert_with_progress(source: Path, output: Path, recipe: Recipe, name: str,
 def open_model(spec: str | None, *, recipe: str = "q4", adapter: Path | None = None,
                **memory) -> "Model":
     """Resolve, convert if needed (with progress), plan memory, and load."""
+    check_recipe_applies(spec)
     model = load(spec, recipe=recipe, adapter=adapter, convert=convert_with_progress, **memory)
     native = int(model.config.get("max_position_embeddings", 0))
     if model.context_length < native and memory.get("context") is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .console import convert_with_progress, err
-from .options import MODEL_HELP, model_argument
+from .options import MODEL_HELP, check_recipe_applies, model_argument
 
 
 @click.command(help=f"""Merge a LoRA adapter into the model's weights and write an MLX folder
@@ -34,6 +34,7 @@ adapter was trained on. {MODEL_HELP}""")
 def fuse(model: str | None, adapter: Path, output: Path, q4: bool, dequantize: bool,
          recipe: str, prompts: tuple[str, ...], verify_tokens: int, force: bool) -> None:
     from ..finetune.fuse import PROMPTS, fuse as fuse_adapter
+    check_recipe_applies(model)
 
     with err.status("fusing"):
         report = fuse_adapter(model, adapter, output, q4=q4, dequantize=dequantize,

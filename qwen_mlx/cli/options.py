@@ -7,6 +7,7 @@ from typing import Callable
 
 import click
 
+from ..errors import QwenMlxError
 from ..hub import DEFAULT_MODEL
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "seed", "max_tokens")
@@ -70,14 +71,50 @@ MEMORY_KEYS = ("context", "kv_bits", "kv_group_size", "kv_start", "prefill_step"
                "force")
 
 
+def given(name: str) -> bool:
+    """Whether the user typed this option (not its default)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source(name) in (
+        click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+
+
 def memory_kwargs(options: dict) -> dict:
-    """Pop the memory options out of a command's keyword arguments."""
-    return {k: options.pop(k) for k in MEMORY_KEYS if k in options}
+    """Pop the memory options out of a command's keyword arguments; KV options that would do
+    nothing without --kv-bits are refused."""
+    memory = {k: options.pop(k) for k in MEMORY_KEYS if k in options}
+    if memory.get("kv_bits") is None:
+        for name in ("kv_start", "kv_group_size"):
+            if name in memory and given(name):
+                raise QwenMlxError(f"--{name.replace('_', '-')} applies to a quantized KV "
+                                   f"cache: add --kv-bits 8 or 4, or drop it")
+    return memory
+
+
+def check_recipe_applies(model: str | None) -> None:
+    """--recipe says how to convert; for a model already in MLX form it would do nothing."""
+    from ..checkpoint import is_mlx_folder
+    from ..hub import parse_spec
+
+    spec = parse_spec(model)
+    if given("recipe") and spec.folder is not None and is_mlx_folder(spec.folder):
+        raise QwenMlxError(f"--recipe applies when MODEL must be converted; {spec.folder} is "
+                           f"already an MLX model (convert its source to change the recipe)")
 
 
 def sampling_kwargs(options: dict) -> dict:
     return {k: options[k] for k in SAMPLING_KEYS if options.get(k) is not None}
 
 
+def _stops(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
+    if any(not v for v in values):
+        raise click.BadParameter("a stop string cannot be empty")
+    return values
+
+
+stop_option = click.option("--stop", multiple=True, metavar="TEXT", callback=_stops,
+                           help="End the reply where TEXT appears (repeat for several); the "
+                                "text itself is not printed.")
+
 # Everything a command that loads a model and generates takes (generate, chat).
-generation_options = _stack(sampling_options, load_options, memory_options, force_option)
+generation_options = _stack(sampling_options, stop_option, load_options, memory_options,
+                            force_option)

@@ -12,7 +12,8 @@ from rich.table import Table
 from ..context import parse_context
 from ..errors import QwenMlxError
 from ..recipes import parse_recipe
-from .options import MODEL_HELP, memory_kwargs, memory_options, model_argument
+from .options import (MODEL_HELP, check_recipe_applies, memory_kwargs, memory_options,
+                      model_argument)
 
 
 @click.command(help=f"""Plan memory for MODEL: weights, KV cache per token and prefill
@@ -30,6 +31,7 @@ def plan(model: str | None, recipe: str, as_json: bool, **options) -> None:
     from ..memory_plan import plan_model
 
     o = memory_kwargs(options)
+    check_recipe_applies(model)
     context = None if o["context"] is None else parse_context(o["context"])
     cast = compute_dtype("auto")
     result = plan_model(model, recipe=parse_recipe(recipe), compute_bytes=cast.size if cast

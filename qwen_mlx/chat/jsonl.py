@@ -1,0 +1,59 @@
+"""`qwen-mlx chat --jsonl`: the chat for programs. Each input line gets exactly one JSON
+object on stdout, so a script reading line by line never gets out of step, whatever the
+reply holds (newlines included) and whether the line was a message, a command or refused:
+
+    {"reply": "...", "finish_reason": "stop", "stats": {...}, "notices": [...]}
+    {"command": "save", "message": "saved to ..."}
+    {"error": "the message is too long: ..."}
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+from ..engine import Piece
+from .repl import Repl
+
+
+class JsonlRepl(Repl):
+    """The REPL's commands and conversation, with one JSON record per input line."""
+
+    def handle(self, text: str) -> bool:
+        self._notes: list[str] = []
+        self._record: dict | None = None
+        text = text.rstrip("\n")
+        if not text.strip():
+            self._emit({"error": "empty message"})
+            return True
+        go_on = super().handle(text)
+        if self._record is None:
+            name = text[1:].partition(" ")[0] if text.startswith("/") else None
+            self._record = {"command": name, "message": "\n".join(self._notes)}
+        self._emit(self._record)
+        return go_on
+
+    def show(self, pieces: Iterator[Piece]) -> None:
+        notices = list(self.session.notices)
+        self.session.notices.clear()
+        text, stats = [], None
+        for piece in pieces:
+            text.append(piece.text)
+            stats = piece.stats or stats
+        self._record = {"reply": "".join(text),
+                        "finish_reason": stats.finish_reason if stats else None,
+                        "stats": stats.to_dict() if stats else None, "notices": notices}
+
+    def stats(self) -> None:
+        st = self.session.last_stats
+        self._record = {"command": "stats", "stats": st.to_dict() if st else None}
+
+    def note(self, text: str) -> None:
+        self._notes.append(text)
+
+    def error(self, message: str) -> None:
+        self._record = {"error": message}
+
+    def _emit(self, record: dict) -> None:
+        self.out.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.out.file.flush()
