@@ -75,7 +75,7 @@ class Group(click.Group):
 @click.version_option(__version__, prog_name="qwen-mlx")
 def main() -> None:
     """Qwen3-4B on your Mac with MLX: convert, generate, chat, serve, finetune,
-    fuse, plan, bench."""
+    fuse, plan, bench, models."""
 
 
 def _register() -> None:
@@ -85,10 +85,11 @@ def _register() -> None:
     from .finetune import finetune
     from .fuse import fuse
     from .generate import generate
+    from .models import models
     from .plan import plan
     from .serve import serve
 
-    for command in (bench, chat, convert, finetune, fuse, generate, plan, serve):
+    for command in (bench, chat, convert, finetune, fuse, generate, models, plan, serve):
         main.add_command(command)
 
 
