@@ -31,9 +31,9 @@ def atomic_dir(target: Path, *, force: bool = False,
     replaced only after the new folder is complete.
     """
     target = absolute(target)
+    leftovers.clean_folder(target.parent)  # first: it may put back an interrupted target
     check_target(target, force=force, protect=protect)
     target.parent.mkdir(parents=True, exist_ok=True)
-    leftovers.clean_folder(target.parent)
     tmp = leftovers.temp_name(target, "partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -28,7 +28,8 @@ def convert_with_progress(source: Path, output: Path, recipe: Recipe, name: str,
     checkpoint = Checkpoint.open(source)  # fail in one line before a progress bar is drawn
     columns = (TextColumn("converting [bold]{task.description}"), BarColumn(), DownloadColumn(),
                TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
+    # A pipe or a log gets the summary line only, not a bar (nor the blank line it leaves).
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(f"{name} -> {recipe.name}", total=None)
         report = convert(checkpoint, output, recipe, force=force, source_name=name,
                          progress=lambda done, total: bar.update(task, completed=done,
