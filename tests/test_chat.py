@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -231,3 +232,45 @@ def test_think_switch_and_dimmed_reasoning(tiny_model):
     repl.show(iter([Piece("<think>"), Piece("\nhmm"), Piece("</think>"), Piece("\n\nYes.")]))
     dim, plain = "\x1b[2m", "\x1b[0m"
     assert shown.getvalue() == f"{dim}<think>{plain}\n{dim}hmm{plain}{dim}</think>{plain}\n\nYes.\n"
+
+
+def test_jsonl_mode_answers_every_line_with_one_object(tiny_model, tiny_q4_f32, tmp_path):
+    """A script reading line by line stays in step: replies with newlines, refused messages,
+    commands and blank lines each get exactly one JSON object."""
+    expected = ChatSession(tiny_model, **GREEDY)
+    first, second = reply(expected.send(TURNS[0])), reply(expected.send(TURNS[1]))
+    proc = run_chat(tiny_q4_f32, [TURNS[0], "", "/save /proc/x", "/bogus", "/stats",
+                                  TURNS[1], "/undo"], tmp_path, "--jsonl")
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(records) == 7
+    assert records[0]["reply"] == first and records[0]["finish_reason"] == "length"
+    assert records[0]["stats"]["generated_tokens"] == 12 and records[0]["notices"] == []
+    assert records[1:4] == [
+        {"error": "empty message"},
+        {"error": "cannot save the session to /proc/x.safetensors: cannot write in /proc"},
+        {"error": "unknown command /bogus (/help lists them)"}]
+    assert records[4] == {"command": "stats", "stats": records[0]["stats"]}
+    assert records[5]["reply"] == second
+    assert records[6]["command"] == "undo" and records[6]["message"].startswith(
+        "dropped the last exchange; ")
+    assert proc.stderr == ""
+
+
+def test_stop_strings_end_the_reply(tiny_model, tiny_q4_f32, tmp_path):
+    full = reply(ChatSession(tiny_model, **GREEDY).send(TURNS[0]))
+    stop = full[len(full) // 2:len(full) // 2 + 2]
+    proc = run_chat(tiny_q4_f32, [TURNS[0]], tmp_path, "--jsonl", "--stop", stop)
+    record = json.loads(proc.stdout)
+    assert record["reply"] == full[:full.index(stop)]
+    assert record["finish_reason"] == "stop"
+
+
+def test_the_history_file_failing_does_not_end_the_chat(tiny_model, tmp_path, monkeypatch):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the home folder should be")
+    monkeypatch.setenv("QWEN_MLX_HOME", str(blocked))
+    repl, _, err = make_repl(ChatSession(tiny_model, **GREEDY))
+    history = repl._history()
+    history.append_string("Hi")  # kept in memory
+    assert list(history.get_strings()) == ["Hi"]
+    assert err.getvalue().startswith("history not kept: ")

@@ -100,3 +100,43 @@ def test_the_command_line_starts_without_importing_mlx_lm():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.stdout == "[]\n", proc.stderr
+
+
+def test_generate_file_takes_its_request_from_a_pipe(tiny_model, tiny_q4_f32, tmp_path):
+    from qwen_mlx.documents import with_document
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text("The sea is blue.\nThe sky is grey.\n")
+    result = run("generate", tiny_q4_f32, "--file", doc, "--temp", "0", "--max-tokens", "6",
+                 "--json", input="Summarize")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.splitlines()[-1])
+    expected = tiny_model.generate(with_document(doc, "Summarize"), temperature=0, max_tokens=6)
+    assert record["text"] == expected.text
+    assert record["prompt_tokens"] == len(tiny_model.encode(with_document(doc, "Summarize")))
+    alone = run("generate", tiny_q4_f32, "--file", doc, "--temp", "0", "--max-tokens", "6",
+                "--json", input="")
+    assert json.loads(alone.stdout.splitlines()[-1])["prompt_tokens"] == \
+        len(tiny_model.encode(with_document(doc, None)))
+
+
+def test_generate_stop_ends_the_reply_before_the_stop_text(tiny_model, tiny_q4_f32):
+    full = tiny_model.generate("Hello", temperature=0, max_tokens=12).text
+    stop = full[6:8]
+    result = run("generate", tiny_q4_f32, "-p", "Hello", "--temp", "0", "--max-tokens", "12",
+                 "--stop", stop, "--json")
+    record = json.loads(result.stdout.splitlines()[-1])
+    assert record["text"] == full[:full.index(stop)]
+    assert result.stdout == record["text"] + "\n" + result.stdout.splitlines()[-1] + "\n"
+    assert record["finish_reason"] == "stop"
+
+
+def test_a_broken_chat_template_names_its_file(copy_of, tiny_q4_f32):
+    model = copy_of(tiny_q4_f32)
+    with open(model / "chat_template.jinja", "a") as f:
+        f.write("{% if %}")
+    result = run("generate", model, "-p", "Hi")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: the chat template in {model}/chat_template.jinja "
+                                    "is broken: Expected an expression")
+    assert result.stderr.count("\n") == 1

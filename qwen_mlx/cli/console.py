@@ -43,7 +43,7 @@ def convert_with_progress(source: Path, output: Path, recipe: Recipe, name: str,
 def open_model(spec: str | None, *, recipe: str = "q4", adapter: Path | None = None,
                **memory) -> "Model":
     """Resolve, convert if needed (with progress), plan memory, and load."""
-    check_recipe_applies(spec)
+    check_recipe_applies(spec, recipe)
     model = load(spec, recipe=recipe, adapter=adapter, convert=convert_with_progress, **memory)
     native = int(model.config.get("max_position_embeddings", 0))
     if model.context_length < native and memory.get("context") is None:

@@ -34,7 +34,7 @@ adapter was trained on. {MODEL_HELP}""")
 def fuse(model: str | None, adapter: Path, output: Path, q4: bool, dequantize: bool,
          recipe: str, prompts: tuple[str, ...], verify_tokens: int, force: bool) -> None:
     from ..finetune.fuse import PROMPTS, fuse as fuse_adapter
-    check_recipe_applies(model)
+    check_recipe_applies(model, recipe)
 
     with err.status("fusing"):
         report = fuse_adapter(model, adapter, output, q4=q4, dequantize=dequantize,

@@ -90,11 +90,13 @@ def memory_kwargs(options: dict) -> dict:
     return memory
 
 
-def check_recipe_applies(model: str | None) -> None:
+def check_recipe_applies(model: str | None, recipe: str) -> None:
     """--recipe says how to convert; for a model already in MLX form it would do nothing."""
     from ..checkpoint import is_mlx_folder
     from ..hub import parse_spec
+    from ..recipes import parse_recipe
 
+    parse_recipe(recipe)  # a bad name is the first thing to say
     spec = parse_spec(model)
     if given("recipe") and spec.folder is not None and is_mlx_folder(spec.folder):
         raise QwenMlxError(f"--recipe applies when MODEL must be converted; {spec.folder} is "

@@ -31,7 +31,7 @@ def plan(model: str | None, recipe: str, as_json: bool, **options) -> None:
     from ..memory_plan import plan_model
 
     o = memory_kwargs(options)
-    check_recipe_applies(model)
+    check_recipe_applies(model, recipe)
     context = None if o["context"] is None else parse_context(o["context"])
     cast = compute_dtype("auto")
     result = plan_model(model, recipe=parse_recipe(recipe), compute_bytes=cast.size if cast
