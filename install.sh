@@ -1,0 +1,38 @@
+#!/bin/sh
+# qwen-mlx in one command: ./install.sh [COMMAND ...]
+#
+# Makes a virtual environment (.venv beside this file, or $QWEN_MLX_VENV) with the newest
+# Python 3.10+ it finds, installs qwen-mlx into it, then runs `qwen-mlx COMMAND ...` if one
+# is given. A virtual environment is what Homebrew's Python requires (PEP 668), and macOS's
+# own python3 is 3.9, too old: both are handled here, with a clear message when no Python
+# is new enough. Run it again to update after a `git pull`.
+set -eu
+
+here=$(cd "${0%/*}" && pwd)
+venv=${QWEN_MLX_VENV:-$here/.venv}
+
+python=""
+for candidate in python3.13 python3.12 python3.11 python3.10 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+        "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+        python=$candidate
+        break
+    fi
+done
+if [ -z "$python" ]; then
+    echo "error: qwen-mlx needs Python 3.10 or newer (macOS's own python3 is 3.9): install" \
+        "one with 'brew install python@3.12' or from python.org, then run $0 again" >&2
+    exit 1
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "creating $venv with $("$python" -c 'import sys; print(sys.executable, sys.version.split()[0])')" >&2
+    "$python" -m venv "$venv"
+fi
+echo "installing qwen-mlx into $venv" >&2
+"$venv/bin/python" -m pip install -q --disable-pip-version-check "$here"
+echo "installed: $venv/bin/qwen-mlx" >&2
+
+if [ "$#" -gt 0 ]; then
+    exec "$venv/bin/qwen-mlx" "$@"
+fi
