@@ -22,15 +22,17 @@ adapter was trained on. {MODEL_HELP}""")
               help="Folder to write the fused model to.")
 @click.option("--q4", is_flag=True, help="Write 4-bit weights (group size 64), even from a "
               "float model.")
-@click.option("--dequantize", is_flag=True, help="Write float weights: exactly model plus "
-              "adapter, but larger.")
+@click.option("--dequantize", is_flag=True, help="Write float weights in the model's stored "
+              "type: model plus adapter up to that type's rounding (from a 4-bit model, its "
+              "dequantized weights), but larger.")
 @click.option("--recipe", default="q4", show_default=True,
               help="Recipe used when MODEL must be converted first.")
 @click.option("--prompt", "prompts", multiple=True, help="A prompt to verify with (repeat "
               "for more; default: four built-in prompts).")
 @click.option("--verify-tokens", type=click.IntRange(min=0), default=32, show_default=True,
               help="Greedy tokens compared per prompt (0: skip the check).")
-@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--force", is_flag=True, help="Replace an existing output that is a model "
+              "folder (never the model or adapter being read).")
 def fuse(model: str | None, adapter: Path, output: Path, q4: bool, dequantize: bool,
          recipe: str, prompts: tuple[str, ...], verify_tokens: int, force: bool) -> None:
     from ..finetune.fuse import PROMPTS, fuse as fuse_adapter
@@ -49,5 +51,5 @@ def fuse(model: str | None, adapter: Path, output: Path, q4: bool, dequantize: b
                   soft_wrap=True)
         if a.rate < 1 and report.format.startswith("q"):
             err.print("[dim]requantizing rounds away part of the update; --dequantize keeps "
-                      "it exactly[/dim]")
+                      "it (up to float rounding)[/dim]")
     click.echo(str(report.output))

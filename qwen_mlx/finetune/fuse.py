@@ -3,8 +3,8 @@
 Each adapted matrix becomes W + scale * (A B)^T, computed on the dequantized weights (mlx-lm's
 ``LoRALinear.fuse``). A 4-bit base is requantized with its own bits and group size, so the
 fused model is as small as the base; ``q4`` quantizes a float base; ``dequantize`` keeps
-everything in floats (exactly base plus adapter, at twice the size or more). Requantizing
-can round away part of a small update, so the result is checked, not assumed: greedy
+everything in the stored float type (base plus adapter up to that type's rounding, at twice
+the size or more). Requantizing can round away part of a small update, so the result is checked, not assumed: greedy
 replies of the fused model are compared token by token with base plus adapter.
 """
 
