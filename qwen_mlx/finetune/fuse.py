@@ -4,8 +4,9 @@ Each adapted matrix becomes W + scale * (A B)^T, computed on the dequantized wei
 ``LoRALinear.fuse``). A 4-bit base is requantized with its own bits and group size, so the
 fused model is as small as the base; ``q4`` quantizes a float base; ``dequantize`` keeps
 everything in the stored float type (base plus adapter up to that type's rounding, at twice
-the size or more). Requantizing can round away part of a small update, so the result is checked, not assumed: greedy
-replies of the fused model are compared token by token with base plus adapter.
+the size or more). Requantizing can round away part of a small update, so the result is
+checked, not assumed: greedy replies of the fused model are compared token by token with
+base plus adapter.
 """
 
 from __future__ import annotations
