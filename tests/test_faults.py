@@ -258,3 +258,17 @@ def test_the_context_plan_suggests_a_value_the_parser_accepts(tiny_q4):
     suggested = message.rsplit("--context ", 1)[1].split()[0]
     assert suggested.endswith("k") and suggested[:-1].isdigit()
     assert cli("plan", tiny_q4, "--context", suggested, "--memory", "4GB").returncode == 0
+
+
+def test_an_mlx_folder_that_does_not_match_its_config_names_the_tensors(tiny_q4, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_q4, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    message = one_line_error(cli("generate", model, "-p", "Hi"))
+    assert message.startswith(f"error: cannot load {model} (qwen3, 1 layers of width 64, "
+                              f"4-bit): Received 25 parameters not in model: "
+                              f"model.layers.1.input_layernorm.weight; ")
+    assert message.endswith(" and 22 more")

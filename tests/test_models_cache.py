@@ -125,3 +125,12 @@ def test_rm_refuses_a_cache_folder_holding_someone_elses_files(env, tmp_path):
     assert result.stderr == (f"error: {folder} holds notes.txt, which qwen-mlx did not write; "
                              f"remove it by hand if you mean to\n")
     assert (folder / "notes.txt").read_text() == "mine"
+
+
+def test_bench_resolves_an_alias_like_every_command(env, tmp_path):
+    """`bench qwen3-4b` once converted, then failed with 'qwen3-4b has no config.json'."""
+    result = cli(env, "bench", "qwen3-4b", "--prompt-lengths", "16", "--depths", "0",
+                 "--gen-tokens", "2", "-n", "1", "--warmup", "0")
+    assert result.returncode == 0, result.stderr
+    assert "qwen3-4b q4" in result.stdout
+    assert (tmp_path / "home" / "models" / "Qwen--Qwen3-4B" / "q4" / "qwen-mlx.json").is_file()

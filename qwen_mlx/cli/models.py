@@ -22,6 +22,11 @@ def _when(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
 
 
+def _print_jsonl(items) -> None:
+    for item in items:
+        sys.stdout.write(json.dumps(item.to_dict()) + "\n")
+
+
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     table = Table(title=title, title_justify="left", box=None, pad_edge=False)
     for c in columns:
@@ -51,11 +56,10 @@ def list_command(as_json: bool = False) -> None:
     from .. import model_cache
 
     found = model_cache.list_models()
-    stale = model_cache.stale_leftovers()
     if as_json:
-        for m in found:
-            sys.stdout.write(json.dumps(m.to_dict()) + "\n")
+        _print_jsonl(found)
         return
+    stale = model_cache.stale_leftovers()
     if not found:
         err.print(f"no converted models in {model_cache.models_root()}", soft_wrap=True)
     else:
@@ -133,8 +137,7 @@ def sources(as_json: bool) -> None:
 
     found = model_cache.sources()
     if as_json:
-        for s in found:
-            sys.stdout.write(json.dumps(s.to_dict()) + "\n")
+        _print_jsonl(found)
         return
     if not found:
         err.print("no Qwen3 models in the Hugging Face cache")
