@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from qwen_mlx import load
+from qwen_mlx.context import parse_context
 from qwen_mlx.cli import main
 from qwen_mlx.engine import KVSpec
 from qwen_mlx.errors import QwenMlxError
@@ -70,7 +71,9 @@ def test_refusal_names_what_would_fit():
         plan.check(200_000)
     assert str(e.value) == (
         "200,000 tokens of context need 30.1 GiB; the budget is 12.0 GiB (75% of 16 GiB): "
-        "try --kv-bits 4 or --context 68,045 (or --force)")
+        "try --kv-bits 4 or --context 66k (or --force)")
+    assert plan.largest_context() == 68_045  # 66k = 67,584: read back by the parser, it fits
+    plan.check(parse_context("66k"))
     plan.check(200_000, force=True)
     big = MemoryPlan(Shape.of(BASE_CONFIG), 20 * GIB, MAC_16GB)
     with pytest.raises(QwenMlxError, match="the weights alone do not fit"):
@@ -106,8 +109,12 @@ def test_load_refuses_or_caps_the_context(tiny_q4_f32):
     capped = load(tiny_q4_f32, memory="1GB")
     fits = capped.plan.largest_context()
     assert capped.context_length == fits and 20_000 < fits < 40_000
-    with pytest.raises(QwenMlxError, match=rf"try --context {fits:,} \(or --force\)$"):
+    with pytest.raises(QwenMlxError, match=r"try --context (\d+)k \(or --force\)$") as e:
         load(tiny_q4_f32, context="1m", memory="1GB")
+    suggested = e.value.args[0].rsplit("--context ", 1)[1].split()[0]
+    assert fits - 1024 < parse_context(suggested) <= fits  # the parser reads it, and it fits
+    assert load(tiny_q4_f32, context=suggested, memory="1GB").context_length == \
+        parse_context(suggested)
     forced = load(tiny_q4_f32, context="1m", memory="1GB", force=True)
     assert forced.context_length == 1_048_576
 
@@ -117,7 +124,7 @@ def test_plan_and_generate_on_the_command_line(tiny_q4_f32, tiny_hf):
     assert result.exit_code == 1
     assert "largest context, 4-bit KV" in result.stdout
     assert result.stderr == ("error: 1,048,576 tokens of context need 1.5 GiB; the budget is "
-                             "0.8 GiB (75% of the 1.0 GiB asked for): try --context 29,871\n")
+                             "0.8 GiB (75% of the 1.0 GiB asked for): try --context 29k\n")
     result = run("plan", tiny_hf, "--json")  # not converted yet: planned from the config
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
