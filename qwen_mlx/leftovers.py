@@ -2,10 +2,11 @@
 
 :mod:`qwen_mlx.atomic` writes every output under a hidden sibling named after the target and
 the writer's process id: ``.NAME.partial-PID`` (a folder being written), ``.NAME.old-PID``
-(the folder being replaced, for the instant of the swap) and ``.STEM.tmp-PID.SUFFIX`` (a
-file). SIGKILL, a power cut or a crash can leave one of them. Such a leftover is stale once
-its process is gone; then a partial folder or temporary file is removed, and an old folder is
-put back where it was if the swap never finished (or removed if it did).
+(the folder being replaced, for the instant of the swap) and
+``.STEM.qwen-mlx-tmp-PID.SUFFIX`` (a file; the long tag keeps a user's own hidden files out
+of the pattern). SIGKILL, a power cut or a crash can leave one of them. Such a leftover is
+stale once its process is gone; then a partial folder or temporary file is removed, and an
+old folder is put back where it was if the swap never finished (or removed if it did).
 
 Every run that writes into a folder cleans that folder first; `qwen-mlx models prune`
 cleans the whole model cache. Each removal is announced on the ``qwen_mlx`` logger, which
@@ -31,7 +32,7 @@ log = logging.getLogger("qwen_mlx")
 # are ever removed, so a user's own folder that happens to match the pattern is safe.
 MARKER = ".qwen-mlx-partial"
 _FOLDER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
-_FILE = re.compile(r"^\.(?P<stem>.+)\.tmp-(?P<pid>\d+)(?P<suffix>\.[A-Za-z0-9]+)?$")
+_FILE = re.compile(r"^\.(?P<stem>.+)\.qwen-mlx-tmp-(?P<pid>\d+)(?P<suffix>\.[A-Za-z0-9]+)?$")
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def temp_name(target: Path, kind: str) -> Path:
 def temp_file(path: Path) -> Path:
     """The temporary sibling of a file: same folder, same suffix (for writers such as
     ``mx.save_safetensors`` that add one)."""
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    return path.with_name(f".{path.stem}.qwen-mlx-tmp-{os.getpid()}{path.suffix}")
 
 
 def _alive(pid: int) -> bool:

@@ -19,7 +19,8 @@ def run(*args, input=None):
 
 def test_version_and_help_on_every_command():
     assert run("--version").output.strip() == f"qwen-mlx, version {__version__}"
-    for command in ([], ["convert"], ["generate"], ["chat"], ["serve"], ["plan"], ["bench"]):
+    for command in ([], ["convert"], ["generate"], ["chat"], ["serve"], ["plan"], ["bench"],
+                    ["models"], ["models", "rm"], ["models", "prune"], ["models", "sources"]):
         result = run(*command, "--help")
         assert result.exit_code == 0 and "Usage: " in result.output
     assert "--q4" in run("convert", "--help").output

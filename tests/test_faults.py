@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from qwen_mlx.testing import make_checkpoint
 
 TIMEOUT = 120
+DEAD_PID = 999_999_999  # above any pid_max
 
 
 def cli(*args, cwd=None, input=None) -> subprocess.CompletedProcess:
@@ -124,12 +126,12 @@ def test_a_swap_cut_between_its_two_renames_is_put_back(tiny_q4, tiny_hf, tmp_pa
     run puts the old one back (and, without --force, does not replace it)."""
     import shutil
 
-    aside = tmp_path / ".out.old-999999999"
+    aside = tmp_path / f".out.old-{DEAD_PID}"
     shutil.copytree(tiny_q4, aside)
     result = cli("convert", tiny_hf, "-o", tmp_path / "out")
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        f"note: restored {tmp_path}/out from an interrupted replacement (process 999999999)",
+        f"note: restored {tmp_path}/out from an interrupted replacement (process {DEAD_PID})",
         f"error: output {tmp_path}/out already exists (use --force to replace it)"]
     assert tree(tmp_path / "out") == tree(tiny_q4)
     assert hidden(tmp_path) == []
@@ -272,3 +274,32 @@ def test_an_mlx_folder_that_does_not_match_its_config_names_the_tensors(tiny_q4,
                               f"4-bit): Received 25 parameters not in model: "
                               f"model.layers.1.input_layernorm.weight; ")
     assert message.endswith(" and 22 more")
+
+
+def test_only_our_own_leftovers_are_cleaned(tmp_path, caplog):
+    """A dead writer's temporary file and marked partial folder go; a user's look-alikes (an
+    unmarked folder with content, a hidden file of another pattern) stay."""
+    from qwen_mlx.atomic import atomic_write_text
+
+    ours_file = tmp_path / f".out.qwen-mlx-tmp-{DEAD_PID}.json"
+    ours_file.write_text("half")
+    ours_dir = tmp_path / f".model.partial-{DEAD_PID}"
+    ours_dir.mkdir()
+    (ours_dir / ".qwen-mlx-partial").touch()
+    (ours_dir / "model.safetensors").write_bytes(b"x")
+    users_dir = tmp_path / f".thesis.partial-{DEAD_PID}"
+    users_dir.mkdir()
+    (users_dir / "chapter1.tex").write_text("mine")
+    users_file = tmp_path / f".notes.tmp-{DEAD_PID}.txt"
+    users_file.write_text("mine")
+    log = logging.getLogger("qwen_mlx")  # the CLI, once run in this process, stops propagation
+    log.addHandler(caplog.handler)
+    try:
+        atomic_write_text(tmp_path / "out.json", "{}")
+    finally:
+        log.removeHandler(caplog.handler)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [users_dir.name, users_file.name, "out.json"])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"removed partial folder {ours_dir} (left by process {DEAD_PID}), 0.0 MB",
+        f"removed temporary file {ours_file} (left by process {DEAD_PID}), 0.0 MB"]
