@@ -168,12 +168,14 @@ def sources() -> list[Source]:
 
 
 def remove_source(repo_id: str) -> int:
-    """Delete a repo's download from the Hugging Face cache; returns the bytes freed."""
+    """Delete a repo's download from the Hugging Face cache; returns the bytes freed.
+
+    The repo's folder goes whole, as huggingface_hub's own deletion does for a repo with no
+    revision left (its ``delete_revisions`` matches commit hashes across every repo, so a
+    hash two repos share could take the wrong one)."""
     info = _hf_cache()
     repos = [r for r in (info.repos if info else []) if r.repo_type == "model"
              and r.repo_id.lower() == repo_id.lower()]
-    if not repos:
-        return 0
-    strategy = info.delete_revisions(*(v.commit_hash for r in repos for v in r.revisions))
-    strategy.execute()
-    return strategy.expected_freed_size
+    for r in repos:
+        shutil.rmtree(r.repo_path)
+    return sum(r.size_on_disk for r in repos)
