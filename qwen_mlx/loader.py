@@ -44,6 +44,9 @@ def load_weights(folder: Path, *, adapter: Path | None = None, dtype: str = "aut
     """(model, config) without the tokenizer, for callers that load it once themselves."""
     from mlx_lm.utils import load_adapters, load_model
 
+    from .engine import mlx_lm_seam
+
+    mlx_lm_seam.check()  # an mlx-lm that moved what we rely on fails here, in one line
     folder = Path(folder)
     config = read_config(folder)
     check_architecture(config, folder)

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import mlx.core as mx
-from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
 
+from . import mlx_lm_seam as seam
 from .prompt_cache import PromptCache
 from .sampling import Sampler
 
@@ -34,34 +34,38 @@ def generate_tokens(model, tokens: list[int], cache: list, sampler: Sampler, *,
 
     The prompt is prefilled ``prefill_step`` rows at a time, or as ``chunk_at(depth)`` says
     (the memory plan shrinks chunks deep in a long context, where attention scores grow).
-    Each yielded token has been fed to the cache unless it is the last one allowed.
+    Each yielded token has been fed to the cache unless it is the last one allowed. On
+    Metal the steps run on mlx-lm's generation stream with the model's memory wired.
     """
-    prompt = mx.array(tokens)
-    total, done = len(tokens), 0
-    while total - done > 1:  # all but the last prompt token: only the cache is wanted
-        step = chunk_at(cache[0].offset) if chunk_at else prefill_step
-        n = min(step, total - done - 1)
-        model(prompt[None, done:done + n], cache=cache)
-        mx.eval([c.state for c in cache])
-        done += n
-        if on_prefill:
-            on_prefill(done, total)
+    with seam.generation_context(model) as stream:
+        prompt = mx.array(tokens)
+        total, done = len(tokens), 0
+        while total - done > 1:  # all but the last prompt token: only the cache is wanted
+            step = chunk_at(cache[0].offset) if chunk_at else prefill_step
+            n = min(step, total - done - 1)
+            with seam.on(stream):
+                model(prompt[None, done:done + n], cache=cache)
+            mx.eval([c.state for c in cache])
+            done += n
+            if on_prefill:
+                on_prefill(done, total)
 
-    def step(inputs: mx.array) -> mx.array:
-        logits = model(inputs[None], cache=cache)[:, -1, :]
-        return sampler(logits)
+        def step(inputs: mx.array) -> mx.array:
+            with seam.on(stream):
+                logits = model(inputs[None], cache=cache)[:, -1, :]
+                return sampler(logits)
 
-    y = step(prompt[done:])
-    mx.async_eval(y)
-    for n in range(1, max_tokens + 1):
-        if n < max_tokens:
-            next_y = step(y)
-            mx.async_eval(next_y)
-        yield y.item()
-        if n % 256 == 0:
-            mx.clear_cache()
-        if n < max_tokens:
-            y = next_y
+        y = step(prompt[done:])
+        mx.async_eval(y)
+        for n in range(1, max_tokens + 1):
+            if n < max_tokens:
+                next_y = step(y)
+                mx.async_eval(next_y)
+            yield y.item()
+            if n % 256 == 0:
+                mx.clear_cache()
+            if n < max_tokens:
+                y = next_y
 
 
 @dataclass
@@ -110,18 +114,6 @@ class Piece:
     stats: Stats | None = None
 
 
-class Detokenizer(BPEStreamingDetokenizer):
-    """mlx-lm's byte-level BPE streaming detokenizer, sharing its token table, minus the
-    leading-space trim: the pieces must add up to exactly ``tokenizer.decode(ids)``."""
-
-    def __init__(self, template: BPEStreamingDetokenizer) -> None:
-        self.tokenmap = template.tokenmap
-        self.reset()
-
-    def _maybe_trim_space(self, current_text: str) -> str:
-        return current_text
-
-
 class StopStrings:
     """Cut the text at the first stop string, holding back a tail that might begin one."""
 
@@ -163,7 +155,7 @@ def stream(model, tokenizer, prompt: list[int], sampler: Sampler, *, max_tokens:
                   cached_tokens=len(prompt) - len(todo), finish_reason="length")
     eos = set(eos_ids)
     stops = StopStrings(stop)
-    detok = Detokenizer(tokenizer._detokenizer)
+    detok = seam.detokenizer(tokenizer)
     generated: list[int] = []
     start = time.perf_counter()
     first = start

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.core as mx
-from mlx_lm.models import qwen3
 from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import CacheList, KVCache, QuantizedKVCache, make_prompt_cache
 
 from ..errors import QwenMlxError
+from . import mlx_lm_seam as seam
 
 KV_BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)  # what mx.quantize supports
@@ -74,6 +74,7 @@ class PrefixQuantizedKVCache(CacheList):
     def __init__(self, start: int, group_size: int, bits: int) -> None:
         super().__init__(KVCache(), QuantizedKVCache(group_size, bits))
         self.start = start
+        _route_attention()
 
     @property
     def head(self) -> KVCache:
@@ -169,16 +170,16 @@ def restore(layers: list, spec: KVSpec) -> list:
     return out
 
 
-_mlx_lm_attention = qwen3.scaled_dot_product_attention
+_routed = False
 
 
-def _attention(queries, keys, values, cache, scale, mask, **kwargs):
-    if isinstance(cache, PrefixQuantizedKVCache):
-        return cache.attend(queries, scale, mask)
-    return _mlx_lm_attention(queries, keys, values, cache=cache, scale=scale, mask=mask,
-                             **kwargs)
-
-
-# mlx-lm's Qwen3 attention calls this module-level function after cache.update_and_fetch;
-# routing our prefix cache here is the one hook the split cache needs.
-qwen3.scaled_dot_product_attention = _attention
+def _route_attention() -> None:
+    """mlx-lm's Qwen3 attention calls a module-level function after update_and_fetch; the
+    split cache needs its own attention there. Installed once, when the first such cache is
+    made (models without one never see the hook)."""
+    global _routed
+    if not _routed:
+        seam.install_attention_hook(lambda c: isinstance(c, PrefixQuantizedKVCache),
+                                    lambda c, queries, scale, mask: c.attend(queries, scale,
+                                                                             mask))
+        _routed = True
