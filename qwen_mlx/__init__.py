@@ -44,19 +44,18 @@ def load(model: str | Path | None = None, *, recipe: str | Recipe = "q4",
     RAM than the machine has ("12GB").
     """
     from . import hub, loader
-    from .checkpoint import read_config
     from .context import parse_context, rope_overrides
     from .engine import KVSpec
-    from .memory_plan import Shape, plan_for, weight_bytes_of_folder
+    from .memory_plan import plan_for, weight_bytes_of_folder
     from .model import Model
 
     recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
-    folder = hub.resolve(None if model is None else str(model), recipe, convert)
+    spec = hub.resolve(None if model is None else str(model), recipe, convert)
+    folder = spec.folder
     wanted = None if context is None else parse_context(context)
-    config = read_config(folder)
-    overrides = rope_overrides(config, wanted)
-    config = {**config, **overrides}
-    kv = KVSpec(kv_bits, kv_group_size, kv_start).check(Shape.of(config).head_dim)
+    overrides = rope_overrides(spec.config, wanted)
+    config = {**spec.config, **overrides}
+    kv = KVSpec(kv_bits, kv_group_size, kv_start).check(spec.head_dim)
     cast = loader.compute_dtype(dtype)
     compute_bytes = cast.size if cast else None
     plan = plan_for(config, weights=weight_bytes_of_folder(folder, compute_bytes),
@@ -68,10 +67,11 @@ def load(model: str | Path | None = None, *, recipe: str | Recipe = "q4",
         limit = plan.shape.positions
     plan.check(limit, force)
     adapter = None if adapter is None else Path(adapter)
-    net, tokenizer, config = loader.load_folder(folder, adapter=adapter, dtype=dtype,
-                                                overrides=overrides)
-    return Model(net, tokenizer, config, folder, loader.eos_ids(folder, config), adapter, kv=kv,
-                 context_limit=limit, prefill_step=prefill_step, plan=plan)
+    net, config = loader.load_weights(folder, adapter=adapter, dtype=dtype, overrides=overrides)
+    tokenizer = loader.load_tokenizer(folder, spec.eos_ids)
+    return Model(net, tokenizer, config, folder, spec.eos_ids, adapter, kv=kv,
+                 context_limit=limit, prefill_step=prefill_step, plan=plan,
+                 defaults=spec.sampling_defaults())
 
 
 def generate(prompt, model: "Model | str | None" = None, **kwargs) -> "Completion":

@@ -30,7 +30,7 @@ import mlx.nn as nn
 
 from .engine import KVSpec, PromptCache, SamplingParams, generate_tokens, make_sampler
 from .errors import QwenMlxError
-from .loader import param_bytes
+from .loader import dtype_of, param_bytes
 from .memory_plan import MemoryPlan, Shape, kv_bytes_per_token
 
 GREEDY = make_sampler(SamplingParams(temperature=0.0))
@@ -54,7 +54,7 @@ class Target:
     @classmethod
     def from_model(cls, name: str, model, load_seconds: float) -> "Target":
         return cls(name, model.net, model.config, model.kv, model.plan, load_seconds,
-                   model.context_length, model.prefill_step, _dtype_of(model.net))
+                   model.context_length, model.prefill_step, model.compute_dtype)
 
     def chunk_at(self, depth: int) -> int:
         return self.plan.chunk_at(depth, cap=self.prefill_step) if self.plan else \
@@ -74,10 +74,6 @@ class Target:
         cache = PromptCache(self.net, self.kv)
         return generate_tokens(self.net, tokens, cache.layers, GREEDY, max_tokens=max_tokens,
                                chunk_at=self.chunk_at), cache.layers
-
-
-def _dtype_of(net: nn.Module) -> str:
-    return str(net.model.norm.weight.dtype).removeprefix("mlx.core.")
 
 
 def weights_read_per_token(net: nn.Module, config: dict) -> int:
@@ -163,7 +159,7 @@ def measure(target: Target, *, prompt_lengths: list[int], depths: list[int],
                       "tokens_per_second": Summary.of([n / s for s in seconds.samples]).__dict__,
                       "time_to_first_token": seconds.mean}
     kv_per_token = kv_bytes_per_token(Shape.of(target.config), target.kv,
-                                      target.net.model.norm.weight.dtype.size)
+                                      getattr(mx, target.compute_dtype).size)
     weights_read = weights_read_per_token(target.net, target.config)
     for depth in depths:
         say(f"decode {gen_tokens} tokens at depth {depth:,}")
@@ -224,7 +220,7 @@ def random_target(shape: str, recipe, *, kv: KVSpec, prefill_step: int, seed: in
                     prefill_step=prefill_step, memory=memory)
     return Target(f"shape:{shape} {recipe.name} random", net, config, kv, plan,
                   load_seconds, config["max_position_embeddings"], prefill_step,
-                  _dtype_of(net))
+                  dtype_of(net))
 
 
 def measure_bandwidth(megabytes: int = 256, reps: int = 5) -> float:
@@ -248,7 +244,7 @@ def mlx_lm_target(folder: Path, like: Target) -> Target:
     net, _ = mlx_lm_load(str(folder))
     mx.eval(net.parameters())
     return Target(f"mlx-lm {like.name}", net, like.config, like.kv, None,
-                  time.perf_counter() - start, like.context_length, 2048, _dtype_of(net),
+                  time.perf_counter() - start, like.context_length, 2048, dtype_of(net),
                   engine="mlx-lm")
 
 

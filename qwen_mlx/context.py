@@ -35,9 +35,10 @@ def parse_context(text: str | int) -> int:
 
 def native_context(config: dict) -> int:
     """Positions the model was trained for, before any rope scaling."""
+    from .model_spec import positions
+
     scaling = config.get("rope_scaling") or {}
-    return int(scaling.get("original_max_position_embeddings")
-               or config.get("max_position_embeddings", 40960))
+    return int(scaling.get("original_max_position_embeddings") or positions(config))
 
 
 def rope_overrides(config: dict, context: int | None) -> dict:

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .checkpoint import is_mlx_folder, read_config
+from .checkpoint import is_mlx_folder
 from .errors import QwenMlxError
+from .model_spec import ModelSpec
 from .recipes import DEFAULT, Recipe
 
 ALIASES = {
@@ -41,7 +42,7 @@ def home() -> Path:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelArg:
     """A parsed model argument: a local folder or a hub repo id."""
 
     text: str
@@ -53,26 +54,26 @@ class ModelSpec:
         return self.repo_id or str(self.folder)
 
 
-def parse_spec(text: str | None) -> ModelSpec:
+def parse_arg(text: str | None) -> ModelArg:
     """Classify a model argument without touching the network."""
     text = (text or DEFAULT_MODEL).strip()
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
             raise QwenMlxError(f"{text} is a file; a model is a folder")
-        return ModelSpec(text, folder=path)
+        return ModelArg(text, folder=path)
     alias = ALIASES.get(text.lower())
     if alias:
-        return ModelSpec(text, repo_id=alias)
+        return ModelArg(text, repo_id=alias)
     if text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise QwenMlxError(f"model folder {text} does not exist")
     if not _REPO_ID.match(text):
         raise QwenMlxError(f"model {text!r} not found: not a folder, an alias "
                            f"({', '.join(ALIASES)}) or a Hugging Face repo id")
-    return ModelSpec(text, repo_id=text)
+    return ModelArg(text, repo_id=text)
 
 
-def cache_dir(spec: ModelSpec, recipe: Recipe) -> Path:
+def cache_dir(spec: ModelArg, recipe: Recipe) -> Path:
     """Where the converted form of ``spec`` with ``recipe`` is kept."""
     if spec.repo_id:
         name = spec.repo_id.replace("/", "--")
@@ -113,7 +114,7 @@ def download(repo_id: str) -> Path:
         raise QwenMlxError(f"cannot download {repo_id}: {str(e).splitlines()[0]}") from None
 
 
-def source_folder(spec: ModelSpec) -> Path:
+def source_folder(spec: ModelArg) -> Path:
     """The Hugging Face-layout folder a conversion reads: the local one, or the download."""
     return spec.folder if spec.folder is not None else download(spec.repo_id)
 
@@ -146,53 +147,52 @@ def _mark_used(converted: Path) -> None:
         pass  # a read-only cache still serves
 
 
-def locate(text: str | None, recipe: Recipe = DEFAULT) -> tuple[Path | None, dict]:
-    """(MLX folder, config) if the model is here in MLX form, else (None, its config): read
-    from a local checkpoint or fetched alone from the hub. Nothing is converted, and no
-    weights are downloaded; the memory planner uses this."""
-    spec = parse_spec(text)
-    if spec.folder is not None and is_mlx_folder(spec.folder):
-        return spec.folder, read_config(spec.folder)
-    target = cache_dir(spec, recipe)
-    if _is_current(target, spec.folder):
-        return target, read_config(target)
-    if spec.folder is not None:
-        return None, read_config(spec.folder)
+def _config_only(repo_id: str) -> Path:
+    """The folder of a hub repo's config.json, fetched alone (no weights)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        config_file = Path(hf_hub_download(spec.repo_id, "config.json"))
+        return Path(hf_hub_download(repo_id, "config.json")).parent
     except LocalEntryNotFoundError:
-        raise _not_here(spec.repo_id, "'s config") from None
+        raise _not_here(repo_id, "'s config") from None
     except HfHubHTTPError as e:
-        raise QwenMlxError(f"cannot fetch {spec.repo_id}'s config: "
-                           f"{str(e).splitlines()[0]}") from None
-    folder = config_file.parent
-    return (folder if is_mlx_folder(folder) else None), read_config(folder)
+        raise QwenMlxError(f"cannot fetch {repo_id}'s config: {str(e).splitlines()[0]}") \
+            from None
 
 
-def resolve(text: str | None, recipe: Recipe = DEFAULT,
-            convert: ConvertFn | None = None) -> Path:
-    """A local MLX folder for ``text``: as it is, from the cache, or downloaded and converted.
+def resolve(text: str | None, recipe: Recipe = DEFAULT, convert: ConvertFn | None = None,
+            *, weights: bool = True) -> ModelSpec:
+    """What ``text`` names, as a :class:`~qwen_mlx.model_spec.ModelSpec`: an MLX folder as
+    it is, a conversion from the cache, or a download converted now. Every command resolves
+    its model argument here.
 
     ``convert(source, output, recipe, source_name)`` performs a conversion; the default is
-    :func:`qwen_mlx.quantize.convert` without progress output.
+    :func:`qwen_mlx.quantize.convert` without progress output. With ``weights=False`` (the
+    memory planner) nothing is converted or downloaded: a model not yet here in MLX form is
+    described by its source's config (a hub repo's config.json alone) and ``folder`` is None.
     """
-    spec = parse_spec(text)
-    if spec.folder is not None and is_mlx_folder(spec.folder):
-        return spec.folder
-    target = cache_dir(spec, recipe)
-    if _is_current(target, spec.folder):
-        _mark_used(target)
-        return target
-    source = source_folder(spec)
-    if spec.folder is None and is_mlx_folder(source):
-        return source  # an MLX repo (mlx-community's, say): nothing to convert
+    arg = parse_arg(text)
+    if arg.folder is not None and is_mlx_folder(arg.folder):
+        return ModelSpec.of_folder(arg.folder, str(arg.folder))
+    target = cache_dir(arg, recipe)
+    if _is_current(target, arg.folder):
+        if weights:
+            _mark_used(target)
+        return ModelSpec.of_folder(target, arg.display, recipe)
+    if not weights:
+        source = arg.folder if arg.folder is not None else _config_only(arg.repo_id)
+        spec = ModelSpec.of_folder(source, arg.display, recipe)
+        mlx_repo = arg.folder is None and is_mlx_folder(source)
+        return spec if mlx_repo else ModelSpec(spec.name, spec.config, recipe, None,
+                                               spec.generation_config)
+    source = source_folder(arg)
+    if arg.folder is None and is_mlx_folder(source):
+        return ModelSpec.of_folder(source, arg.display)  # an MLX repo: nothing to convert
     if convert is None:
         from .quantize import convert as _convert
 
         def convert(src, out, rec, name):
             _convert(src, out, rec, force=True, source_name=name)
-    convert(source, target, recipe, spec.display)
-    return target
+    convert(source, target, recipe, arg.display)
+    return ModelSpec.of_folder(target, arg.display, recipe)

@@ -31,17 +31,10 @@ def compute_dtype(choice: str = "auto") -> mx.Dtype | None:
         raise QwenMlxError(f"unknown compute dtype {choice!r}") from None
 
 
-def load_folder(folder: Path, *, adapter: Path | None = None, dtype: str = "auto",
-                overrides: dict | None = None):
-    """Return (model, tokenizer wrapper, config) for an MLX folder; ``overrides`` replace
-    config keys (rope scaling for a longer context)."""
-    model, config = load_weights(folder, adapter=adapter, dtype=dtype, overrides=overrides)
-    return model, load_tokenizer(Path(folder), config), config
-
-
 def load_weights(folder: Path, *, adapter: Path | None = None, dtype: str = "auto",
                  overrides: dict | None = None):
-    """(model, config) without the tokenizer, for callers that load it once themselves."""
+    """(mlx-lm model, config) of an MLX folder, with adapters and in the compute type;
+    ``overrides`` replace config keys (rope scaling for a longer context)."""
     from mlx_lm.utils import load_adapters, load_model
 
     from .engine import mlx_lm_seam
@@ -90,30 +83,23 @@ def describe(config: dict) -> str:
             f" layers of width {config.get('hidden_size', '?')}{bits}")
 
 
-def load_tokenizer(folder: Path, config: dict):
-    """mlx-lm's tokenizer wrapper (streaming detokenizer, chat template) with every EOS id."""
+def load_tokenizer(folder: Path, eos_ids: list[int]):
+    """mlx-lm's tokenizer wrapper (streaming detokenizer, chat template) stopping at every
+    eos id (:attr:`qwen_mlx.model_spec.ModelSpec.eos_ids`)."""
     from mlx_lm.utils import load_tokenizer as mlx_lm_tokenizer
 
+    folder = Path(folder)
     if not (folder / "tokenizer.json").is_file():
         raise QwenMlxError(f"{folder} has no tokenizer (tokenizer.json is missing)")
     try:
-        return mlx_lm_tokenizer(folder, eos_token_ids=eos_ids(folder, config))
+        return mlx_lm_tokenizer(folder, eos_token_ids=eos_ids)
     except (OSError, ValueError) as e:
         raise QwenMlxError(f"cannot load the tokenizer of {folder}: {e}") from None
 
 
-def eos_ids(folder: Path, config: dict) -> list[int]:
-    """Every end-of-sequence id: generation_config's list (151645 and 151643 for Qwen3)."""
-    ids = config.get("eos_token_id")
-    path = folder / "generation_config.json"
-    if path.is_file():
-        try:
-            ids = json.loads(path.read_text()).get("eos_token_id", ids)
-        except ValueError:
-            pass
-    if ids is None:
-        return []
-    return [ids] if isinstance(ids, int) else list(ids)
+def dtype_of(net: nn.Module) -> str:
+    """The type a loaded model computes in ("float32", "bfloat16"): its final norm's."""
+    return str(net.model.norm.weight.dtype).removeprefix("mlx.core.")
 
 
 def param_bytes(model: nn.Module) -> int:

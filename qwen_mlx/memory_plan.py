@@ -24,6 +24,7 @@ from .checkpoint import expected_shapes, weight_files
 from .engine.kv_cache import KVSpec
 from .errors import QwenMlxError
 from .machine import GIB, Machine, this_machine
+from .model_spec import positions
 from .recipes import Recipe
 from .safetensors_stream import DTYPE_BYTES, TensorInfo, read_header
 
@@ -53,7 +54,7 @@ class Shape:
                    config["intermediate_size"], config["num_attention_heads"],
                    config["num_key_value_heads"], config.get("head_dim") or
                    config["hidden_size"] // config["num_attention_heads"],
-                   config["vocab_size"], int(config.get("max_position_embeddings", 40960)))
+                   config["vocab_size"], positions(config))
 
 
 def kv_bytes_per_token(shape: Shape, kv: KVSpec, dtype_bytes: int) -> float:
@@ -206,9 +207,9 @@ def plan_model(model: str | None, *, recipe: Recipe, compute_bytes: int | None,
     from . import hub
     from .context import rope_overrides
 
-    folder, config = hub.locate(model, recipe)
-    config = {**config, **rope_overrides(config, context)}
-    weights = weight_bytes_of_folder(folder, compute_bytes) if folder else \
+    spec = hub.resolve(model, recipe, weights=False)
+    config = {**spec.config, **rope_overrides(spec.config, context)}
+    weights = weight_bytes_of_folder(spec.folder, compute_bytes) if spec.folder else \
         weight_bytes_of_config(config, recipe, compute_bytes)
     return plan_for(config, weights=weights, compute_bytes=compute_bytes,
                     kv=kv.check(Shape.of(config).head_dim), prefill_step=prefill_step,

@@ -18,6 +18,8 @@ import mlx.core as mx
 from . import engine
 from .engine import KVSpec, Piece, PromptCache, SamplingParams, Stats
 from .errors import QwenMlxError
+from .loader import dtype_of
+from .model_spec import positions
 
 Message = dict
 Prompt = Union[str, Sequence[Message]]
@@ -36,9 +38,12 @@ class Model:
     def __init__(self, net, tokenizer, config: dict, path: Path, eos_ids: list[int],
                  adapter: Path | None = None, *, kv: KVSpec = KVSpec(),
                  context_limit: int | None = None,
-                 prefill_step: int = engine.generate.PREFILL_STEP, plan=None) -> None:
+                 prefill_step: int = engine.generate.PREFILL_STEP, plan=None,
+                 defaults: SamplingParams = SamplingParams()) -> None:
+        """Built by :func:`qwen_mlx.load` from a resolved ModelSpec: ``kv`` is already checked
+        against the head size, ``defaults`` come from generation_config.json."""
         self.net = net
-        self.kv = kv.check(int(config.get("head_dim", 128)))
+        self.kv = kv
         self.context_limit = context_limit  # set by the memory plan: what fits in memory
         self.prefill_step = prefill_step
         self.plan = plan  # the MemoryPlan it was loaded under, if any
@@ -47,14 +52,18 @@ class Model:
         self.config = config
         self.path = Path(path)
         self.eos_ids = list(dict.fromkeys(eos_ids + sorted(tokenizer.eos_token_ids)))
-        self.defaults = SamplingParams.from_generation_config(self.path)
+        self.defaults = defaults
 
     @property
     def context_length(self) -> int:
         """Most tokens (prompt plus reply) one sequence may hold: the model's positions
         (with YaRN, if on), capped by what the memory plan found room for."""
-        native = int(self.config.get("max_position_embeddings", 40960))
+        native = positions(self.config)
         return min(native, self.context_limit or native)
+
+    @property
+    def compute_dtype(self) -> str:
+        return dtype_of(self.net)
 
     def new_cache(self) -> PromptCache:
         """A cache to pass to :meth:`stream` across calls, so shared prefixes are reused.

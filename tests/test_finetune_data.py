@@ -14,6 +14,7 @@ from qwen_mlx.finetune.batches import collate, fit_length
 from qwen_mlx.finetune.data import load_data
 from qwen_mlx.finetune.tokens import Encoder
 from qwen_mlx.loader import load_tokenizer
+from qwen_mlx.model_spec import ModelSpec
 
 from .conftest import SHARED, shared_available
 
@@ -85,7 +86,7 @@ def test_folder_with_valid_file_and_split(tmp_path):
 
 @pytest.fixture(scope="module")
 def encoder(tiny_f32):
-    return Encoder(load_tokenizer(tiny_f32, {}))
+    return Encoder(load_tokenizer(tiny_f32, ModelSpec.of_folder(tiny_f32).eos_ids))
 
 
 CONVERSATION = {
@@ -221,7 +222,7 @@ def test_batch_order_is_a_function_of_seed_and_epoch(encoder):
 def test_mask_with_qwens_own_templates(tiny_f32, template):
     from qwen_mlx.finetune.data import Example
 
-    tok = load_tokenizer(tiny_f32, {})
+    tok = load_tokenizer(tiny_f32, ModelSpec.of_folder(tiny_f32).eos_ids)
     tok._tokenizer.chat_template = (SHARED / "qwen3" / "reference" / template).read_text()
     encoded = Encoder(tok).encode("messages", Example(CONVERSATION, "t:1"))
     assert [tok.decode(s) for s in spans(encoded.ids, encoded.mask)] == [

@@ -15,16 +15,16 @@ from qwen_mlx.recipes import Recipe
 
 
 def test_aliases_and_repo_ids():
-    assert hub.parse_spec(None).repo_id == "Qwen/Qwen3-4B-Instruct-2507"
-    assert hub.parse_spec("qwen3-4b-instruct-2507").repo_id == "Qwen/Qwen3-4B-Instruct-2507"
-    assert hub.parse_spec("Qwen3-4B").repo_id == "Qwen/Qwen3-4B"
-    assert hub.parse_spec("mlx-community/Qwen3-4B-4bit").repo_id == "mlx-community/Qwen3-4B-4bit"
+    assert hub.parse_arg(None).repo_id == "Qwen/Qwen3-4B-Instruct-2507"
+    assert hub.parse_arg("qwen3-4b-instruct-2507").repo_id == "Qwen/Qwen3-4B-Instruct-2507"
+    assert hub.parse_arg("Qwen3-4B").repo_id == "Qwen/Qwen3-4B"
+    assert hub.parse_arg("mlx-community/Qwen3-4B-4bit").repo_id == "mlx-community/Qwen3-4B-4bit"
     with pytest.raises(QwenMlxError, match="model folder ./a/b does not exist"):
-        hub.parse_spec("./a/b")
+        hub.parse_arg("./a/b")
 
 
 def test_cache_location_follows_qwen_mlx_home(tmp_path):
-    spec = hub.parse_spec("qwen3-4b")
+    spec = hub.parse_arg("qwen3-4b")
     assert hub.cache_dir(spec, Recipe()) == \
         tmp_path / "qwen-mlx-home" / "models" / "Qwen--Qwen3-4B" / "q4"
     assert hub.cache_dir(spec, Recipe(bits=8, dtype="float32")).name == "q8-f32"
@@ -55,10 +55,12 @@ def test_hub_model_downloads_and_converts_once(tiny_hf, monkeypatch, tmp_path):
 def test_local_hf_folder_is_converted_into_the_cache_and_refreshed_when_it_changes(
         tiny_hf, copy_of):
     src = copy_of(tiny_hf)
-    folder = hub.resolve(str(src))
+    spec = hub.resolve(str(src))
+    folder = spec.folder
     assert folder.parent.name.startswith("local--copy--") and folder.name == "q4"
+    assert (spec.name, spec.recipe.name, spec.eos_ids) == (str(src), "q4", [151645, 151643])
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
-    assert hub.resolve(str(src)) == folder
+    assert hub.resolve(str(src)).folder == folder
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not redone
     shard = src / "model.safetensors"
     os.utime(shard, (shard.stat().st_atime, shard.stat().st_mtime + 10))
@@ -67,9 +69,20 @@ def test_local_hf_folder_is_converted_into_the_cache_and_refreshed_when_it_chang
 
 
 def test_mlx_folder_is_used_in_place(tiny_q4, monkeypatch):
-    assert hub.resolve(str(tiny_q4)) == tiny_q4
+    assert hub.resolve(str(tiny_q4)).folder == tiny_q4
     monkeypatch.setattr(hub, "download", lambda repo_id: tiny_q4)  # an mlx-community repo
-    assert hub.resolve("mlx-community/Qwen3-4B-4bit") == tiny_q4
+    spec = hub.resolve("mlx-community/Qwen3-4B-4bit")
+    assert (spec.folder, spec.name, spec.recipe.name) == (tiny_q4, "mlx-community/Qwen3-4B-4bit",
+                                                          "q4")
+
+
+def test_planning_resolves_without_converting(tiny_hf, tmp_path):
+    """weights=False (the memory planner): the source's config, no folder, nothing written."""
+    spec = hub.resolve(str(tiny_hf), Recipe(bits=8), weights=False)
+    assert spec.folder is None and spec.recipe.name == "q8"
+    assert spec.config["hidden_size"] == 64 and spec.positions == 262_144
+    assert spec.sampling_defaults().temperature == 0.7  # the source's generation_config
+    assert not (hub.home() / "models").exists()
 
 
 def test_offline_download_fails_in_one_line():

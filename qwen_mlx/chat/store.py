@@ -42,7 +42,7 @@ def model_identity(session: ChatSession) -> str:
               *([model.adapter / "adapter_config.json"] if model.adapter else [])):
         if f.is_file():
             digest.update(f.read_bytes())
-    digest.update(str(model.net.model.norm.weight.dtype).encode())
+    digest.update(model.compute_dtype.encode())
     return digest.hexdigest()[:16]
 
 

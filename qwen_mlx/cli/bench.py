@@ -67,7 +67,7 @@ def bench(models: tuple[str, ...], recipes: str, random_weights: bool, prompt_le
           json_path: Path | None, plot_path: Path | None, **options) -> None:
     from .. import benchmark
     from ..checkpoint import is_mlx_folder
-    from ..hub import parse_spec
+    from ..hub import parse_arg
     from ..machine import this_machine
     from ..shapes import config_for
     from ..recipes import parse_recipe
@@ -86,7 +86,7 @@ def bench(models: tuple[str, ...], recipes: str, random_weights: bool, prompt_le
     for spec in specs:  # fail on a bad name before measuring anything
         if spec and spec.startswith("shape:"):
             config_for(spec.removeprefix("shape:"))
-        elif (folder := parse_spec(spec).folder) is not None and is_mlx_folder(folder) and (
+        elif (folder := parse_arg(spec).folder) is not None and is_mlx_folder(folder) and (
                 given("recipes") or len(recipe_list) > 1):
             raise QwenMlxError(f"--recipes applies to models that must be converted; {folder} "
                                f"is already an MLX model and would be measured as it is")
@@ -152,11 +152,11 @@ def _target(spec: str | None, recipe, memory: dict):
         return benchmark.random_target(spec.removeprefix("shape:"), recipe, kv=kv,
                                        prefill_step=memory["prefill_step"],
                                        memory=memory["memory"]), None
-    folder = hub.resolve(spec, recipe, convert_with_progress)  # conversion is not load time
+    folder = hub.resolve(spec, recipe, convert_with_progress).folder  # not load time
     start = time.perf_counter()
     model = load(folder, recipe=recipe, **memory)
     mx.eval(model.net.parameters())
-    local = hub.parse_spec(spec).folder
+    local = hub.parse_arg(spec).folder
     converted = not (local is not None and is_mlx_folder(local))
     name = (f"{spec or hub.DEFAULT_MODEL} {recipe.name}" if converted else local.name) + \
         (f" kv{kv.bits}" if kv.bits else "")

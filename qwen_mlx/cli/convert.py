@@ -56,7 +56,7 @@ def convert(model: str | None, q4: bool, q8: bool, no_quantize: bool, bits: int 
     if recipe.bits is None and click.get_current_context().get_parameter_source(
             "group_size") == click.core.ParameterSource.COMMANDLINE:
         raise QwenMlxError("--group-size needs quantized weights; drop --no-quantize or it")
-    spec = hub.parse_spec(model)
+    spec = hub.parse_arg(model)
     if spec.folder is not None and is_mlx_folder(spec.folder):
         raise QwenMlxError(f"{spec.folder} is already an MLX model; nothing to convert")
     output = output or hub.cache_dir(spec, recipe)

@@ -93,11 +93,11 @@ def memory_kwargs(options: dict) -> dict:
 def check_recipe_applies(model: str | None, recipe: str) -> None:
     """--recipe says how to convert; for a model already in MLX form it would do nothing."""
     from ..checkpoint import is_mlx_folder
-    from ..hub import parse_spec
+    from ..hub import parse_arg
     from ..recipes import parse_recipe
 
     parse_recipe(recipe)  # a bad name is the first thing to say
-    spec = parse_spec(model)
+    spec = parse_arg(model)
     if given("recipe") and spec.folder is not None and is_mlx_folder(spec.folder):
         raise QwenMlxError(f"--recipe applies when MODEL must be converted; {spec.folder} is "
                            f"already an MLX model (convert its source to change the recipe)")

@@ -7,9 +7,7 @@ the raw logits (a log-softmax would only shift them all by one amount).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import Callable
 
 import mlx.core as mx
@@ -53,13 +51,9 @@ class SamplingParams:
         return self.temperature == 0
 
     @classmethod
-    def from_generation_config(cls, folder: Path) -> "SamplingParams":
-        """The model's own recommended settings; our defaults where it has none."""
-        path = Path(folder) / "generation_config.json"
-        try:
-            cfg = json.loads(path.read_text()) if path.is_file() else {}
-        except (OSError, ValueError):
-            cfg = {}
+    def from_generation_config(cls, cfg: dict) -> "SamplingParams":
+        """The model's own recommended settings (generation_config.json, as read by
+        :class:`~qwen_mlx.model_spec.ModelSpec`); our defaults where it has none."""
         if cfg.get("do_sample") is False:
             return cls(temperature=0.0)
         return cls().override(**{k: cfg.get(k) for k in ("temperature", "top_p", "top_k", "min_p")})

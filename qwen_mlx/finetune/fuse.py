@@ -22,7 +22,6 @@ from mlx.utils import tree_unflatten
 
 from .. import __version__, hub, loader
 from ..atomic import atomic_dir
-from ..checkpoint import read_config
 from ..errors import QwenMlxError
 from ..outputs import check_target
 from ..quantize import copy_side_files, write_config
@@ -123,10 +122,11 @@ def fuse(model: str | None, adapter: str | Path, output: str | Path, *, q4: bool
     ``prompts`` unless ``verify_tokens`` is 0."""
     start = time.perf_counter()
     adapter, output = Path(adapter), Path(output)
-    folder = hub.resolve(model if model is not None else loader.base_model_of(adapter),
-                         parse_recipe(recipe), convert)
+    spec = hub.resolve(model if model is not None else loader.base_model_of(adapter),
+                       parse_recipe(recipe), convert)
+    folder = spec.folder
     check_target(output, force=force, protect=[folder, adapter])
-    target = _output_recipe(read_config(folder), q4, dequantize)
+    target = _output_recipe(spec.config, q4, dequantize)
     net, config = loader.load_weights(folder, adapter=adapter, dtype="stored")
     merged = merge(net, target)
     from mlx_lm.utils import save_model

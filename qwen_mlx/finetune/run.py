@@ -17,7 +17,6 @@ from typing import Callable, Iterator, TextIO
 import mlx.core as mx
 
 from .. import hub, loader
-from ..checkpoint import read_config
 from ..errors import QwenMlxError
 from ..machine import this_machine
 from ..memory_plan import Shape, weight_bytes_of_folder
@@ -172,12 +171,12 @@ def prepare(settings: dict, *, resume_run: bool = False, force: bool = False,
         latest = resume.latest(output)
         resume.check_data(resume.read_state(latest), data_fingerprint, latest)
 
-    folder = hub.resolve(config.model, parse_recipe(config.recipe), convert)
-    model_config = read_config(folder)
-    shape = Shape.of(model_config)
+    spec = hub.resolve(config.model, parse_recipe(config.recipe), convert)
+    folder = spec.folder
+    shape = Shape.of(spec.config)
     if config.layers and config.layers > shape.layers:
         raise QwenMlxError(f"--layers {config.layers}: the model has {shape.layers} layers")
-    tokenizer = loader.load_tokenizer(folder, model_config)
+    tokenizer = loader.load_tokenizer(folder, spec.eos_ids)
     train, valid, report = _encode(dataset, tokenizer, config)
     steps = config.iters or math.ceil((config.epochs or DEFAULT_EPOCHS) * len(train)
                                       / config.grad_accum)
