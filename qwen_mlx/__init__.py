@@ -10,12 +10,13 @@ from .errors import QwenMlxError  # noqa: E402
 from .recipes import Recipe, parse_recipe  # noqa: E402
 
 if TYPE_CHECKING:
-    from .engine import Piece, PromptCache, SamplingParams, Stats
+    from .engine import Piece, PromptCache, Request, SamplingParams, Stats
     from .model import Completion, Model
 
 # The engine imports mlx-lm, which imports transformers (over a second): loaded on first use,
 # so `qwen-mlx --help` and `import qwen_mlx` stay fast.
-_LAZY = {"Piece": "engine", "PromptCache": "engine", "SamplingParams": "engine",
+_LAZY = {"Piece": "engine", "PromptCache": "engine", "Request": "engine",
+         "SamplingParams": "engine",
          "Stats": "engine", "Completion": "model", "Model": "model"}
 
 
@@ -82,5 +83,5 @@ def generate(prompt, model: "Model | str | None" = None, **kwargs) -> "Completio
     return model.generate(prompt, **kwargs)
 
 
-__all__ = ["Completion", "Model", "Piece", "PromptCache", "QwenMlxError", "Recipe",
+__all__ = ["Completion", "Model", "Piece", "PromptCache", "QwenMlxError", "Recipe", "Request",
            "SamplingParams", "Stats", "generate", "load", "parse_recipe"]

@@ -10,6 +10,11 @@ class QwenMlxError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 
 
+class ContextExceeded(QwenMlxError):
+    """The prompt does not fit in the context (OpenAI clients get code
+    context_length_exceeded)."""
+
+
 def one_line(message: str, items: int = 3) -> str:
     """A multi-line library message (a heading, then one name per line) as one line: the
     heading and the first few names, so nothing ends on a bare colon."""

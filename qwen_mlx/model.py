@@ -17,7 +17,8 @@ import mlx.core as mx
 
 from . import engine
 from .engine import KVSpec, Piece, PromptCache, SamplingParams, Stats
-from .errors import QwenMlxError
+from .engine.request import Request
+from .errors import ContextExceeded, QwenMlxError
 from .loader import dtype_of
 from .model_spec import positions
 
@@ -102,36 +103,51 @@ class Model:
     def decode(self, tokens: Sequence[int]) -> str:
         return self.tokenizer.decode(list(tokens))
 
-    def stream(self, prompt: Prompt | list[int], *, raw: bool = False,
-               cache: PromptCache | None = None, stop: Sequence[str] = (),
-               tools: list | None = None, enable_thinking: bool | None = None,
-               on_prefill: engine.generate.PrefillProgress | None = None,
-               prefill_step: int | None = None,
-               **sampling) -> Iterator[Piece]:
-        """Stream the reply to a prompt (text, messages, or token ids).
-
-        ``sampling`` overrides the model's defaults: temperature, top_p, top_k, min_p, seed,
-        max_tokens. The last piece carries :class:`Stats`.
-        """
+    def request(self, prompt: Prompt | list[int], *, raw: bool = False,
+                tools: list | None = None, enable_thinking: bool | None = None,
+                stop: Sequence[str] = (), context: int | None = None,
+                **sampling) -> Request:
+        """Validate one generation into a :class:`Request`: the prompt rendered (text,
+        messages, or token ids), ``sampling`` over the model's defaults (temperature, top_p,
+        top_k, min_p, seed, max_tokens) and the reply fitted into the context (``context``
+        caps it further: a chat's --max-context, an Ollama client's num_ctx). This is the one
+        place the context budget is worked out; a bad value is a QwenMlxError here."""
         params = self.defaults.override(**sampling)
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise QwenMlxError("a stop string must be non-empty text")
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
             tokens = list(prompt)
         else:
             tokens = self.encode(prompt, raw=raw, tools=tools, enable_thinking=enable_thinking)
         if not tokens:
             raise QwenMlxError("the prompt is empty")
-        room = self.context_length - len(tokens)
-        if room < 1:
-            raise QwenMlxError(f"the prompt is {len(tokens):,} tokens; the model's context "
-                               f"is {self.context_length:,}")
-        if params.seed is not None:
-            mx.random.seed(params.seed)
+        limit = min(context or self.context_length, self.context_length)
+        if len(tokens) >= limit:
+            raise ContextExceeded(f"the prompt is {len(tokens):,} tokens; the context is "
+                                  f"{limit:,}")
+        params = params.override(max_tokens=min(params.max_tokens, limit - len(tokens)))
+        return Request(tuple(tokens), params, tuple(stop))
+
+    def stream(self, prompt: Prompt | list[int] | Request, *,
+               cache: PromptCache | None = None,
+               on_prefill: engine.generate.PrefillProgress | None = None,
+               prefill_step: int | None = None, **request) -> Iterator[Piece]:
+        """Stream the reply to a :class:`Request`, or to a prompt with :meth:`request`'s
+        keyword arguments. The last piece carries :class:`Stats`."""
+        if isinstance(prompt, Request):
+            if request:
+                raise TypeError(f"a Request is already validated; drop {', '.join(request)}")
+            req = prompt
+        else:
+            req = self.request(prompt, **request)
+        if req.params.seed is not None:
+            mx.random.seed(req.params.seed)
         step = prefill_step or self.prefill_step
         chunk_at = partial(self.plan.chunk_at, cap=step) if self.plan else None
-        return engine.stream(self.net, self.tokenizer, tokens, engine.make_sampler(params),
-                             max_tokens=min(params.max_tokens, room),
+        return engine.stream(self.net, self.tokenizer, list(req.tokens),
+                             engine.make_sampler(req.params), max_tokens=req.params.max_tokens,
                              cache=self.new_cache() if cache is None else cache,
-                             eos_ids=self.eos_ids, stop=stop,
+                             eos_ids=self.eos_ids, stop=req.stop,
                              prefill_step=step, chunk_at=chunk_at, on_prefill=on_prefill)
 
     def generate(self, prompt: Prompt | list[int], **kwargs) -> Completion:

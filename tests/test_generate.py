@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from mlx_lm import stream_generate
 from mlx_lm.sample_utils import make_sampler
 from mlx_lm.utils import load as mlx_lm_load
 
 from qwen_mlx import load
+from qwen_mlx.errors import QwenMlxError
 
 MESSAGES = [{"role": "user", "content": "Write a haiku about the sea."}]
 
@@ -124,3 +126,25 @@ def test_common_prefix():
     assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
     assert common_prefix([1, 2], [1, 2, 3]) == 2
     assert common_prefix([], [1]) == 0 and common_prefix([5], [6]) == 0
+
+
+def test_the_request_owns_the_context_budget(tiny_model):
+    """One place fits a reply into the context: the model's, or a tighter one asked for."""
+    from qwen_mlx.errors import ContextExceeded
+
+    tokens = tiny_model.encode("Hello")
+    assert len(tokens) == 9
+    req = tiny_model.request(tokens, max_tokens=100, context=12, stop=["\n\n"])
+    assert (req.tokens, req.params.max_tokens, req.stop) == (tuple(tokens), 3, ("\n\n",))
+    assert tiny_model.request(tokens).params.max_tokens == 2048  # the default, room to spare
+    with pytest.raises(ContextExceeded, match=r"^the prompt is 9 tokens; the context is 9$"):
+        tiny_model.request(tokens, context=9)
+    with pytest.raises(QwenMlxError, match=r"^top_p must be in \(0, 1\]$"):
+        tiny_model.request(tokens, top_p=0)
+    with pytest.raises(QwenMlxError, match=r"^a stop string must be non-empty text$"):
+        tiny_model.request(tokens, stop=[""])
+    with pytest.raises(TypeError, match="a Request is already validated; drop temperature"):
+        tiny_model.stream(req, temperature=0.5)
+    pieces = list(tiny_model.stream(tiny_model.request(tokens, temperature=0, max_tokens=5,
+                                                       context=12)))
+    assert pieces[-1].stats.generated_tokens == 3 and pieces[-1].stats.finish_reason == "length"

@@ -145,7 +145,8 @@ class Scripted:
     def __getattr__(self, name):
         return getattr(self.model, name)
 
-    def stream(self, tokens, **kwargs):
+    def stream(self, request, **kwargs):
+        tokens = request.tokens  # the worker runs validated requests only
         self.prompts.append(self.model.decode(tokens))  # recorded when the worker starts it
         text = self.replies.pop(0)
         stats = Stats(prompt_tokens=len(tokens), prefill_tokens=len(tokens),
@@ -285,6 +286,25 @@ def test_bad_requests_get_each_apis_error_shape(running):
     r = post(f"{url}/api/generate", json={"model": MODEL, "prompt": "hi " * 50,
                                           "options": {"num_ctx": 20}})
     assert r.status_code == 400 and "the context is 20" in r.json()["error"]
+    # Values the engine refuses are refused before anything is queued, streaming or not
+    # (they were a plain-text 500 inside the worker).
+    for stream in (False, True):
+        for field, value, message in (("top_p", 0, "top_p must be in (0, 1]"),
+                                      ("min_p", 1, "min_p must be in [0, 1)")):
+            r = post(f"{url}/v1/chat/completions", json={
+                "model": MODEL, field: value, "stream": stream,
+                "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 400 and r.json()["error"] == {
+                "message": message, "type": "invalid_request_error", "param": field,
+                "code": None}
+            r = post(f"{url}/api/chat", json={"model": MODEL, "stream": stream,
+                                              "options": {field: value},
+                                              "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 400 and r.json() == {"error": message}
+    r = post(f"{url}/v1/chat/completions", json={"model": MODEL, "stop": ["", "x"],
+                                                 "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 400 and r.json()["error"]["message"] == \
+        "a stop string must be non-empty text"
     with pytest.raises(ollama.ResponseError) as e:
         ollama.Client(host=url).chat(model=MODEL, messages=[{"role": "robot", "content": "x"}])
     assert e.value.status_code == 400

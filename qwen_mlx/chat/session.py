@@ -121,12 +121,9 @@ class ChatSession:
         return tokens
 
     def _reply(self) -> Iterator[Piece]:
-        tokens = self._fit()
-        settings = dict(self.sampling)
-        settings["max_tokens"] = min(settings.get("max_tokens", self.model.defaults.max_tokens),
-                                     self.max_context - len(tokens))
-        pieces = self.model.stream(tokens, cache=self.cache, on_prefill=self.on_prefill,
-                                   stop=self.stop, **settings)
+        request = self.model.request(self._fit(), stop=self.stop, context=self.max_context,
+                                     **self.sampling)
+        pieces = self.model.stream(request, cache=self.cache, on_prefill=self.on_prefill)
         return self._record(pieces)
 
     def _record(self, pieces: Iterator[Piece]) -> Iterator[Piece]:

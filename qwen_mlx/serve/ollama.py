@@ -23,6 +23,12 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def validated(server: Server, body: dict, tokens: list[int]):
+    """The engine's request from a prompt and Ollama's ``options``."""
+    sampling, stop, num_ctx = options(body)
+    return server.request(tokens, sampling, stop, num_ctx)
+
+
 def options(body: dict) -> tuple[dict, list[str], int | None]:
     """Ollama's ``options`` -> (sampling, stop strings, num_ctx)."""
     opts = body.get("options") or {}
@@ -53,10 +59,9 @@ def ollama_calls(calls: list[dict]) -> list[dict]:
     return [{"function": {"name": c["name"], "arguments": c["arguments"]}} for c in calls]
 
 
-async def respond(server: Server, body: dict, tokens: list[int], started: float, *,
+async def respond(server: Server, body: dict, req, started: float, *,
                   key: str, tools: bool) -> Response:
     """Run the generation; ``key`` is "message" (/api/chat) or "response" (/api/generate)."""
-    sampling, stop, _ = options(body)
 
     def payload(text: str, calls: list[dict] | None = None):
         if key == "response":
@@ -67,7 +72,7 @@ async def respond(server: Server, body: dict, tokens: list[int], started: float,
         return message
 
     if not body.get("stream", True):
-        out = await server.complete(tokens, sampling, stop, tools=tools)
+        out = await server.complete(req, tools=tools)
         return JSONResponse(final(server, out.stats, started, **{key: payload(out.text,
                                                                               out.calls)}))
 
@@ -75,7 +80,7 @@ async def respond(server: Server, body: dict, tokens: list[int], started: float,
         return json.dumps(record, ensure_ascii=False) + "\n"
 
     async def lines():
-        async for item in server.reply(tokens, sampling, stop, tools=tools):
+        async for item in server.reply(req, tools=tools):
             if isinstance(item, str):
                 item = Outcome(item, [], None)
             if item.text or item.calls:
@@ -91,9 +96,8 @@ async def chat(server: Server, request: Request) -> Response:
     started = time.perf_counter()
     body = await read_json(request)
     server.check_model(body.get("model"))
-    tokens = server.encode_chat(body.get("messages"), body.get("tools"))
-    server.check_length(tokens, options(body)[2])
-    return await respond(server, body, tokens, started, key="message",
+    req = validated(server, body, server.encode_chat(body.get("messages"), body.get("tools")))
+    return await respond(server, body, req, started, key="message",
                          tools=bool(body.get("tools")))
 
 
@@ -107,8 +111,8 @@ async def generate(server: Server, request: Request) -> Response:
     system = body.get("system")
     tokens = server.encode_text(prompt, raw=bool(body.get("raw")),
                                 system=system if isinstance(system, str) else None)
-    server.check_length(tokens, options(body)[2])
-    return await respond(server, body, tokens, started, key="response", tools=False)
+    return await respond(server, body, validated(server, body, tokens), started,
+                         key="response", tools=False)
 
 
 def details(server: Server) -> dict:

@@ -54,14 +54,14 @@ async def chat_completions(server: Server, request: Request) -> Response:
     if body.get("n", 1) != 1:
         raise RequestError(400, "only n=1 is supported", param="n")
     tools = body.get("tools")
-    tokens = server.encode_chat(body.get("messages"), tools)
-    settings, stop = sampling(body), stop_list(body.get("stop"))
+    req = server.request(server.encode_chat(body.get("messages"), tools), sampling(body),
+                         stop_list(body.get("stop")))
     stream = bool(body.get("stream", False))
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": ident, "created": created, "model": server.model_id}
     if not stream:
-        out = await server.complete(tokens, settings, stop, tools=bool(tools))
+        out = await server.complete(req, tools=bool(tools))
         message = {"role": "assistant", "content": out.text.strip() if out.calls else out.text}
         finish = out.stats.finish_reason
         if out.calls:
@@ -79,7 +79,7 @@ async def chat_completions(server: Server, request: Request) -> Response:
 
     async def events():
         yield chunk({"role": "assistant", "content": ""})
-        async for item in server.reply(tokens, settings, stop, tools=bool(tools)):
+        async for item in server.reply(req, tools=bool(tools)):
             if isinstance(item, str):
                 yield chunk({"content": item})
                 continue

@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from ..engine import Stats
-from ..errors import QwenMlxError
+from ..engine import Request, Stats
+from ..errors import ContextExceeded, QwenMlxError
 from ..model import Model
 from . import tool_calls
 from .worker import Worker
@@ -61,29 +61,34 @@ class Server:
         except Exception as e:  # noqa: BLE001 - the template rejects odd input its own way
             raise RequestError(400, f"cannot render the messages: {e}",
                                param="messages") from None
-        return self.check_length(tokens)
+        return tokens
 
     def encode_text(self, prompt: str, *, raw: bool, system: str | None = None) -> list[int]:
         if raw:
-            return self.check_length(self.model.encode(prompt, raw=True))
+            return self.model.encode(prompt, raw=True)
         messages = ([{"role": "system", "content": system}] if system else []) + \
             [{"role": "user", "content": prompt}]
-        return self.check_length(self.model.encode(messages))
+        return self.model.encode(messages)
 
-    def check_length(self, tokens: list[int], limit: int | None = None) -> list[int]:
-        limit = min(limit or self.model.context_length, self.model.context_length)
-        if len(tokens) >= limit:
-            raise RequestError(400, f"the prompt is {len(tokens):,} tokens; the context is "
-                                    f"{limit:,}", code="context_length_exceeded",
-                               param="messages")
-        return tokens
+    def request(self, tokens: list[int], sampling: dict, stop: list[str],
+                context: int | None = None) -> Request:
+        """The engine's validated request, built before anything is queued: whatever the
+        engine would refuse is a 400 here, in the API's own error shape."""
+        try:
+            return self.model.request(tokens, stop=stop, context=context, **sampling)
+        except ContextExceeded as e:
+            raise RequestError(400, str(e), code="context_length_exceeded",
+                               param="messages") from None
+        except QwenMlxError as e:
+            name = str(e).split()[0]  # SamplingParams' messages start with the field
+            raise RequestError(400, str(e), param=name if name in sampling else None) \
+                from None
 
-    async def reply(self, tokens: list[int], sampling: dict, stop: list[str], *,
-                    tools: bool) -> AsyncIterator[str | Outcome]:
+    async def reply(self, request: Request, *, tools: bool) -> AsyncIterator[str | Outcome]:
         """The reply as text deltas safe to show now, then one :class:`Outcome`. With
         ``tools``, text from ``<tool_call>`` on is held back and parsed at the end. Leaving
         early (a client that went away) cancels the generation."""
-        pieces = self.worker.generate(tokens, sampling, stop)
+        pieces = self.worker.generate(request)
         splitter = tool_calls.Splitter(enabled=tools)
         stats = None
         try:
@@ -97,11 +102,10 @@ class Server:
         rest, calls = splitter.finish()
         yield Outcome(rest, calls, stats)
 
-    async def complete(self, tokens: list[int], sampling: dict, stop: list[str], *,
-                       tools: bool) -> Outcome:
+    async def complete(self, request: Request, *, tools: bool) -> Outcome:
         """The whole reply at once: all its text, its tool calls, its stats."""
         parts = []
-        async for item in self.reply(tokens, sampling, stop, tools=tools):
+        async for item in self.reply(request, tools=tools):
             if isinstance(item, Outcome):
                 return Outcome("".join(parts) + item.text, item.calls, item.stats)
             parts.append(item)

@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from ..engine import Piece, PromptCache
+from ..engine import Piece, PromptCache, Request
 from ..engine.prompt_cache import common_prefix
 from ..model import Model
 
@@ -24,9 +24,7 @@ _DONE = object()
 
 @dataclass
 class Job:
-    tokens: list[int]
-    sampling: dict
-    stop: list[str]
+    request: Request  # validated at the HTTP edge: nothing in it can be refused here
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -81,11 +79,10 @@ class Worker:
             job.put(_DONE)
 
     def _run(self, job: Job) -> None:
-        cache = self.pool.take(job.tokens)
+        cache = self.pool.take(list(job.request.tokens))
         made = 0
         try:
-            pieces = self.model.stream(job.tokens, cache=cache, stop=job.stop,
-                                       on_prefill=self.progress, **job.sampling)
+            pieces = self.model.stream(job.request, cache=cache, on_prefill=self.progress)
             for piece in pieces:
                 if job.cancelled.is_set():
                     break
@@ -100,10 +97,9 @@ class Worker:
             self.pool.give_back(cache)
             self.finished.append({"generated": made, "cancelled": job.cancelled.is_set()})
 
-    async def generate(self, tokens: list[int], sampling: dict,
-                       stop: list[str]) -> AsyncIterator[Piece]:
+    async def generate(self, request: Request) -> AsyncIterator[Piece]:
         """The reply's pieces; the last carries the stats. Leaving early cancels the job."""
-        job = Job(tokens, sampling, stop, asyncio.get_running_loop())
+        job = Job(request, asyncio.get_running_loop())
         self.jobs.put(job)
         try:
             while True:

@@ -1,0 +1,24 @@
+"""One generation, validated: what the engine runs.
+
+Every front end builds a :class:`Request` once, at its edge (the CLI's options, a chat
+message, an HTTP body), through :meth:`qwen_mlx.model.Model.request`, which renders the
+prompt, checks the sampling settings and fits the reply into the context. Past that point
+nothing the user sent can be wrong: the engine (and the server's worker thread) trusts it,
+so a bad value is a one-line error or a 4xx at the edge, never an error deep in a worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class Request:
+    """Prompt token ids, sampling (``params.max_tokens`` already within the context's
+    room) and stop strings (none empty)."""
+
+    tokens: tuple[int, ...]
+    params: SamplingParams
+    stop: tuple[str, ...] = ()
