@@ -16,6 +16,7 @@ from rich.console import Console
 
 from qwen_mlx.chat import ChatSession, store
 from qwen_mlx.chat.repl import Repl
+from qwen_mlx.engine import Piece
 from qwen_mlx.engine.prompt_cache import common_prefix
 from qwen_mlx.errors import QwenMlxError
 
@@ -274,3 +275,19 @@ def test_the_history_file_failing_does_not_end_the_chat(tiny_model, tmp_path, mo
     history.append_string("Hi")  # kept in memory
     assert list(history.get_strings()) == ["Hi"]
     assert err.getvalue().startswith("history not kept: ")
+
+
+def test_notices_and_progress_travel_with_the_reply(tiny_model):
+    """No mailbox on the session: a dropped exchange arrives as the reply's first piece, and
+    the prefill callback is passed with the message."""
+    session = ChatSession(tiny_model, max_context=160, temperature=0.0, max_tokens=24)
+    for text in TURNS:
+        reply(session.send(text))
+    progress = []
+    pieces = list(session.send("word " * 40, on_prefill=lambda done, total:
+                               progress.append((done, total))))
+    notices = [p.notice for p in pieces if p.notice]
+    assert notices and pieces[:len(notices)] == [Piece("", notice=n) for n in notices]
+    assert all(n.startswith("context full: dropped the oldest exchange (") for n in notices)
+    assert progress and progress[-1][0] == progress[-1][1] - 1  # all but the last token
+    assert session.messages[-1]["content"] == "".join(p.text for p in pieces)

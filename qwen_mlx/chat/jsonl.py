@@ -34,10 +34,10 @@ class JsonlRepl(Repl):
         return go_on
 
     def show(self, pieces: Iterator[Piece]) -> None:
-        notices = list(self.session.notices)
-        self.session.notices.clear()
-        text, stats = [], None
+        text, stats, notices = [], None, []
         for piece in pieces:
+            if piece.notice:
+                notices.append(piece.notice)
             text.append(piece.text)
             stats = piece.stats or stats
         self._record = {"reply": "".join(text),

@@ -40,7 +40,6 @@ class Repl:
         self.out, self.err = out, err
         self.quiet = quiet
         self.progress = progress
-        session.on_prefill = progress
 
     def _close_progress(self) -> None:
         if self.progress is not None:
@@ -110,7 +109,7 @@ class Repl:
         try:
             if text.startswith("/"):
                 return self.command(text)
-            self.show(self.session.send(text))
+            self.show(self.session.send(text, on_prefill=self.progress))
         except QwenMlxError as e:
             self.error(str(e))
         except OSError as e:
@@ -129,7 +128,7 @@ class Repl:
             "reset": lambda: (s.reset(), self.note("conversation cleared")),
             "undo": lambda: (s.undo(), self.note(f"dropped the last exchange; "
                                                  f"{len(s.cache)} tokens stay cached")),
-            "retry": lambda: self.show(s.retry()),
+            "retry": lambda: self.show(s.retry(on_prefill=self.progress)),
             "system": lambda: (s.set_system(arg), self.note("system prompt " +
                                                             ("set" if arg else "cleared"))),
             "save": lambda: self.note(f"saved to {store.save(s, arg)}"),
@@ -151,7 +150,7 @@ class Repl:
         path, _, request = arg.partition(" ")
         if not path:
             raise QwenMlxError("usage: /file PATH [REQUEST]")
-        self.show(self.session.send(with_document(path, request)))
+        self.show(self.session.send(with_document(path, request), on_prefill=self.progress))
 
     def think(self, arg: str) -> None:
         if arg not in ("on", "off"):
@@ -166,12 +165,12 @@ class Repl:
 
     def show(self, pieces: Iterator[Piece]) -> None:
         """Stream a reply; <think> sections dimmed. Ctrl-C cuts the reply, not the chat."""
-        for notice in self.session.notices:
-            self.note(notice)
-        self.session.notices.clear()
         dim = False
         try:
             for piece in pieces:
+                if piece.notice:
+                    self.note(piece.notice)
+                    continue
                 self._close_progress()
                 text = piece.text
                 while text:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from ..engine import Piece, Stats
+from ..engine.generate import PrefillProgress
 from ..engine.prompt_cache import common_prefix
 from ..errors import QwenMlxError
 from ..model import Model
@@ -34,8 +35,6 @@ class ChatSession:
         self.messages: list[dict] = []
         self.cache = model.new_cache()
         self.last_stats: Stats | None = None
-        self.notices: list[str] = []  # things the front end should tell the user
-        self.on_prefill = None  # progress callback for long prompts, set by the front end
 
     # -- the conversation -------------------------------------------------------------
 
@@ -47,24 +46,25 @@ class ChatSession:
         """The prompt for the next reply."""
         return self.model.encode(self.conversation(), enable_thinking=self.thinking)
 
-    def send(self, text: str) -> Iterator[Piece]:
-        """Add a user message and stream the reply."""
+    def send(self, text: str, *, on_prefill: PrefillProgress | None = None) -> Iterator[Piece]:
+        """Add a user message and stream the reply (notices first, as pieces with a
+        ``notice``); ``on_prefill`` reports the progress of a long prompt."""
         if not text.strip():
             raise QwenMlxError("empty message")
         self.messages.append({"role": "user", "content": text})
         try:
-            return self._reply()
+            return self._reply(on_prefill)
         except BaseException:
             self.messages.pop()
             raise
 
-    def retry(self) -> Iterator[Piece]:
+    def retry(self, *, on_prefill: PrefillProgress | None = None) -> Iterator[Piece]:
         """Drop the last reply and generate it again."""
         if not self.messages or self.messages[-1]["role"] != "assistant":
             raise QwenMlxError("nothing to retry yet")
         removed = self.messages.pop()
         try:
-            return self._reply()
+            return self._reply(on_prefill)
         except BaseException:
             self.messages.append(removed)
             raise
@@ -105,10 +105,11 @@ class ChatSession:
                                   enable_thinking=self.thinking)
         self.cache.trim(common_prefix(self.cache.tokens, probe))
 
-    def _fit(self) -> list[int]:
-        """The prompt, after dropping the oldest exchanges if the context is full."""
+    def _fit(self) -> tuple[list[int], list[str]]:
+        """The prompt, after dropping the oldest exchanges if the context is full, and what
+        to tell the user about that."""
         room = min(max(self.sampling.get("max_tokens", 0), MIN_REPLY_ROOM), self.max_context // 2)
-        tokens = self.render()
+        tokens, notices = self.render(), []
         while len(tokens) + room > self.max_context:
             users = [i for i, m in enumerate(self.messages) if m["role"] == "user"]
             if len(users) < 2:
@@ -116,20 +117,23 @@ class ChatSession:
                                    f"system prompt; the context holds {self.max_context:,}")
             del self.messages[:users[1]]
             before, tokens = len(tokens), self.render()
-            self.notices.append(f"context full: dropped the oldest exchange "
-                                f"({before - len(tokens):,} tokens); the system prompt stays")
-        return tokens
+            notices.append(f"context full: dropped the oldest exchange "
+                           f"({before - len(tokens):,} tokens); the system prompt stays")
+        return tokens, notices
 
-    def _reply(self) -> Iterator[Piece]:
-        request = self.model.request(self._fit(), stop=self.stop, context=self.max_context,
+    def _reply(self, on_prefill: PrefillProgress | None) -> Iterator[Piece]:
+        tokens, notices = self._fit()
+        request = self.model.request(tokens, stop=self.stop, context=self.max_context,
                                      **self.sampling)
-        pieces = self.model.stream(request, cache=self.cache, on_prefill=self.on_prefill)
-        return self._record(pieces)
+        pieces = self.model.stream(request, cache=self.cache, on_prefill=on_prefill)
+        return self._record(pieces, notices)
 
-    def _record(self, pieces: Iterator[Piece]) -> Iterator[Piece]:
+    def _record(self, pieces: Iterator[Piece], notices: list[str]) -> Iterator[Piece]:
         parts: list[str] = []
         finished = False
         try:
+            for notice in notices:
+                yield Piece("", notice=notice)
             for piece in pieces:
                 parts.append(piece.text)
                 if piece.stats is not None:

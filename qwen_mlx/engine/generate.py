@@ -107,11 +107,14 @@ class Stats:
 @dataclass
 class Piece:
     """A streamed piece of the reply: its text, the token ids it came from, and, on the last
-    piece only, the statistics of the whole generation."""
+    piece only, the statistics of the whole generation. A piece with a ``notice`` (and no
+    text) is something to tell the user, in order with the reply (a chat that dropped its
+    oldest exchange to make room, say)."""
 
     text: str
     tokens: list[int] = field(default_factory=list)
     stats: Stats | None = None
+    notice: str | None = None
 
 
 class StopStrings:

@@ -34,7 +34,7 @@ class Server:
     worker: Worker = field(init=False)
 
     def __post_init__(self) -> None:
-        self.worker = Worker(self.model, self.slots, self.progress)
+        self.worker = Worker(self.model, self.slots)
 
     # -- requests ---------------------------------------------------------------------
 
@@ -88,7 +88,7 @@ class Server:
         """The reply as text deltas safe to show now, then one :class:`Outcome`. With
         ``tools``, text from ``<tool_call>`` on is held back and parsed at the end. Leaving
         early (a client that went away) cancels the generation."""
-        pieces = self.worker.generate(request)
+        pieces = self.worker.generate(request, self.progress)
         splitter = tool_calls.Splitter(enabled=tools)
         stats = None
         try:

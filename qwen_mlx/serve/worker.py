@@ -26,6 +26,7 @@ _DONE = object()
 class Job:
     request: Request  # validated at the HTTP edge: nothing in it can be refused here
     loop: asyncio.AbstractEventLoop
+    on_prefill: object = None  # progress of a long prompt: a callback with close()
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -61,10 +62,8 @@ class CachePool:
 
 
 class Worker:
-    def __init__(self, model: Model, slots: int = 4, progress=None) -> None:
-        """``progress``: a prefill progress callback with ``close()`` (the CLI's bar)."""
+    def __init__(self, model: Model, slots: int = 4) -> None:
         self.model = model
-        self.progress = progress
         self.pool = CachePool(model, slots)
         self.jobs: queue.Queue[Job] = queue.Queue()
         self.finished: deque[dict] = deque(maxlen=64)  # recent jobs: tokens made, cancelled
@@ -82,7 +81,7 @@ class Worker:
         cache = self.pool.take(list(job.request.tokens))
         made = 0
         try:
-            pieces = self.model.stream(job.request, cache=cache, on_prefill=self.progress)
+            pieces = self.model.stream(job.request, cache=cache, on_prefill=job.on_prefill)
             for piece in pieces:
                 if job.cancelled.is_set():
                     break
@@ -92,14 +91,15 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - reported to the request, the worker lives on
             job.put(e)
         finally:
-            if self.progress is not None:
-                self.progress.close()
+            if job.on_prefill is not None:
+                job.on_prefill.close()
             self.pool.give_back(cache)
             self.finished.append({"generated": made, "cancelled": job.cancelled.is_set()})
 
-    async def generate(self, request: Request) -> AsyncIterator[Piece]:
-        """The reply's pieces; the last carries the stats. Leaving early cancels the job."""
-        job = Job(request, asyncio.get_running_loop())
+    async def generate(self, request: Request, on_prefill=None) -> AsyncIterator[Piece]:
+        """The reply's pieces; the last carries the stats. Leaving early cancels the job.
+        ``on_prefill`` (a callback with ``close()``) is called from the engine thread."""
+        job = Job(request, asyncio.get_running_loop(), on_prefill)
         self.jobs.put(job)
         try:
             while True:
