@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import math
 
 import pytest
@@ -32,7 +33,7 @@ def test_roofline_arithmetic_for_qwen3_4b():
     assert weights == 2_262_920_192  # "about 2.263 GB per token"
     assert kv_bytes_per_token(Shape.of(config), KVSpec(), 2) == 147_456
     assert kv_bytes_per_token(Shape.of(config), KVSpec(4), 2) == 41_472
-    assert bytes_per_token(weights, 147_456, 2048) == 2_262_920_192 + 2048 * 147_456
+    assert bytes_per_token(weights, 147_456, 2048) == 2_564_910_080  # + 2048 x 147,456
     # M4 Max (546 GB/s): 241.3 tok/s at depth 0, 212.9 at 2048; mlx-lm's published 134.5
     # tok/s for Qwen3-4B-Instruct-2507 q4 on an M4 Max is 55.7% of the depth-0 ceiling.
     m4_max = known_bandwidth("Apple M4 Max")
@@ -59,7 +60,9 @@ def test_parse_lengths():
 
 def test_random_weights_json_has_every_field_and_consistent_numbers(tmp_path):
     out = tmp_path / "bench.json"
+    start = time.perf_counter()
     result = run("bench", "shape:tiny", "--recipes", "q4,q8", *FAST, "--json", out)
+    elapsed = time.perf_counter() - start
     assert result.exit_code == 0, result.output
     assert "shape:tiny q4 random" in result.stdout and "shape:tiny q8 random" in result.stdout
     record = json.loads(out.read_text())
@@ -78,19 +81,15 @@ def test_random_weights_json_has_every_field_and_consistent_numbers(tmp_path):
         for p in r["prefill"]:
             seconds = p["seconds"]["samples"]
             assert len(seconds) == 2 and all(s > 0 for s in seconds)
-            rates = p["tokens_per_second"]["samples"]
-            assert rates == pytest.approx([p["tokens"] / s for s in seconds])
-            assert p["tokens_per_second"]["mean"] == pytest.approx(sum(rates) / 2)
-            assert p["time_to_first_token"] == pytest.approx(sum(seconds) / 2)
+            # every timed prefill fits inside the whole command's wall time
+            assert sum(seconds) < elapsed
+            assert min(p["tokens_per_second"]["samples"]) > p["tokens"] / elapsed
         for d in r["decode"]:
             tps = d["tokens_per_second"]
-            assert len(tps["samples"]) == 2 and min(tps["samples"]) > 0
-            assert d["roofline_tokens_per_second"] == pytest.approx(
-                machine["bandwidth_gbs"] * 1e9 / d["bytes_per_token"], rel=1e-3)
-            assert d["roofline_percent"] == pytest.approx(
-                100 * tps["mean"] / d["roofline_tokens_per_second"], abs=0.1)
+            assert len(tps["samples"]) == 2 and min(tps["samples"]) > 8 / elapsed
         deeper = r["decode"][1]["bytes_per_token"] - r["decode"][0]["bytes_per_token"]
-        assert deeper == 96 * kv_bytes_per_token(Shape.of(config_for("tiny")), KVSpec(), 4)
+        # tiny in float32: 2 layers x (K, V) x 2 KV heads x 16 dims x 4 bytes = 512 per token
+        assert deeper == 96 * 512
         memory = r["memory"]
         assert memory["weights"] > 0 and memory["kv_cache"] > 0 and memory["other"] >= 0
         assert memory["peak"] >= memory["weights"] + memory["kv_cache"]
@@ -136,3 +135,11 @@ def test_bench_errors(tiny_q4_f32):
         result = run(*args)
         assert result.exit_code == 1, (args, result.output)
         assert result.output.strip().splitlines()[-1] == message
+
+
+def test_summary_by_hand():
+    from qwen_mlx.benchmark import Summary
+
+    s = Summary.of([1.0, 3.0, 5.0])
+    assert (s.mean, s.std, s.samples) == (3.0, 2.0, [1.0, 3.0, 5.0])
+    assert (Summary.of([4.0]).mean, Summary.of([4.0]).std) == (4.0, 0.0)

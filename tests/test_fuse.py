@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from qwen_mlx import load
 from qwen_mlx.cli import main
 from qwen_mlx.finetune import finetune
-from qwen_mlx.finetune.fuse import Agreement, fuse
+from qwen_mlx.finetune.fuse import PROMPTS, Agreement, fuse
 
 from .test_finetune import write_data
 
@@ -56,7 +56,16 @@ def test_fusing_into_4bit_requantizes_and_reports_agreement(tmp_path, tiny_q4_f3
                        iters=2, lr=2e-2, valid_split=0.0, targets=["q", "o"])
     report = fuse(str(tiny_q4_f32), adapter, tmp_path / "fused", verify_tokens=6)
     assert (report.format, report.layers) == ("q4-f32", 4)
-    assert 0 <= report.agreement.matched <= report.agreement.total
+    # The report against an independent count: each model's greedy replies, compared here.
+    fused_model, reference = load(tmp_path / "fused"), load(tiny_q4_f32, adapter=adapter)
+    matched = total = 0
+    for prompt in PROMPTS:
+        a = fused_model.generate(prompt, temperature=0.0, max_tokens=6).tokens
+        b = reference.generate(prompt, temperature=0.0, max_tokens=6).tokens
+        matched += sum(x == y for x, y in zip(a, b))
+        total += max(len(a), len(b))
+    assert (report.agreement.matched, report.agreement.total) == (matched, total)
+    assert total == 24  # 4 prompts x 6 tokens: no reply ended early
     config = json.loads((tmp_path / "fused" / "config.json").read_text())
     assert config["quantization"] == {"group_size": 64, "bits": 4, "mode": "affine"}
     model, _ = mlx_lm.load(str(tmp_path / "fused"))

@@ -100,13 +100,18 @@ def test_cache_reuse_prefills_only_the_new_suffix(tiny_model):
     assert cache.tokens == (prompt + second.tokens)[:cache.offset]
 
 
-def test_stats_are_consistent(tiny_model):
+def test_stats_agree_with_a_clock_outside(tiny_model):
+    import time
+
+    start = time.perf_counter()
     out = tiny_model.generate(MESSAGES, temperature=0, max_tokens=10)
+    elapsed = time.perf_counter() - start
     s = out.stats
-    assert s.prompt_tokens == len(tiny_model.encode(MESSAGES)) and s.generated_tokens == 10
-    assert s.time_to_first_token > 0 and s.decode_seconds > 0 and s.peak_memory > 0
-    assert abs(s.generation_tps - 9 / s.decode_seconds) < 1e-6
-    assert abs(s.prompt_tps - s.prefill_tokens / s.time_to_first_token) < 1e-6
+    assert s.prompt_tokens == len(tiny_model.encode(MESSAGES)) == s.prefill_tokens
+    assert s.generated_tokens == 10 and s.peak_memory > 0
+    assert 0 < s.time_to_first_token < s.time_to_first_token + s.decode_seconds <= elapsed
+    # rates over time measured inside the run: never below what the outside clock allows
+    assert s.generation_tps >= 9 / elapsed and s.prompt_tps >= s.prompt_tokens / elapsed
 
 
 def test_stats_summary_line():

@@ -60,7 +60,10 @@ def test_quantized_kv_agrees_with_full_precision(tiny_kv):
           {f"{s.bits}-bit start {s.start}": a for s, a in agreement.items()})
     assert agreement[KVSpec(8, 32)] == 1.0  # 8-bit: identical on a short prompt
     assert agreement[KVSpec(8, 32, start=16)] == 1.0
-    assert min(agreement.values()) >= 0.5
+    # 4-bit, measured on the CPU backend: 30/32 tokens (start 0) and 29/32 (start 16); one
+    # token of slack for another backend's rounding, no more.
+    assert agreement[KVSpec(4, 32)] >= 29 / 32
+    assert agreement[KVSpec(4, 32, start=16)] >= 28 / 32
 
 
 def test_prefix_cache_is_exact_while_it_holds_only_full_precision_tokens(tiny_kv):

@@ -42,7 +42,9 @@ def test_qwen3_4b_weights_and_kv_bytes_by_hand():
     # 36 layers x (k and v) x 8 kv heads x 128 dims x 2 bytes
     assert plan.kv_bytes_per_token() == 36 * 2 * 8 * 128 * 2 == 147_456
     assert plan.kv_bytes_per_token(KVSpec(8)) == 73_728 * (1 + 4 / 64) == 78_336
-    assert plan.kv_bytes_per_token(KVSpec(4)) == 73_728 * (0.5 + 4 / 64) == 41_472
+    # 36 layers x (K, V) x 8 heads x 128 dims = 73,728 numbers; 4-bit packs two a byte and
+    # each group of 64 adds a bf16 scale and bias: 73,728 x (0.5 + 4/64) bytes
+    assert plan.kv_bytes_per_token(KVSpec(4)) == 41_472
     assert plan.needed(262_144) > 37.7e9  # 256k at bf16 KV cannot fit in 16 GB
 
 
@@ -135,3 +137,24 @@ def test_plan_and_generate_on_the_command_line(tiny_q4_f32, tiny_hf):
     result = run("generate", tiny_q4_f32, "-p", "hi", "--context", "1m", "--memory", "1GB",
                  "--force", "--max-tokens", "2", "-q")
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("context, low, high", [(1024, 0.95, 1.15), (4096, 0.5, 0.8)])
+def test_the_plan_against_the_measured_peak(tiny_q4_f32, context, low, high):
+    """MLX's measured peak for a prompt that fills the context, against the plan (less the
+    runtime, which MLX does not count). Measured on the CPU backend: 1.04 of the plan at 1k
+    (the plan is close where activations dominate) and 0.63 at 4k (it is an upper bound
+    where chunk scores are budgeted at their largest)."""
+    import mlx.core as mx
+
+    import gc
+
+    model = load(tiny_q4_f32, context=context)
+    prompt = [1000 + (i * 7) % 5000 for i in range(context - 1)]
+    gc.collect()
+    mx.clear_cache()
+    others = mx.get_active_memory() - model.plan.weights  # models other tests hold
+    mx.reset_peak_memory()
+    model.generate(prompt, temperature=0, max_tokens=1)
+    ratio = (mx.get_peak_memory() - others) / (model.plan.needed(context) - RUNTIME_BYTES)
+    assert low <= ratio <= high, ratio
