@@ -29,8 +29,13 @@ if [ ! -x "$venv/bin/python" ]; then
     echo "creating $venv with $("$python" -c 'import sys; print(sys.executable, sys.version.split()[0])')" >&2
     "$python" -m venv "$venv"
 fi
-echo "installing qwen-mlx into $venv" >&2
-"$venv/bin/python" -m pip install -q --disable-pip-version-check "$here"
+# On Linux MLX needs a backend: the CPU one unless QWEN_MLX_BACKEND says cuda (or cuda13).
+extra=""
+if [ "$(uname -s)" = Linux ]; then
+    extra="[${QWEN_MLX_BACKEND:-cpu}]"
+fi
+echo "installing qwen-mlx$extra into $venv" >&2
+"$venv/bin/python" -m pip install -q --disable-pip-version-check "$here$extra"
 echo "installed: $venv/bin/qwen-mlx" >&2
 
 if [ "$#" -gt 0 ]; then

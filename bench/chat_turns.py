@@ -15,6 +15,7 @@ import json
 import random
 import statistics
 import time
+from pathlib import Path
 
 import mlx.core as mx
 
@@ -22,6 +23,7 @@ from qwen_mlx import load
 from qwen_mlx.chat import ChatSession
 
 from checkpoints import converted, parser  # noqa: E402 - bench/ is run as a script folder
+from provenance import header  # noqa: E402
 
 WORDS = ("river stone light garden window paper music morning silver forest road "
          "ocean memory letter bridge winter candle story harbor mountain").split()
@@ -47,8 +49,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=200, help="tokens per user message")
     ap.add_argument("--reply-tokens", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--model", type=Path, help="an MLX folder to use instead of a random "
+                    "checkpoint built now (bench/device_check.sh passes its 4B conversion)")
     a = ap.parse_args()
-    (folder,) = converted(a.shape, a.recipes).values()
+    (folder,) = (a.model,) if a.model else converted(a.shape, a.recipes).values()
     model = load(folder)
     reply = ChatSession(model).send("warm up")  # compile and allocate before measuring
     for _ in reply:
@@ -86,8 +90,11 @@ def main() -> None:
     print(f"turn {a.turns} / turn 2 time to first token: session x{ratio:.2f} (goal <= 1.2), "
           f"naive x{naive:.2f}")
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"settings": vars(a) | {"out": str(a.out)}, "turns": rows,
-                                 "session_ratio": ratio, "naive_ratio": naive}, indent=2) + "\n")
+    record = {**header("bench/chat_turns.py", f"medians of {a.reps} runs of the conversation; "
+                                              "the naive re-prefill after them"),
+              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
+              "turns": rows, "session_ratio": ratio, "naive_ratio": naive}
+    a.out.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

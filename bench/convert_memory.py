@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from provenance import header
+
 
 def measure(cmd: list[str]) -> dict:
     start = time.perf_counter()
@@ -64,7 +66,9 @@ def main() -> None:
                       "convert(sys.argv[1], sys.argv[2], quantize=True, q_group_size=64, "
                       "q_bits=4)", str(src), str(theirs_out)])
     print("mlx-lm  ", theirs, flush=True)
-    record = {"source_gb": round(sum(f.stat().st_size for f in src.glob("*.safetensors")) / 1e9,
+    record = {**header("bench/convert_memory.py", "one run of each converter, each in its "
+                                                "own process; peak RSS from GNU time"),
+              "source_gb": round(sum(f.stat().st_size for f in src.glob("*.safetensors")) / 1e9,
                                  2),
               "qwen_mlx": ours, "mlx_lm": theirs,
               "peak_rss_ratio": round(ours["peak_rss_mb"] / theirs["peak_rss_mb"], 3),

@@ -2,9 +2,8 @@
 
 The model class, weight loading and tokenizer are mlx-lm's, so anything ``mlx_lm.load``
 reads loads here too. What we add is the compute type: on the CPU backend (Linux, CI)
-bfloat16 is emulated and about 10x slower than float32 (q4 matvec, 4B shape: 0.051 s bf16
-vs 0.005 s float32), so float parameters are cast to float32 there. On Metal the stored
-types are kept.
+bfloat16 is emulated, several times slower than float32 (bench/README.md has the figures),
+so float parameters are cast to float32 there. On Metal the stored types are kept.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ so a context that does not fit is refused with a suggestion instead of swapping 
 a halt. The model (one per process) costs:
 
     weights                 the tensors as they sit in memory (files, cast to compute type)
-    + RUNTIME_BYTES         MLX, Python, tokenizer: measured about 0.4 GB, rounded up
+    + RUNTIME_BYTES         MLX, Python, tokenizer: a measured figure, rounded up
     + activations           one prefill chunk through one layer, plus the logits
     + attention scores      only where attention materialises them (quantized KV, CPU):
                             prefill chunks shrink at depth so that the scores stay below

@@ -78,6 +78,18 @@ def main() -> None:
     fuse, plan, bench, models."""
 
 
+def _check_backend() -> None:
+    """On Linux MLX's backend comes from an extra; without one, say which to install
+    instead of a traceback from deep inside an import."""
+    try:
+        import mlx.core  # noqa: F401
+    except ImportError as e:
+        if "libmlx" not in str(e):
+            raise
+        _fail("MLX has no backend installed: pip install 'qwen-mlx[cpu]' (or [cuda] with an "
+              "NVIDIA GPU; ./install.sh does this)")
+
+
 def _register() -> None:
     from .bench import bench
     from .chat import chat
@@ -93,4 +105,5 @@ def _register() -> None:
         main.add_command(command)
 
 
+_check_backend()
 _register()

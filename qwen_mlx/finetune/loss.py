@@ -2,7 +2,7 @@
 output layer computed slice by slice in the forward pass.
 
 mlx-lm's loss runs the 151,936-way output projection on every position of the padded batch
-and keeps all the logits for the backward pass (batch 4 x 2,048 tokens: 5 GB in float32).
+and keeps all the logits for the backward pass (a float32 151,936-wide row per token).
 Here the hidden states of the trained positions are gathered first, so prompt, template and
 padding positions never reach the output layer (on a small model that layer is most of the
 work). Then, one slice of at most ``SLICE`` rows after another, the logits, the loss and the
@@ -12,10 +12,10 @@ a linear stand-in, ``sum(h * stop_gradient(dh))``, whose gradient is ``dh``; the
 reported is the true loss. Same two matrix products per row as plain autograd, and one
 slice of logits in memory instead of all of them.
 
-The slices are chained with ``mx.depends``: left alone, MLX may evaluate them side by side
-(measured: 1.9 GB for 1,796 rows of the 151,936-way layer, against about 0.84 GB, whatever
-the row count, chained). Evaluating each slice inside the traced function instead is worse:
-under ``value_and_grad`` every evaluated slice stays referenced (6.4 GB).
+The slices are chained with ``mx.depends``: left alone, MLX may evaluate them side by side,
+so memory grows with the row count; chained, one slice's working set is all there is
+(bench/README.md, "finetune", has the measurements). Evaluating each slice inside the traced
+function instead is worse: under ``value_and_grad`` every evaluated slice stays referenced.
 """
 
 from __future__ import annotations

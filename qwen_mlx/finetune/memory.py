@@ -21,7 +21,9 @@ from .config import TrainConfig
 from .loss import SLICE
 
 ADAM_BYTES = 4 * 4  # float32 parameter, gradient, and Adam's two moments
-LOGIT_COPIES = 11  # slice-sized float32 arrays live at the loss's peak (measured, CPU)
+# Slice-sized float32 arrays alive at the loss's peak: logits, softmax, gradient and MLX's
+# temporaries; fitted to the measured peak (bench/finetune.py), not derived.
+LOGIT_COPIES = 11
 
 
 @dataclass

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# One command on whatever accelerator this machine has (Metal, an NVIDIA GPU via MLX's CUDA
+# backend, or the CPU): build the random Qwen3-4B-shaped checkpoint, convert it to q4, run
+# `qwen-mlx bench --compare mlx-lm` (prefill and decode at depths 0 and 2048) and the
+# chat-turn benchmark, and write results JSON. About 8 minutes on a GPU.
+#
+#   bash bench/device_check.sh [--quick] [--out DIR] [--python PY]
+#
+# --quick   the tiny shape and short runs (minutes on a CPU; what the test suite runs)
+# --out     where the JSON goes (default bench/results/device-<backend>)
+# --python  an interpreter that already has qwen-mlx and its [testing] extra; without it a
+#           virtual environment .venv-device is made with the right MLX backend
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0 out="" python=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) quick=1 ;;
+        --out) out=$2; shift ;;
+        --python) python=$2; shift ;;
+        *) echo "usage: bash bench/device_check.sh [--quick] [--out DIR] [--python PY]" >&2
+           exit 2 ;;
+    esac
+    shift
+done
+
+if [ "$(uname -s)" = Darwin ]; then
+    backend=metal extra="testing"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    backend=cuda extra="cuda,testing"
+else
+    backend=cpu extra="cpu,testing"
+fi
+out=${out:-bench/results/device-$backend}
+if [ -z "$python" ]; then
+    python3 -m venv .venv-device
+    .venv-device/bin/python -m pip install -q --disable-pip-version-check -e ".[$extra]"
+    python=.venv-device/bin/python
+fi
+
+if [ "$quick" = 1 ]; then
+    shape=tiny lengths=64 depths=0,64 gen=8 reps=1 turns=3 tokens=32
+else
+    shape=4b lengths=512,2048 depths=0,2048 gen=128 reps=3 turns=10 tokens=200
+fi
+work=$(mktemp -d "${TMPDIR:-/tmp}/qwen-mlx-device.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$out"
+export QWEN_MLX_HOME="$work/home" HF_HUB_OFFLINE=1
+
+echo "device check: $backend, $shape shape, results in $out" >&2
+"$python" -m qwen_mlx.testing "$work/hf" --shape "$shape" >/dev/null
+"$python" -m qwen_mlx convert "$work/hf" -o "$work/q4"
+"$python" -m qwen_mlx bench "$work/q4" --compare mlx-lm --prompt-lengths "$lengths" \
+    --depths "$depths" --gen-tokens "$gen" -n "$reps" --warmup 1 --json "$out/bench.json"
+"$python" bench/chat_turns.py --model "$work/q4" --turns "$turns" --tokens "$tokens" \
+    --reply-tokens 8 --reps "$reps" --out "$out/chat_turns.json"
+echo "wrote $out/bench.json and $out/chat_turns.json" >&2

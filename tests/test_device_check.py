@@ -1,0 +1,29 @@
+"""bench/device_check.sh, the one command a GPU machine runs, at its --quick size on the CPU:
+it builds, converts, benchmarks against mlx-lm and times chat turns, writing both JSONs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_device_check_quick_writes_both_results(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "QWEN_MLX_HOME"}
+    result = subprocess.run(["bash", "bench/device_check.sh", "--quick", "--python",
+                             sys.executable, "--out", str(tmp_path)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.splitlines()[0] == f"device check: cpu, tiny shape, results in " \
+                                            f"{tmp_path}"
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["engine"] for r in bench["results"]] == ["qwen-mlx", "mlx-lm"]
+    assert [d["depth"] for d in bench["results"][0]["decode"]] == [0, 64]
+    assert set(bench["comparisons"][0]["decode"]) == {"0", "64"}
+    turns = json.loads((tmp_path / "chat_turns.json").read_text())
+    assert turns["script"] == "bench/chat_turns.py" and len(turns["turns"]) == 3
+    assert turns["versions"]["mlx"] and turns["machine"]["cores"] >= 1
