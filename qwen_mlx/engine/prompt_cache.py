@@ -3,23 +3,23 @@
 Chat turns and API requests resend the whole conversation. ``PromptCache.reuse`` finds the
 longest common prefix between the tokens already cached and the new prompt, trims the cache
 back to it and returns the suffix that still has to be computed.
+
+mlx-lm's pieces do the work (``common_prefix_len``, ``trim_prompt_cache``, its caches). Its
+``LRUPromptCache`` is not used: it hands out a deep copy of the cache it finds, so during a
+request a conversation's cache would exist twice, where the memory plan budgets one context
+in all; our caches are moved in and out of the server's pool instead
+(:class:`qwen_mlx.serve.worker.CachePool`). Ours also keep the full-precision prefix of a
+quantized cache (:mod:`qwen_mlx.engine.kv_cache`).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from mlx_lm.models.cache import trim_prompt_cache
+from mlx_lm.utils import common_prefix_len as common_prefix
 
 from .kv_cache import KVSpec, make_cache
 
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token sequences."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+__all__ = ["PromptCache", "common_prefix"]
 
 
 class PromptCache:
@@ -44,8 +44,7 @@ class PromptCache:
         """Keep only the first ``keep`` tokens."""
         excess = self.offset - keep
         if excess > 0:
-            for layer in self.layers:
-                layer.trim(excess)
+            trim_prompt_cache(self.layers, excess)
         self.tokens = self.tokens[:keep]
 
     def reuse(self, prompt: list[int]) -> list[int]:

@@ -37,7 +37,9 @@ class Job:
 class CachePool:
     """Up to ``slots`` prompt caches, most recently used first, holding together no more
     tokens than one full context: the memory plan budgeted one context, so the pool never
-    grows past it (the least recently used caches are dropped first)."""
+    grows past it (the least recently used caches are dropped first). A cache is moved out
+    for a request and back after it, never copied (mlx-lm's LRUPromptCache copies the cache
+    it hands out, which would hold a conversation twice during its request)."""
 
     def __init__(self, model: Model, slots: int) -> None:
         self.model, self.slots = model, slots
