@@ -1,7 +1,8 @@
 """Measurement behind `qwen-mlx bench`: prefill, decode at depth, memory, and the roofline.
 
-It drives :func:`qwen_mlx.engine.generate_tokens`, the loop chat, generate and serve run,
-with the model's own KV spec and prefill-chunk policy, so the numbers are the product's.
+It drives ``Model.token_steps``, the loop under ``Model.stream`` that chat, generate and
+serve run, with the model's own KV spec and prefill-chunk policy, so the numbers are the
+product's (detokenizing aside).
 Prompts are random token ids (no tokenizer in the loop) and sampling is greedy, as in
 ``mlx_lm.benchmark`` and llama-bench.
 
@@ -28,37 +29,35 @@ from typing import Callable, Iterator
 import mlx.core as mx
 import mlx.nn as nn
 
-from .engine import KVSpec, PromptCache, SamplingParams, generate_tokens, make_sampler
+from .engine import KVSpec
 from .errors import QwenMlxError
 from .loader import dtype_of, param_bytes
-from .memory_plan import MemoryPlan, Shape, kv_bytes_per_token
-
-GREEDY = make_sampler(SamplingParams(temperature=0.0))
+from .memory_plan import Shape, kv_bytes_per_token
+from .model import Model
 
 
 @dataclass
 class Target:
-    """One thing to measure: a network with its KV spec and prefill-chunk policy."""
+    """One thing to measure: ours is a :class:`~qwen_mlx.model.Model`, run through
+    ``Model.token_steps`` (the loop under ``Model.stream``, with the model's own KV spec and
+    prefill chunking); mlx-lm's is its own load of the same folder, run through its
+    ``generate_step``."""
 
     name: str
     net: nn.Module
     config: dict
     kv: KVSpec
-    plan: MemoryPlan | None
     load_seconds: float
     context_length: int
     prefill_step: int = 512
     compute_dtype: str = ""
-    engine: str = "qwen-mlx"  # or "mlx-lm": its generate_step on its own loaded model
+    engine: str = "qwen-mlx"  # or "mlx-lm"
+    model: Model | None = None  # ours
 
     @classmethod
-    def from_model(cls, name: str, model, load_seconds: float) -> "Target":
-        return cls(name, model.net, model.config, model.kv, model.plan, load_seconds,
-                   model.context_length, model.prefill_step, model.compute_dtype)
-
-    def chunk_at(self, depth: int) -> int:
-        return self.plan.chunk_at(depth, cap=self.prefill_step) if self.plan else \
-            self.prefill_step
+    def from_model(cls, name: str, model: Model, load_seconds: float) -> "Target":
+        return cls(name, model.net, model.config, model.kv, load_seconds,
+                   model.context_length, model.prefill_step, model.compute_dtype, model=model)
 
     def steps(self, tokens: list[int], max_tokens: int) -> tuple[Iterator, list]:
         """(generator of new tokens, the cache layers it fills) for this target's engine."""
@@ -71,9 +70,8 @@ class Target:
                   "quantized_kv_start": self.kv.start} if self.kv.bits else {}
             return generate_step(mx.array(tokens), self.net, max_tokens=max_tokens,
                                  prompt_cache=layers, **kv), layers
-        cache = PromptCache(self.net, self.kv)
-        return generate_tokens(self.net, tokens, cache.layers, GREEDY, max_tokens=max_tokens,
-                               chunk_at=self.chunk_at), cache.layers
+        cache = self.model.new_cache()
+        return self.model.token_steps(tokens, cache, max_tokens=max_tokens), cache.layers
 
 
 def weights_read_per_token(net: nn.Module, config: dict) -> int:
@@ -218,9 +216,9 @@ def random_target(shape: str, recipe, *, kv: KVSpec, prefill_step: int, seed: in
     dtype_bytes = (cast or stored).size
     plan = plan_for(config, weights=param_bytes(net), compute_bytes=dtype_bytes, kv=kv,
                     prefill_step=prefill_step, memory=memory)
-    return Target(f"shape:{shape} {recipe.name} random", net, config, kv, plan,
-                  load_seconds, config["max_position_embeddings"], prefill_step,
-                  dtype_of(net))
+    model = Model(net, None, config, Path(f"shape:{shape}"), [], kv=kv, plan=plan,
+                  prefill_step=prefill_step)
+    return Target.from_model(f"shape:{shape} {recipe.name} random", model, load_seconds)
 
 
 def measure_bandwidth(megabytes: int = 256, reps: int = 5) -> float:
@@ -243,7 +241,7 @@ def mlx_lm_target(folder: Path, like: Target) -> Target:
     start = time.perf_counter()
     net, _ = mlx_lm_load(str(folder))
     mx.eval(net.parameters())
-    return Target(f"mlx-lm {like.name}", net, like.config, like.kv, None,
+    return Target(f"mlx-lm {like.name}", net, like.config, like.kv,
                   time.perf_counter() - start, like.context_length, 2048, dtype_of(net),
                   engine="mlx-lm")
 

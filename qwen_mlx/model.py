@@ -52,7 +52,9 @@ class Model:
         self.tokenizer = tokenizer
         self.config = config
         self.path = Path(path)
-        self.eos_ids = list(dict.fromkeys(eos_ids + sorted(tokenizer.eos_token_ids)))
+        # tokenizer None: a model for token ids only (bench's random weights)
+        tokenizer_eos = sorted(tokenizer.eos_token_ids) if tokenizer is not None else []
+        self.eos_ids = list(dict.fromkeys(eos_ids + tokenizer_eos))
         self.defaults = defaults
 
     @property
@@ -142,13 +144,27 @@ class Model:
             req = self.request(prompt, **request)
         if req.params.seed is not None:
             mx.random.seed(req.params.seed)
-        step = prefill_step or self.prefill_step
-        chunk_at = partial(self.plan.chunk_at, cap=step) if self.plan else None
         return engine.stream(self.net, self.tokenizer, list(req.tokens),
                              engine.make_sampler(req.params), max_tokens=req.params.max_tokens,
                              cache=self.new_cache() if cache is None else cache,
-                             eos_ids=self.eos_ids, stop=req.stop,
-                             prefill_step=step, chunk_at=chunk_at, on_prefill=on_prefill)
+                             eos_ids=self.eos_ids, stop=req.stop, on_prefill=on_prefill,
+                             **self._chunking(prefill_step))
+
+    def token_steps(self, tokens: list[int], cache: PromptCache, *, max_tokens: int,
+                    params: SamplingParams | None = None) -> Iterator[int]:
+        """The loop under :meth:`stream` without text: new token ids after ``tokens`` (which
+        ``cache`` lacks), with this model's KV spec and prefill chunking; greedy unless
+        ``params``. `qwen-mlx bench` measures this, so it measures what users run."""
+        params = params or SamplingParams(temperature=0.0)
+        return engine.generate_tokens(self.net, tokens, cache.layers,
+                                      engine.make_sampler(params), max_tokens=max_tokens,
+                                      **self._chunking(None))
+
+    def _chunking(self, prefill_step: int | None) -> dict:
+        """Prefill chunk size, shrunk at depth as the memory plan says."""
+        step = prefill_step or self.prefill_step
+        return {"prefill_step": step,
+                "chunk_at": partial(self.plan.chunk_at, cap=step) if self.plan else None}
 
     def generate(self, prompt: Prompt | list[int], **kwargs) -> Completion:
         """Like :meth:`stream`, but wait for the whole reply."""

@@ -143,3 +143,17 @@ def test_summary_by_hand():
     s = Summary.of([1.0, 3.0, 5.0])
     assert (s.mean, s.std, s.samples) == (3.0, 2.0, [1.0, 3.0, 5.0])
     assert (Summary.of([4.0]).mean, Summary.of([4.0]).std) == (4.0, 0.0)
+
+
+def test_bench_measures_the_loop_under_model_stream(tiny_model):
+    """The qwen-mlx side of bench runs the Model users load, not a copy of its engine."""
+    from qwen_mlx.benchmark import Target
+
+    target = Target.from_model("tiny", tiny_model, 0.0)
+    assert target.model is tiny_model
+    prompt = tiny_model.encode("Hello")
+    steps, layers = target.steps(prompt, 6)
+    measured = list(steps)
+    served = tiny_model.generate(prompt, temperature=0, max_tokens=6).tokens
+    assert len(measured) == 6 and measured[:len(served)] == served
+    assert layers[0].offset == len(prompt) + 5  # the last token is never fed back
