@@ -16,6 +16,7 @@ import random
 from qwen_mlx import load
 
 from checkpoints import converted, parser  # noqa: E402 - bench/ is run as a script folder
+from provenance import header  # noqa: E402
 
 SETTINGS = {"kv8": dict(kv_bits=8, kv_group_size=32), "kv4": dict(kv_bits=4, kv_group_size=32),
             "kv4-start256": dict(kv_bits=4, kv_group_size=32, kv_start=256)}
@@ -45,7 +46,9 @@ def main() -> None:
                          "first_difference": first})
             print(f"{length:>6} {name:>13}: {rows[-1]['agreement']:.3f} agree, first "
                   f"difference at {first}", flush=True)
-    a.out.write_text(json.dumps({"shape": a.shape, "recipe": a.recipes, "tokens": a.tokens,
+    a.out.write_text(json.dumps({**header("bench/kv_agreement.py", "greedy tokens, one run "
+                                          "per setting (deterministic)"),
+                                 "shape": a.shape, "recipe": a.recipes, "tokens": a.tokens,
                                  "rows": rows}, indent=1) + "\n")
 
 

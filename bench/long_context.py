@@ -20,6 +20,7 @@ import sys
 import time
 
 from checkpoints import converted, parser  # noqa: E402 - bench/ is run as a script folder
+from provenance import header  # noqa: E402
 
 SETTINGS = {"full": {}, "kv8": {"kv_bits": 8, "kv_group_size": 32},
             "kv4": {"kv_bits": 4, "kv_group_size": 32}}
@@ -80,7 +81,9 @@ def main() -> None:
              for s in SETTINGS}
     print(f"at {at['full']['context']} tokens, vs full precision: peak {ratios}, "
           f"peak above weights {above}")
-    a.out.write_text(json.dumps({"shape": a.shape, "recipe": a.recipes, "rows": rows,
+    a.out.write_text(json.dumps({**header("bench/long_context.py", "one run per setting and "
+                                          "context, each in a fresh process"),
+                                 "shape": a.shape, "recipe": a.recipes, "rows": rows,
                                  "peak_ratio_at_longest": ratios,
                                  "peak_above_weights_ratio_at_longest": above}, indent=1) + "\n")
 
