@@ -365,3 +365,60 @@ def test_cache_pool_keeps_at_most_one_context_of_tokens(model):
     reused = pool.take(list(range(450)) + [7])  # the longest common prefix wins
     assert len(reused) == 500 and [len(c) for c in pool.caches] == [400]
     assert len(pool.take([99])) == 0  # nothing shared and a slot free: a new cache
+
+
+def test_browser_safety_refuses_rebinding_and_foreign_origins(running):
+    """Any page the user visits can reach 127.0.0.1: a foreign Host (DNS rebinding) or Origin
+    is refused before anything runs; localhost pages get CORS and their preflights."""
+    url = running.url
+    port = url.rsplit(":", 1)[1]
+    ran = len(running.server.worker.finished)
+    r = httpx.get(f"{url}/v1/models", headers={"Host": f"evil.example:{port}"})
+    assert r.status_code == 403 and r.json() == {
+        "error": f"Host 'evil.example:{port}' is not this machine (DNS rebinding is refused)"}
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+        assert httpx.get(f"{url}/v1/models", headers={"Host": host}).status_code == 200
+    body = json.dumps({"model": MODEL, "max_tokens": 2,
+                       "messages": [{"role": "user", "content": "Hi"}]})
+    r = httpx.post(f"{url}/v1/chat/completions", content=body,
+                   headers={"Origin": "https://evil.example", "Content-Type": "text/plain"})
+    assert r.status_code == 403 and r.json() == {
+        "error": "origin 'https://evil.example' is not allowed (serve --allow-origin adds "
+                 "origins)"}
+    assert len(running.server.worker.finished) == ran  # no generation ran
+    r = httpx.post(f"{url}/v1/chat/completions", content=body,
+                   headers={"Origin": "http://localhost:3000",
+                            "Content-Type": "application/json"})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+    assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
+    preflight = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    r = httpx.options(f"{url}/v1/chat/completions", headers=preflight)
+    assert r.status_code == 204
+    assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert r.headers["access-control-allow-headers"] == "authorization, content-type"
+    assert "POST" in r.headers["access-control-allow-methods"]
+    r = httpx.options(f"{url}/v1/chat/completions",
+                      headers={**preflight, "Origin": "https://evil.example"})
+    assert r.status_code == 403
+
+
+def test_allowed_origins_and_an_exposed_bind_address(model):
+    from starlette.testclient import TestClient
+
+    app = create_app(Server(model, MODEL, allow_origins=("https://app.example",)))
+    with TestClient(app, base_url="http://localhost") as c:
+        r = c.get("/v1/models", headers={"Origin": "https://app.example"})
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://app.example"
+        assert c.get("/v1/models", headers={"Origin": "https://other.example"}).status_code \
+            == 403
+    anyone = create_app(Server(model, MODEL, allow_origins=("*",)))
+    with TestClient(anyone, base_url="http://localhost") as c:
+        assert c.get("/v1/models", headers={"Origin": "https://x.example"}).status_code == 200
+    # bound to every address on purpose: the Host check is off, the Origin check stays
+    exposed = create_app(Server(model, MODEL, host="0.0.0.0"))
+    with TestClient(exposed, base_url="http://my-mac.lan:11434") as c:
+        assert c.get("/v1/models").status_code == 200
+        assert c.get("/v1/models", headers={"Origin": "https://evil.example"}).status_code \
+            == 403

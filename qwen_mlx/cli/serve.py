@@ -29,11 +29,15 @@ its history prefills only the new part. Loopback only unless --host says otherwi
               help="Require 'Authorization: Bearer KEY' (or set QWEN_MLX_API_KEY).")
 @click.option("--cache-slots", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Conversations whose KV caches are kept for reuse.")
+@click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
+              help="A web origin (https://app.example) whose pages may call the server, "
+                   "beyond localhost pages; '*' allows every page. Repeatable.")
 @load_options
 @memory_options
 @force_option
 def serve(model: str | None, host: str, port: int, api_key: str | None, cache_slots: int,
-          adapter: Path | None, recipe: str, **options) -> None:
+          allow_origins: tuple[str, ...], adapter: Path | None, recipe: str,
+          **options) -> None:
     from ..hub import DEFAULT_MODEL
     from ..serve import Server, run
 
@@ -46,8 +50,11 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
         (model or DEFAULT_MODEL)
     err.print(f"serving {model_id} on http://{host}:{port} (OpenAI: /v1, Ollama: /api); "
               f"Ctrl-C stops", soft_wrap=True)
-    run(Server(llm, model_id, api_key=api_key, slots=cache_slots, progress=PrefillBar()),
-        host, port)
+    if "*" in allow_origins:
+        err.print("[yellow]--allow-origin '*': every web page you visit can use the "
+                  "model[/yellow]", soft_wrap=True)
+    run(Server(llm, model_id, api_key=api_key, slots=cache_slots, progress=PrefillBar(),
+               host=host, allow_origins=allow_origins), host, port)
 
 
 def check_port(host: str, port: int) -> None:

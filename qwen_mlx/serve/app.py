@@ -17,12 +17,14 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from . import ollama, openai
+from .guard import Guard
 from .server import RequestError, Server
 
 Handler = Callable[[Server, Request], Awaitable[Response]]
 
 
-def create_app(server: Server) -> Starlette:
+def create_app(server: Server) -> Guard:
+    """The routes, behind the browser-safety guard (:mod:`qwen_mlx.serve.guard`)."""
     def route(path: str, handler: Handler, methods: list[str], api) -> Route:
         async def endpoint(request: Request) -> Response:
             try:
@@ -43,7 +45,8 @@ def create_app(server: Server) -> Starlette:
         route("/api/chat", ollama.chat, ["POST"], ollama),
         route("/api/generate", ollama.generate, ["POST"], ollama),
     ]
-    return Starlette(routes=routes)
+    return Guard(Starlette(routes=routes), bind_host=server.host,
+                 allow_origins=tuple(server.allow_origins))
 
 
 def authorize(server: Server, request: Request) -> None:

@@ -30,6 +30,8 @@ class Server:
     api_key: str | None = None
     slots: int = 4
     progress: object = None  # prefill progress callback for long prompts (the CLI's bar)
+    host: str = "127.0.0.1"  # the address bound: on loopback, other Host headers get 403
+    allow_origins: tuple[str, ...] = ()  # web origins beyond localhost pages ("*": any)
     started: float = field(default_factory=time.time)
     worker: Worker = field(init=False)
 
