@@ -29,6 +29,8 @@ its history prefills only the new part. Loopback only unless --host says otherwi
               help="Require 'Authorization: Bearer KEY' (or set QWEN_MLX_API_KEY).")
 @click.option("--cache-slots", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Conversations whose KV caches are kept for reuse.")
+@click.option("--max-body", default="8MB", show_default=True,
+              help="Largest request body; larger ones get 413 before they are parsed.")
 @click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
               help="A web origin (https://app.example) whose pages may call the server, "
                    "beyond localhost pages; '*' allows every page. Repeatable.")
@@ -36,11 +38,14 @@ its history prefills only the new part. Loopback only unless --host says otherwi
 @memory_options
 @force_option
 def serve(model: str | None, host: str, port: int, api_key: str | None, cache_slots: int,
-          allow_origins: tuple[str, ...], adapter: Path | None, recipe: str,
+          max_body: str, allow_origins: tuple[str, ...], adapter: Path | None, recipe: str,
           **options) -> None:
     from ..hub import DEFAULT_MODEL
     from ..serve import Server, run
 
+    from ..machine import parse_bytes
+
+    body_limit = parse_bytes(max_body)  # one-line error on a bad size
     check_port(host, port)  # before minutes of loading, not after
     if host not in LOOPBACK and not api_key:
         err.print(f"[yellow]serving on {host} without --api-key: anyone who can reach this "
@@ -54,7 +59,7 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
         err.print("[yellow]--allow-origin '*': every web page you visit can use the "
                   "model[/yellow]", soft_wrap=True)
     run(Server(llm, model_id, api_key=api_key, slots=cache_slots, progress=PrefillBar(),
-               host=host, allow_origins=allow_origins), host, port)
+               host=host, allow_origins=allow_origins, max_body=body_limit), host, port)
 
 
 def check_port(host: str, port: int) -> None:

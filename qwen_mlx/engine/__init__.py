@@ -6,5 +6,5 @@ from .prompt_cache import PromptCache
 from .request import Request
 from .sampling import SamplingParams, make_sampler
 
-__all__ = ["KVSpec", "Piece", "PromptCache", "Request", "SamplingParams", "Stats", "generate_tokens",
-           "make_sampler", "stream"]
+__all__ = ["KVSpec", "Piece", "PromptCache", "Request", "SamplingParams", "Stats",
+           "generate_tokens", "make_sampler", "stream"]

@@ -37,6 +37,8 @@ class SamplingParams:
             raise QwenMlxError("min_p must be in [0, 1)")
         if self.max_tokens < 1:
             raise QwenMlxError("max_tokens must be >= 1")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise QwenMlxError("seed must be a whole number from 0 to 2^64-1")
 
     def override(self, **values) -> "SamplingParams":
         """A copy with every value that is not None replaced."""

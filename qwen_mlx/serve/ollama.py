@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .. import __version__
 from .openai import read_json
-from .server import Outcome, RequestError, Server, number, stop_list
+from .server import Outcome, RequestError, Server, flag, number, refuse_unsupported, stop_list
 
 
 def error(e: RequestError) -> JSONResponse:
@@ -23,10 +23,30 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+CHAT_FIELDS = {"model", "messages", "stream", "options", "tools", "keep_alive"}
+GENERATE_FIELDS = {"model", "prompt", "system", "stream", "options", "raw", "keep_alive"}
+# Fields holding their "off" value are accepted: a client's defaults are not requests.
+NO_OPS = {"format": lambda v: v in (None, ""), "images": lambda v: v in (None, []),
+          "think": lambda v: v in (None, False), "template": lambda v: v in (None, ""),
+          "context": lambda v: v in (None, []), "suffix": lambda v: v in (None, "")}
+OPTIONS = {"temperature", "top_p", "top_k", "min_p", "seed", "num_predict", "num_ctx", "stop"}
+
+
 def validated(server: Server, body: dict, tokens: list[int]):
     """The engine's request from a prompt and Ollama's ``options``."""
     sampling, stop, num_ctx = options(body)
     return server.request(tokens, sampling, stop, num_ctx)
+
+
+def check_fields(body: dict, supported: set[str]) -> None:
+    """Everything Ollama's body may say that we do not do is refused by name."""
+    refuse_unsupported(body, supported, NO_OPS)
+    keep = body.get("keep_alive")
+    if keep in (0, "0", "0s", "0m"):
+        raise RequestError(400, "'keep_alive' 0 (unload) is not supported: qwen-mlx keeps "
+                                "its one model loaded until it stops")
+    flag(body, "stream", True)
+    flag(body, "raw")
 
 
 def options(body: dict) -> tuple[dict, list[str], int | None]:
@@ -34,12 +54,14 @@ def options(body: dict) -> tuple[dict, list[str], int | None]:
     opts = body.get("options") or {}
     if not isinstance(opts, dict):
         raise RequestError(400, "'options' must be an object")
+    refuse_unsupported(opts, OPTIONS, {}, prefix="options.")
     predict = number(opts, "num_predict", int)
+    seed = number(opts, "seed", int, high=2**64 - 1)
     out = {"temperature": number(opts, "temperature", low=0),
            "top_p": number(opts, "top_p", low=0, high=1),
            "top_k": number(opts, "top_k", int, low=0),
            "min_p": number(opts, "min_p", low=0, high=1),
-           "seed": number(opts, "seed", int),
+           "seed": seed if seed is None or seed >= 0 else None,  # Ollama's -1: random
            "max_tokens": predict if predict and predict > 0 else None}  # -1: until the end
     return ({k: v for k, v in out.items() if v is not None}, stop_list(opts.get("stop")),
             number(opts, "num_ctx", int, low=1))
@@ -71,7 +93,7 @@ async def respond(server: Server, body: dict, req, started: float, *,
             message["tool_calls"] = ollama_calls(calls)
         return message
 
-    if not body.get("stream", True):
+    if not flag(body, "stream", True):
         out = await server.complete(req, tools=tools)
         return JSONResponse(final(server, out.stats, started, **{key: payload(out.text,
                                                                               out.calls)}))
@@ -94,8 +116,9 @@ async def respond(server: Server, body: dict, req, started: float, *,
 
 async def chat(server: Server, request: Request) -> Response:
     started = time.perf_counter()
-    body = await read_json(request)
+    body = await read_json(request, server.max_body)
     server.check_model(body.get("model"))
+    check_fields(body, CHAT_FIELDS)
     req = validated(server, body, server.encode_chat(body.get("messages"), body.get("tools")))
     return await respond(server, body, req, started, key="message",
                          tools=bool(body.get("tools")))
@@ -103,13 +126,16 @@ async def chat(server: Server, request: Request) -> Response:
 
 async def generate(server: Server, request: Request) -> Response:
     started = time.perf_counter()
-    body = await read_json(request)
+    body = await read_json(request, server.max_body)
     server.check_model(body.get("model"))
+    check_fields(body, GENERATE_FIELDS)
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise RequestError(400, "'prompt' must be non-empty text")
     system = body.get("system")
-    tokens = server.encode_text(prompt, raw=bool(body.get("raw")),
+    if system is not None and not isinstance(system, str):
+        raise RequestError(400, "'system' must be text")
+    tokens = server.encode_text(prompt, raw=flag(body, "raw"),
                                 system=system if isinstance(system, str) else None)
     return await respond(server, body, validated(server, body, tokens), started,
                          key="response", tools=False)
@@ -141,7 +167,7 @@ async def tags(server: Server, request: Request) -> JSONResponse:
 
 
 async def show(server: Server, request: Request) -> JSONResponse:
-    body = await read_json(request)
+    body = await read_json(request, server.max_body)
     server.check_model(body.get("model") or body.get("name"))
     config = server.model.config
     d = server.model.defaults

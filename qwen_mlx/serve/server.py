@@ -3,6 +3,7 @@ generation call that turns messages into pieces through the worker."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -32,6 +33,7 @@ class Server:
     progress: object = None  # prefill progress callback for long prompts (the CLI's bar)
     host: str = "127.0.0.1"  # the address bound: on loopback, other Host headers get 403
     allow_origins: tuple[str, ...] = ()  # web origins beyond localhost pages ("*": any)
+    max_body: int = 8 << 20  # request bytes; more is a 413, before parsing
     started: float = field(default_factory=time.time)
     worker: Worker = field(init=False)
 
@@ -123,29 +125,76 @@ class Outcome:
     stats: Stats
 
 
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
 def normalize_message(m, index: int) -> dict:
     """A chat message as the template wants it: text content (OpenAI content parts joined),
-    tool-call arguments as objects."""
-    if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
-        raise RequestError(400, f"messages[{index}] needs a role of system, user, assistant "
+    tool-call arguments as objects; OpenAI's ``developer`` role is the system prompt. What
+    the model cannot take (an image part) is refused, not dropped."""
+    where = f"messages[{index}]"
+    if not isinstance(m, dict) or m.get("role") not in ROLES:
+        raise RequestError(400, f"{where} needs a role of system, developer, user, assistant "
                                 f"or tool", param="messages")
     content = m.get("content")
-    if isinstance(content, list):  # OpenAI content parts: keep the text ones
-        content = "".join(p.get("text", "") for p in content
-                          if isinstance(p, dict) and p.get("type") == "text")
+    if isinstance(content, list):  # OpenAI content parts
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or \
+                    not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise RequestError(400, f"{where}.content: only text parts are supported, "
+                                        f"not {kind!r}", param="messages")
+            texts.append(part["text"])
+        content = "".join(texts)
     if content is None:
         content = ""
     if not isinstance(content, str):
-        raise RequestError(400, f"messages[{index}].content must be text", param="messages")
-    out = {"role": m["role"], "content": content}
-    calls = []
-    for call in m.get("tool_calls") or []:
-        fn = call.get("function", call) if isinstance(call, dict) else {}
-        calls.append({"function": {"name": fn.get("name", ""),
-                                   "arguments": tool_calls.as_object(fn.get("arguments", {}))}})
-    if calls:
-        out["tool_calls"] = calls
+        raise RequestError(400, f"{where}.content must be text", param="messages")
+    if m.get("images"):
+        raise RequestError(400, f"{where}.images: images are not supported (a text model)",
+                           param="messages")
+    out = {"role": "system" if m["role"] == "developer" else m["role"], "content": content}
+    calls = m.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise RequestError(400, f"{where}.tool_calls must be a list", param="messages")
+    out_calls = []
+    for call in calls:
+        fn = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise RequestError(400, f"{where}.tool_calls: each needs a function with a name",
+                               param="messages")
+        out_calls.append({"function": {"name": fn["name"], "arguments":
+                                       tool_calls.as_object(fn.get("arguments", {}))}})
+    if out_calls:
+        out["tool_calls"] = out_calls
     return out
+
+
+def _finite(value: int | float) -> bool:
+    return isinstance(value, int) or math.isfinite(value)  # ints are exact, however large
+
+
+def refuse_unsupported(body: dict, supported: set[str], no_ops: dict, *,
+                       prefix: str = "") -> None:
+    """Nothing silently ignored: a field we do not implement is a 400 that names it, unless
+    it holds the value that means "off" (``no_ops[name](value)`` is true), as clients that
+    send their defaults do (``presence_penalty: 0``, ``logprobs: false``)."""
+    for name, value in body.items():
+        if name in supported or (name in no_ops and no_ops[name](value)):
+            continue
+        raise RequestError(400, f"'{prefix}{name}' is not supported by qwen-mlx",
+                           param=prefix + name)
+
+
+def flag(body: dict, key: str, default: bool = False) -> bool:
+    """An optional boolean field: true or false, nothing else."""
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise RequestError(400, f"'{key}' must be true or false", param=key)
+    return value
 
 
 def stop_list(value) -> list[str]:
@@ -164,8 +213,9 @@ def number(body: dict, key: str, kind=float, *, low=None, high=None):
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            (kind is int and float(value) != int(value)):
-        raise RequestError(400, f"'{key}' must be a number", param=key)
+            not _finite(value) or (kind is int and value != int(value)):
+        raise RequestError(400, f"'{key}' must be a {'whole ' if kind is int else ''}number",
+                           param=key)
     value = kind(value)
     if (low is not None and value < low) or (high is not None and value > high):
         raise RequestError(400, f"'{key}' is out of range", param=key)
