@@ -98,3 +98,25 @@ def tiny_kv(tmp_path_factory, tokenizer_bytes) -> Path:
     out = tmp_path_factory.mktemp("conv") / "tiny-kv-q4-f32"
     convert(hf, out, Recipe(dtype="float32"))
     return out
+
+
+# -- qwen-mlx serve (test_serve.py, test_serve_safety.py): one server per test module ------
+
+@pytest.fixture(scope="module")
+def model(tiny_q4_f32):
+    """The tiny model with a 1,024-token context, as the serve tests load it."""
+    from qwen_mlx import load
+
+    return load(tiny_q4_f32, context=1024)
+
+
+@pytest.fixture(scope="module")
+def running(model):
+    """The model served on a free loopback port (``.url``), stopped after the module."""
+    from qwen_mlx.serve import Server
+
+    from .serving import MODEL, Running
+
+    r = Running(Server(model, MODEL))
+    yield r
+    r.stop()

@@ -1,0 +1,39 @@
+"""A qwen-mlx server on a loopback port for the serve tests: a uvicorn thread (the
+``model`` and ``running`` fixtures in conftest.py start one per test module)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import uvicorn
+
+from qwen_mlx.serve import Server, create_app
+
+MODEL = "tiny-qwen3"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    """A uvicorn server in a thread."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.port = free_port()
+        self.uvicorn = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1",
+                                                     port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
+        self.thread.start()
+        while not self.uvicorn.started:
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.uvicorn.should_exit = True
+        self.thread.join(10)
