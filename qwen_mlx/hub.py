@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -184,8 +184,7 @@ def resolve(text: str | None, recipe: Recipe = DEFAULT, convert: ConvertFn | Non
         source = arg.folder if arg.folder is not None else _config_only(arg.repo_id)
         spec = ModelSpec.of_folder(source, arg.display, recipe)
         mlx_repo = arg.folder is None and is_mlx_folder(source)
-        return spec if mlx_repo else ModelSpec(spec.name, spec.config, recipe, None,
-                                               spec.generation_config)
+        return spec if mlx_repo else replace(spec, folder=None, recipe=recipe)
     source = source_folder(arg)
     if arg.folder is None and is_mlx_folder(source):
         return ModelSpec.of_folder(source, arg.display)  # an MLX repo: nothing to convert

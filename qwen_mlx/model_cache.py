@@ -124,10 +124,11 @@ def remove_empty_folders() -> None:
             folder.rmdir()
 
 
-def orphans() -> list[CachedModel]:
+def orphans(models: list[CachedModel] | None = None) -> list[CachedModel]:
     """Conversions that cannot be used again as they are: their local source is gone, or
-    they were never completed."""
-    return [m for m in list_models() if m.orphaned or not m.complete]
+    they were never completed (of ``models``, or of the whole cache)."""
+    return [m for m in (list_models() if models is None else models)
+            if m.orphaned or not m.complete]
 
 
 # -- the Hugging Face cache -------------------------------------------------------------------

@@ -68,8 +68,8 @@ def list_command(as_json: bool = False) -> None:
                  (m.revision or "")[:12], _when(m.last_used), str(m.path)] for m in found]
         _table(f"converted models ({_size(sum(m.nbytes for m in found))})",
                ["model", "recipe", "size", "revision", "last used", "path"], rows)
-    leftover = model_cache.orphans()
-    if stale or any(not m.complete or m.orphaned for m in leftover):
+    leftover = model_cache.orphans(found)  # the list above: no second walk of the cache
+    if stale or leftover:
         total = sum(x.nbytes for x in stale) + sum(m.nbytes for m in leftover)
         err.print(f"{len(stale)} leftovers of interrupted runs and {len(leftover)} orphaned "
                   f"conversions hold {_size(total)}: `qwen-mlx models prune` removes them",

@@ -45,8 +45,6 @@ def check_fields(body: dict, supported: set[str]) -> None:
     if keep in (0, "0", "0s", "0m"):
         raise RequestError(400, "'keep_alive' 0 (unload) is not supported: qwen-mlx keeps "
                                 "its one model loaded until it stops")
-    flag(body, "stream", True)
-    flag(body, "raw")
 
 
 def options(body: dict) -> tuple[dict, list[str], int | None]:
