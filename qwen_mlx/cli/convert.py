@@ -12,7 +12,7 @@ from ..errors import QwenMlxError
 from ..outputs import check_target
 from ..recipes import Recipe
 from .console import convert_with_progress
-from .options import MODEL_HELP, model_argument
+from .options import MODEL_HELP, given, model_argument
 
 PRESETS = {"q4": 4, "q8": 8, "no_quantize": None}
 
@@ -53,8 +53,7 @@ def convert(model: str | None, q4: bool, q8: bool, no_quantize: bool, bits: int 
             group_size: str, dtype: str, output: Path | None, force: bool) -> None:
     recipe = recipe_from_flags({"q4": q4, "q8": q8, "no_quantize": no_quantize}, bits,
                                int(group_size), dtype)
-    if recipe.bits is None and click.get_current_context().get_parameter_source(
-            "group_size") == click.core.ParameterSource.COMMANDLINE:
+    if recipe.bits is None and given("group_size"):
         raise QwenMlxError("--group-size needs quantized weights; drop --no-quantize or it")
     spec = hub.parse_arg(model)
     if spec.folder is not None and is_mlx_folder(spec.folder):
