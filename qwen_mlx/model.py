@@ -13,11 +13,10 @@ from functools import partial
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
-import mlx.core as mx
-
 from . import engine
 from .engine import KVSpec, Piece, PromptCache, SamplingParams, Stats
 from .engine.request import Request
+from .engine.sampling import make_processors
 from .errors import ContextExceeded, QwenMlxError
 from .loader import dtype_of
 from .model_spec import positions
@@ -111,9 +110,10 @@ class Model:
                 **sampling) -> Request:
         """Validate one generation into a :class:`Request`: the prompt rendered (text,
         messages, or token ids), ``sampling`` over the model's defaults (temperature, top_p,
-        top_k, min_p, seed, max_tokens) and the reply fitted into the context (``context``
-        caps it further: a chat's --max-context, an Ollama client's num_ctx). This is the one
-        place the context budget is worked out; a bad value is a QwenMlxError here."""
+        top_k, min_p, seed, max_tokens, the penalties) and the reply fitted into the context
+        (``context`` caps it further: a chat's --max-context, an Ollama client's num_ctx).
+        This is the one place the context budget is worked out; a bad value is a
+        QwenMlxError here."""
         params = self.defaults.override(**sampling)
         if any(not isinstance(s, str) or not s for s in stop):
             raise QwenMlxError("a stop string must be non-empty text")
@@ -133,21 +133,21 @@ class Model:
     def stream(self, prompt: Prompt | list[int] | Request, *,
                cache: PromptCache | None = None,
                on_prefill: engine.generate.PrefillProgress | None = None,
-               prefill_step: int | None = None, **request) -> Iterator[Piece]:
+               prefill_step: int | None = None, cut=None, **request) -> Iterator[Piece]:
         """Stream the reply to a :class:`Request`, or to a prompt with :meth:`request`'s
-        keyword arguments. The last piece carries :class:`Stats`."""
+        keyword arguments. The last piece carries :class:`Stats`; ``cut()``, asked after each
+        token, ends the reply early as "length"."""
         if isinstance(prompt, Request):
             if request:
                 raise TypeError(f"a Request is already validated; drop {', '.join(request)}")
             req = prompt
         else:
             req = self.request(prompt, **request)
-        if req.params.seed is not None:
-            mx.random.seed(req.params.seed)
         return engine.stream(self.net, self.tokenizer, list(req.tokens),
                              engine.make_sampler(req.params), max_tokens=req.params.max_tokens,
                              cache=self.new_cache() if cache is None else cache,
                              eos_ids=self.eos_ids, stop=req.stop, on_prefill=on_prefill,
+                             processors=make_processors(req.params), cut=cut,
                              **self._chunking(prefill_step))
 
     def token_steps(self, tokens: list[int], cache: PromptCache, *, max_tokens: int,

@@ -37,3 +37,4 @@ class Running:
     def stop(self) -> None:
         self.uvicorn.should_exit = True
         self.thread.join(10)
+        self.server.worker.close()

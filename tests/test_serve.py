@@ -126,7 +126,7 @@ CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</t
 @pytest.mark.parametrize("stream", [False, True])
 def test_openai_tool_call_round_trip(model, stream):
     scripted = Scripted(model, ["Let me check.\n" + CALL, "It is 3 degrees in Oslo."])
-    running = Running(Server(scripted, MODEL))
+    running = Running(Server(scripted, MODEL, parallel=1))  # scripted: the lone engine
     try:
         client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0)
         messages = [{"role": "user", "content": "Weather in Oslo?"}]
@@ -163,7 +163,7 @@ def test_openai_tool_call_round_trip(model, stream):
 
 def test_ollama_tool_call(model):
     scripted = Scripted(model, [CALL])
-    running = Running(Server(scripted, MODEL))
+    running = Running(Server(scripted, MODEL, parallel=1))  # scripted: the lone engine
     try:
         r = ollama.Client(host=running.url).chat(
             model=MODEL, messages=[{"role": "user", "content": "Weather in Oslo?"}],
@@ -314,10 +314,10 @@ def test_serve_command_refuses_a_taken_port(tiny_q4_f32):
     assert result.output.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
 
 
-def test_cache_pool_keeps_at_most_one_context_of_tokens(model):
+def test_cache_pool_keeps_its_token_budget(model):
     from qwen_mlx.serve.worker import CachePool
 
-    pool = CachePool(model, slots=3)  # the model's context is 1024
+    pool = CachePool(model, slots=3, budget=1024)
     for n in (300, 400, 500):
         cache = model.new_cache()
         cache.tokens = list(range(n))
@@ -325,4 +325,6 @@ def test_cache_pool_keeps_at_most_one_context_of_tokens(model):
     assert [len(c) for c in pool.caches] == [500, 400]  # 300 more would pass 1024
     reused = pool.take(list(range(450)) + [7])  # the longest common prefix wins
     assert len(reused) == 500 and [len(c) for c in pool.caches] == [400]
-    assert len(pool.take([99])) == 0  # nothing shared and a slot free: a new cache
+    assert len(pool.take([99])) == 0  # nothing shared: a new cache
+    pool.shrink(300)  # room for a batch: the least recently used go first
+    assert pool.caches == []

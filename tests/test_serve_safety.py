@@ -84,6 +84,7 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
                       "messages": [{"role": "user", "content": "Hi"}]},
         "/api/generate": {"model": MODEL, "prompt": "Hi", "stream": False,
                           "options": {"num_predict": 1}},
+        "/v1/completions": {"model": MODEL, "prompt": "Hi", "max_tokens": 1},
     }
     deep = '{"a": ' * 5_000 + "null" + "}" * 5_000  # spliced in as text: too deep to dump
     values = [None, True, False, "", "yes", "x" * 100_000, -1, 0, 1, 0.5, 2**64, -2**70,
@@ -94,10 +95,12 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
     fields = ["model", "messages", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
               "stream", "stream_options", "n", "tools", "tool_choice", "presence_penalty",
               "logprobs", "response_format", "options", "prompt", "system", "raw", "format",
-              "keep_alive", "images", "unknown_field"]
-    option_keys = ["temperature", "top_p", "seed", "num_ctx", "stop", "repeat_penalty", "x"]
+              "keep_alive", "images", "unknown_field", "top_logprobs", "frequency_penalty",
+              "echo", "max_tokens"]
+    option_keys = ["temperature", "top_p", "seed", "num_ctx", "stop", "repeat_penalty", "x",
+                   "presence_penalty", "repeat_last_n"]
     statuses = []
-    for i in range(240):
+    for i in range(300):
         path, base = rng.choice(list(bases.items()))
         body = json.loads(json.dumps(base))
         for _ in range(rng.randint(1, 3)):
@@ -131,22 +134,25 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
 def test_unsupported_fields_are_refused_by_name_and_no_ops_accepted(running):
     url = running.url
     base = {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]}
-    for field, value in (("presence_penalty", 0.5), ("logprobs", True),
+    for field, value in (("logit_bias", {"15": 3}), ("parallel_tool_calls", False),
                          ("response_format", {"type": "json_object"}), ("foo", 1)):
         r = httpx.post(f"{url}/v1/chat/completions", json={**base, field: value})
         assert r.status_code == 400 and r.json()["error"]["message"] == \
             f"'{field}' is not supported by qwen-mlx" and r.json()["error"]["param"] == field
     r = httpx.post(f"{url}/v1/chat/completions", json={
-        **base, "presence_penalty": 0, "frequency_penalty": 0, "logprobs": False, "n": None,
+        **base, "logit_bias": {}, "parallel_tool_calls": True, "logprobs": False, "n": None,
         "response_format": {"type": "text"}, "tool_choice": "none", "user": "u1",
         "messages": [{"role": "developer", "content": "Be brief."},
                      {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]})
     assert r.status_code == 200, r.text
     r = httpx.post(f"{url}/api/chat", json={"model": MODEL, "stream": False,
                                             "messages": [{"role": "user", "content": "x"}],
-                                            "options": {"repeat_penalty": 1.1}})
+                                            "options": {"mirostat": 2}})
     assert r.status_code == 400 and r.json() == {
-        "error": "'options.repeat_penalty' is not supported by qwen-mlx"}
+        "error": "'options.mirostat' is not supported by qwen-mlx"}
+    r = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "x", "echo": True})
+    assert r.status_code == 400 and r.json()["error"]["message"] == \
+        "'echo' is not supported by qwen-mlx"
     r = httpx.post(f"{url}/api/generate", json={"model": MODEL, "prompt": "x", "stream": False,
                                                 "format": "json"})
     assert r.status_code == 400 and r.json() == {"error": "'format' is not supported by "

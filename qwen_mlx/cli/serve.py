@@ -15,10 +15,11 @@ from .options import (MODEL_HELP, force_option, load_options, memory_kwargs, mem
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-@click.command(help=f"""Serve MODEL over HTTP: OpenAI's /v1/chat/completions and /v1/models,
-Ollama's /api/chat, /api/generate, /api/tags, /api/show and /api/version. Requests run one at
-a time on one engine; the KV caches of recent conversations are kept, so a client that resends
-its history prefills only the new part. Loopback only unless --host says otherwise.
+@click.command(help=f"""Serve MODEL over HTTP: OpenAI's /v1/chat/completions, /v1/completions
+and /v1/models, Ollama's /api/chat, /api/generate, /api/tags, /api/ps, /api/show and
+/api/version, and /health. Concurrent requests are decoded together (continuous batching, up to
+--parallel); the KV caches of recent conversations are kept, so a client that resends its
+history prefills only the new part. Loopback only unless --host says otherwise.
 {MODEL_HELP}""")
 @model_argument
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -29,8 +30,20 @@ its history prefills only the new part. Loopback only unless --host says otherwi
               help="Require 'Authorization: Bearer KEY' (or set QWEN_MLX_API_KEY).")
 @click.option("--cache-slots", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Conversations whose KV caches are kept for reuse.")
+@click.option("--parallel", type=click.IntRange(1, 64), default=None,
+              help="Most requests decoded at once [default: from the memory plan, 1 to 8; "
+                   "1 with --kv-bits].")
 @click.option("--max-body", default="8MB", show_default=True,
               help="Largest request body; larger ones get 413 before they are parsed.")
+@click.option("--request-timeout", type=click.FloatRange(0, min_open=True), default=None,
+              metavar="SECONDS", help="Longest one request may generate; it then ends with "
+                                      "finish_reason 'length' [default: no limit].")
+@click.option("--idle-timeout", type=click.FloatRange(0, min_open=True), default=5.0,
+              show_default=True, metavar="SECONDS",
+              help="Close a keep-alive connection idle this long.")
+@click.option("--shutdown-timeout", type=click.FloatRange(0), default=10.0, show_default=True,
+              metavar="SECONDS", help="On SIGINT/SIGTERM, how long running replies may "
+                                      "finish before they are cut; a second signal stops now.")
 @click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
               help="A web origin (https://app.example) whose pages may call the server, "
                    "beyond localhost pages; '*' allows every page. Repeatable.")
@@ -38,8 +51,9 @@ its history prefills only the new part. Loopback only unless --host says otherwi
 @memory_options
 @force_option
 def serve(model: str | None, host: str, port: int, api_key: str | None, cache_slots: int,
-          max_body: str, allow_origins: tuple[str, ...], adapter: Path | None, recipe: str,
-          **options) -> None:
+          parallel: int | None, max_body: str, request_timeout: float | None,
+          idle_timeout: float, shutdown_timeout: float, allow_origins: tuple[str, ...],
+          adapter: Path | None, recipe: str, **options) -> None:
     from ..hub import DEFAULT_MODEL
     from ..serve import Server, run
 
@@ -50,16 +64,22 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
     if host not in LOOPBACK and not api_key:
         err.print(f"[yellow]serving on {host} without --api-key: anyone who can reach this "
                   f"machine can use the model[/yellow]", soft_wrap=True)
-    llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
+    kwargs = memory_kwargs(options)
+    if parallel and parallel > 1 and kwargs.get("kv_bits"):
+        raise QwenMlxError("--parallel needs full-precision KV: quantized KV caches cannot "
+                           "be batched (drop --kv-bits or --parallel)")
+    llm = open_model(model, recipe=recipe, adapter=adapter, **kwargs)
     model_id = Path(model).name if model and Path(model).expanduser().is_dir() else \
         (model or DEFAULT_MODEL)
-    err.print(f"serving {model_id} on http://{host}:{port} (OpenAI: /v1, Ollama: /api); "
-              f"Ctrl-C stops", soft_wrap=True)
+    server = Server(llm, model_id, api_key=api_key, slots=cache_slots, progress=PrefillBar(),
+                    host=host, allow_origins=allow_origins, max_body=body_limit,
+                    parallel=parallel, time_limit=request_timeout)
+    err.print(f"serving {model_id} on http://{host}:{port} (OpenAI: /v1, Ollama: /api), "
+              f"{server.worker.parallel} at a time; Ctrl-C stops", soft_wrap=True)
     if "*" in allow_origins:
         err.print("[yellow]--allow-origin '*': every web page you visit can use the "
                   "model[/yellow]", soft_wrap=True)
-    run(Server(llm, model_id, api_key=api_key, slots=cache_slots, progress=PrefillBar(),
-               host=host, allow_origins=allow_origins, max_body=body_limit), host, port)
+    run(server, host, port, shutdown_timeout=shutdown_timeout, idle_timeout=idle_timeout)
 
 
 def check_port(host: str, port: int) -> None:

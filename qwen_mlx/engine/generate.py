@@ -5,8 +5,10 @@ Two layers, both plain generators:
 * :func:`generate_tokens` turns prompt ids into new ids: chunked prefill, then a decode loop
   that queues step n+1 on the device before handing token n to the caller (the caller's
   detokenizing and printing overlaps the model's compute, as in mlx-lm's generate_step).
-* :func:`stream` turns ids into text pieces: streaming detokenization that never splits a
-  UTF-8 character, eos and stop-string handling, and the statistics of the run.
+* :func:`stream` turns ids into text pieces through a :class:`Reply`: streaming
+  detokenization that never splits a UTF-8 character, eos and stop-string handling, and the
+  statistics of the run. The server's batch (:mod:`qwen_mlx.engine.batch`) keeps one
+  :class:`Reply` per sequence, so batched and lone replies are cut and counted alike.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import mlx.core as mx
 
 from . import mlx_lm_seam as seam
 from .prompt_cache import PromptCache
-from .sampling import Sampler
+from .sampling import Processor, Sampler
 
 PrefillProgress = Callable[[int, int], None]  # (tokens done, tokens total)
 ChunkPolicy = Callable[[int], int]  # cache depth -> rows to prefill in the next chunk
@@ -29,9 +31,12 @@ PREFILL_STEP = 512
 def generate_tokens(model, tokens: list[int], cache: list, sampler: Sampler, *,
                     max_tokens: int, prefill_step: int = PREFILL_STEP,
                     chunk_at: ChunkPolicy | None = None,
-                    on_prefill: PrefillProgress | None = None) -> Iterator[int]:
+                    on_prefill: PrefillProgress | None = None,
+                    processors: list[Processor] = (), history: list[int] = ()) -> Iterator[int]:
     """Yield up to ``max_tokens`` new token ids after ``tokens`` (which the cache lacks).
 
+    ``processors`` (penalties) see the recent tokens: ``history`` (what the cache already
+    holds), then ``tokens``, then each new token.
     The prompt is prefilled ``prefill_step`` rows at a time, or as ``chunk_at(depth)`` says
     (the memory plan shrinks chunks deep in a long context, where attention scores grow).
     Each yielded token has been fed to the cache unless it is the last one allowed. On
@@ -50,12 +55,20 @@ def generate_tokens(model, tokens: list[int], cache: list, sampler: Sampler, *,
             if on_prefill:
                 on_prefill(done, total)
 
-        def step(inputs: mx.array) -> mx.array:
+        recent = mx.array(list(history) + list(tokens), dtype=mx.uint32)
+
+        def step(inputs: mx.array, new: bool = True) -> mx.array:
+            nonlocal recent
             with seam.on(stream):
                 logits = model(inputs[None], cache=cache)[:, -1, :]
+                if processors:
+                    if new:  # a decode step: the token just made joins the recent ones
+                        recent = mx.concatenate([recent, inputs])[-1024:]
+                    for process in processors:
+                        logits = process(recent, logits)
                 return sampler(logits)
 
-        y = step(prompt[done:])
+        y = step(prompt[done:], new=False)
         mx.async_eval(y)
         for n in range(1, max_tokens + 1):
             if n < max_tokens:
@@ -115,6 +128,8 @@ class Piece:
     tokens: list[int] = field(default_factory=list)
     stats: Stats | None = None
     notice: str | None = None
+    logprob: float | None = None  # of the token, when the request asked (serve's batch)
+    top_logprobs: list[tuple[int, float]] | None = None  # the likeliest alternatives
 
 
 class StopStrings:
@@ -140,55 +155,87 @@ class StopStrings:
         return text
 
 
+class Reply:
+    """One sequence's new tokens turned into its reply: text pieces, where it stops, stats.
+
+    Feed it every token the model makes (:meth:`add`) until :attr:`done`, then take the last
+    piece from :meth:`finish`. The clock starts when the reply is made (the request began).
+    """
+
+    def __init__(self, tokenizer, *, prompt_tokens: int, cached_tokens: int,
+                 eos_ids: Iterable[int] = (), stop: Iterable[str] = ()) -> None:
+        self.stats = Stats(prompt_tokens=prompt_tokens, prefill_tokens=prompt_tokens - cached_tokens,
+                           cached_tokens=cached_tokens, finish_reason="length")
+        self.eos = set(eos_ids)
+        self.stops = StopStrings(stop)
+        self.detok = seam.detokenizer(tokenizer)
+        self.generated: list[int] = []
+        self.done = False
+        self.start = self.first = time.perf_counter()
+
+    def add(self, token: int, **extra) -> Piece | None:
+        """The piece for one new token (None for an eos, which shows nothing); ``extra``
+        goes into the piece (its log-probabilities)."""
+        if not self.generated:
+            self.first = time.perf_counter()
+            self.stats.time_to_first_token = self.first - self.start
+        self.generated.append(token)
+        if token in self.eos:
+            self.stats.finish_reason, self.done = "stop", True
+            return None
+        self.detok.add_token(token)
+        text, stopped = self.stops.feed(self.detok.last_segment)
+        if stopped:
+            self.stats.finish_reason, self.done = "stop", True
+        return Piece(text, [token], **extra)
+
+    def finish(self, reason: str | None = None) -> Piece:
+        """The last piece: text held back (unless a stop string cut it) and the stats.
+        ``reason`` overrides why it ended (a time limit ends it as "length")."""
+        if reason is not None:
+            self.stats.finish_reason = reason
+        tail = ""
+        if self.stats.finish_reason == "length" or (self.generated and
+                                                    self.generated[-1] in self.eos):
+            self.detok.finalize()
+            tail, _ = self.stops.feed(self.detok.last_segment)
+            tail += self.stops.flush()
+        self.stats.generated_tokens = len(self.generated)
+        self.stats.decode_seconds = time.perf_counter() - self.first
+        self.stats.peak_memory = mx.get_peak_memory()
+        return Piece(tail, [], self.stats)
+
+
 def stream(model, tokenizer, prompt: list[int], sampler: Sampler, *, max_tokens: int,
            cache: PromptCache | None = None, eos_ids: Iterable[int] = (),
            stop: Iterable[str] = (), prefill_step: int = PREFILL_STEP,
            chunk_at: ChunkPolicy | None = None,
-           on_prefill: PrefillProgress | None = None) -> Iterator[Piece]:
+           on_prefill: PrefillProgress | None = None,
+           processors: list[Processor] = (),
+           cut: Callable[[], bool] | None = None) -> Iterator[Piece]:
     """Generate a reply to ``prompt`` (token ids) as text pieces; the last carries the stats.
 
     With a ``cache`` that already holds part of the prompt, only the rest is computed; on
-    return the cache holds prompt and reply (``cache.tokens`` says exactly what).
+    return the cache holds prompt and reply (``cache.tokens`` says exactly what). ``cut``,
+    asked after each token, ends the reply early as "length" (a server's time limit).
     """
     if not prompt:
         raise ValueError("empty prompt")
     cache = cache if cache is not None else PromptCache(model)
     todo = cache.reuse(prompt)
-    stats = Stats(prompt_tokens=len(prompt), prefill_tokens=len(todo),
-                  cached_tokens=len(prompt) - len(todo), finish_reason="length")
-    eos = set(eos_ids)
-    stops = StopStrings(stop)
-    detok = seam.detokenizer(tokenizer)
-    generated: list[int] = []
-    start = time.perf_counter()
-    first = start
+    reply = Reply(tokenizer, prompt_tokens=len(prompt), cached_tokens=len(prompt) - len(todo),
+                  eos_ids=eos_ids, stop=stop)
     try:
         for token in generate_tokens(model, todo, cache.layers, sampler, max_tokens=max_tokens,
                                      prefill_step=prefill_step, chunk_at=chunk_at,
-                                     on_prefill=on_prefill):
-            if not generated:
-                first = time.perf_counter()
-                stats.time_to_first_token = first - start
-            generated.append(token)
-            if token in eos:
-                stats.finish_reason = "stop"
+                                     on_prefill=on_prefill, processors=processors,
+                                     history=prompt[:len(prompt) - len(todo)]):
+            piece = reply.add(token)
+            if piece is not None:
+                yield piece
+            if reply.done or (cut is not None and cut()):
                 break
-            detok.add_token(token)
-            text, stopped = stops.feed(detok.last_segment)
-            if stopped:
-                stats.finish_reason = "stop"
-                yield Piece(text, [token])
-                break
-            yield Piece(text, [token])
     finally:
         # What the layers now hold: the prompt plus every generated token fed back so far.
-        cache.tokens = (prompt + generated)[:cache.offset]
-    tail = ""
-    if stats.finish_reason == "length" or (generated and generated[-1] in eos):
-        detok.finalize()
-        tail, _ = stops.feed(detok.last_segment)
-        tail += stops.flush()
-    stats.generated_tokens = len(generated)
-    stats.decode_seconds = time.perf_counter() - first
-    stats.peak_memory = mx.get_peak_memory()
-    yield Piece(tail, [], stats)
+        cache.tokens = (prompt + reply.generated)[:cache.offset]
+    yield reply.finish()

@@ -31,6 +31,13 @@ class PromptCache:
         self.layers = make_cache(model, spec)
         self.tokens: list[int] = []
 
+    @classmethod
+    def holding(cls, model, spec: KVSpec, layers: list, tokens: list[int]) -> "PromptCache":
+        """A cache around layers that already hold ``tokens`` (handed back by a batch)."""
+        cache = cls.__new__(cls)
+        cache.spec, cache.layers, cache.tokens = spec, layers, tokens
+        return cache
+
     def __len__(self) -> int:
         return len(self.tokens)
 

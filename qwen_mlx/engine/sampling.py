@@ -3,6 +3,10 @@
 Defaults come from the model's generation_config.json (Qwen3-4B-Instruct-2507: temperature 0.7,
 top_p 0.8, top_k 20); a caller overrides single fields. Greedy decoding takes the argmax of
 the raw logits (a log-softmax would only shift them all by one amount).
+
+A seeded sampler draws from its own key, not MLX's global generator: sequences decoded side
+by side in one batch each keep their seed, and a seeded request gives the same text alone or
+batched. Penalties on repeated tokens are mlx-lm's logits processors.
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 import mlx.core as mx
+from mlx_lm.sample_utils import make_logits_processors
 
 from ..errors import QwenMlxError
 
 Sampler = Callable[[mx.array], mx.array]  # logits (1, vocab) -> token (1,)
+Processor = Callable[[mx.array, mx.array], mx.array]  # (recent tokens, logits) -> logits
+PENALTY_WINDOW = 64  # recent tokens the penalties look at (mlx-lm's default is 20)
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,9 @@ class SamplingParams:
     min_p: float = 0.0
     seed: int | None = None
     max_tokens: int = 2048
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from a logit seen recently
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per recent occurrence
+    repetition_penalty: float = 1.0  # Ollama's repeat_penalty: logits divided (1 is off)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -39,6 +49,11 @@ class SamplingParams:
             raise QwenMlxError("max_tokens must be >= 1")
         if self.seed is not None and not 0 <= self.seed < 2**64:
             raise QwenMlxError("seed must be a whole number from 0 to 2^64-1")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise QwenMlxError(f"{name} must be in [-2, 2]")
+        if not 0 < self.repetition_penalty <= 10:
+            raise QwenMlxError("repetition_penalty must be in (0, 10]")
 
     def override(self, **values) -> "SamplingParams":
         """A copy with every value that is not None replaced."""
@@ -61,6 +76,17 @@ class SamplingParams:
         return cls().override(**{k: cfg.get(k) for k in ("temperature", "top_p", "top_k", "min_p")})
 
 
+def make_processors(params: SamplingParams) -> list[Processor]:
+    """The penalties that are on, as mlx-lm logits processors over the last
+    PENALTY_WINDOW tokens (prompt included, as in mlx-lm and llama.cpp)."""
+    return make_logits_processors(
+        repetition_penalty=None if params.repetition_penalty == 1 else params.repetition_penalty,
+        repetition_context_size=PENALTY_WINDOW,
+        presence_penalty=params.presence_penalty or None, presence_context_size=PENALTY_WINDOW,
+        frequency_penalty=params.frequency_penalty or None,
+        frequency_context_size=PENALTY_WINDOW)
+
+
 def greedy(logits: mx.array) -> mx.array:
     return mx.argmax(logits, axis=-1)
 
@@ -77,6 +103,14 @@ def make_sampler(params: SamplingParams) -> Sampler:
     if params.greedy:
         return greedy
     inv_temp, k, top_p, min_p = 1.0 / params.temperature, params.top_k, params.top_p, params.min_p
+    key = None if params.seed is None else mx.random.key(params.seed)
+
+    def draw(logits: mx.array) -> mx.array:
+        nonlocal key
+        if key is None:
+            return mx.random.categorical(logits, axis=-1)
+        key, now = mx.random.split(key)
+        return mx.random.categorical(logits, axis=-1, key=now)
 
     def sample(logits: mx.array) -> mx.array:
         logits = logits.astype(mx.float32) * inv_temp
@@ -95,7 +129,7 @@ def make_sampler(params: SamplingParams) -> Sampler:
             if min_p > 0.0:
                 keep = keep & (probs >= min_p * probs[..., :1])
             logits = mx.where(keep, logits, -mx.inf)
-        choice = mx.random.categorical(logits, axis=-1)
+        choice = draw(logits)
         if ids is None:
             return choice
         return mx.take_along_axis(ids, choice[..., None], axis=-1).squeeze(-1)

@@ -12,13 +12,13 @@ import hmac
 from typing import Awaitable, Callable
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from . import ollama, openai
 from .guard import Guard
-from .server import RequestError, Server
+from .server import ClientGone, RequestError, Server
 
 Handler = Callable[[Server, Request], Awaitable[Response]]
 
@@ -32,13 +32,19 @@ def create_app(server: Server) -> Guard:
                 return await handler(server, request)
             except RequestError as e:
                 return api.error(e)
+            except (ClientGone, ClientDisconnect):  # nobody to answer: say nothing, log nothing
+                return Response(status_code=499)
         return Route(path, endpoint, methods=methods)
 
     routes = [
         Route("/", lambda request: PlainTextResponse("qwen-mlx is running"),
               methods=["GET", "HEAD"]),
+        Route("/health", lambda request: health(server), methods=["GET"]),
         route("/v1/models", openai.models, ["GET"], openai),
+        route("/v1/models/{model:path}", openai.model, ["GET"], openai),
         route("/v1/chat/completions", openai.chat_completions, ["POST"], openai),
+        route("/v1/completions", openai.completions, ["POST"], openai),
+        route("/api/ps", ollama.ps, ["GET"], ollama),
         route("/api/tags", ollama.tags, ["GET"], ollama),
         route("/api/show", ollama.show, ["POST"], ollama),
         route("/api/version", ollama.version, ["GET"], ollama),
@@ -47,6 +53,16 @@ def create_app(server: Server) -> Guard:
     ]
     return Guard(Starlette(routes=routes), bind_host=server.host,
                  allow_origins=tuple(server.allow_origins))
+
+
+def health(server: Server) -> JSONResponse:
+    """Liveness without the API key (load balancers and scripts poll it): 200 while
+    serving, 503 once shutting down; how many requests run and wait."""
+    worker = server.worker
+    return JSONResponse({"status": "shutting down" if server.closing else "ok",
+                         "model": server.model_id, "parallel": worker.parallel,
+                         "running": len(worker.running), "waiting": worker.busy -
+                         len(worker.running)}, status_code=503 if server.closing else 200)
 
 
 def authorize(server: Server, request: Request) -> None:

@@ -1,5 +1,6 @@
-"""Ollama-compatible endpoints: /api/chat and /api/generate (NDJSON streaming by default),
-/api/tags, /api/show, /api/version. Durations are nanoseconds, as Ollama reports them."""
+"""Ollama-compatible endpoints: /api/chat and /api/generate (NDJSON streaming by default,
+and Ollama's load requests: a model and no prompt or messages), /api/tags, /api/ps,
+/api/show, /api/version. Durations are nanoseconds, as Ollama reports them."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .. import __version__
+from ..engine.sampling import PENALTY_WINDOW
 from .openai import read_json
-from .server import Outcome, RequestError, Server, flag, number, refuse_unsupported, stop_list
+from .server import Delta, RequestError, Server, flag, number, refuse_unsupported, stop_list
+from .worker import ShuttingDown
 
 
 def error(e: RequestError) -> JSONResponse:
@@ -29,7 +32,10 @@ GENERATE_FIELDS = {"model", "prompt", "system", "stream", "options", "raw", "kee
 NO_OPS = {"format": lambda v: v in (None, ""), "images": lambda v: v in (None, []),
           "think": lambda v: v in (None, False), "template": lambda v: v in (None, ""),
           "context": lambda v: v in (None, []), "suffix": lambda v: v in (None, "")}
-OPTIONS = {"temperature", "top_p", "top_k", "min_p", "seed", "num_predict", "num_ctx", "stop"}
+OPTIONS = {"temperature", "top_p", "top_k", "min_p", "seed", "num_predict", "num_ctx", "stop",
+           "repeat_penalty", "presence_penalty", "frequency_penalty"}
+# the penalties look at the last PENALTY_WINDOW tokens, Ollama's default repeat_last_n
+OPTION_NO_OPS = {"repeat_last_n": lambda v: v in (None, PENALTY_WINDOW)}
 
 
 def validated(server: Server, body: dict, tokens: list[int]):
@@ -52,7 +58,7 @@ def options(body: dict) -> tuple[dict, list[str], int | None]:
     opts = body.get("options") or {}
     if not isinstance(opts, dict):
         raise RequestError(400, "'options' must be an object")
-    refuse_unsupported(opts, OPTIONS, {}, prefix="options.")
+    refuse_unsupported(opts, OPTIONS, OPTION_NO_OPS, prefix="options.")
     predict = number(opts, "num_predict", int)
     seed = number(opts, "seed", int, high=2**64 - 1)
     out = {"temperature": number(opts, "temperature", low=0),
@@ -60,6 +66,9 @@ def options(body: dict) -> tuple[dict, list[str], int | None]:
            "top_k": number(opts, "top_k", int, low=0),
            "min_p": number(opts, "min_p", low=0, high=1),
            "seed": seed if seed is None or seed >= 0 else None,  # Ollama's -1: random
+           "repetition_penalty": number(opts, "repeat_penalty", low=0.01, high=10),
+           "presence_penalty": number(opts, "presence_penalty", low=-2, high=2),
+           "frequency_penalty": number(opts, "frequency_penalty", low=-2, high=2),
            "max_tokens": predict if predict and predict > 0 else None}  # -1: until the end
     return ({k: v for k, v in out.items() if v is not None}, stop_list(opts.get("stop")),
             number(opts, "num_ctx", int, low=1))
@@ -79,8 +88,8 @@ def ollama_calls(calls: list[dict]) -> list[dict]:
     return [{"function": {"name": c["name"], "arguments": c["arguments"]}} for c in calls]
 
 
-async def respond(server: Server, body: dict, req, started: float, *,
-                  key: str, tools: bool) -> Response:
+async def respond(server: Server, body: dict, req, started: float, *, key: str,
+                  tools: bool, http: Request) -> Response:
     """Run the generation; ``key`` is "message" (/api/chat) or "response" (/api/generate)."""
 
     def payload(text: str, calls: list[dict] | None = None):
@@ -92,7 +101,7 @@ async def respond(server: Server, body: dict, req, started: float, *,
         return message
 
     if not flag(body, "stream", True):
-        out = await server.complete(req, tools=tools)
+        out = await server.complete(req, tools=tools, http=http)
         return JSONResponse(final(server, out.stats, started, **{key: payload(out.text,
                                                                               out.calls)}))
 
@@ -100,43 +109,69 @@ async def respond(server: Server, body: dict, req, started: float, *,
         return json.dumps(record, ensure_ascii=False) + "\n"
 
     async def lines():
-        async for item in server.reply(req, tools=tools):
-            if isinstance(item, str):
-                item = Outcome(item, [], None)
-            if item.text or item.calls:
-                yield line({"model": server.model_id, "created_at": now(),
-                            key: payload(item.text, item.calls), "done": False})
-            if item.stats is not None:
-                yield line(final(server, item.stats, started, **{key: payload("")}))
+        try:
+            async for item in server.reply(req, tools=tools):
+                calls = [] if isinstance(item, Delta) else item.calls
+                if item.text or calls:
+                    yield line({"model": server.model_id, "created_at": now(),
+                                key: payload(item.text, calls), "done": False})
+                if not isinstance(item, Delta):
+                    yield line(final(server, item.stats, started, **{key: payload("")}))
+        except ShuttingDown as e:
+            yield line({"error": str(e)})
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+def loaded(server: Server, key: str) -> JSONResponse:
+    """Ollama's answer to a load request: the model is ready (ours always is)."""
+    empty = "" if key == "response" else {"role": "assistant", "content": ""}
+    return JSONResponse({"model": server.model_id, "created_at": now(), key: empty,
+                         "done_reason": "load", "done": True})
 
 
 async def chat(server: Server, request: Request) -> Response:
     started = time.perf_counter()
     body = await read_json(request, server.max_body)
-    server.check_model(body.get("model"))
-    check_fields(body, CHAT_FIELDS)
-    req = validated(server, body, server.encode_chat(body.get("messages"), body.get("tools")))
+
+    def build():
+        server.check_model(body.get("model"))
+        check_fields(body, CHAT_FIELDS)
+        if body.get("messages") in (None, []):
+            return None
+        return validated(server, body, server.encode_chat(body.get("messages"),
+                                                          body.get("tools")))
+
+    req = await server.validate(build)
+    if req is None:
+        return loaded(server, "message")
     return await respond(server, body, req, started, key="message",
-                         tools=bool(body.get("tools")))
+                         tools=bool(body.get("tools")), http=request)
 
 
 async def generate(server: Server, request: Request) -> Response:
     started = time.perf_counter()
     body = await read_json(request, server.max_body)
-    server.check_model(body.get("model"))
-    check_fields(body, GENERATE_FIELDS)
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt:
-        raise RequestError(400, "'prompt' must be non-empty text")
-    system = body.get("system")
-    if system is not None and not isinstance(system, str):
-        raise RequestError(400, "'system' must be text")
-    tokens = server.encode_text(prompt, raw=flag(body, "raw"),
-                                system=system if isinstance(system, str) else None)
-    return await respond(server, body, validated(server, body, tokens), started,
-                         key="response", tools=False)
+
+    def build():
+        server.check_model(body.get("model"))
+        check_fields(body, GENERATE_FIELDS)
+        prompt = body.get("prompt")
+        if prompt in (None, ""):
+            return None
+        if not isinstance(prompt, str):
+            raise RequestError(400, "'prompt' must be text")
+        system = body.get("system")
+        if system is not None and not isinstance(system, str):
+            raise RequestError(400, "'system' must be text")
+        return validated(server, body, server.encode_text(prompt, raw=flag(body, "raw"),
+                                                          system=system))
+
+    req = await server.validate(build)
+    if req is None:
+        return loaded(server, "response")
+    return await respond(server, body, req, started, key="response", tools=False,
+                         http=request)
 
 
 def details(server: Server) -> dict:
@@ -162,6 +197,15 @@ async def tags(server: Server, request: Request) -> JSONResponse:
         "name": server.model_id, "model": server.model_id,
         "modified_at": datetime.fromtimestamp(server.started, timezone.utc).isoformat(),
         "size": size, "digest": "", "details": details(server)}]})
+
+
+async def ps(server: Server, request: Request) -> JSONResponse:
+    """The loaded model (one, always), as Ollama lists running models."""
+    size = sum(f.stat().st_size for f in server.model.path.glob("*.safetensors"))
+    return JSONResponse({"models": [{
+        "name": server.model_id, "model": server.model_id, "size": size, "digest": "",
+        "details": details(server), "expires_at": "9999-12-31T23:59:59Z",
+        "size_vram": size, "context_length": server.model.context_length}]})
 
 
 async def show(server: Server, request: Request) -> JSONResponse:

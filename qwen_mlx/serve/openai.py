@@ -1,4 +1,5 @@
-"""OpenAI-compatible endpoints: GET /v1/models and POST /v1/chat/completions (SSE or not)."""
+"""OpenAI-compatible endpoints: GET /v1/models (and /v1/models/{id}), POST
+/v1/chat/completions and POST /v1/completions, streamed as server-sent events or not."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import json
 import time
 import uuid
 
+import anyio
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from .server import RequestError, Server, flag, number, refuse_unsupported, stop_list
+from .logprobs import legacy
+from .server import (Delta, RequestError, Server, flag, number, refuse_unsupported,
+                     stop_list)
+from .worker import ShuttingDown
 
 
 def error(e: RequestError) -> JSONResponse:
@@ -19,31 +25,47 @@ def error(e: RequestError) -> JSONResponse:
 
 
 async def models(server: Server, request: Request) -> JSONResponse:
-    return JSONResponse({"object": "list", "data": [
-        {"id": server.model_id, "object": "model", "created": int(server.started),
-         "owned_by": "qwen-mlx"}]})
+    return JSONResponse({"object": "list", "data": [model_card(server)]})
 
 
-SUPPORTED = {"model", "messages", "temperature", "top_p", "top_k", "min_p", "seed",
-             "max_tokens", "max_completion_tokens", "stop", "stream", "stream_options", "n",
-             "tools", "tool_choice", "user"}
+async def model(server: Server, request: Request) -> JSONResponse:
+    """GET /v1/models/{id}: the served model, or OpenAI's 404."""
+    server.check_model(request.path_params["model"])
+    return JSONResponse(model_card(server))
+
+
+def model_card(server: Server) -> dict:
+    return {"id": server.model_id, "object": "model", "created": int(server.started),
+            "owned_by": "qwen-mlx"}
+
+
+SAMPLING = {"model", "temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "stop",
+            "stream", "stream_options", "n", "user", "presence_penalty", "frequency_penalty"}
+SUPPORTED = SAMPLING | {"messages", "max_completion_tokens", "tools", "tool_choice",
+                        "logprobs", "top_logprobs"}
 # Fields clients send with their "off" value: accepted when they hold it, refused otherwise.
-NO_OPS = {"presence_penalty": lambda v: v in (None, 0), "frequency_penalty":
-          lambda v: v in (None, 0), "logprobs": lambda v: v in (None, False),
-          "top_logprobs": lambda v: v in (None, 0), "logit_bias": lambda v: v in (None, {}),
+NO_OPS = {"logit_bias": lambda v: v in (None, {}),
           "parallel_tool_calls": lambda v: v in (None, True), "store": lambda v: v in (None, False),
           "metadata": lambda v: v in (None, {}),
           "response_format": lambda v: v is None or v == {"type": "text"}}
+COMPLETION_FIELDS = SAMPLING | {"prompt", "logprobs"}
+COMPLETION_NO_OPS = {"echo": lambda v: v in (None, False), "suffix": lambda v: v in (None, ""),
+                     "best_of": lambda v: v in (None, 1),
+                     "logit_bias": lambda v: v in (None, {})}
+INLINE_JSON = 64 << 10  # bodies up to this size are parsed on the event loop
+STREAM_HEADERS = {"Cache-Control": "no-cache"}
 
 
-def sampling(body: dict) -> dict:
+def sampling(body: dict, default_max_tokens: int | None = None) -> dict:
     out = {"temperature": number(body, "temperature", low=0, high=2),
            "top_p": number(body, "top_p", low=0, high=1),
            "top_k": number(body, "top_k", int, low=0),
            "min_p": number(body, "min_p", low=0, high=1),
            "seed": number(body, "seed", int, low=0, high=2**64 - 1),
+           "presence_penalty": number(body, "presence_penalty", low=-2, high=2),
+           "frequency_penalty": number(body, "frequency_penalty", low=-2, high=2),
            "max_tokens": number(body, "max_completion_tokens", int, low=1)
-           or number(body, "max_tokens", int, low=1)}
+           or number(body, "max_tokens", int, low=1) or default_max_tokens}
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -72,61 +94,162 @@ def openai_calls(calls: list[dict]) -> list[dict]:
             for i, c in enumerate(calls)]
 
 
-async def chat_completions(server: Server, request: Request) -> Response:
-    body = await read_json(request, server.max_body)
-    server.check_model(body.get("model"))
-    refuse_unsupported(body, SUPPORTED, NO_OPS)
+def common(body: dict) -> tuple[bool, bool]:
+    """The fields both endpoints read alike: n, stream and stream_options -> (stream,
+    include usage)."""
     if body.get("n") not in (None, 1):
         raise RequestError(400, "only n=1 is supported", param="n")
-    tools = chosen_tools(body)
-    req = server.request(server.encode_chat(body.get("messages"), tools), sampling(body),
-                         stop_list(body.get("stop")))
-    stream = flag(body, "stream")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict) or set(options) - {"include_usage"}:
         raise RequestError(400, "'stream_options' may only hold include_usage",
                            param="stream_options")
-    include_usage = flag(options, "include_usage")
+    return flag(body, "stream"), flag(options, "include_usage")
+
+
+def chat_logprobs(body: dict) -> int | None:
+    """``logprobs: true`` (with ``top_logprobs`` 0 to 20 alternatives) -> how many
+    alternatives; None when off."""
+    top = number(body, "top_logprobs", int, low=0, high=20)
+    if not flag(body, "logprobs"):
+        if top:
+            raise RequestError(400, "'top_logprobs' needs 'logprobs': true",
+                               param="top_logprobs")
+        return None
+    return top or 0
+
+
+def sse(data) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def stream_error(e: Exception) -> str:
+    """The event that ends a stream the server had to cut (shutting down)."""
+    return sse({"error": {"message": str(e), "type": "server_error",
+                          "code": "shutting_down", "param": None}})
+
+
+async def chat_completions(server: Server, request: Request) -> Response:
+    body = await read_json(request, server.max_body)
+
+    def build():
+        server.check_model(body.get("model"))
+        refuse_unsupported(body, SUPPORTED, NO_OPS)
+        stream, include_usage = common(body)
+        tools = chosen_tools(body)
+        logprobs = chat_logprobs(body)
+        req = server.request(server.encode_chat(body.get("messages"), tools), sampling(body),
+                             stop_list(body.get("stop")))
+        return req, tools, stream, include_usage, logprobs
+
+    req, tools, stream, include_usage, logprobs = await server.validate(build)
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": ident, "created": created, "model": server.model_id}
+
+    def shown(entries: list[dict]) -> dict | None:
+        return None if logprobs is None else {"content": entries, "refusal": None}
+
     if not stream:
-        out = await server.complete(req, tools=bool(tools))
+        out = await server.complete(req, tools=bool(tools), logprobs=logprobs, http=request)
         message = {"role": "assistant", "content": out.text.strip() if out.calls else out.text}
         finish = out.stats.finish_reason
         if out.calls:
             message["tool_calls"], finish = openai_calls(out.calls), "tool_calls"
         message["content"] = message["content"] or None
         return JSONResponse({**head, "object": "chat.completion", "choices": [
-            {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-            "usage": usage(out.stats)})
+            {"index": 0, "message": message, "finish_reason": finish,
+             "logprobs": shown(out.logprobs)}], "usage": usage(out.stats)})
 
-    def chunk(delta: dict, finish=None, **extra) -> str:
-        data = {**head, "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
-                             "logprobs": None}], **extra}
-        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+    def chunk(delta: dict, finish=None, entries=(), **extra) -> str:
+        return sse({**head, "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                                 "logprobs": shown(list(entries)) if entries else None}],
+                    **extra})
 
     async def events():
         yield chunk({"role": "assistant", "content": ""})
-        async for item in server.reply(req, tools=bool(tools)):
-            if isinstance(item, str):
-                yield chunk({"content": item})
-                continue
-            if item.text:
-                yield chunk({"content": item.text})
-            finish = item.stats.finish_reason
-            if item.calls:
-                yield chunk({"tool_calls": openai_calls(item.calls)})
-                finish = "tool_calls"
-            yield chunk({}, finish, **({"usage": None} if include_usage else {}))
-            if include_usage:
-                data = {**head, "object": "chat.completion.chunk", "choices": [],
-                        "usage": usage(item.stats)}
-                yield f"data: {json.dumps(data)}\n\n"
+        try:
+            async for item in server.reply(req, tools=bool(tools), logprobs=logprobs):
+                if isinstance(item, Delta):
+                    yield chunk({"content": item.text}, entries=item.logprobs)
+                    continue
+                if item.text:
+                    yield chunk({"content": item.text})
+                finish = item.stats.finish_reason
+                if item.calls:
+                    yield chunk({"tool_calls": openai_calls(item.calls)})
+                    finish = "tool_calls"
+                yield chunk({}, finish, **({"usage": None} if include_usage else {}))
+                if include_usage:
+                    yield sse({**head, "object": "chat.completion.chunk", "choices": [],
+                               "usage": usage(item.stats)})
+        except ShuttingDown as e:
+            yield stream_error(e)
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(events(), media_type="text/event-stream", headers=STREAM_HEADERS)
+
+
+def prompt_tokens(server: Server, prompt) -> list[int]:
+    """/v1/completions' prompt: text (as it is, no chat template) or token ids; one only."""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, str) and prompt:
+        return server.model.encode(prompt, raw=True)
+    vocab = server.model.config.get("vocab_size", 0)
+    if isinstance(prompt, list) and prompt and all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in prompt):
+        return list(prompt)
+    raise RequestError(400, "'prompt' must be non-empty text or a list of token ids (one "
+                            "prompt per request)", param="prompt")
+
+
+async def completions(server: Server, request: Request) -> Response:
+    """POST /v1/completions: a raw prompt continued (eval harnesses and editors use it)."""
+    body = await read_json(request, server.max_body)
+
+    def build():
+        server.check_model(body.get("model"))
+        refuse_unsupported(body, COMPLETION_FIELDS, COMPLETION_NO_OPS)
+        stream, include_usage = common(body)
+        top = number(body, "logprobs", int, low=0, high=5)
+        # OpenAI's default for this endpoint is 16 tokens
+        req = server.request(prompt_tokens(server, body.get("prompt")),
+                             sampling(body, default_max_tokens=16), stop_list(body.get("stop")))
+        return req, stream, include_usage, top
+
+    req, stream, include_usage, top = await server.validate(build)
+    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+            "created": int(time.time()), "model": server.model_id}
+
+    def choice(text: str, finish, entries: list[dict], offset: int = 0) -> dict:
+        return {"text": text, "index": 0, "finish_reason": finish,
+                "logprobs": None if top is None else legacy(entries, offset)}
+
+    if not stream:
+        out = await server.complete(req, tools=False, logprobs=top, http=request)
+        return JSONResponse({**head, "choices": [choice(out.text, out.stats.finish_reason,
+                                                        out.logprobs)],
+                             "usage": usage(out.stats)})
+
+    async def events():
+        offset = 0
+        try:
+            async for item in server.reply(req, tools=False, logprobs=top):
+                if isinstance(item, Delta):
+                    yield sse({**head, "choices": [choice(item.text, None, item.logprobs,
+                                                          offset)]})
+                    offset += len(item.text)
+                    continue
+                yield sse({**head, "choices": [choice(item.text, item.stats.finish_reason,
+                                                      [], offset)],
+                           **({"usage": None} if include_usage else {})})
+                if include_usage:
+                    yield sse({**head, "choices": [], "usage": usage(item.stats)})
+        except ShuttingDown as e:
+            yield stream_error(e)
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=STREAM_HEADERS)
 
 
 async def read_json(request: Request, limit: int) -> dict:
@@ -143,12 +266,19 @@ async def read_json(request: Request, limit: int) -> dict:
             raise RequestError(413, f"the request body is over {limit:,} bytes (serve "
                                     f"--max-body)")
     try:
-        body = json.loads(bytes(data), parse_constant=_not_json)
+        if len(data) > INLINE_JSON:  # parsing megabytes takes a while: off the event loop
+            body = await anyio.to_thread.run_sync(_parse, bytes(data))
+        else:
+            body = _parse(bytes(data))
     except (ValueError, RecursionError):
         raise RequestError(400, "the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
     return body
+
+
+def _parse(data: bytes):
+    return json.loads(data, parse_constant=_not_json)
 
 
 def _not_json(name: str):

@@ -1,18 +1,29 @@
 """What both APIs share: the loaded model, its names, request validation, and one
-generation call that turns messages into pieces through the worker."""
+generation call that turns messages into pieces through the worker.
+
+Validation runs off the event loop (:meth:`Server.validate`): rendering a long conversation
+through the chat template and tokenizing it takes a while, and meanwhile /health and
+/v1/models must still answer at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable, TypeVar
+
+import anyio
 
 from ..engine import Request, Stats
 from ..errors import ContextExceeded, QwenMlxError
 from ..model import Model
 from . import tool_calls
-from .worker import Worker
+from .logprobs import TokenText
+from .worker import ShuttingDown, Worker
+
+T = TypeVar("T")
 
 
 class RequestError(Exception):
@@ -34,11 +45,25 @@ class Server:
     host: str = "127.0.0.1"  # the address bound: on loopback, other Host headers get 403
     allow_origins: tuple[str, ...] = ()  # web origins beyond localhost pages ("*": any)
     max_body: int = 8 << 20  # request bytes; more is a 413, before parsing
+    parallel: int | None = None  # sequences decoded together (None: from the memory plan)
+    time_limit: float | None = None  # seconds one request may generate for
     started: float = field(default_factory=time.time)
     worker: Worker = field(init=False)
 
     def __post_init__(self) -> None:
-        self.worker = Worker(self.model, self.slots)
+        self.worker = Worker(self.model, self.slots, self.parallel, self.time_limit)
+        self.token_text = TokenText(self.model.tokenizer)
+
+    @property
+    def closing(self) -> bool:
+        return self.worker.closing.is_set()
+
+    async def validate(self, build: Callable[[], T]) -> T:
+        """Run ``build`` (parse, render, tokenize: a :class:`Request` and what goes with
+        it) in a worker thread, so a big request never stalls the event loop."""
+        if self.closing:
+            raise RequestError(503, "the server is shutting down", code="shutting_down")
+        return await anyio.to_thread.run_sync(build)
 
     # -- requests ---------------------------------------------------------------------
 
@@ -88,41 +113,90 @@ class Server:
             raise RequestError(400, str(e), param=name if name in sampling else None) \
                 from None
 
-    async def reply(self, request: Request, *, tools: bool) -> AsyncIterator[str | Outcome]:
-        """The reply as text deltas safe to show now, then one :class:`Outcome`. With
-        ``tools``, text from ``<tool_call>`` on is held back and parsed at the end. Leaving
-        early (a client that went away) cancels the generation."""
-        pieces = self.worker.generate(request, self.progress)
+    async def reply(self, request: Request, *, tools: bool,
+                    logprobs: int | None = None) -> AsyncIterator[Delta | Outcome]:
+        """The reply as deltas (text safe to show now, and the log-probabilities of the
+        tokens since the last delta when ``logprobs`` is 0 or more: how many alternatives),
+        then one :class:`Outcome`. With ``tools``, text from ``<tool_call>`` on is held back
+        and parsed at the end. Leaving early (a client that went away) cancels the
+        generation; a server shutting down ends it with :class:`ShuttingDown`."""
+        pieces = self.worker.generate(request, self.progress, logprobs)
         splitter = tool_calls.Splitter(enabled=tools)
-        stats = None
+        stats, entries = None, []
         try:
             async for piece in pieces:
                 stats = piece.stats or stats
+                if piece.logprob is not None:
+                    entries = [self.token_text.chat(piece)]
                 text = splitter.feed(piece.text)
-                if text:
-                    yield text
+                if text or entries:
+                    yield Delta(text, entries)
+                    entries = []
         finally:
             await pieces.aclose()
         rest, calls = splitter.finish()
         yield Outcome(rest, calls, stats)
 
-    async def complete(self, request: Request, *, tools: bool) -> Outcome:
-        """The whole reply at once: all its text, its tool calls, its stats."""
-        parts = []
-        async for item in self.reply(request, tools=tools):
-            if isinstance(item, Outcome):
-                return Outcome("".join(parts) + item.text, item.calls, item.stats)
-            parts.append(item)
-        raise RuntimeError("the reply ended without its outcome")
+    async def complete(self, request: Request, *, tools: bool, logprobs: int | None = None,
+                       http=None) -> Outcome:
+        """The whole reply at once: all its text, its tool calls, its stats. With ``http``
+        (the Starlette request), a client that disconnects cancels the generation within
+        a step, as a streaming one does."""
+        async def gather() -> Outcome:
+            parts, entries = [], []
+            async for item in self.reply(request, tools=tools, logprobs=logprobs):
+                if isinstance(item, Outcome):
+                    return Outcome("".join(parts) + item.text, item.calls, item.stats, entries)
+                parts.append(item.text)
+                entries += item.logprobs
+            raise RuntimeError("the reply ended without its outcome")
+
+        work = asyncio.ensure_future(gather())
+        gone = asyncio.ensure_future(disconnected(http)) if http is not None else None
+        try:
+            await asyncio.wait({work, gone} - {None}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work, gone):
+                if task is not None and not task.done():
+                    task.cancel()
+        if not work.done():
+            raise ClientGone()
+        try:
+            return work.result()
+        except ShuttingDown as e:
+            raise RequestError(503, str(e), code="shutting_down") from None
+
+
+async def disconnected(http) -> None:
+    """Return when the client behind ``http`` (a Starlette request whose body was read)
+    disconnects: the ASGI server's next message is then ``http.disconnect``."""
+    while True:
+        message = await http.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class ClientGone(Exception):
+    """The client left before its answer: nothing is sent."""
+
+
+@dataclass
+class Delta:
+    """Reply text safe to show now, and the log-probability entries since the last one."""
+
+    text: str
+    logprobs: list[dict] = field(default_factory=list)
 
 
 @dataclass
 class Outcome:
-    """How a reply ended: the text not yet sent, the tool calls, the stats."""
+    """How a reply ended: the text not yet sent, the tool calls, the stats (and, from
+    :meth:`Server.complete`, every log-probability entry)."""
 
     text: str
     calls: list[dict]
     stats: Stats
+    logprobs: list[dict] = field(default_factory=list)
 
 
 ROLES = ("system", "developer", "user", "assistant", "tool")

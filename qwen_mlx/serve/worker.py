@@ -1,25 +1,46 @@
-"""One model, one engine thread: requests queue up and run one at a time, never interleaved.
+"""One model, one engine thread, many requests: the continuous batch behind the server.
 
-The worker keeps a few KV caches of recent conversations. A chat client resends the whole
-history on every request; the request goes to the cache sharing the longest prefix with it,
-so only the new suffix is prefilled. Results travel back to the asyncio side as events;
-a request whose client went away is cancelled between two tokens.
+Requests wait in a queue; between two decode steps the engine thread lets waiting requests
+join the running batch (:class:`qwen_mlx.engine.batch.Batch`) while there is room, ends the
+ones whose client went away or whose time ran out, and sends every sequence's pieces back
+to the asyncio side as events. Room means two things: at most ``parallel`` sequences, and
+KV memory: the batch stores every sequence padded to the longest, so ``n`` sequences that
+may each grow to ``r`` tokens hold ``n * r``, and that must fit in the memory plan's KV
+budget together with the kept caches of recent conversations.
+
+A chat client resends its whole history with every request: each request starts from the
+kept cache sharing the longest prefix with it, so only the new part is prefilled, and its
+cache is kept again when it ends. With ``parallel`` 1, or a model whose caches cannot be
+batched (quantized KV), requests run one at a time through the lone engine, with the same
+cancellation, time limit and shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from ..engine import Piece, PromptCache, Request
+from ..engine.batch import Batch, batchable
 from ..engine.prompt_cache import common_prefix
 from ..model import Model
 
+log = logging.getLogger("qwen_mlx")
+
 _DONE = object()
+MAX_PARALLEL = 8
+RESERVE = 4096  # tokens a typical request may grow to, for the default --parallel
+
+
+class ShuttingDown(Exception):
+    """The server is stopping: the request was not started, or was cut at the grace
+    period's end."""
 
 
 @dataclass
@@ -27,81 +48,214 @@ class Job:
     request: Request  # validated at the HTTP edge: nothing in it can be refused here
     loop: asyncio.AbstractEventLoop
     on_prefill: object = None  # progress of a long prompt: a callback with close()
+    top_logprobs: int | None = None
+    made: int = 0  # tokens generated so far
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def put(self, item) -> None:
+        if isinstance(item, Piece):
+            self.made += len(item.tokens)
         self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+    @property
+    def reserve(self) -> int:
+        """The most tokens this request's cache can hold."""
+        return len(self.request.tokens) + self.request.params.max_tokens
 
 
 class CachePool:
     """Up to ``slots`` prompt caches, most recently used first, holding together no more
-    tokens than one full context: the memory plan budgeted one context, so the pool never
-    grows past it (the least recently used caches are dropped first). A cache is moved out
+    than ``budget`` tokens (the least recently used are dropped first). A cache is moved out
     for a request and back after it, never copied (mlx-lm's LRUPromptCache copies the cache
     it hands out, which would hold a conversation twice during its request)."""
 
-    def __init__(self, model: Model, slots: int) -> None:
-        self.model, self.slots = model, slots
+    def __init__(self, model: Model, slots: int, budget: int) -> None:
+        self.model, self.slots, self.budget = model, slots, budget
         self.caches: list[PromptCache] = []
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(c) for c in self.caches)
 
     def take(self, tokens: list[int]) -> PromptCache:
         best = max(self.caches, key=lambda c: common_prefix(c.tokens, tokens), default=None)
-        if best is None or (common_prefix(best.tokens, tokens) == 0
-                            and len(self.caches) < self.slots):
+        if best is None or common_prefix(best.tokens, tokens) == 0:
             return self.model.new_cache()
         self.caches.remove(best)
         return best
 
     def give_back(self, cache: PromptCache) -> None:
-        kept, total = [], 0
-        for c in [cache, *self.caches][:self.slots]:
-            if kept and total + len(c) > self.model.context_length:
-                break
-            kept.append(c)
-            total += len(c)
-        self.caches = kept
+        self.caches = [cache, *self.caches][:self.slots]
+        self.shrink(self.budget)
+
+    def shrink(self, tokens: int) -> None:
+        """Drop the least recently used caches until the rest hold at most ``tokens``."""
+        while self.caches and self.tokens > tokens:
+            self.caches.pop()
+
+
+def kv_budget(model: Model) -> int:
+    """Tokens of KV the memory plan has room for, shared by every sequence and kept cache;
+    never less than one full context."""
+    room = model.plan.largest_context() if model.plan is not None else 0
+    return max(room, model.context_length)
+
+
+def default_parallel(model: Model) -> int:
+    """As many sequences as the KV budget holds at RESERVE tokens each, 1 to 8."""
+    return max(1, min(MAX_PARALLEL, kv_budget(model) // RESERVE))
 
 
 class Worker:
-    def __init__(self, model: Model, slots: int = 4) -> None:
+    def __init__(self, model: Model, slots: int = 4, parallel: int | None = None,
+                 time_limit: float | None = None) -> None:
         self.model = model
-        self.pool = CachePool(model, slots)
+        # one at a time (the lone engine, no batch bookkeeping) when asked, or when the
+        # caches cannot be batched
+        self.parallel = (parallel or default_parallel(model)) if batchable(model) else 1
+        self.batched = self.parallel > 1
+        self.time_limit = time_limit
+        self.budget = kv_budget(model)
+        self.pool = CachePool(model, slots, self.budget)
+        self.batch = Batch(model, parallel=self.parallel) if self.batched else None
         self.jobs: queue.Queue[Job] = queue.Queue()
+        self.waiting: deque[Job] = deque()
+        self.running: dict[int, Job] = {}
         self.finished: deque[dict] = deque(maxlen=64)  # recent jobs: tokens made, cancelled
+        self.closing = threading.Event()  # no new sequences start
+        self.stopping = threading.Event()  # running sequences end now
+        self.closed = False  # the engine thread ends
         self.thread = threading.Thread(target=self._loop, name="qwen-mlx-engine", daemon=True)
         self.thread.start()
 
-    def _loop(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if not job.cancelled.is_set():
-                self._run(job)
-            job.put(_DONE)
+    # -- the engine thread ------------------------------------------------------------
 
-    def _run(self, job: Job) -> None:
-        cache = self.pool.take(list(job.request.tokens))
-        made = 0
+    def close(self) -> None:
+        """End every request and the engine thread (a server that is done)."""
+        self.closing.set()
+        self.stopping.set()
+        self.closed = True
+        self.thread.join(10)
+
+    def _loop(self) -> None:
+        while not (self.closed and not self.running and not self.waiting):
+            self._collect(block=not self.running and not self.waiting)
+            if self.batch is None:
+                if self.waiting:
+                    self._run_alone(self.waiting.popleft())
+                continue
+            self._admit()
+            if self.running:
+                self._dispatch(self.batch.step())
+            self._reap()
+
+    def _collect(self, block: bool) -> None:
+        """Move newly queued jobs to ``waiting`` (waiting for one when idle)."""
         try:
-            pieces = self.model.stream(job.request, cache=cache, on_prefill=job.on_prefill)
+            job = self.jobs.get(timeout=0.5) if block else self.jobs.get_nowait()
+        except queue.Empty:
+            return
+        self.waiting.append(job)
+        while True:
+            try:
+                self.waiting.append(self.jobs.get_nowait())
+            except queue.Empty:
+                break
+
+    def _admit(self) -> None:
+        """Start waiting jobs, oldest first, while the batch has room."""
+        while self.waiting:
+            job = self.waiting[0]
+            if job.cancelled.is_set() or self.closing.is_set():
+                self.waiting.popleft()
+                self._end_unstarted(job)
+                continue
+            if len(self.running) >= self.parallel:
+                return
+            reserves = [j.reserve for j in self.running.values()] + [job.reserve]
+            need = len(reserves) * max(reserves)  # padded to the longest, as the batch is
+            if self.running and need > self.budget:
+                return  # waits for a running sequence to end
+            self.waiting.popleft()
+            cache = self.pool.take(list(job.request.tokens))
+            self.pool.shrink(max(0, self.budget - need))
+            uid = self.batch.add(job.request, cache, on_prefill=job.on_prefill,
+                                 top_logprobs=job.top_logprobs, time_limit=self.time_limit)
+            self.running[uid] = job
+
+    def _dispatch(self, events) -> None:
+        for event in events:
+            job = self.running.get(event.uid)
+            if job is None:
+                continue
+            job.put(event.piece)
+            if event.last:
+                self._finish(event.uid, event.cache)
+
+    def _reap(self) -> None:
+        """End the sequences whose client went away (or all, when stopping)."""
+        for uid, job in list(self.running.items()):
+            if job.cancelled.is_set():
+                self._finish(uid, self.batch.remove(uid).cache)
+            elif self.stopping.is_set():
+                self.batch.remove(uid)
+                self._finish(uid, None, error=ShuttingDown("the server is shutting down"))
+
+    def _finish(self, uid: int, cache: PromptCache | None, error: Exception | None = None):
+        job = self.running.pop(uid)
+        if cache is not None:
+            self.pool.give_back(cache)
+        self._close(job, error)
+
+    def _end_unstarted(self, job: Job) -> None:
+        self._close(job, None if job.cancelled.is_set() else
+                    ShuttingDown("the server is shutting down"))
+
+    def _close(self, job: Job, error: Exception | None) -> None:
+        if job.on_prefill is not None:
+            job.on_prefill.close()
+        if error is not None:
+            job.put(error)
+        job.put(_DONE)
+        self.finished.append({"generated": job.made, "cancelled": job.cancelled.is_set()})
+
+    def _run_alone(self, job: Job) -> None:
+        """A model that cannot batch: one request at a time, with the same cancellation,
+        time limit and shutdown."""
+        if job.cancelled.is_set() or self.closing.is_set():
+            return self._end_unstarted(job)
+        cache = self.pool.take(list(job.request.tokens))
+        deadline = None if self.time_limit is None else time.monotonic() + self.time_limit
+        error = None
+        try:
+            pieces = self.model.stream(
+                job.request, cache=cache, on_prefill=job.on_prefill,
+                cut=lambda: deadline is not None and time.monotonic() >= deadline)
             for piece in pieces:
                 if job.cancelled.is_set():
                     break
-                made += len(piece.tokens)
+                if self.stopping.is_set():
+                    error = ShuttingDown("the server is shutting down")
+                    break
                 job.put(piece)
             pieces.close()
         except Exception as e:  # noqa: BLE001 - reported to the request, the worker lives on
-            job.put(e)
+            log.exception("generation failed")
+            error = e
         finally:
-            if job.on_prefill is not None:
-                job.on_prefill.close()
             self.pool.give_back(cache)
-            self.finished.append({"generated": made, "cancelled": job.cancelled.is_set()})
+        self._close(job, error)
 
-    async def generate(self, request: Request, on_prefill=None) -> AsyncIterator[Piece]:
+    # -- the asyncio side -------------------------------------------------------------
+
+    async def generate(self, request: Request, on_prefill=None,
+                       top_logprobs: int | None = None) -> AsyncIterator[Piece]:
         """The reply's pieces; the last carries the stats. Leaving early cancels the job.
         ``on_prefill`` (a callback with ``close()``) is called from the engine thread."""
-        job = Job(request, asyncio.get_running_loop(), on_prefill)
+        job = Job(request, asyncio.get_running_loop(), on_prefill, top_logprobs)
+        if self.closing.is_set():
+            raise ShuttingDown("the server is shutting down")
         self.jobs.put(job)
         try:
             while True:
@@ -113,3 +267,9 @@ class Worker:
                 yield item
         finally:
             job.cancelled.set()
+
+    @property
+    def busy(self) -> int:
+        """Requests running or waiting."""
+        return len(self.running) + len(self.waiting) + self.jobs.qsize()
+
