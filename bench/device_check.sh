@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # One command on whatever accelerator this machine has (Metal, an NVIDIA GPU via MLX's CUDA
 # backend, or the CPU): build the random Qwen3-4B-shaped checkpoint, convert it to q4, run
-# `qwen-mlx bench --compare mlx-lm` (prefill and decode at depths 0 and 2048) and the
-# chat-turn benchmark, and write results JSON. About 8 minutes on a GPU.
+# `qwen-mlx bench --compare mlx-lm` (prefill and decode at depths 0 and 2048), the
+# chat-turn benchmark and the serving benchmark (8 concurrent streams against the same 8 one
+# after another, beside mlx_lm.server), and write results JSON. About 12 minutes on a GPU,
+# where the serving check also requires 8 concurrent streams to reach >= 2.5x the
+# sequential throughput (exit 1 otherwise).
 #
 #   bash bench/device_check.sh [--quick] [--out DIR] [--python PY]
 #
@@ -40,9 +43,9 @@ if [ -z "$python" ]; then
 fi
 
 if [ "$quick" = 1 ]; then
-    shape=tiny lengths=64 depths=0,64 gen=8 reps=1 turns=3 tokens=32
+    shape=tiny lengths=64 depths=0,64 gen=8 reps=1 turns=3 tokens=32 served=16
 else
-    shape=4b lengths=512,2048 depths=0,2048 gen=128 reps=3 turns=10 tokens=200
+    shape=4b lengths=512,2048 depths=0,2048 gen=128 reps=3 turns=10 tokens=200 served=64
 fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/qwen-mlx-device.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -56,4 +59,15 @@ echo "device check: $backend, $shape shape, results in $out" >&2
     --depths "$depths" --gen-tokens "$gen" -n "$reps" --warmup 1 --json "$out/bench.json"
 "$python" bench/chat_turns.py --model "$work/q4" --turns "$turns" --tokens "$tokens" \
     --reply-tokens 8 --reps "$reps" --out "$out/chat_turns.json"
-echo "wrote $out/bench.json and $out/chat_turns.json" >&2
+"$python" bench/serve_batching.py --model "$work/q4" --clients 8 --tokens "$served" \
+    --reps "$reps" --out "$out/serve_batching.json" >/dev/null
+echo "wrote $out/bench.json, $out/chat_turns.json and $out/serve_batching.json" >&2
+if [ "$backend" != cpu ]; then  # decode is bandwidth-bound on a GPU: batching must pay
+    "$python" - "$out/serve_batching.json" <<'EOF'
+import json, sys
+ratio = json.load(open(sys.argv[1]))["summary"]["qwen-mlx"]["concurrent_over_sequential"]
+print(f"serving: 8 concurrent streams at {ratio:.2f}x the sequential throughput (goal 2.5x)",
+      file=sys.stderr)
+sys.exit(0 if ratio >= 2.5 else 1)
+EOF
+fi

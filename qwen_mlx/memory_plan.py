@@ -12,6 +12,10 @@ a halt. The model (one per process) costs:
                             both SCORE_BYTES and the size of the KV cache (so memory grows
                             with the cache, not with cache x chunk)
     + context x KV bytes per token
+
+A server decoding N sequences at once (``serve --parallel N``) prefills up to N newcomers in
+one chunk and keeps N caches: activations count N times, and the KV budget (the largest
+context) is shared by the N caches.
 """
 
 from __future__ import annotations
@@ -96,6 +100,7 @@ class MemoryPlan:
     kv: KVSpec = field(default_factory=KVSpec)
     prefill_step: int = 512
     fused_attention: bool = True  # Metal's fused SDPA never materialises the scores
+    parallel: int = 1  # sequences decoded (and prefilled) together: serve --parallel
 
     # -- the parts ------------------------------------------------------------------
 
@@ -111,7 +116,7 @@ class MemoryPlan:
         s = self.shape
         per_token = 4 * s.hidden + 2 * s.heads * s.head_dim + 2 * s.kv_heads * s.head_dim + \
             3 * s.intermediate
-        return self.prefill_step * per_token * self.dtype_bytes + s.vocab * 4
+        return self.parallel * (self.prefill_step * per_token * self.dtype_bytes + s.vocab * 4)
 
     def score_bytes(self, context: int, kv: KVSpec | None = None) -> int:
         if not self.materialises_scores(kv):
@@ -185,23 +190,30 @@ class MemoryPlan:
                          f"needed: {'fits' if fits else 'does NOT fit'}"))
         for label, n in self.alternatives().items():
             rows.append((f"largest context, {label} KV", f"{n:,} tokens"))
+        if self.parallel > 1:
+            total = self.largest_context()
+            rows.append((f"serve --parallel {self.parallel}",
+                         f"{total:,} KV tokens shared by {self.parallel} caches: "
+                         f"{total // self.parallel:,} each when all are full"))
         return rows
 
 
 def plan_for(config: dict, *, weights: int, compute_bytes: int | None, kv: KVSpec,
-             prefill_step: int, memory: str | int | None = None) -> MemoryPlan:
+             prefill_step: int, memory: str | int | None = None,
+             parallel: int = 1) -> MemoryPlan:
     """The plan on this machine (or for ``memory`` bytes of RAM) for a model with this
     config (overrides applied) whose weights take ``weights`` bytes once loaded."""
     import mlx.core as mx
 
     return MemoryPlan(Shape.of(config), weights, this_machine(memory),
                       dtype_bytes=compute_bytes or 2, kv=kv, prefill_step=prefill_step,
-                      fused_attention=mx.default_device().type == mx.DeviceType.gpu)
+                      fused_attention=mx.default_device().type == mx.DeviceType.gpu,
+                      parallel=parallel)
 
 
 def plan_model(model: str | None, *, recipe: Recipe, compute_bytes: int | None,
                context: int | None, kv: KVSpec, prefill_step: int,
-               memory: str | int | None = None) -> MemoryPlan:
+               memory: str | int | None = None, parallel: int = 1) -> MemoryPlan:
     """Plan without loading, converting or downloading weights: a converted folder is
     measured from its files, anything else from its config and the recipe."""
     from . import hub
@@ -213,7 +225,7 @@ def plan_model(model: str | None, *, recipe: Recipe, compute_bytes: int | None,
         weight_bytes_of_config(config, recipe, compute_bytes)
     return plan_for(config, weights=weights, compute_bytes=compute_bytes,
                     kv=kv.check(Shape.of(config).head_dim), prefill_step=prefill_step,
-                    memory=memory)
+                    memory=memory, parallel=parallel)
 
 
 def context_option(tokens: int) -> str:

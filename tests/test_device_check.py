@@ -1,5 +1,6 @@
 """bench/device_check.sh, the one command a GPU machine runs, at its --quick size on the CPU:
-it builds, converts, benchmarks against mlx-lm and times chat turns, writing both JSONs."""
+it builds, converts, benchmarks against mlx-lm, times chat turns and serves 8 concurrent
+streams beside mlx_lm.server, writing the three JSONs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_device_check_quick_writes_both_results(tmp_path):
+def test_device_check_quick_writes_every_result(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "QWEN_MLX_HOME"}
     result = subprocess.run(["bash", "bench/device_check.sh", "--quick", "--python",
                              sys.executable, "--out", str(tmp_path)], cwd=ROOT, env=env,
@@ -27,3 +28,7 @@ def test_device_check_quick_writes_both_results(tmp_path):
     turns = json.loads((tmp_path / "chat_turns.json").read_text())
     assert turns["script"] == "bench/chat_turns.py" and len(turns["turns"]) == 3
     assert turns["versions"]["mlx"] and turns["machine"]["cores"] >= 1
+    served = json.loads((tmp_path / "serve_batching.json").read_text())
+    assert served["clients"] == 8 and served["tokens"] == 16
+    assert set(served["summary"]) == {"qwen-mlx", "mlx-lm", "concurrent_qwen_mlx_over_mlx_lm"}
+    assert served["summary"]["qwen-mlx"]["texts_match"]

@@ -66,6 +66,19 @@ def test_largest_context_on_a_16gb_mac_by_hand():
     assert plan.chunk_at(262_144) == 512
 
 
+def test_serving_in_parallel_counts_every_cache_and_prefill_by_hand():
+    """serve --parallel 8 on the 16 GB Mac: eight 512-row chunks and eight logit rows, and
+    the KV budget is shared by the eight caches (the server admits sequences by it)."""
+    from dataclasses import replace
+
+    plan = replace(qwen3_4b_plan(), parallel=8)
+    assert plan.activation_bytes() == 8 * 51_463_680
+    room = 12 * GIB - 2_262_920_192 - RUNTIME_BYTES - 8 * 51_463_680
+    assert plan.largest_context() == room // 147_456 == 65_601
+    assert ("serve --parallel 8", "65,601 KV tokens shared by 8 caches: 8,200 each when all "
+                                  "are full") in plan.table()
+
+
 def test_refusal_names_what_would_fit():
     plan = qwen3_4b_plan()
     plan.check(60_000)

@@ -24,8 +24,11 @@ alone is fetched. Exits 1 when --context does not fit. {MODEL_HELP}""")
 @click.option("--recipe", default="q4", show_default=True,
               help="Recipe the model would be converted with.")
 @memory_options
+@click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Plan for serve --parallel N: N caches share the KV budget, N prefill "
+                   "chunks at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(model: str | None, recipe: str, as_json: bool, **options) -> None:
+def plan(model: str | None, recipe: str, parallel: int, as_json: bool, **options) -> None:
     from ..engine.kv_cache import KVSpec  # the engine imports mlx-lm: only when needed
     from ..loader import compute_dtype
     from ..memory_plan import plan_model
@@ -37,11 +40,11 @@ def plan(model: str | None, recipe: str, as_json: bool, **options) -> None:
     result = plan_model(model, recipe=parse_recipe(recipe), compute_bytes=cast.size if cast
                         else None, context=context,
                         kv=KVSpec(o["kv_bits"], o["kv_group_size"], o["kv_start"]),
-                        prefill_step=o["prefill_step"], memory=o["memory"])
+                        prefill_step=o["prefill_step"], memory=o["memory"], parallel=parallel)
     if as_json:
         record = {"machine": result.machine.to_dict(), "weights_bytes": result.weights,
                   "kv_bytes_per_token": result.kv_bytes_per_token(),
-                  "largest_context": result.alternatives(),
+                  "largest_context": result.alternatives(), "parallel": parallel,
                   **({"context": context, "needed_bytes": result.needed(context)}
                      if context else {})}
         sys.stdout.write(json.dumps(record) + "\n")

@@ -75,7 +75,7 @@ class Batch:
         self.gen = BatchGenerator(
             model.net, stop_tokens=[[e] for e in model.eos_ids],
             completion_batch_size=parallel,
-            prefill_batch_size=1,  # one newcomer's chunk per step: the plan's activations
+            prefill_batch_size=parallel,
             prefill_step_size=step)
         self.sequences: dict[int, _Sequence] = {}
 

@@ -55,7 +55,7 @@ def generate_tokens(model, tokens: list[int], cache: list, sampler: Sampler, *,
             if on_prefill:
                 on_prefill(done, total)
 
-        recent = mx.array(list(history) + list(tokens), dtype=mx.uint32)
+        recent = mx.array(list(history) + list(tokens), dtype=mx.uint32) if processors else None
 
         def step(inputs: mx.array, new: bool = True) -> mx.array:
             nonlocal recent

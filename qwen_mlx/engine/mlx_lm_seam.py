@@ -13,6 +13,9 @@ Qwen3 model). A few things we need are not promised by it, and they are all here
   drops its leading-space trim, so the pieces add up to exactly ``tokenizer.decode(ids)``.
 * ``mlx_lm.generate.wired_limit`` and ``generation_stream``: the Metal loop wires the model's
   memory (so macOS does not page it out mid-generation) and runs on a dedicated stream.
+* ``mlx_lm.generate.BatchGenerator``'s ``insert`` (per-sequence samplers, processors and
+  caches), ``next`` and ``remove(..., return_prompt_caches=True)``: the server's continuous
+  batch (:mod:`qwen_mlx.engine.batch`). Its server uses them; they are not documented API.
 
 :func:`check` verifies all of them and fails with one line naming the mlx-lm version, so an
 upgrade that moves one of them fails here, at load, and not deep inside a generation.
@@ -39,6 +42,9 @@ CONTRACT = (
     ("mlx_lm.tokenizer_utils", "TokenizerWrapper"),
     ("mlx_lm.generate", "wired_limit"),
     ("mlx_lm.generate", "generation_stream"),
+    ("mlx_lm.generate", "BatchGenerator.insert"),
+    ("mlx_lm.generate", "BatchGenerator.next"),
+    ("mlx_lm.generate", "BatchGenerator.remove"),
 )
 
 

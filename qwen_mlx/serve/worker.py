@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import AsyncIterator
 
 from ..engine import Piece, PromptCache, Request
@@ -95,16 +95,17 @@ class CachePool:
             self.caches.pop()
 
 
-def kv_budget(model: Model) -> int:
-    """Tokens of KV the memory plan has room for, shared by every sequence and kept cache;
-    never less than one full context."""
-    room = model.plan.largest_context() if model.plan is not None else 0
+def kv_budget(model: Model, parallel: int) -> int:
+    """Tokens of KV the memory plan has room for with ``parallel`` sequences (their prefill
+    activations counted), shared by every sequence and kept cache; never less than one full
+    context."""
+    room = replace(model.plan, parallel=parallel).largest_context() if model.plan else 0
     return max(room, model.context_length)
 
 
 def default_parallel(model: Model) -> int:
     """As many sequences as the KV budget holds at RESERVE tokens each, 1 to 8."""
-    return max(1, min(MAX_PARALLEL, kv_budget(model) // RESERVE))
+    return max(1, min(MAX_PARALLEL, kv_budget(model, 1) // RESERVE))
 
 
 class Worker:
@@ -116,7 +117,7 @@ class Worker:
         self.parallel = (parallel or default_parallel(model)) if batchable(model) else 1
         self.batched = self.parallel > 1
         self.time_limit = time_limit
-        self.budget = kv_budget(model)
+        self.budget = kv_budget(model, self.parallel)
         self.pool = CachePool(model, slots, self.budget)
         self.batch = Batch(model, parallel=self.parallel) if self.batched else None
         self.jobs: queue.Queue[Job] = queue.Queue()
