@@ -129,6 +129,18 @@ def test_chat_logprobs(model, running):
         "'top_logprobs' needs 'logprobs': true"
 
 
+def test_one_at_a_time_refuses_logprobs_it_cannot_give(model):
+    running = Running(Server(model, MODEL, parallel=1))
+    try:
+        r = httpx.post(f"{running.url}/v1/chat/completions", json={
+            "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "logprobs": True})
+        assert r.status_code == 400 and r.json()["error"]["message"] == (
+            "'logprobs' needs the batched engine: this server runs one request at a time "
+            "(--parallel 1 or --kv-bits)")
+    finally:
+        running.stop()
+
+
 def test_penalties_change_the_reply_as_the_engine_does(model, running):
     client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0)
     content = "Count with me"

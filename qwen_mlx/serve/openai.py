@@ -136,7 +136,7 @@ async def chat_completions(server: Server, request: Request) -> Response:
         refuse_unsupported(body, SUPPORTED, NO_OPS)
         stream, include_usage = common(body)
         tools = chosen_tools(body)
-        logprobs = chat_logprobs(body)
+        logprobs = server.check_logprobs(chat_logprobs(body), "logprobs")
         req = server.request(server.encode_chat(body.get("messages"), tools), sampling(body),
                              stop_list(body.get("stop")))
         return req, tools, stream, include_usage, logprobs
@@ -211,7 +211,7 @@ async def completions(server: Server, request: Request) -> Response:
         server.check_model(body.get("model"))
         refuse_unsupported(body, COMPLETION_FIELDS, COMPLETION_NO_OPS)
         stream, include_usage = common(body)
-        top = number(body, "logprobs", int, low=0, high=5)
+        top = server.check_logprobs(number(body, "logprobs", int, low=0, high=5), "logprobs")
         # OpenAI's default for this endpoint is 16 tokens
         req = server.request(prompt_tokens(server, body.get("prompt")),
                              sampling(body, default_max_tokens=16), stop_list(body.get("stop")))
