@@ -9,7 +9,8 @@ import time
 
 import uvicorn
 
-from qwen_mlx.serve import Server, create_app
+from qwen_mlx.serve import Server
+from qwen_mlx.serve.connections import uvicorn_config
 
 MODEL = "tiny-qwen3"
 
@@ -23,11 +24,11 @@ def free_port() -> int:
 class Running:
     """A uvicorn server in a thread."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, idle_timeout: float = 5.0) -> None:
         self.server = server
         self.port = free_port()
-        self.uvicorn = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1",
-                                                     port=self.port, log_level="warning"))
+        self.uvicorn = uvicorn.Server(uvicorn_config(server, "127.0.0.1", self.port,
+                                                     idle_timeout=idle_timeout))
         self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
         self.thread.start()
         while not self.uvicorn.started:

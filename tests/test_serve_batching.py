@@ -105,6 +105,25 @@ def test_request_timeout_ends_a_reply_as_length(model, parallel):
         running.stop()
 
 
+def test_connections_that_send_no_request_in_time_are_closed(model):
+    import socket
+
+    running = Running(Server(model, MODEL, parallel=1), idle_timeout=0.5)
+    try:
+        silent = socket.create_connection(("127.0.0.1", running.port))
+        slow = socket.create_connection(("127.0.0.1", running.port))
+        slow.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the head never ends
+        kept = httpx.Client(base_url=running.url)
+        assert kept.get("/health").status_code == 200  # then idle on keep-alive
+        for sock in (silent, slow):
+            sock.settimeout(10)  # a timeout here raises: the server must close it first
+            assert sock.recv(1024) == b""
+        time.sleep(0.8)
+        assert kept.get("/health").status_code == 200  # a new connection, transparently
+    finally:
+        running.stop()
+
+
 def test_chat_logprobs(model, running):
     client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0)
     messages = [{"role": "user", "content": "Hi there"}]

@@ -15,11 +15,9 @@ def run(server: Server, host: str = "127.0.0.1", port: int = 11434, *,
         shutdown_timeout: float = 10.0, idle_timeout: float = 5.0) -> None:
     """Serve with uvicorn until SIGINT or SIGTERM, then shut down gracefully (see
     :mod:`qwen_mlx.serve.shutdown`)."""
-    import uvicorn
-
+    from .connections import uvicorn_config
     from .shutdown import GracefulServer
 
-    config = uvicorn.Config(create_app(server), host=host, port=port, log_level="warning",
-                            timeout_keep_alive=idle_timeout,
-                            timeout_graceful_shutdown=shutdown_timeout + 5)
+    config = uvicorn_config(server, host, port, idle_timeout=idle_timeout,
+                            shutdown_timeout=shutdown_timeout)
     GracefulServer(config, server, shutdown_timeout).run()

@@ -94,9 +94,11 @@ def openai_calls(calls: list[dict]) -> list[dict]:
             for i, c in enumerate(calls)]
 
 
-def common(body: dict) -> tuple[bool, bool]:
-    """The fields both endpoints read alike: n, stream and stream_options -> (stream,
-    include usage)."""
+def common(server: Server, body: dict, fields: set[str], no_ops: dict) -> tuple[bool, bool]:
+    """What both endpoints check alike: the model, the fields they support, n, stream and
+    stream_options -> (stream, include usage)."""
+    server.check_model(body.get("model"))
+    refuse_unsupported(body, fields, no_ops)
     if body.get("n") not in (None, 1):
         raise RequestError(400, "only n=1 is supported", param="n")
     options = body.get("stream_options") or {}
@@ -132,9 +134,7 @@ async def chat_completions(server: Server, request: Request) -> Response:
     body = await read_json(request, server.max_body)
 
     def build():
-        server.check_model(body.get("model"))
-        refuse_unsupported(body, SUPPORTED, NO_OPS)
-        stream, include_usage = common(body)
+        stream, include_usage = common(server, body, SUPPORTED, NO_OPS)
         tools = chosen_tools(body)
         logprobs = server.check_logprobs(chat_logprobs(body), "logprobs")
         req = server.request(server.encode_chat(body.get("messages"), tools), sampling(body),
@@ -208,9 +208,7 @@ async def completions(server: Server, request: Request) -> Response:
     body = await read_json(request, server.max_body)
 
     def build():
-        server.check_model(body.get("model"))
-        refuse_unsupported(body, COMPLETION_FIELDS, COMPLETION_NO_OPS)
-        stream, include_usage = common(body)
+        stream, include_usage = common(server, body, COMPLETION_FIELDS, COMPLETION_NO_OPS)
         top = server.check_logprobs(number(body, "logprobs", int, low=0, high=5), "logprobs")
         # OpenAI's default for this endpoint is 16 tokens
         req = server.request(prompt_tokens(server, body.get("prompt")),
