@@ -10,12 +10,12 @@ from .errors import QwenMlxError  # noqa: E402
 from .recipes import Recipe, parse_recipe  # noqa: E402
 
 if TYPE_CHECKING:
-    from .engine import Piece, PromptCache, Request, SamplingParams, Stats
+    from .engine import Constraint, Piece, PromptCache, Request, SamplingParams, Stats
     from .model import Completion, Model
 
 # The engine imports mlx-lm, which imports transformers (over a second): loaded on first use,
 # so `qwen-mlx --help` and `import qwen_mlx` stay fast.
-_LAZY = {"Piece": "engine", "PromptCache": "engine", "Request": "engine",
+_LAZY = {"Constraint": "engine", "Piece": "engine", "PromptCache": "engine", "Request": "engine",
          "SamplingParams": "engine",
          "Stats": "engine", "Completion": "model", "Model": "model"}
 

@@ -15,6 +15,7 @@ from typing import Iterator, Sequence, Union
 
 from . import engine
 from .engine import KVSpec, Piece, PromptCache, SamplingParams, Stats
+from .engine.constraint import Constraint, Grammars
 from .engine.request import Request
 from .engine.sampling import make_processors
 from .errors import ContextExceeded, QwenMlxError
@@ -55,6 +56,8 @@ class Model:
         tokenizer_eos = sorted(tokenizer.eos_token_ids) if tokenizer is not None else []
         self.eos_ids = list(dict.fromkeys(eos_ids + tokenizer_eos))
         self.defaults = defaults
+        self._grammars: Grammars | None = None
+        self._hybrid: bool | None = None
 
     @property
     def context_length(self) -> int:
@@ -107,13 +110,14 @@ class Model:
     def request(self, prompt: Prompt | list[int], *, raw: bool = False,
                 tools: list | None = None, enable_thinking: bool | None = None,
                 stop: Sequence[str] = (), context: int | None = None,
-                **sampling) -> Request:
+                constraint: Constraint | None = None, **sampling) -> Request:
         """Validate one generation into a :class:`Request`: the prompt rendered (text,
         messages, or token ids), ``sampling`` over the model's defaults (temperature, top_p,
         top_k, min_p, seed, max_tokens, the penalties) and the reply fitted into the context
-        (``context`` caps it further: a chat's --max-context, an Ollama client's num_ctx).
-        This is the one place the context budget is worked out; a bad value is a
-        QwenMlxError here."""
+        (``context`` caps it further: a chat's --max-context, an Ollama client's num_ctx),
+        and a ``constraint`` the reply must match (its grammar compiled here: an
+        unsupported schema keyword is named now). This is the one place the context budget
+        is worked out; a bad value is a QwenMlxError here."""
         params = self.defaults.override(**sampling)
         if any(not isinstance(s, str) or not s for s in stop):
             raise QwenMlxError("a stop string must be non-empty text")
@@ -128,7 +132,46 @@ class Model:
             raise ContextExceeded(f"the prompt is {len(tokens):,} tokens; the context is "
                                   f"{limit:,}")
         params = params.override(max_tokens=min(params.max_tokens, limit - len(tokens)))
-        return Request(tuple(tokens), params, tuple(stop))
+        think_first = False
+        if constraint is not None:
+            self.grammars.compile(constraint)
+            think_first = self.thinks_first(tokens)
+        return Request(tuple(tokens), params, tuple(stop), constraint, think_first)
+
+    def thinks_first(self, tokens: list[int]) -> bool:
+        """Whether the reply to these prompt tokens opens with a ``<think>`` block: a hybrid
+        Qwen3 on a prompt that ends with the bare assistant header (thinking off ends it
+        with an empty think block instead). Qwen3-4B-Instruct-2507 never thinks."""
+        header = self.tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
+        return self.hybrid and tokens[-len(header):] == header
+
+    @property
+    def hybrid(self) -> bool:
+        """A hybrid thinking model: its chat template's enable_thinking switch changes the
+        prompt (the hybrid Qwen3-4B's does; Instruct-2507's template has none)."""
+        if self._hybrid is None:
+            probe = [{"role": "user", "content": "?"}]
+            self._hybrid = bool(self.tokenizer.has_chat_template) and \
+                self.encode(probe, enable_thinking=False) != self.encode(probe)
+        return self._hybrid
+
+    @property
+    def grammars(self) -> Grammars:
+        """The structured-output matchers for this model's tokenizer (made on first use)."""
+        if self._grammars is None:
+            think_end = self.tokenizer.convert_tokens_to_ids("</think>")
+            self._grammars = Grammars((self.path / "tokenizer.json").read_text(),
+                                      self.eos_ids, think_end if isinstance(think_end, int)
+                                      and think_end != self.tokenizer.unk_token_id else None)
+        return self._grammars
+
+    def processors(self, request: Request) -> list:
+        """The logits processors a request needs: its penalties, then its grammar mask."""
+        out = make_processors(request.params)
+        if request.constraint is not None:
+            out.append(self.grammars.processor(request.constraint,
+                                               think_first=request.think_first))
+        return out
 
     def stream(self, prompt: Prompt | list[int] | Request, *,
                cache: PromptCache | None = None,
@@ -147,7 +190,7 @@ class Model:
                              engine.make_sampler(req.params), max_tokens=req.params.max_tokens,
                              cache=self.new_cache() if cache is None else cache,
                              eos_ids=self.eos_ids, stop=req.stop, on_prefill=on_prefill,
-                             processors=make_processors(req.params), cut=cut,
+                             processors=self.processors(req), cut=cut,
                              **self._chunking(prefill_step))
 
     def token_steps(self, tokens: list[int], cache: PromptCache, *, max_tokens: int,

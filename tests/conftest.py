@@ -100,6 +100,18 @@ def tiny_kv(tmp_path_factory, tokenizer_bytes) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_instruct(tmp_path_factory, tiny_q4_f32) -> Path:
+    """tiny_q4_f32 answering like Qwen3-4B-Instruct-2507: no thinking switch in its
+    template, so a structured output applies from the first token."""
+    from qwen_mlx.testing import as_instruct
+
+    out = tmp_path_factory.mktemp("conv") / "tiny-instruct"
+    shutil.copytree(tiny_q4_f32, out)
+    as_instruct(out)
+    return out
+
+
 # -- qwen-mlx serve (test_serve.py, test_serve_safety.py): one server per test module ------
 
 @pytest.fixture(scope="module")

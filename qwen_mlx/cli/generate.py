@@ -28,10 +28,16 @@ comes from -p or, without it, from stdin; --file puts a document before it. {MOD
               help="End stdout with one JSON record: the reply text, token counts, speeds, "
                    "memory and finish reason.")
 @click.option("-q", "--quiet", is_flag=True, help="No statistics line on stderr.")
+@click.option("--json-schema", "schema_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="The reply is JSON valid under the JSON Schema in this file.")
+@click.option("--regex", help="The reply matches this regular expression.")
+@click.option("--choice", help="The reply is one of these comma-separated texts.")
 @generation_options
 def generate(model: str | None, prompt: str | None, document: Path | None, system: str | None,
-             raw: bool, as_json: bool, quiet: bool, adapter: Path | None, recipe: str,
+             raw: bool, as_json: bool, quiet: bool, schema_file: Path | None,
+             regex: str | None, choice: str | None, adapter: Path | None, recipe: str,
              stop: tuple[str, ...], **options) -> None:
+    constraint = structured(schema_file, regex, choice)
     if prompt is None:  # the request comes from stdin when it is piped, with --file too
         piped = sys.stdin is not None and not sys.stdin.isatty()
         prompt = sys.stdin.read() if piped else ""
@@ -50,7 +56,7 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
     stats, text = None, []
     with PrefillBar() as bar:
         for piece in llm.stream(prompt if raw else messages, raw=raw, on_prefill=bar,
-                                stop=stop, **sampling_kwargs(options)):
+                                stop=stop, constraint=constraint, **sampling_kwargs(options)):
             text.append(piece.text)
             sys.stdout.write(piece.text)
             sys.stdout.flush()
@@ -63,3 +69,27 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
     elif not quiet:
         err.print(stats.summary(), style="dim", markup=False, soft_wrap=True)
     sys.stdout.flush()
+
+
+def structured(schema_file: Path | None, regex: str | None, choice: str | None):
+    """The constraint from --json-schema, --regex or --choice (one at most), checked before
+    the model loads: a file that is missing or not JSON is a one-line error now; a keyword
+    the matcher does not support is named once the model's tokenizer is read."""
+    from ..engine.constraint import Constraint
+
+    given = [name for name, value in (("--json-schema", schema_file), ("--regex", regex),
+                                      ("--choice", choice)) if value is not None]
+    if len(given) > 1:
+        raise QwenMlxError(f"{' and '.join(given)} cannot be combined: choose one")
+    if schema_file is not None:
+        try:
+            text = schema_file.read_text()
+        except OSError as e:
+            raise QwenMlxError(f"cannot read --json-schema {schema_file}: "
+                               f"{e.strerror or e}") from None
+        return Constraint.schema(text)
+    if regex is not None:
+        return Constraint.regex(regex)
+    if choice is not None:
+        return Constraint.choice([c for c in choice.split(",")])
+    return None

@@ -33,7 +33,7 @@ from mlx_lm.generate import BatchGenerator
 from .generate import Piece, Reply
 from .prompt_cache import PromptCache
 from .request import Request
-from .sampling import make_processors, make_sampler
+from .sampling import make_sampler
 
 Progress = Callable[[int, int], None]
 
@@ -92,7 +92,7 @@ class Batch:
         params = request.params
         (uid,) = self.gen.insert([todo], max_tokens=[params.max_tokens], caches=[cache.layers],
                                  all_tokens=[prompt[:kept]], samplers=[make_sampler(params)],
-                                 logits_processors=[make_processors(params)])
+                                 logits_processors=[self.model.processors(request)])
         reply = Reply(self.model.tokenizer, prompt_tokens=len(prompt), cached_tokens=kept,
                       eos_ids=self.model.eos_ids, stop=request.stop)
         self.sequences[uid] = _Sequence(

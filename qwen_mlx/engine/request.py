@@ -11,14 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .constraint import Constraint
 from .sampling import SamplingParams
 
 
 @dataclass(frozen=True)
 class Request:
     """Prompt token ids, sampling (``params.max_tokens`` already within the context's
-    room) and stop strings (none empty)."""
+    room), stop strings (none empty), and what the reply must match (its grammar already
+    compiled once, so it cannot fail in the engine; ``think_first``: only after the
+    model's ``</think>``)."""
 
     tokens: tuple[int, ...]
     params: SamplingParams
     stop: tuple[str, ...] = ()
+    constraint: Constraint | None = None
+    think_first: bool = False

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .. import __version__
 from ..engine.sampling import PENALTY_WINDOW
+from .formats import ollama_format
 from .openai import read_json
 from .server import Delta, RequestError, Server, flag, number, refuse_unsupported, stop_list
 from .worker import ShuttingDown
@@ -26,11 +27,12 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-CHAT_FIELDS = {"model", "messages", "stream", "options", "tools", "keep_alive"}
-GENERATE_FIELDS = {"model", "prompt", "system", "stream", "options", "raw", "keep_alive"}
+CHAT_FIELDS = {"model", "messages", "stream", "options", "tools", "keep_alive", "format",
+               "think"}
+GENERATE_FIELDS = {"model", "prompt", "system", "stream", "options", "raw", "keep_alive",
+                   "format", "think"}
 # Fields holding their "off" value are accepted: a client's defaults are not requests.
-NO_OPS = {"format": lambda v: v in (None, ""), "images": lambda v: v in (None, []),
-          "think": lambda v: v in (None, False), "template": lambda v: v in (None, ""),
+NO_OPS = {"images": lambda v: v in (None, []), "template": lambda v: v in (None, ""),
           "context": lambda v: v in (None, []), "suffix": lambda v: v in (None, "")}
 OPTIONS = {"temperature", "top_p", "top_k", "min_p", "seed", "num_predict", "num_ctx", "stop",
            "repeat_penalty", "presence_penalty", "frequency_penalty"}
@@ -39,9 +41,21 @@ OPTION_NO_OPS = {"repeat_last_n": lambda v: v in (None, PENALTY_WINDOW)}
 
 
 def validated(server: Server, body: dict, tokens: list[int]):
-    """The engine's request from a prompt and Ollama's ``options``."""
+    """The engine's request from a prompt, Ollama's ``options`` and its ``format``."""
     sampling, stop, num_ctx = options(body)
-    return server.request(tokens, sampling, stop, num_ctx)
+    return server.request(tokens, sampling, stop, num_ctx,
+                          constraint=ollama_format(body.get("format")),
+                          constraint_param="format")
+
+
+def thinking(body: dict) -> bool | None:
+    """``think: false`` turns a hybrid Qwen3's thinking off. ``think: true`` would ask for
+    the thinking apart from the reply, which qwen-mlx does not do: refused."""
+    think = body.get("think")
+    if think is None or think is False:
+        return think
+    raise RequestError(400, "'think' may only be false: qwen-mlx returns a hybrid model's "
+                            "thinking inside the reply, not apart")
 
 
 def check_fields(body: dict, supported: set[str]) -> None:
@@ -140,7 +154,7 @@ async def chat(server: Server, request: Request) -> Response:
         if body.get("messages") in (None, []):
             return None
         return validated(server, body, server.encode_chat(body.get("messages"),
-                                                          body.get("tools")))
+                                                          body.get("tools"), thinking(body)))
 
     req = await server.validate(build)
     if req is None:
@@ -165,7 +179,8 @@ async def generate(server: Server, request: Request) -> Response:
         if system is not None and not isinstance(system, str):
             raise RequestError(400, "'system' must be text")
         return validated(server, body, server.encode_text(prompt, raw=flag(body, "raw"),
-                                                          system=system))
+                                                          system=system,
+                                                          enable_thinking=thinking(body)))
 
     req = await server.validate(build)
     if req is None:

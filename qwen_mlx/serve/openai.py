@@ -12,6 +12,8 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from ..engine.constraint import Constraint
+from .formats import forced_tool_call, openai_format
 from .logprobs import legacy
 from .server import (Delta, RequestError, Server, flag, number, refuse_unsupported,
                      stop_list)
@@ -42,12 +44,11 @@ def model_card(server: Server) -> dict:
 SAMPLING = {"model", "temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "stop",
             "stream", "stream_options", "n", "user", "presence_penalty", "frequency_penalty"}
 SUPPORTED = SAMPLING | {"messages", "max_completion_tokens", "tools", "tool_choice",
-                        "logprobs", "top_logprobs"}
+                        "logprobs", "top_logprobs", "response_format", "chat_template_kwargs"}
 # Fields clients send with their "off" value: accepted when they hold it, refused otherwise.
 NO_OPS = {"logit_bias": lambda v: v in (None, {}),
           "parallel_tool_calls": lambda v: v in (None, True), "store": lambda v: v in (None, False),
-          "metadata": lambda v: v in (None, {}),
-          "response_format": lambda v: v is None or v == {"type": "text"}}
+          "metadata": lambda v: v in (None, {})}
 COMPLETION_FIELDS = SAMPLING | {"prompt", "logprobs"}
 COMPLETION_NO_OPS = {"echo": lambda v: v in (None, False), "suffix": lambda v: v in (None, ""),
                      "best_of": lambda v: v in (None, 1),
@@ -69,16 +70,38 @@ def sampling(body: dict, default_max_tokens: int | None = None) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def chosen_tools(body: dict) -> list | None:
-    """``tools`` as ``tool_choice`` allows: "auto" (the default) offers them, "none" does
-    not; forcing a call ("required", a named function) is not supported."""
-    choice = body.get("tool_choice")
+def chosen_tools(body: dict) -> tuple[list | None, Constraint | None]:
+    """``tools`` as ``tool_choice`` says: "auto" (the default) offers them, "none" does
+    not, "required" or a named function forces one call (a grammar over the tools'
+    parameter schemas) -> (tools to offer, the forcing constraint)."""
+    choice, tools = body.get("tool_choice"), body.get("tools")
     if choice in (None, "auto"):
-        return body.get("tools")
+        return tools, None
     if choice == "none":
+        return None, None
+    if not isinstance(tools, list) or not tools:
+        raise RequestError(400, "forcing a tool call needs 'tools'", param="tool_choice")
+    if choice == "required":
+        return tools, forced_tool_call(tools, None)
+    name = choice.get("function", {}).get("name") if isinstance(choice, dict) and \
+        choice.get("type") == "function" and isinstance(choice.get("function"), dict) else None
+    if not isinstance(name, str):
+        raise RequestError(400, "tool_choice must be 'auto', 'none', 'required' or "
+                                "{\"type\": \"function\", \"function\": {\"name\": ...}}",
+                           param="tool_choice")
+    return tools, forced_tool_call(tools, name)
+
+
+def thinking(body: dict) -> bool | None:
+    """``chat_template_kwargs: {"enable_thinking": false}`` (vLLM's and SGLang's way) turns
+    a hybrid Qwen3's thinking off; nothing else may be passed to the template."""
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is None:
         return None
-    raise RequestError(400, "tool_choice may be 'auto' or 'none'; forcing a tool call is not "
-                            "supported", param="tool_choice")
+    if not isinstance(kwargs, dict) or set(kwargs) - {"enable_thinking"}:
+        raise RequestError(400, "'chat_template_kwargs' may only hold enable_thinking",
+                           param="chat_template_kwargs")
+    return flag(kwargs, "enable_thinking", None)
 
 
 def usage(stats) -> dict:
@@ -135,10 +158,16 @@ async def chat_completions(server: Server, request: Request) -> Response:
 
     def build():
         stream, include_usage = common(server, body, SUPPORTED, NO_OPS)
-        tools = chosen_tools(body)
+        tools, forced = chosen_tools(body)
         logprobs = server.check_logprobs(chat_logprobs(body), "logprobs")
-        req = server.request(server.encode_chat(body.get("messages"), tools), sampling(body),
-                             stop_list(body.get("stop")))
+        wanted = openai_format(body.get("response_format"))
+        if wanted is not None and forced is not None:
+            raise RequestError(400, "'response_format' and a forced tool_choice cannot be "
+                                    "combined", param="response_format")
+        req = server.request(server.encode_chat(body.get("messages"), tools, thinking(body)),
+                             sampling(body), stop_list(body.get("stop")),
+                             constraint=wanted or forced,
+                             constraint_param="tool_choice" if forced else "response_format")
         return req, tools, stream, include_usage, logprobs
 
     req, tools, stream, include_usage, logprobs = await server.validate(build)

@@ -17,6 +17,7 @@ from typing import AsyncIterator, Callable, TypeVar
 import anyio
 
 from ..engine import Request, Stats
+from ..engine.constraint import Constraint
 from ..errors import ContextExceeded, QwenMlxError
 from ..model import Model
 from . import tool_calls
@@ -86,14 +87,15 @@ class Server:
             raise RequestError(404, f"model '{name}' not found; this server runs "
                                     f"'{self.model_id}'", code="model_not_found", param="model")
 
-    def encode_chat(self, messages, tools=None) -> list[int]:
+    def encode_chat(self, messages, tools=None, enable_thinking: bool | None = None) -> list[int]:
         if not isinstance(messages, list) or not messages:
             raise RequestError(400, "'messages' must be a non-empty list", param="messages")
         clean = [normalize_message(m, i) for i, m in enumerate(messages)]
         if tools is not None and not isinstance(tools, list):
             raise RequestError(400, "'tools' must be a list", param="tools")
         try:
-            tokens = self.model.encode(clean, tools=tools or None)
+            tokens = self.model.encode(clean, tools=tools or None,
+                                       enable_thinking=enable_thinking)
         except QwenMlxError as e:
             raise RequestError(400, str(e)) from None
         except Exception as e:  # noqa: BLE001 - the template rejects odd input its own way
@@ -101,19 +103,28 @@ class Server:
                                param="messages") from None
         return tokens
 
-    def encode_text(self, prompt: str, *, raw: bool, system: str | None = None) -> list[int]:
+    def encode_text(self, prompt: str, *, raw: bool, system: str | None = None,
+                    enable_thinking: bool | None = None) -> list[int]:
         if raw:
             return self.model.encode(prompt, raw=True)
         messages = ([{"role": "system", "content": system}] if system else []) + \
             [{"role": "user", "content": prompt}]
-        return self.model.encode(messages)
+        return self.model.encode(messages, enable_thinking=enable_thinking)
 
     def request(self, tokens: list[int], sampling: dict, stop: list[str],
-                context: int | None = None) -> Request:
+                context: int | None = None, constraint: Constraint | None = None,
+                constraint_param: str | None = None) -> Request:
         """The engine's validated request, built before anything is queued: whatever the
-        engine would refuse is a 400 here, in the API's own error shape."""
+        engine would refuse is a 400 here, in the API's own error shape (a structured
+        output's schema too: ``constraint_param`` names the field it came from)."""
+        if constraint is not None:
+            try:
+                self.model.grammars.compile(constraint)
+            except QwenMlxError as e:
+                raise RequestError(400, str(e), param=constraint_param) from None
         try:
-            return self.model.request(tokens, stop=stop, context=context, **sampling)
+            return self.model.request(tokens, stop=stop, context=context,
+                                      constraint=constraint, **sampling)
         except ContextExceeded as e:
             raise RequestError(400, str(e), code="context_length_exceeded",
                                param="messages") from None

@@ -4,6 +4,6 @@ Needs the dev extra (``pip install -e '.[dev]'``) for the tokenizer's rank file.
 """
 
 from .checkpoint import SHAPES, make_checkpoint
-from .tokenizer import tokenizer_json, write_tokenizer
+from .tokenizer import as_instruct, tokenizer_json, write_tokenizer
 
-__all__ = ["SHAPES", "make_checkpoint", "tokenizer_json", "write_tokenizer"]
+__all__ = ["SHAPES", "as_instruct", "make_checkpoint", "tokenizer_json", "write_tokenizer"]

@@ -145,6 +145,28 @@ def tokenizer_config(chat_template: str, model_max_length: int) -> dict:
     }
 
 
+THINKING_SWITCH = ("    {%- if enable_thinking is defined and enable_thinking is false -%}"
+                   "{{- '<think>\\n\\n</think>\\n\\n' -}}{%- endif -%}\n")
+
+
+def as_instruct(folder: Path) -> None:
+    """Make a fixture model answer like Qwen3-4B-Instruct-2507, which never thinks: its chat
+    template loses the hybrid models' enable_thinking switch (in chat_template.jinja and
+    tokenizer_config.json, wherever it is)."""
+    folder = Path(folder)
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        if name.endswith(".jinja"):
+            text = path.read_text()
+            path.write_text(text.replace(THINKING_SWITCH, ""))
+        else:
+            config = json.loads(path.read_text())
+            config["chat_template"] = config["chat_template"].replace(THINKING_SWITCH, "")
+            path.write_text(json.dumps(config, ensure_ascii=False, indent=2))
+
+
 def write_tokenizer(out: Path, *, model_max_length: int = 262144,
                     tokenizer_json_bytes: bytes | None = None) -> None:
     out = Path(out)
