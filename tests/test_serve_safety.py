@@ -135,7 +135,7 @@ def test_unsupported_fields_are_refused_by_name_and_no_ops_accepted(running):
     url = running.url
     base = {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]}
     for field, value in (("logit_bias", {"15": 3}), ("parallel_tool_calls", False),
-                         ("response_format", {"type": "json_object"}), ("foo", 1)):
+                         ("store", True), ("foo", 1)):
         r = httpx.post(f"{url}/v1/chat/completions", json={**base, field: value})
         assert r.status_code == 400 and r.json()["error"]["message"] == \
             f"'{field}' is not supported by qwen-mlx" and r.json()["error"]["param"] == field
@@ -154,8 +154,8 @@ def test_unsupported_fields_are_refused_by_name_and_no_ops_accepted(running):
     assert r.status_code == 400 and r.json()["error"]["message"] == \
         "'echo' is not supported by qwen-mlx"
     r = httpx.post(f"{url}/api/generate", json={"model": MODEL, "prompt": "x", "stream": False,
-                                                "format": "json"})
-    assert r.status_code == 400 and r.json() == {"error": "'format' is not supported by "
+                                                "suffix": "y"})
+    assert r.status_code == 400 and r.json() == {"error": "'suffix' is not supported by "
                                                           "qwen-mlx"}
     r = httpx.post(f"{url}/api/generate", json={"model": MODEL, "prompt": "x", "stream": False,
                                                 "keep_alive": "5m", "format": "",
