@@ -20,6 +20,7 @@ from .errors import QwenMlxError
 # What qwen-mlx and mlx-lm write into a model or adapter folder.
 OWN_PATTERNS = (*TOKENIZER_FILES, "config.json", "generation_config.json", "*.safetensors",
                 "model.safetensors.index.json", "README.md", "LICENSE", "qwen-mlx.json",
+                "quality.json",
                 "fused_from.json", "adapter_config.json", "state.json", ".qwen-mlx-partial")
 
 

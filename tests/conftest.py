@@ -25,6 +25,9 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("QWEN_MLX_HOME", str(tmp_path / "qwen-mlx-home"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # convert's quality measurement takes most of a minute on this CPU (MLX's quantized
+    # output layer over 152k tokens): off unless a test asks for it (test_quality.py)
+    monkeypatch.setenv("QWEN_MLX_EVAL_TOKENS", "0")
 
 
 @pytest.fixture(scope="session")

@@ -75,7 +75,7 @@ class Group(click.Group):
 @click.version_option(__version__, prog_name="qwen-mlx")
 def main() -> None:
     """Qwen3-4B on your Mac with MLX: convert, generate, chat, serve, finetune,
-    fuse, plan, bench, models."""
+    fuse, plan, bench, eval, models."""
 
 
 def _check_backend() -> None:
@@ -94,6 +94,7 @@ def _register() -> None:
     from .bench import bench
     from .chat import chat
     from .convert import convert
+    from .eval import eval_command
     from .finetune import finetune
     from .fuse import fuse
     from .generate import generate
@@ -101,7 +102,8 @@ def _register() -> None:
     from .plan import plan
     from .serve import serve
 
-    for command in (bench, chat, convert, finetune, fuse, generate, models, plan, serve):
+    for command in (bench, chat, convert, eval_command, finetune, fuse, generate, models, plan,
+                    serve):
         main.add_command(command)
 
 

@@ -10,6 +10,7 @@ from .. import hub
 from ..checkpoint import is_mlx_folder
 from ..errors import QwenMlxError
 from ..outputs import check_target
+from ..quality import DEFAULT_CHUNK
 from ..recipes import Recipe
 from .console import convert_with_progress
 from .options import MODEL_HELP, given, model_argument
@@ -49,8 +50,18 @@ holds the source, the current folder or anything else of yours). {MODEL_HELP}"""
               help="Type of scales, biases and unquantized tensors.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--force", is_flag=True, help="Replace an existing output model folder.")
+@click.option("--eval-tokens", type=click.IntRange(0), default=2048, show_default=True,
+              envvar="QWEN_MLX_EVAL_TOKENS",
+              help="Tokens of the built-in held-out text the result is measured on against "
+                   "its source (KL, top-1, perplexity ratio; quality.json); 0 skips it, as "
+                   "--no-eval does (or QWEN_MLX_EVAL_TOKENS=0).")
+@click.option("--no-eval", is_flag=True, help="Skip that measurement.")
 def convert(model: str | None, q4: bool, q8: bool, no_quantize: bool, bits: int | None,
-            group_size: str, dtype: str, output: Path | None, force: bool) -> None:
+            group_size: str, dtype: str, output: Path | None, force: bool, eval_tokens: int,
+            no_eval: bool) -> None:
+    if 0 < eval_tokens < DEFAULT_CHUNK:
+        raise QwenMlxError(f"--eval-tokens must be 0 (none) or at least {DEFAULT_CHUNK} (one "
+                           f"chunk)")
     recipe = recipe_from_flags({"q4": q4, "q8": q8, "no_quantize": no_quantize}, bits,
                                int(group_size), dtype)
     if recipe.bits is None and given("group_size"):
@@ -62,4 +73,20 @@ def convert(model: str | None, q4: bool, q8: bool, no_quantize: bool, bits: int 
     check_target(output, force=force, protect=[spec.folder] if spec.folder else [])
     source = hub.source_folder(spec)
     convert_with_progress(source, output, recipe, spec.display, force=force)
+    if not no_eval and eval_tokens:
+        report_quality(output, source, eval_tokens)
     click.echo(str(output))
+
+
+def report_quality(output: Path, source: Path, tokens: int) -> None:
+    """Measure the conversion against its source on the built-in held-out text: one line on
+    stderr, quality.json and the model card."""
+    from .. import quality
+    from .console import err
+    from .eval import EvalProgress
+
+    parts = quality.prepare(output, source, quality.built_in_text(), limit=tokens)
+    with EvalProgress() as bars:
+        result = quality.evaluate(output, source, parts, progress=bars.task)
+    quality.record(output, result, source, quality.DEFAULT_CHUNK)
+    err.print(f"quality against the source: {result.line()}", soft_wrap=True, markup=False)

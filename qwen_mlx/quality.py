@@ -1,0 +1,259 @@
+"""What a conversion cost: perplexity, and the next-token distributions against a reference.
+
+The text is cut into chunks of ``chunk`` tokens, each scored from an empty cache. Memory
+stays bounded in two ways:
+
+* the two models are never resident together: the reference runs first and keeps, per
+  position, only its TOP_K likeliest tokens with their log-probabilities and the
+  log-probability of the actual next token (TOP_K x 8 + 8 bytes a position: 520 bytes, 2 MB
+  for 4,096 tokens); then it is dropped and the candidate runs;
+* logits are never materialised for the text, nor for a whole chunk: the final norm's
+  hidden states go through the output layer ROWS positions at a time, so the float32
+  logits held at once are ROWS x vocab x 4 bytes (64 x 151,936 x 4 = 39 MB).
+
+KL(reference || candidate) per position is computed over the reference's TOP_K tokens plus
+one bucket for the rest of the vocabulary (the reference's and the candidate's remaining
+mass). Merging tokens into one bucket can only lower a KL divergence, so this is a lower
+bound of the exact figure, tight when the reference's top TOP_K hold nearly all its mass
+(``tail_mass`` in the result says how much they miss).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import mlx.core as mx
+import numpy as np
+
+from .errors import QwenMlxError
+
+TOP_K = 64
+ROWS = 64
+DEFAULT_CHUNK = 512
+BUILT_IN = Path(__file__).resolve().parents[1] / "convert" / "calibration" / "heldout"
+
+Progress = Callable[[int, int], None]  # (tokens done, tokens total)
+
+
+@dataclass
+class Quality:
+    """Figures of one evaluation; the reference's are None without a reference."""
+
+    tokens: int  # positions scored
+    perplexity: float
+    reference_perplexity: float | None = None
+    kl_mean: float | None = None
+    kl_p99: float | None = None
+    top1_agreement: float | None = None
+    tail_mass: float | None = None  # the reference's mass outside its top TOP_K (mean)
+
+    @property
+    def perplexity_ratio(self) -> float | None:
+        return None if self.reference_perplexity is None else \
+            self.perplexity / self.reference_perplexity
+
+    def line(self) -> str:
+        """One line for people."""
+        if self.kl_mean is None:
+            return f"perplexity {self.perplexity:.3f} over {self.tokens:,} tokens"
+        return (f"KL {self.kl_mean:.4f} (p99 {self.kl_p99:.4f}), top-1 "
+                f"{self.top1_agreement:.1%}, perplexity x{self.perplexity_ratio:.3f} "
+                f"({self.perplexity:.3f} vs {self.reference_perplexity:.3f}) over "
+                f"{self.tokens:,} tokens")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "perplexity_ratio": self.perplexity_ratio, "top_k": TOP_K}
+
+
+def built_in_text() -> str:
+    """The held-out part of the project's own evaluation set (convert/calibration/)."""
+    files = sorted(BUILT_IN.glob("*.txt")) if BUILT_IN.is_dir() else []
+    if not files:
+        raise QwenMlxError(f"the built-in evaluation set is missing ({BUILT_IN}); pass "
+                           f"--file TEXT")
+    return "\n\n".join(f.read_text(encoding="utf-8") for f in files)
+
+
+def chunks(tokens: list[int], size: int, limit: int | None = None) -> list[list[int]]:
+    """Whole chunks of ``size`` tokens (at most ``limit`` tokens in all); text shorter than
+    one chunk is refused."""
+    if len(tokens) < size:
+        raise QwenMlxError(f"the text is {len(tokens):,} tokens; at least {size:,} are needed "
+                           f"(one chunk; --chunk sets its size)")
+    usable = len(tokens) if limit is None else min(len(tokens), max(limit, size))
+    return [tokens[i:i + size] for i in range(0, usable - size + 1, size)]
+
+
+def _log_probs(net, chunk: list[int]) -> Iterator[tuple[int, mx.array]]:
+    """(first position, float32 log-probabilities of the next token) for ROWS positions at
+    a time, positions 0 .. len(chunk) - 2."""
+    hidden = net.model(mx.array(chunk)[None])
+    head = net.model.embed_tokens.as_linear if net.args.tie_word_embeddings else net.lm_head
+    for start in range(0, len(chunk) - 1, ROWS):
+        logits = head(hidden[:, start:min(start + ROWS, len(chunk) - 1)])[0]
+        logits = logits.astype(mx.float32)
+        yield start, logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+@dataclass
+class Reference:
+    """What the reference leaves behind, per chunk: its top-k ids and log-probabilities,
+    and the log-probability of the actual next token."""
+
+    ids: list[np.ndarray]
+    logp: list[np.ndarray]
+    target: list[np.ndarray]
+
+
+def reference_pass(net, parts: list[list[int]], progress: Progress | None = None) -> Reference:
+    ref = Reference([], [], [])
+    total = sum(len(p) - 1 for p in parts)
+    done = 0
+    for chunk in parts:
+        ids, logp, target = [], [], []
+        nxt = mx.array(chunk[1:])
+        for start, lp in _log_probs(net, chunk):
+            top = mx.argpartition(-lp, kth=TOP_K - 1, axis=-1)[:, :TOP_K]
+            rows = lp.shape[0]
+            picked = mx.take_along_axis(lp, top, axis=-1)
+            tgt = mx.take_along_axis(lp, nxt[start:start + rows, None], axis=-1)[:, 0]
+            mx.eval(top, picked, tgt)
+            ids.append(np.array(top, dtype=np.int32))
+            logp.append(np.array(picked, dtype=np.float32))
+            target.append(np.array(tgt, dtype=np.float32))
+            done += rows
+            if progress:
+                progress(done, total)
+        ref.ids.append(np.concatenate(ids))
+        ref.logp.append(np.concatenate(logp))
+        ref.target.append(np.concatenate(target))
+    return ref
+
+
+def candidate_pass(net, parts: list[list[int]], ref: Reference | None = None,
+                   progress: Progress | None = None) -> Quality:
+    """Perplexity of ``net`` on the chunks; with ``ref``, KL, top-1 and the ratio."""
+    total = sum(len(p) - 1 for p in parts)
+    nll, kls, agree, tails, ref_nll = [], [], [], [], []
+    done = 0
+    for n, chunk in enumerate(parts):
+        nxt = mx.array(chunk[1:])
+        for start, lp in _log_probs(net, chunk):
+            rows = lp.shape[0]
+            tgt = mx.take_along_axis(lp, nxt[start:start + rows, None], axis=-1)[:, 0]
+            nll.append(-np.array(tgt, dtype=np.float64))
+            if ref is not None:
+                r_ids = mx.array(ref.ids[n][start:start + rows])
+                r_lp = ref.logp[n][start:start + rows].astype(np.float64)
+                q_lp = np.array(mx.take_along_axis(lp, r_ids, axis=-1), dtype=np.float64)
+                best = np.array(mx.argmax(lp, axis=-1))
+                p, q = np.exp(r_lp), np.exp(q_lp)
+                p_tail = np.clip(1 - p.sum(-1), 0, 1)
+                q_tail = np.clip(1 - q.sum(-1), 1e-12, 1)
+                kl = (p * (r_lp - q_lp)).sum(-1) + np.where(
+                    p_tail > 1e-12, p_tail * (np.log(np.maximum(p_tail, 1e-12)) -
+                                              np.log(q_tail)), 0.0)
+                kls.append(np.maximum(kl, 0.0))
+                ref_best = ref.ids[n][start:start + rows][
+                    np.arange(rows), np.argmax(ref.logp[n][start:start + rows], axis=-1)]
+                agree.append(best == ref_best)
+                tails.append(p_tail)
+                ref_nll.append(-ref.target[n][start:start + rows].astype(np.float64))
+            done += rows
+            if progress:
+                progress(done, total)
+    nll_all = np.concatenate(nll)
+    out = Quality(tokens=int(nll_all.size), perplexity=math.exp(nll_all.mean()))
+    if ref is not None:
+        kl_all = np.concatenate(kls)
+        out.reference_perplexity = math.exp(np.concatenate(ref_nll).mean())
+        out.kl_mean = float(kl_all.mean())
+        out.kl_p99 = float(np.percentile(kl_all, 99))
+        out.top1_agreement = float(np.concatenate(agree).mean())
+        out.tail_mass = float(np.concatenate(tails).mean())
+    return out
+
+
+def same_tokenizer(a: Path, b: Path) -> None:
+    """A reference must read text as the candidate does: the same tokenizer.json."""
+    def digest(folder: Path) -> str | None:
+        f = Path(folder) / "tokenizer.json"
+        return hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else None
+
+    if digest(a) != digest(b):
+        raise QwenMlxError(f"the reference {b} has another tokenizer than {a}: their "
+                           f"next-token distributions cannot be compared")
+
+
+def source_of(folder: Path) -> Path | None:
+    """The checkpoint a qwen-mlx conversion was made from, when it is still there."""
+    import json
+
+    from .quantize import PROVENANCE
+
+    try:
+        record = json.loads((Path(folder) / PROVENANCE).read_text())
+    except (OSError, ValueError):
+        return None
+    path = record.get("source_path")
+    return Path(path) if path and Path(path).is_dir() else None
+
+
+def prepare(candidate: Path, reference: Path | None, text: str, *,
+            chunk: int = DEFAULT_CHUNK, limit: int | None = None) -> list[list[int]]:
+    """The chunks to score, after the checks that need no model: the reference reads text
+    as the candidate does, and the text holds at least one chunk."""
+    from .loader import load_tokenizer
+
+    if reference is not None:
+        same_tokenizer(candidate, reference)
+    tokenizer = load_tokenizer(Path(candidate), [])
+    return chunks(list(tokenizer.encode(text, add_special_tokens=False)), chunk, limit)
+
+
+def evaluate(candidate: Path, reference: Path | None, parts: list[list[int]], *,
+             progress: Callable[[str], Progress] | None = None) -> Quality:
+    """Score the MLX folder ``candidate`` on the chunks (and against the ``reference``
+    folder, MLX or Hugging Face, when given), one model resident at a time.
+    ``progress(label)`` gives a callback per pass."""
+    import gc
+
+    from .loader import load_weights
+
+    ref = None
+    if reference is not None:
+        net, _ = load_weights(reference)
+        ref = reference_pass(net, parts, progress("reference") if progress else None)
+        del net
+        gc.collect()
+        mx.clear_cache()
+    net, _ = load_weights(Path(candidate))
+    return candidate_pass(net, parts, ref, progress("model") if progress else None)
+
+
+QUALITY_FILE = "quality.json"
+
+
+def record(folder: Path, quality: Quality, reference: Path, chunk: int) -> None:
+    """Write ``quality.json`` beside the weights and the figures into the model card, each
+    file replaced whole (a stopped run leaves the old one)."""
+    import json
+
+    from .atomic import atomic_path
+
+    folder = Path(folder)
+    data = {"reference": str(reference), "chunk": chunk, "text": "built-in held-out set",
+            **quality.to_dict()}
+    with atomic_path(folder / QUALITY_FILE) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    card = folder / "README.md"
+    if card.is_file():
+        text = card.read_text().split("\n## Quality\n")[0].rstrip("\n")
+        with atomic_path(card) as tmp:
+            tmp.write_text(f"{text}\n\n## Quality\n\nAgainst `{reference}` on qwen-mlx's "
+                           f"held-out text ({quality.tokens:,} tokens, `qwen-mlx eval`): "
+                           f"{quality.line()}.\n")

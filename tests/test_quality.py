@@ -1,0 +1,87 @@
+"""`qwen-mlx eval` and the quality line of `qwen-mlx convert`: exact where the answer is
+known (a model against itself), ordered where it must be (8-bit loses less than 4-bit), and
+refusals in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from click.testing import CliRunner
+
+from qwen_mlx.cli import main
+from qwen_mlx.quality import built_in_text
+
+TEXT = built_in_text()
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def evaluate(model, *extra) -> dict:
+    r = run("eval", model, "--chunk", 128, "--max-tokens", 256, "--json", *extra)
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def test_a_model_against_its_own_weights_loses_nothing(tiny_f32, tiny_hf):
+    """float32 of the bf16 source holds the same numbers: KL 0, every top-1 the same."""
+    got = evaluate(tiny_f32, "--reference", tiny_hf)
+    assert got["tokens"] == 2 * 127 and got["chunk"] == 128
+    assert got["kl_mean"] == 0 and got["kl_p99"] == 0 and got["top1_agreement"] == 1
+    assert got["perplexity_ratio"] == 1 and got["perplexity"] == got["reference_perplexity"]
+
+
+def test_eight_bits_lose_less_than_four(tiny_hf, tmp_path):
+    kls = {}
+    for bits in (8, 4):
+        out = tmp_path / f"q{bits}"
+        assert run("convert", tiny_hf, "-o", out, "--bits", bits, "--dtype", "float32",
+                   "--no-eval").exit_code == 0
+        got = evaluate(out)  # the reference defaults to the source it was converted from
+        assert got["reference"] == str(tiny_hf)
+        kls[bits] = got["kl_mean"]
+    assert 0 < kls[8] < kls[4]
+
+
+def test_convert_reports_its_quality(tiny_hf, tmp_path):
+    out = tmp_path / "q4"
+    r = run("convert", tiny_hf, "-o", out, "--dtype", "float32", "--eval-tokens", 512)
+    assert r.exit_code == 0, r.output
+    line = [s for s in r.stderr.splitlines() if s.startswith("quality against the source: KL ")]
+    assert len(line) == 1 and line[0].endswith("over 511 tokens")
+    record = json.loads((out / "quality.json").read_text())
+    assert record["reference"] == str(tiny_hf) and record["tokens"] == 511
+    assert line[0] == f"quality against the source: {quality_line(record)}"
+    card = (out / "README.md").read_text()
+    assert card.count("## Quality") == 1 and quality_line(record) in card
+    r = run("convert", tiny_hf, "-o", tmp_path / "x", "--eval-tokens", 100)
+    assert r.exit_code == 1 and r.output == \
+        "error: --eval-tokens must be 0 (none) or at least 512 (one chunk)\n"
+
+
+def quality_line(record: dict) -> str:
+    from qwen_mlx.quality import Quality
+
+    fields = {k: record[k] for k in ("tokens", "perplexity", "reference_perplexity",
+                                     "kl_mean", "kl_p99", "top1_agreement", "tail_mass")}
+    return Quality(**fields).line()
+
+
+def test_refusals(tiny_q4_f32, tiny_hf, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_hf, other)
+    vocab = json.loads((other / "tokenizer.json").read_text())
+    vocab["added_tokens"][0]["content"] = "<|other|>"
+    (other / "tokenizer.json").write_text(json.dumps(vocab))
+    r = run("eval", tiny_q4_f32, "--reference", other)
+    assert r.exit_code == 1 and r.output == (
+        f"error: the reference {other} has another tokenizer than {tiny_q4_f32}: their "
+        f"next-token distributions cannot be compared\n")
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words.")
+    r = run("eval", tiny_q4_f32, "--file", short)
+    assert r.exit_code == 1 and r.output == (
+        "error: the text is 5 tokens; at least 512 are needed (one chunk; --chunk sets its "
+        "size)\n")
