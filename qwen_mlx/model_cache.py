@@ -34,6 +34,7 @@ class CachedModel:
     last_used: float  # seconds since the epoch
     complete: bool  # False: a folder without our record (an old interrupted run)
     orphaned: bool  # its local source folder is gone, so it can never be refreshed
+    kl: float | None = None  # mean KL against its source, when convert measured it
 
     def to_dict(self) -> dict:
         return {**asdict(self), "path": str(self.path)}
@@ -63,7 +64,16 @@ def _entry(path: Path) -> CachedModel:
         revision=record.get("revision"), nbytes=leftovers.size_of(path),
         last_used=(marker if marker.is_file() else path).stat().st_mtime,
         complete=bool(record), orphaned=local and bool(source_path) and not Path(
-            source_path).is_dir())
+            source_path).is_dir(), kl=_measured_kl(path))
+
+
+def _measured_kl(path: Path) -> float | None:
+    """The mean KL `qwen-mlx convert` wrote into quality.json, if it measured one."""
+    try:
+        value = json.loads((path / "quality.json").read_text()).get("kl_mean")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, (int, float)) else None
 
 
 def list_models() -> list[CachedModel]:

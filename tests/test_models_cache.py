@@ -57,7 +57,7 @@ def test_list_prune_rm_and_sources(env, tmp_path, tiny_hf):
         "source_path": str(tmp_path / "hf" / "hub" / "models--Qwen--Qwen3-4B" / "snapshots" /
                            COMMIT),
         "revision": COMMIT, "nbytes": folder_bytes(hub_folder), "last_used": 0,
-        "complete": True, "orphaned": False}
+        "complete": True, "orphaned": False, "kl": None}  # convert measured nothing here
     assert (local_entry["name"], local_entry["recipe"], local_entry["revision"]) == \
         (str(local), "q8", None)
     text = cli(env, "models")

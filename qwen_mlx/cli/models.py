@@ -40,9 +40,10 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 
 
 @click.group(invoke_without_command=True, help="""Converted models in the cache (like `ollama
-list`): `qwen-mlx models` lists them with recipe, size, source, revision and last use; `rm`
-removes one, `prune` removes what interrupted runs and deleted sources left, `sources` shows
-the Qwen3 downloads in the Hugging Face cache. Nothing in the Hugging Face cache is removed
+list`): `qwen-mlx models` lists them with recipe, size, KL against the source (when
+convert measured it), source, revision and last use; `rm` removes one, `prune` removes what
+interrupted runs and deleted sources left, `sources` shows the Qwen3 downloads in the
+Hugging Face cache. Nothing in the Hugging Face cache is removed
 unless you ask (`rm --source`).""")
 @click.pass_context
 def models(ctx: click.Context) -> None:
@@ -65,9 +66,10 @@ def list_command(as_json: bool = False) -> None:
     else:
         rows = [[m.name + (" [dim](source gone)[/dim]" if m.orphaned else "") +
                  ("" if m.complete else " [dim](incomplete)[/dim]"), m.recipe, _size(m.nbytes),
-                 (m.revision or "")[:12], _when(m.last_used), str(m.path)] for m in found]
+                 "" if m.kl is None else f"{m.kl:.4f}", (m.revision or "")[:12],
+                 _when(m.last_used), str(m.path)] for m in found]
         _table(f"converted models ({_size(sum(m.nbytes for m in found))})",
-               ["model", "recipe", "size", "revision", "last used", "path"], rows)
+               ["model", "recipe", "size", "KL", "revision", "last used", "path"], rows)
     leftover = model_cache.orphans(found)  # the list above: no second walk of the cache
     if stale or leftover:
         total = sum(x.nbytes for x in stale) + sum(m.nbytes for m in leftover)
