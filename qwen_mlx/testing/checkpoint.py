@@ -22,18 +22,38 @@ GENERATION_CONFIG = {"bos_token_id": 151643, "do_sample": True, "eos_token_id": 
                      "pad_token_id": 151643, "temperature": 0.7, "top_k": 20, "top_p": 0.8}
 
 
-def random_tensor(name: str, shape: tuple[int, ...]) -> mx.array:
-    """Unit-variance embeddings, 1.6/sqrt(fan_in) projections, unit norms."""
+OUTLIER_GAIN = 20.0
+OUTLIER_LAYERS = 2  # the first layers get them, as in real models
+
+
+def random_tensor(name: str, shape: tuple[int, ...], outliers: int = 0) -> mx.array:
+    """Unit-variance embeddings, 1.6/sqrt(fan_in) projections, unit norms. With
+    ``outliers``, the projections of the first OUTLIER_LAYERS layers get that many input
+    channels OUTLIER_GAIN times larger (the same channels in every projection of a layer),
+    as real LLMs have: one such column stretches the quantization scale of every group it
+    falls in."""
     if len(shape) == 1:
         return mx.ones(shape, dtype=mx.bfloat16)
     std = 1.0 if "embed_tokens" in name else 1.6 / shape[1] ** 0.5
-    return (mx.random.normal(shape) * std).astype(mx.bfloat16)
+    weight = mx.random.normal(shape) * std
+    layer = _layer_of(name)
+    if outliers and layer is not None and layer < OUTLIER_LAYERS and name.endswith("proj.weight"):
+        channels = mx.random.permutation(shape[1], key=mx.random.key(1000 + layer))[:outliers]
+        gain = mx.ones((shape[1],)).at[channels].multiply(OUTLIER_GAIN)
+        weight = weight * gain
+    return weight.astype(mx.bfloat16)
+
+
+def _layer_of(name: str) -> int | None:
+    parts = name.split(".")
+    return int(parts[2]) if len(parts) > 2 and parts[1] == "layers" else None
 
 
 def make_checkpoint(out: Path, shape: str = "tiny", *, seed: int = 0,
                     shard_bytes: int = 2 << 30, config_overrides: dict | None = None,
-                    tokenizer_json_bytes: bytes | None = None) -> Path:
-    """Write a random Qwen3 checkpoint to ``out`` and return it."""
+                    tokenizer_json_bytes: bytes | None = None, outliers: int = 0) -> Path:
+    """Write a random Qwen3 checkpoint to ``out`` and return it (``outliers``: see
+    :func:`random_tensor`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = {**config_for(shape), **(config_overrides or {})}
@@ -47,7 +67,7 @@ def make_checkpoint(out: Path, shape: str = "tiny", *, seed: int = 0,
     weight_map = {}
     for i, shard in enumerate(shards):
         fname = shard_name(i, len(shards))
-        arrays = {name: random_tensor(name, shp) for name, shp in shard}
+        arrays = {name: random_tensor(name, shp, outliers) for name, shp in shard}
         mx.save_safetensors(str(out / fname), arrays, metadata={"format": "pt"})
         weight_map.update({name: fname for name in arrays})
         del arrays
