@@ -85,3 +85,31 @@ def test_refusals(tiny_q4_f32, tiny_hf, tmp_path):
     assert r.exit_code == 1 and r.output == (
         "error: the text is 5 tokens; at least 512 are needed (one chunk; --chunk sets its "
         "size)\n")
+
+
+def test_planted_outlier_channels(tmp_path):
+    """make_checkpoint(outliers=N): the first layers' projections share N input channels
+    20x larger than the rest; later layers have none."""
+    import mlx.core as mx
+
+    from qwen_mlx.testing import make_checkpoint
+
+    weights = mx.load(str(make_checkpoint(tmp_path / "ck", "tiny", outliers=3,
+                                          config_overrides={"num_hidden_layers": 3,
+                                                            "max_window_layers": 3}) /
+                          "model.safetensors"))
+
+    def loudest(name: str, n: int = 3) -> set[int]:
+        column = mx.abs(weights[name].astype(mx.float32)).mean(axis=0)
+        return set(mx.argsort(-column)[:n].tolist())
+
+    first = {frozenset(loudest(f"model.layers.0.{p}")) for p in ("self_attn.q_proj.weight",
+                                                      "self_attn.k_proj.weight",
+                                                      "mlp.gate_proj.weight")}
+    assert len(first) == 1  # the same three channels in every projection of the layer
+    (channels,) = first
+    column = mx.abs(weights["model.layers.0.mlp.up_proj.weight"].astype(mx.float32)).mean(0)
+    rest = [c for c in range(column.size) if c not in channels]
+    assert min(column[c].item() for c in channels) > 10 * max(column[c].item() for c in rest)
+    later = mx.abs(weights["model.layers.2.mlp.up_proj.weight"].astype(mx.float32)).mean(0)
+    assert later.max().item() < 3 * later.mean().item()
