@@ -59,10 +59,10 @@ class Quality:
     def line(self) -> str:
         """One line for people."""
         if self.kl_mean is None:
-            return f"perplexity {self.perplexity:.3f} over {self.tokens:,} tokens"
+            return f"perplexity {self.perplexity:.4g} over {self.tokens:,} tokens"
         return (f"KL {self.kl_mean:.4f} (p99 {self.kl_p99:.4f}), top-1 "
                 f"{self.top1_agreement:.1%}, perplexity x{self.perplexity_ratio:.3f} "
-                f"({self.perplexity:.3f} vs {self.reference_perplexity:.3f}) over "
+                f"({self.perplexity:.4g} vs {self.reference_perplexity:.4g}) over "
                 f"{self.tokens:,} tokens")
 
     def to_dict(self) -> dict:
