@@ -15,6 +15,11 @@ class ContextExceeded(QwenMlxError):
     context_length_exceeded)."""
 
 
+class UnsupportedConstraint(QwenMlxError):
+    """A structured-output constraint the matcher cannot compile (an unsupported JSON
+    Schema keyword, a bad regex): the server names the field it came from."""
+
+
 def one_line(message: str, items: int = 3) -> str:
     """A multi-line library message (a heading, then one name per line) as one line: the
     heading and the first few names, so nothing ends on a bare colon."""

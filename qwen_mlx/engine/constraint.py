@@ -44,7 +44,7 @@ from typing import Sequence
 import mlx.core as mx
 import numpy as np
 
-from ..errors import QwenMlxError
+from ..errors import QwenMlxError, UnsupportedConstraint
 
 # Compact JSON: no optional whitespace (the model cannot pad a reply with blank space for
 # ever), ", " and ": " between items as json.dumps writes them.
@@ -145,8 +145,8 @@ class Grammars:
             return self._tokenizer
 
     def compile(self, constraint: Constraint):
-        """The compiled matcher for ``constraint``, or a QwenMlxError naming what is wrong
-        (an unsupported keyword, a bad regex)."""
+        """The compiled matcher for ``constraint``, or an UnsupportedConstraint naming what
+        is wrong (an unsupported keyword, a bad regex)."""
         from llguidance import LLMatcher
 
         tokenizer = self.tokenizer
@@ -159,8 +159,8 @@ class Grammars:
             except (ValueError, TypeError) as e:
                 problem = str(e)
             if problem:
-                raise QwenMlxError(f"the {constraint.label} is not supported: "
-                                   f"{one_line(problem)}")
+                raise UnsupportedConstraint(f"the {constraint.label} is not supported: "
+                                            f"{matcher_message(problem)}")
             with self._lock:
                 if len(self._compiled) >= 256:
                     self._compiled.pop(next(iter(self._compiled)))
@@ -172,7 +172,7 @@ class Grammars:
                            self.think_end if think_first else None)
 
 
-def one_line(problem: str) -> str:
+def matcher_message(problem: str) -> str:
     """llguidance's message in one line: its first line without the position prefix, and
     the regex parser's own ``error:`` line when there is one."""
     lines = [line.strip() for line in problem.splitlines() if line.strip()]

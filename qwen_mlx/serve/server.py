@@ -18,7 +18,7 @@ import anyio
 
 from ..engine import Request, Stats
 from ..engine.constraint import Constraint
-from ..errors import ContextExceeded, QwenMlxError
+from ..errors import ContextExceeded, QwenMlxError, UnsupportedConstraint
 from ..model import Model
 from . import tool_calls
 from .logprobs import TokenText
@@ -117,14 +117,11 @@ class Server:
         """The engine's validated request, built before anything is queued: whatever the
         engine would refuse is a 400 here, in the API's own error shape (a structured
         output's schema too: ``constraint_param`` names the field it came from)."""
-        if constraint is not None:
-            try:
-                self.model.grammars.compile(constraint)
-            except QwenMlxError as e:
-                raise RequestError(400, str(e), param=constraint_param) from None
         try:
             return self.model.request(tokens, stop=stop, context=context,
                                       constraint=constraint, **sampling)
+        except UnsupportedConstraint as e:
+            raise RequestError(400, str(e), param=constraint_param) from None
         except ContextExceeded as e:
             raise RequestError(400, str(e), code="context_length_exceeded",
                                param="messages") from None
