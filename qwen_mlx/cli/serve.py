@@ -40,7 +40,8 @@ history prefills only the new part. Loopback only unless --host says otherwise.
                                       "finish_reason 'length' [default: no limit].")
 @click.option("--idle-timeout", type=click.FloatRange(0, min_open=True), default=5.0,
               show_default=True, metavar="SECONDS",
-              help="Close a keep-alive connection idle this long.")
+              help="Close a connection that has sent no complete request for this long "
+                   "(silent, slow, or idle on keep-alive).")
 @click.option("--shutdown-timeout", type=click.FloatRange(0), default=10.0, show_default=True,
               metavar="SECONDS", help="On SIGINT/SIGTERM, how long running replies may "
                                       "finish before they are cut; a second signal stops now.")
