@@ -24,7 +24,7 @@ What BatchGenerator lacks, and so what stays outside it:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import mlx.core as mx
@@ -55,13 +55,10 @@ class Event:
 
 @dataclass
 class _Sequence:
-    request: Request
     reply: Reply
-    prompt: list[int]
     on_prefill: Progress | None
     top_logprobs: int | None  # None: no log-probabilities; 0: the token's own only
     deadline: float | None
-    started: float = field(default_factory=time.monotonic)
 
 
 class Batch:
@@ -96,7 +93,7 @@ class Batch:
         reply = Reply(self.model.tokenizer, prompt_tokens=len(prompt), cached_tokens=kept,
                       eos_ids=self.model.eos_ids, stop=request.stop)
         self.sequences[uid] = _Sequence(
-            request, reply, prompt, on_prefill, top_logprobs,
+            reply, on_prefill, top_logprobs,
             None if time_limit is None else time.monotonic() + time_limit)
         return uid
 
@@ -137,7 +134,7 @@ class Batch:
 
     def _end(self, uid: int, layers, tokens, reason: str | None = None) -> Event:
         seq = self.sequences.pop(uid)
-        cache = PromptCache.holding(self.model.net, self.model.kv, layers, list(tokens))
+        cache = PromptCache.holding(self.model.kv, layers, list(tokens))
         return Event(uid, seq.reply.finish(reason), last=True, cache=cache)
 
     @staticmethod

@@ -49,7 +49,6 @@ from ..errors import QwenMlxError, UnsupportedConstraint
 # Compact JSON: no optional whitespace (the model cannot pad a reply with blank space for
 # ever), ", " and ": " between items as json.dumps writes them.
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-ANY_JSON = {"type": ["object", "array", "string", "number", "integer", "boolean", "null"]}
 
 
 @dataclass(frozen=True)
@@ -195,15 +194,12 @@ class GrammarMask:
         mx.async_eval(logits)  # the device computes the step while the mask is made here
         if self.started:
             last = tokens[-1].item()
-            if self.think_end is not None:
-                if last == self.think_end:
-                    self.think_end = None
-                return logits if self.think_end is not None else self._masked(logits)
-            self.matcher.consume_token(last)
+            if self.think_end is None:
+                self.matcher.consume_token(last)
+            elif last == self.think_end:  # thinking is over: the grammar starts fresh
+                self.think_end = None
         self.started = True
-        if self.think_end is not None:
-            return logits
-        return self._masked(logits)
+        return logits if self.think_end is not None else self._masked(logits)
 
     def _masked(self, logits: mx.array) -> mx.array:
         bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)

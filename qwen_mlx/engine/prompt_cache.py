@@ -32,7 +32,7 @@ class PromptCache:
         self.tokens: list[int] = []
 
     @classmethod
-    def holding(cls, model, spec: KVSpec, layers: list, tokens: list[int]) -> "PromptCache":
+    def holding(cls, spec: KVSpec, layers: list, tokens: list[int]) -> "PromptCache":
         """A cache around layers that already hold ``tokens`` (handed back by a batch)."""
         cache = cls.__new__(cls)
         cache.spec, cache.layers, cache.tokens = spec, layers, tokens
