@@ -21,6 +21,7 @@ from checkpoints import parser  # noqa: E402 - bench/ is run as a script folder
 from provenance import header  # noqa: E402
 
 from qwen_mlx import quality
+from qwen_mlx.loader import load_weights
 from qwen_mlx.quantize import convert
 from qwen_mlx.recipes import Recipe
 from qwen_mlx.testing import make_checkpoint
@@ -38,8 +39,6 @@ def main() -> None:
     for label, outliers in (("plain", 0), (f"{a.outliers} outlier channels", a.outliers)):
         source = make_checkpoint(work / label.replace(" ", "-"), a.shape, outliers=outliers)
         parts = quality.prepare(source, source, quality.built_in_text(), limit=a.tokens)
-        from qwen_mlx.loader import load_weights
-
         net, _ = load_weights(source)
         ref = quality.reference_pass(net, parts)
         del net

@@ -18,7 +18,7 @@ from pathlib import Path
 from . import hub, leftovers
 from .errors import QwenMlxError
 from .outputs import absolute, foreign_entries
-from .quantize import PROVENANCE
+from .quantize import PROVENANCE, QUALITY
 
 
 @dataclass
@@ -70,7 +70,7 @@ def _entry(path: Path) -> CachedModel:
 def _measured_kl(path: Path) -> float | None:
     """The mean KL `qwen-mlx convert` wrote into quality.json, if it measured one."""
     try:
-        value = json.loads((path / "quality.json").read_text()).get("kl_mean")
+        value = json.loads((path / QUALITY).read_text()).get("kl_mean")
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, (int, float)) else None

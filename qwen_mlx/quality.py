@@ -88,15 +88,26 @@ def chunks(tokens: list[int], size: int, limit: int | None = None) -> list[list[
     return [tokens[i:i + size] for i in range(0, usable - size + 1, size)]
 
 
-def _log_probs(net, chunk: list[int]) -> Iterator[tuple[int, mx.array]]:
-    """(first position, float32 log-probabilities of the next token) for ROWS positions at
-    a time, positions 0 .. len(chunk) - 2."""
-    hidden = net.model(mx.array(chunk)[None])
+def _scored(net, parts: list[list[int]], progress: Progress | None
+            ) -> Iterator[tuple[int, int, mx.array, mx.array]]:
+    """(chunk index, first position, float32 log-probabilities of the next token, those of
+    the actual next tokens) for ROWS positions at a time, positions 0 .. len(chunk) - 2 of
+    every chunk; ``progress`` hears the positions done."""
     head = net.model.embed_tokens.as_linear if net.args.tie_word_embeddings else net.lm_head
-    for start in range(0, len(chunk) - 1, ROWS):
-        logits = head(hidden[:, start:min(start + ROWS, len(chunk) - 1)])[0]
-        logits = logits.astype(mx.float32)
-        yield start, logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    total, done = sum(len(p) - 1 for p in parts), 0
+    for n, chunk in enumerate(parts):
+        hidden = net.model(mx.array(chunk)[None])
+        nxt = mx.array(chunk[1:])
+        for start in range(0, len(chunk) - 1, ROWS):
+            logits = head(hidden[:, start:min(start + ROWS, len(chunk) - 1)])[0]
+            logits = logits.astype(mx.float32)
+            lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            rows = lp.shape[0]
+            yield n, start, lp, mx.take_along_axis(lp, nxt[start:start + rows, None],
+                                                   axis=-1)[:, 0]
+            done += rows
+            if progress:
+                progress(done, total)
 
 
 @dataclass
@@ -110,62 +121,40 @@ class Reference:
 
 
 def reference_pass(net, parts: list[list[int]], progress: Progress | None = None) -> Reference:
-    ref = Reference([], [], [])
-    total = sum(len(p) - 1 for p in parts)
-    done = 0
-    for chunk in parts:
-        ids, logp, target = [], [], []
-        nxt = mx.array(chunk[1:])
-        for start, lp in _log_probs(net, chunk):
-            top = mx.argpartition(-lp, kth=TOP_K - 1, axis=-1)[:, :TOP_K]
-            rows = lp.shape[0]
-            picked = mx.take_along_axis(lp, top, axis=-1)
-            tgt = mx.take_along_axis(lp, nxt[start:start + rows, None], axis=-1)[:, 0]
-            mx.eval(top, picked, tgt)
-            ids.append(np.array(top, dtype=np.int32))
-            logp.append(np.array(picked, dtype=np.float32))
-            target.append(np.array(tgt, dtype=np.float32))
-            done += rows
-            if progress:
-                progress(done, total)
-        ref.ids.append(np.concatenate(ids))
-        ref.logp.append(np.concatenate(logp))
-        ref.target.append(np.concatenate(target))
-    return ref
+    slices: list[list[tuple]] = [[] for _ in parts]
+    for n, _, lp, tgt in _scored(net, parts, progress):
+        top = mx.argpartition(-lp, kth=TOP_K - 1, axis=-1)[:, :TOP_K]
+        picked = mx.take_along_axis(lp, top, axis=-1)
+        mx.eval(top, picked, tgt)
+        slices[n].append((np.array(top, dtype=np.int32), np.array(picked, dtype=np.float32),
+                          np.array(tgt, dtype=np.float32)))
+    # per chunk, its slices' (ids, log-probs, targets) joined column by column
+    columns = [[np.concatenate(column) for column in zip(*chunk)] for chunk in slices]
+    return Reference(*(list(part) for part in zip(*columns)))
 
 
 def candidate_pass(net, parts: list[list[int]], ref: Reference | None = None,
                    progress: Progress | None = None) -> Quality:
     """Perplexity of ``net`` on the chunks; with ``ref``, KL, top-1 and the ratio."""
-    total = sum(len(p) - 1 for p in parts)
     nll, kls, agree, tails, ref_nll = [], [], [], [], []
-    done = 0
-    for n, chunk in enumerate(parts):
-        nxt = mx.array(chunk[1:])
-        for start, lp in _log_probs(net, chunk):
-            rows = lp.shape[0]
-            tgt = mx.take_along_axis(lp, nxt[start:start + rows, None], axis=-1)[:, 0]
-            nll.append(-np.array(tgt, dtype=np.float64))
-            if ref is not None:
-                r_ids = mx.array(ref.ids[n][start:start + rows])
-                r_lp = ref.logp[n][start:start + rows].astype(np.float64)
-                q_lp = np.array(mx.take_along_axis(lp, r_ids, axis=-1), dtype=np.float64)
-                best = np.array(mx.argmax(lp, axis=-1))
-                p, q = np.exp(r_lp), np.exp(q_lp)
-                p_tail = np.clip(1 - p.sum(-1), 0, 1)
-                q_tail = np.clip(1 - q.sum(-1), 1e-12, 1)
-                kl = (p * (r_lp - q_lp)).sum(-1) + np.where(
-                    p_tail > 1e-12, p_tail * (np.log(np.maximum(p_tail, 1e-12)) -
-                                              np.log(q_tail)), 0.0)
-                kls.append(np.maximum(kl, 0.0))
-                ref_best = ref.ids[n][start:start + rows][
-                    np.arange(rows), np.argmax(ref.logp[n][start:start + rows], axis=-1)]
-                agree.append(best == ref_best)
-                tails.append(p_tail)
-                ref_nll.append(-ref.target[n][start:start + rows].astype(np.float64))
-            done += rows
-            if progress:
-                progress(done, total)
+    for n, start, lp, tgt in _scored(net, parts, progress):
+        nll.append(-np.array(tgt, dtype=np.float64))
+        if ref is None:
+            continue
+        rows = lp.shape[0]
+        r_ids = ref.ids[n][start:start + rows]
+        r_lp = ref.logp[n][start:start + rows].astype(np.float64)
+        q_lp = np.array(mx.take_along_axis(lp, mx.array(r_ids), axis=-1), dtype=np.float64)
+        p, q = np.exp(r_lp), np.exp(q_lp)
+        p_tail = np.clip(1 - p.sum(-1), 0, 1)
+        q_tail = np.clip(1 - q.sum(-1), 1e-12, 1)
+        kl = (p * (r_lp - q_lp)).sum(-1) + np.where(
+            p_tail > 1e-12, p_tail * (np.log(np.maximum(p_tail, 1e-12)) - np.log(q_tail)), 0.0)
+        kls.append(np.maximum(kl, 0.0))
+        ref_best = r_ids[np.arange(rows), np.argmax(r_lp, axis=-1)]
+        agree.append(np.array(mx.argmax(lp, axis=-1)) == ref_best)
+        tails.append(p_tail)
+        ref_nll.append(-ref.target[n][start:start + rows].astype(np.float64))
     nll_all = np.concatenate(nll)
     out = Quality(tokens=int(nll_all.size), perplexity=math.exp(nll_all.mean()))
     if ref is not None:
@@ -235,8 +224,6 @@ def evaluate(candidate: Path, reference: Path | None, parts: list[list[int]], *,
     return candidate_pass(net, parts, ref, progress("model") if progress else None)
 
 
-QUALITY_FILE = "quality.json"
-
 
 def record(folder: Path, quality: Quality, reference: Path, chunk: int) -> None:
     """Write ``quality.json`` beside the weights and the figures into the model card, each
@@ -244,11 +231,12 @@ def record(folder: Path, quality: Quality, reference: Path, chunk: int) -> None:
     import json
 
     from .atomic import atomic_path
+    from .quantize import QUALITY
 
     folder = Path(folder)
     data = {"reference": str(reference), "chunk": chunk, "text": "built-in held-out set",
             **quality.to_dict()}
-    with atomic_path(folder / QUALITY_FILE) as tmp:
+    with atomic_path(folder / QUALITY) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
     card = folder / "README.md"
     if card.is_file():

@@ -28,6 +28,7 @@ from .safetensors_stream import (StreamingWriter, TensorInfo, plan_shards, shard
 
 SHARD_BYTES = 2 << 30  # output files of at most ~2 GiB (a tensor is never split)
 PROVENANCE = "qwen-mlx.json"
+QUALITY = "quality.json"  # written by `convert` after measuring (qwen_mlx.quality)
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
