@@ -31,9 +31,10 @@ def compute_dtype(choice: str = "auto") -> mx.Dtype | None:
 
 
 def load_weights(folder: Path, *, adapter: Path | None = None, dtype: str = "auto",
-                 overrides: dict | None = None):
+                 overrides: dict | None = None, lazy: bool = False):
     """(mlx-lm model, config) of an MLX folder, with adapters and in the compute type;
-    ``overrides`` replace config keys (rope scaling for a longer context)."""
+    ``overrides`` replace config keys (rope scaling for a longer context); ``lazy`` reads
+    no weight until it is used (a recipe that replaces layers one by one)."""
     from mlx_lm.utils import load_adapters, load_model
 
     from .engine import mlx_lm_seam
@@ -43,7 +44,7 @@ def load_weights(folder: Path, *, adapter: Path | None = None, dtype: str = "aut
     config = read_config(folder)
     check_architecture(config, folder)
     try:
-        model, config = load_model(folder, model_config=overrides or None)
+        model, config = load_model(folder, lazy=lazy, model_config=overrides or None)
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise QwenMlxError(f"cannot load {folder} ({describe(config)}): {one_line(str(e))}") \
             from None
@@ -62,7 +63,8 @@ def load_weights(folder: Path, *, adapter: Path | None = None, dtype: str = "aut
     cast = compute_dtype(dtype)
     if cast is not None:
         model.set_dtype(cast)
-        mx.eval(model.parameters())
+        if not lazy:
+            mx.eval(model.parameters())
     return model, config
 
 

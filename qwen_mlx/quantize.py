@@ -23,12 +23,14 @@ from . import __version__
 from .atomic import atomic_dir
 from .checkpoint import TOKENIZER_FILES, Checkpoint
 from .recipes import Recipe
-from .safetensors_stream import (StreamingWriter, TensorInfo, plan_shards, shard_name,
-                                 tensor_nbytes)
+from .safetensors_stream import (StreamingWriter, TensorInfo, file_nbytes, plan_shards,
+                                 shard_name, tensor_nbytes)
 
 SHARD_BYTES = 2 << 30  # output files of at most ~2 GiB (a tensor is never split)
 PROVENANCE = "qwen-mlx.json"
 QUALITY = "quality.json"  # written by `convert` after measuring (qwen_mlx.quality)
+
+METADATA = {"format": "mlx"}  # what mlx-lm's own files carry
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -54,16 +56,38 @@ def converted_tensors(info: TensorInfo,
         return [(info.name, dtype, info.shape)]
     rows, cols = info.shape
     base = info.name.removesuffix(".weight")
-    groups = (rows, cols // recipe.group_size)
-    return [(f"{base}.weight", "U32", (rows, cols * recipe.bits // 32)),
+    bits, group = recipe.format_for(base)
+    groups = (rows, cols // group)
+    return [(f"{base}.weight", "U32", (rows, cols * bits // 32)),
             (f"{base}.scales", dtype, groups), (f"{base}.biases", dtype, groups)]
+
+
+def write_order(ckpt: Checkpoint) -> list[TensorInfo]:
+    """Files in order and tensors in on-disk order, so reads stay sequential."""
+    file_order = {f: i for i, f in enumerate(ckpt.files)}
+    return sorted(ckpt.tensors.values(), key=lambda t: (file_order[t.file], t.name))
+
+
+def output_shards(tensors: list, recipe: Recipe) -> list[list]:
+    """The source tensors (in write order) grouped into output files of <= SHARD_BYTES."""
+    return plan_shards(tensors, lambda info: sum(
+        tensor_nbytes(d, shape) for _, d, shape in converted_tensors(info, recipe)), SHARD_BYTES)
+
+
+def planned_bytes(tensors: list, recipe: Recipe) -> int:
+    """The exact size on disk of the weights ``convert`` writes for ``tensors`` (anything with
+    ``name`` and ``shape``, in write order): headers and data of every shard. A size budget is
+    checked against this, before anything is computed."""
+    return sum(file_nbytes([e for info in shard for e in converted_tensors(info, recipe)],
+                           METADATA) for shard in output_shards(tensors, recipe))
 
 
 def _convert_tensor(array: mx.array, info: TensorInfo, recipe: Recipe) -> list[mx.array]:
     array = array.astype(getattr(mx, recipe.dtype))
     if not recipe.quantizes(info.shape):
         return [array]
-    return list(mx.quantize(array, group_size=recipe.group_size, bits=recipe.bits))
+    bits, group = recipe.format_for(info.name.removesuffix(".weight"))
+    return list(mx.quantize(array, group_size=group, bits=bits))
 
 
 def convert(source: Path | Checkpoint, output: Path, recipe: Recipe, *, force: bool = False,
@@ -75,18 +99,14 @@ def convert(source: Path | Checkpoint, output: Path, recipe: Recipe, *, force: b
     start = time.perf_counter()
     ckpt = source if isinstance(source, Checkpoint) else Checkpoint.open(Path(source))
     source_name = source_name or str(ckpt.path.resolve())
-    # Read files in order and tensors in on-disk order, so reads stay sequential.
-    file_order = {f: i for i, f in enumerate(ckpt.files)}
-    ordered = sorted(ckpt.tensors.values(), key=lambda t: (file_order[t.file], t.name))
-    shards = plan_shards(ordered, lambda info: sum(
-        tensor_nbytes(d, shape) for _, d, shape in converted_tensors(info, recipe)), SHARD_BYTES)
+    shards = output_shards(write_order(ckpt), recipe)
     total, done = ckpt.nbytes, 0
     with atomic_dir(Path(output), force=force, protect=[ckpt.path]) as tmp:
         weight_map: dict[str, str] = {}
         for i, shard in enumerate(shards):
             fname = shard_name(i, len(shards))
             entries = [e for info in shard for e in converted_tensors(info, recipe)]
-            with StreamingWriter(tmp / fname, entries, {"format": "mlx"}) as writer:
+            with StreamingWriter(tmp / fname, entries, METADATA) as writer:
                 opened: dict[Path, dict[str, mx.array]] = {}
                 for info in shard:
                     if info.file not in opened:  # mx.load is lazy: nothing is read yet
@@ -157,6 +177,10 @@ def _model_card(source: str, report: ConvertReport) -> str:
     r = report.recipe
     quant = (f"affine {r.bits}-bit, group size {r.group_size}, scales in {r.dtype}"
              if r.bits else f"not quantized ({r.dtype})")
+    if r.layers:
+        quant = (f"affine, bits and group size per layer from measured sensitivity "
+                 f"({r.bits}-bit in groups of {r.group_size} but {len(r.layers)} layers; "
+                 f"config.json lists them), scales in {r.dtype}")
     return f"""---
 library_name: mlx
 pipeline_tag: text-generation

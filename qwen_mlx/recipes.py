@@ -6,6 +6,7 @@ converted model's cache folder and appears in `qwen-mlx bench --recipes`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .errors import QwenMlxError
@@ -23,6 +24,12 @@ class Recipe:
     bits: int | None = 4
     group_size: int = 64
     dtype: str = "bfloat16"
+    # Mixed recipes: (layer, bits, group size) for the layers that differ from ``bits`` and
+    # ``group_size`` (a layer is a weight's name without ".weight", the key mlx-lm reads per
+    # layer from config.json's quantization block).
+    layers: tuple[tuple[str, int, int], ...] = ()
+    # What replaces the "q4" part of the name: "mix-1.8gb" (mixed), "q4-dwq" (distilled).
+    label: str = ""
 
     def __post_init__(self) -> None:
         if self.bits is not None and self.bits not in BITS:
@@ -36,15 +43,32 @@ class Recipe:
     def name(self) -> str:
         if self.bits is None:
             return DTYPES[self.dtype]
-        name = f"q{self.bits}" + ("" if self.group_size == 64 else f"-g{self.group_size}")
+        name = self.label or f"q{self.bits}"
+        name += "" if self.group_size == 64 else f"-g{self.group_size}"
         return name + ("" if self.dtype == "bfloat16" else f"-{DTYPES[self.dtype]}")
+
+    @property
+    def fitted(self) -> bool:
+        """Made by measuring the model (`convert --max-size/--bpw/--dwq`): such a name can
+        find a model in the cache, but not make one on the fly."""
+        return self.label.startswith("mix-") or self.label.endswith("-dwq")
+
+    def format_for(self, layer: str) -> tuple[int | None, int]:
+        """(bits, group size) of one layer (its weight's name without ".weight")."""
+        for name, bits, group in self.layers:
+            if name == layer:
+                return bits, group
+        return self.bits, self.group_size
 
     @property
     def quantization(self) -> dict | None:
         """mlx-lm's ``quantization`` block for config.json."""
         if self.bits is None:
             return None
-        return {"group_size": self.group_size, "bits": self.bits, "mode": "affine"}
+        block: dict = {"group_size": self.group_size, "bits": self.bits, "mode": "affine"}
+        for layer, bits, group in self.layers:
+            block[layer] = {"group_size": group, "bits": bits, "mode": "affine"}
+        return block
 
     def quantizes(self, shape: tuple[int, ...]) -> bool:
         """Matrices whose rows split into whole groups are quantized (mlx-lm's rule too)."""
@@ -55,16 +79,24 @@ DEFAULT = Recipe()
 
 
 def parse_recipe(name: str) -> Recipe:
-    """``q4``, ``q4-g32``, ``q8-f32``, ``bf16``... -> :class:`Recipe`."""
+    """``q4``, ``q4-g32``, ``q8-f32``, ``bf16``, and the fitted ``mix-1.8gb``, ``q4-dwq``,
+    ``mix-4.5bpw-dwq-f32``... -> :class:`Recipe` (a fitted one only names a model that
+    `convert` made: see :attr:`Recipe.fitted`)."""
     by_suffix = {v: k for k, v in DTYPES.items()}
     parts = name.strip().lower().split("-")
     if parts[0] in by_suffix and len(parts) == 1:
         return Recipe(bits=None, dtype=by_suffix[parts[0]])
     try:
-        if not parts[0].startswith("q"):
+        kw: dict = {}
+        if parts[0] == "mix" and len(parts) > 1 and re.fullmatch(r"[\d.]+[a-z]+", parts[1]):
+            label, rest = f"mix-{parts[1]}", parts[2:]
+        elif parts[0].startswith("q"):
+            kw["bits"], label, rest = int(parts[0][1:]), "", parts[1:]
+        else:
             raise ValueError
-        kw: dict = {"bits": int(parts[0][1:])}
-        for p in parts[1:]:
+        if rest[:1] == ["dwq"]:
+            label, rest = (label or parts[0]) + "-dwq", rest[1:]
+        for p in rest:
             if p.startswith("g"):
                 kw["group_size"] = int(p[1:])
             elif p in by_suffix:
@@ -72,6 +104,6 @@ def parse_recipe(name: str) -> Recipe:
             else:
                 raise ValueError
     except ValueError:
-        raise QwenMlxError(f"unknown recipe {name!r} (examples: q4, q4-g32, q8, bf16, q4-f32)") \
-            from None
-    return Recipe(**kw)
+        raise QwenMlxError(f"unknown recipe {name!r} (examples: q4, q4-g32, q8, bf16, q4-f32, "
+                           f"mix-1.8gb, q4-dwq)") from None
+    return Recipe(**kw, label=label)

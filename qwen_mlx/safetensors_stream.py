@@ -96,6 +96,28 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     return tensors, metadata
 
 
+def header_blob(entries: list[tuple[str, str, tuple[int, ...]]],
+                metadata: dict[str, str] | None = None) -> bytes:
+    """The JSON header a file of ``entries`` (name, dtype, shape, in order) starts with,
+    padded so the data starts 8-byte aligned."""
+    header: dict = {"__metadata__": metadata or {}}
+    offset = 0
+    for name, dtype, shape in entries:
+        nbytes = tensor_nbytes(dtype, shape)
+        header[name] = {"dtype": dtype, "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    return blob + b" " * (-len(blob) % 8)
+
+
+def file_nbytes(entries: list[tuple[str, str, tuple[int, ...]]],
+                metadata: dict[str, str] | None = None) -> int:
+    """The exact size of the file :class:`StreamingWriter` writes for ``entries``."""
+    return 8 + len(header_blob(entries, metadata)) + sum(
+        tensor_nbytes(d, shape) for _, d, shape in entries)
+
+
 class StreamingWriter:
     """Write a safetensors file whose tensors arrive one at a time, in a declared order.
 
@@ -104,17 +126,8 @@ class StreamingWriter:
 
     def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...]]],
                  metadata: dict[str, str] | None = None):
-        header: dict = {"__metadata__": metadata or {}}
-        offset = 0
-        self._order = []
-        for name, dtype, shape in entries:
-            nbytes = tensor_nbytes(dtype, shape)
-            header[name] = {"dtype": dtype, "shape": list(shape),
-                            "data_offsets": [offset, offset + nbytes]}
-            self._order.append((name, dtype, tuple(shape)))
-            offset += nbytes
-        blob = json.dumps(header, separators=(",", ":")).encode()
-        blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
+        self._order = [(name, dtype, tuple(shape)) for name, dtype, shape in entries]
+        blob = header_blob(entries, metadata)
         self._file: BinaryIO = open(path, "wb")
         self._file.write(struct.pack("<Q", len(blob)) + blob)
         self._next = 0
