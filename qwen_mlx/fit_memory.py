@@ -1,0 +1,71 @@
+"""Will a fitted recipe fit this machine? Checked before anything is computed.
+
+A fitted recipe (`--max-size`/`--bpw`, `--dwq`) has phases with different peaks:
+
+* the teacher pass: the source model resident in the compute type, alone;
+* the sensitivity pass: every layer quantized twice (3 and 5 bits), plus the activations
+  kept for one chunk's backward pass and its logits;
+* the distillation: the student, its trainable scales and biases four times over in float32
+  (weights, gradients, Adam's two moments), the same activations and logits.
+
+The largest phase is compared with the machine's budget (:func:`qwen_mlx.machine.this_machine`,
+``$QWEN_MLX_MEMORY`` to plan for another amount), the way `plan` and `finetune` refuse.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .errors import QwenMlxError
+from .machine import GIB, this_machine
+from .mixed_bits import DTYPE_BYTES
+from .recipes import Recipe
+from .sensitivity import HIGH, LOW
+
+
+
+def _params(tensors: list, recipe: Recipe) -> tuple[int, int]:
+    """(all parameters, quantizable ones)."""
+    total = sum(math.prod(t.shape) for t in tensors)
+    quant = sum(math.prod(t.shape) for t in tensors if recipe.quantizes(t.shape))
+    return total, quant
+
+
+def backward_bytes(config: dict, chunk: int, dtype: str) -> int:
+    """Activations one chunk's backward pass keeps (about 12 hidden-widths and 3
+    intermediate-widths a layer and position) plus its float32 logits, their softmax and
+    gradient."""
+    width = 12 * config["hidden_size"] + 3 * config["intermediate_size"]
+    acts = chunk * width * config["num_hidden_layers"] * DTYPE_BYTES[dtype]
+    return acts + 3 * chunk * config["vocab_size"] * 4
+
+
+def phases(tensors: list, config: dict, recipe: Recipe, chunk: int, *, mixed: bool,
+           distilled: bool) -> dict[str, int]:
+    """Peak bytes of each phase the recipe runs."""
+    total, quant = _params(tensors, recipe)
+    float_bytes = DTYPE_BYTES[recipe.dtype]
+    groups = quant // recipe.group_size
+    out = {"teacher pass": total * float_bytes}
+    if mixed:
+        out["sensitivity pass"] = (quant * (LOW + HIGH) // 8 + 4 * groups * float_bytes
+                                   + (total - quant) * float_bytes
+                                   + backward_bytes(config, chunk, recipe.dtype))
+    if distilled:
+        bits = max(recipe.format_for(t.name.removesuffix(".weight"))[0] or 0
+                   for t in tensors)
+        out["distillation"] = (quant * bits // 8 + (total - quant) * float_bytes
+                               + 2 * groups * (float_bytes + 16)
+                               + backward_bytes(config, chunk, recipe.dtype))
+    return out
+
+
+def check(needed: dict[str, int], memory: str | None = None) -> None:
+    """Refuse, naming the largest phase, when it exceeds the machine's budget."""
+    machine = this_machine(memory)
+    phase, peak = max(needed.items(), key=lambda kv: kv[1])
+    if peak > machine.budget_bytes:
+        raise QwenMlxError(
+            f"this recipe's {phase} needs about {peak / GIB:.1f} GiB, more than this "
+            f"machine's {machine.budget_bytes / GIB:.1f} GiB budget ({machine.budget_source}); "
+            f"use a plain recipe (--q4), or run it on a Mac with more memory")
