@@ -93,7 +93,7 @@ def _scored(net, parts: list[list[int]], progress: Progress | None
     """(chunk index, first position, float32 log-probabilities of the next token, those of
     the actual next tokens) for ROWS positions at a time, positions 0 .. len(chunk) - 2 of
     every chunk; ``progress`` hears the positions done."""
-    head = net.model.embed_tokens.as_linear if net.args.tie_word_embeddings else net.lm_head
+    head = output_head(net)
     total, done = sum(len(p) - 1 for p in parts), 0
     for n, chunk in enumerate(parts):
         hidden = net.model(mx.array(chunk)[None])
@@ -108,6 +108,33 @@ def _scored(net, parts: list[list[int]], progress: Progress | None
             done += rows
             if progress:
                 progress(done, total)
+
+
+def output_head(net):
+    """The output projection: the embedding's transpose when tied (Qwen3-4B), else lm_head."""
+    return net.model.embed_tokens.as_linear if net.args.tie_word_embeddings else net.lm_head
+
+
+def kl_to_reference(net, chunk: list[int], ids: mx.array, ref_logp: mx.array, *,
+                    temperature: float = 1.0) -> mx.array:
+    """Differentiable mean KL(reference || net) over one chunk's positions, in the same
+    top-k-plus-tail form :func:`candidate_pass` reports (``ids``/``ref_logp``: the
+    reference's, as :func:`reference_pass` keeps them). What a recipe that fits on the
+    reference minimises, so it lowers the figure `eval` measures. A ``temperature`` above 1
+    softens both sides (the reference renormalised over its top-k): a peaked teacher then
+    still says which wrong tokens are nearly right."""
+    logits = output_head(net)(net.model(mx.array(chunk[:-1])[None]))[0].astype(mx.float32)
+    logits = logits / temperature
+    q = mx.take_along_axis(logits, ids, axis=-1) - mx.logsumexp(logits, axis=-1,
+                                                                 keepdims=True)
+    if temperature != 1.0:
+        ref_logp = ref_logp / temperature
+        ref_logp = ref_logp - mx.logsumexp(ref_logp, axis=-1, keepdims=True)
+    p = mx.exp(ref_logp)
+    p_tail = mx.maximum(1 - p.sum(-1), 0.0)
+    q_tail = mx.maximum(1 - mx.exp(q).sum(-1), 1e-12)
+    tail = p_tail * (mx.log(mx.maximum(p_tail, 1e-12)) - mx.log(q_tail))
+    return ((p * (ref_logp - q)).sum(-1) + tail).mean()
 
 
 @dataclass
@@ -204,11 +231,11 @@ def prepare(candidate: Path, reference: Path | None, text: str, *,
     return chunks(list(tokenizer.encode(text, add_special_tokens=False)), chunk, limit)
 
 
-def evaluate(candidate: Path, reference: Path | None, parts: list[list[int]], *,
-             progress: Callable[[str], Progress] | None = None) -> Quality:
-    """Score the MLX folder ``candidate`` on the chunks (and against the ``reference``
-    folder, MLX or Hugging Face, when given), one model resident at a time.
-    ``progress(label)`` gives a callback per pass."""
+def evaluate(candidate: Path | list[Path], reference: Path | None, parts: list[list[int]], *,
+             progress: Callable[[str], Progress] | None = None) -> Quality | list[Quality]:
+    """Score the MLX folder ``candidate`` (or each of a list, against one reference pass) on
+    the chunks, and against the ``reference`` folder (MLX or Hugging Face) when given, one
+    model resident at a time. ``progress(label)`` gives a callback per pass."""
     import gc
 
     from .loader import load_weights
@@ -220,14 +247,19 @@ def evaluate(candidate: Path, reference: Path | None, parts: list[list[int]], *,
         del net
         gc.collect()
         mx.clear_cache()
-    net, _ = load_weights(Path(candidate))
-    return candidate_pass(net, parts, ref, progress("model") if progress else None)
+    results = []
+    for folder in candidate if isinstance(candidate, list) else [candidate]:
+        net, _ = load_weights(Path(folder))
+        results.append(candidate_pass(net, parts, ref, progress("model") if progress else None))
+        del net
+    return results if isinstance(candidate, list) else results[0]
 
 
-
-def record(folder: Path, quality: Quality, reference: Path, chunk: int) -> None:
+def record(folder: Path, quality: Quality, reference: Path, chunk: int,
+           before: Quality | None = None) -> None:
     """Write ``quality.json`` beside the weights and the figures into the model card, each
-    file replaced whole (a stopped run leaves the old one)."""
+    file replaced whole (a stopped run leaves the old one); ``before``: the plain
+    quantization a distilled recipe started from."""
     import json
 
     from .atomic import atomic_path
@@ -236,6 +268,8 @@ def record(folder: Path, quality: Quality, reference: Path, chunk: int) -> None:
     folder = Path(folder)
     data = {"reference": str(reference), "chunk": chunk, "text": "built-in held-out set",
             **quality.to_dict()}
+    if before is not None:
+        data["before_distillation"] = before.to_dict()
     with atomic_path(folder / QUALITY) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
     card = folder / "README.md"
@@ -244,4 +278,20 @@ def record(folder: Path, quality: Quality, reference: Path, chunk: int) -> None:
         with atomic_path(card) as tmp:
             tmp.write_text(f"{text}\n\n## Quality\n\nAgainst `{reference}` on qwen-mlx's "
                            f"held-out text ({quality.tokens:,} tokens, `qwen-mlx eval`): "
-                           f"{quality.line()}.\n")
+                           f"{quality.line()}"
+                           + ("" if before is None else
+                              f"; before distillation: KL {before.kl_mean:.4f}, top-1 "
+                              f"{before.top1_agreement:.1%}") + ".\n")
+
+
+def measure_conversion(output: Path, source: Path, tokens: int, *, chunk: int = DEFAULT_CHUNK,
+                       before: Path | None = None,
+                       progress: Callable[[str], Progress] | None = None) -> Quality:
+    """What `convert` does after writing: ``output`` against its ``source`` on ``tokens`` of
+    the built-in held-out text (and ``before``, the plain quantization a distilled recipe
+    started from, in the same pass), recorded in quality.json and the model card."""
+    parts = prepare(output, source, built_in_text(), chunk=chunk, limit=tokens)
+    results = evaluate([output] + ([before] if before else []), source, parts,
+                       progress=progress)
+    record(output, results[0], source, chunk, results[1] if before else None)
+    return results[0]
