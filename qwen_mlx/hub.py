@@ -180,6 +180,10 @@ def resolve(text: str | None, recipe: Recipe = DEFAULT, convert: ConvertFn | Non
         if weights:
             _mark_used(target)
         return ModelSpec.of_folder(target, arg.display, recipe)
+    if recipe.fitted:
+        raise QwenMlxError(f"{recipe.name} is a fitted recipe and {arg.display} has no such "
+                           f"conversion yet; make it with `qwen-mlx convert` (--max-size, "
+                           f"--bpw, --dwq)")
     if not weights:
         source = arg.folder if arg.folder is not None else _config_only(arg.repo_id)
         spec = ModelSpec.of_folder(source, arg.display, recipe)

@@ -76,6 +76,32 @@ def _measured_kl(path: Path) -> float | None:
     return value if isinstance(value, (int, float)) else None
 
 
+def recipe_of(folder: Path) -> str:
+    """How a model folder was quantized: the recipe qwen-mlx recorded (q4, mix-1.8gb,
+    q4-dwq), else what config.json says (an MLX folder from elsewhere)."""
+    try:
+        recipe = json.loads((Path(folder) / PROVENANCE).read_text()).get("recipe")
+        if isinstance(recipe, str):
+            return recipe
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        block = json.loads((Path(folder) / "config.json").read_text()).get("quantization")
+    except (OSError, ValueError, AttributeError):
+        return "unknown recipe"
+    if not isinstance(block, dict):
+        return "not quantized"
+    mixed = any(isinstance(v, dict) for v in block.values())
+    return (f"{'mixed, mostly ' if mixed else ''}{block.get('bits')}-bit, groups of "
+            f"{block.get('group_size')}")
+
+
+def describe(folder: Path) -> str:
+    """'q4-dwq, KL 0.0123 against its source' for the lines chat, generate and bench print."""
+    kl = _measured_kl(Path(folder))
+    return recipe_of(folder) + ("" if kl is None else f", KL {kl:.4f} against its source")
+
+
 def list_models() -> list[CachedModel]:
     """Every converted model (and incomplete conversion) in the cache, by name and recipe."""
     root = models_root()

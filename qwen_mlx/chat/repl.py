@@ -15,6 +15,7 @@ from ..engine import Piece
 from ..documents import with_document
 from ..errors import QwenMlxError, os_error_line
 from ..hub import home
+from ..model_cache import describe
 from . import store
 from .session import ChatSession
 
@@ -69,7 +70,9 @@ class Repl:
             event.current_buffer.insert_text("\n")
 
         prompt = PromptSession(history=self._history(), key_bindings=keys)
-        self.err.print("[dim]/help for commands, Ctrl-D to leave[/dim]")
+        model = self.session.model
+        self.note(f"{model.path.name} ({describe(model.path)}); /help for commands, Ctrl-D to "
+                  f"leave")
         while True:
             yield prompt.prompt(">>> ", multiline=False)
 

@@ -3,8 +3,10 @@ JSON), a conversion progress bar, and the model loader that uses it."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, Task,
@@ -92,3 +94,22 @@ class PrefillBar:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c() -> Iterator:
+    """First Ctrl-C: finish this step, checkpoint, stop. A second one stops at once (the last
+    checkpoint is intact either way)."""
+    pressed = []
+
+    def handler(signum, frame):
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(True)
+        err.print("stopping after this step (Ctrl-C again to stop now)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -6,13 +6,17 @@ from pathlib import Path
 
 import click
 
-from .. import hub
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .. import distill, fitted, hub
 from ..checkpoint import is_mlx_folder
 from ..errors import QwenMlxError
+from ..fitted import Fit, Hooks, fitted_convert
+from ..mixed_bits import Budget
 from ..outputs import check_target
 from ..quality import DEFAULT_CHUNK
 from ..recipes import Recipe
-from .console import convert_with_progress
+from .console import convert_with_progress, err, stop_on_ctrl_c
 from .options import MODEL_HELP, given, model_argument
 
 PRESETS = {"q4": 4, "q8": 8, "no_quantize": None}
@@ -35,7 +39,10 @@ def recipe_from_flags(flags: dict[str, bool], bits: int | None, group_size: int,
 @click.command(help=f"""Convert a Hugging Face Qwen3 checkpoint to MLX (affine 4-bit, group
 size 64 by default). Without -o the result goes into the model cache, where chat and generate
 find it. --force replaces an existing output only if it is a model folder (never one that
-holds the source, the current folder or anything else of yours). {MODEL_HELP}""")
+holds the source, the current folder or anything else of yours). Fitted recipes measure the
+model on qwen-mlx's own calibration text: --max-size/--bpw choose the bits of each layer
+from its measured sensitivity, --dwq trains the scales and biases against the source
+(resumable: Ctrl-C keeps its progress, the same command continues). {MODEL_HELP}""")
 @model_argument
 @click.option("--q4", is_flag=True, help="4-bit (the default).")
 @click.option("--q8", is_flag=True, help="8-bit.")
@@ -48,6 +55,21 @@ holds the source, the current folder or anything else of yours). {MODEL_HELP}"""
 @click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]),
               default="bfloat16", show_default=True,
               help="Type of scales, biases and unquantized tensors.")
+@click.option("--max-size", metavar="SIZE",
+              help="Mixed bits per layer (3 to 8) to fit this size on disk, e.g. 1.8GB "
+                   "(GB = 10^9 bytes), with the least estimated loss.")
+@click.option("--bpw", type=float, help="Mixed bits per layer at this many bits per weight "
+                                        "(4.5 is the size of uniform 4-bit).")
+@click.option("--dwq", is_flag=True,
+              help="Distil: train the quantization's scales and biases against the source.")
+@click.option("--dwq-epochs", type=click.IntRange(1), default=distill.EPOCHS,
+              show_default=True, help="Passes over the fit set for --dwq.")
+@click.option("--teacher-tokens", type=click.IntRange(0), default=0,
+              help="Add this many tokens sampled from the source to the fit set.")
+@click.option("--fit-tokens", type=click.IntRange(1),
+              help="Fit on at most this many tokens of the calibration set (default: all).")
+@click.option("--chunk", type=click.IntRange(16), default=DEFAULT_CHUNK, show_default=True,
+              help="Tokens per fit and evaluation chunk.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--force", is_flag=True, help="Replace an existing output model folder.")
 @click.option("--eval-tokens", type=click.IntRange(0), default=2048, show_default=True,
@@ -57,36 +79,93 @@ holds the source, the current folder or anything else of yours). {MODEL_HELP}"""
                    "--no-eval does (or QWEN_MLX_EVAL_TOKENS=0).")
 @click.option("--no-eval", is_flag=True, help="Skip that measurement.")
 def convert(model: str | None, q4: bool, q8: bool, no_quantize: bool, bits: int | None,
-            group_size: str, dtype: str, output: Path | None, force: bool, eval_tokens: int,
-            no_eval: bool) -> None:
-    if 0 < eval_tokens < DEFAULT_CHUNK:
-        raise QwenMlxError(f"--eval-tokens must be 0 (none) or at least {DEFAULT_CHUNK} (one "
-                           f"chunk)")
-    recipe = recipe_from_flags({"q4": q4, "q8": q8, "no_quantize": no_quantize}, bits,
-                               int(group_size), dtype)
+            group_size: str, dtype: str, max_size: str | None, bpw: float | None, dwq: bool,
+            dwq_epochs: int, teacher_tokens: int, fit_tokens: int | None, chunk: int,
+            output: Path | None, force: bool, eval_tokens: int, no_eval: bool) -> None:
+    if 0 < eval_tokens < chunk:
+        raise QwenMlxError(f"--eval-tokens must be 0 (none) or at least {chunk} (one chunk)")
+    flags = {"q4": q4, "q8": q8, "no_quantize": no_quantize}
+    fit = fit_from_flags(max_size, bpw, dwq, dwq_epochs, teacher_tokens, fit_tokens, chunk,
+                         quantize_flags=[n for n, on in flags.items() if on] +
+                         (["bits"] if bits is not None else []))
+    recipe = recipe_from_flags(flags, bits, int(group_size), dtype)
     if recipe.bits is None and given("group_size"):
         raise QwenMlxError("--group-size needs quantized weights; drop --no-quantize or it")
     spec = hub.parse_arg(model)
     if spec.folder is not None and is_mlx_folder(spec.folder):
         raise QwenMlxError(f"{spec.folder} is already an MLX model; nothing to convert")
-    output = output or hub.cache_dir(spec, recipe)
+    if fit is not None and spec.folder is not None:
+        fitted.check(spec.folder, recipe, fit)  # refuse before a download or a cache folder
+    output = output or hub.cache_dir(spec, recipe if fit is None else fit.named(recipe))
     check_target(output, force=force, protect=[spec.folder] if spec.folder else [])
     source = hub.source_folder(spec)
-    convert_with_progress(source, output, recipe, spec.display, force=force)
-    if not no_eval and eval_tokens:
-        report_quality(output, source, eval_tokens)
+    tokens = 0 if no_eval else eval_tokens
+    if fit is not None:
+        if spec.folder is None:
+            fitted.check(source, recipe, fit)
+        run_fitted(source, output, recipe, fit, spec.display, force=force, eval_tokens=tokens)
+    else:
+        convert_with_progress(source, output, recipe, spec.display, force=force)
+        if tokens:
+            report_quality(output, source, tokens, chunk)
     click.echo(str(output))
 
 
-def report_quality(output: Path, source: Path, tokens: int) -> None:
+def fit_from_flags(max_size: str | None, bpw: float | None, dwq: bool, epochs: int,
+                   teacher_tokens: int, fit_tokens: int | None, chunk: int,
+                   quantize_flags: list[str]) -> Fit | None:
+    """The fitted part of a conversion, or None; options that contradict it, or that do
+    nothing without it, are refused."""
+    if max_size is not None and bpw is not None:
+        raise QwenMlxError("--max-size and --bpw contradict each other; give one")
+    budget = Budget.size(max_size) if max_size is not None else \
+        Budget.bits(bpw) if bpw is not None else None
+    if budget is not None and quantize_flags:
+        name = "--max-size" if max_size is not None else "--bpw"
+        raise QwenMlxError(f"{name} chooses the bits of each layer; drop "
+                           f"--{quantize_flags[0].replace('_', '-')}")
+    if budget is None and not dwq:
+        for option in ("dwq_epochs", "teacher_tokens", "fit_tokens"):
+            if given(option):
+                raise QwenMlxError(f"--{option.replace('_', '-')} needs a fitted recipe "
+                                   f"(--max-size, --bpw or --dwq)")
+        return None
+    if dwq and "no_quantize" in quantize_flags:
+        raise QwenMlxError("--dwq and --no-quantize contradict each other; give one")
+    if fit_tokens is not None and fit_tokens < chunk:
+        raise QwenMlxError(f"--fit-tokens must be at least {chunk} (one --chunk)")
+    return Fit(budget=budget, distil=dwq, epochs=epochs, teacher_tokens=teacher_tokens,
+               chunk=chunk, fit_tokens=fit_tokens)
+
+
+def run_fitted(source: Path, output: Path, recipe: Recipe, fit: Fit, name: str, *,
+               force: bool, eval_tokens: int) -> None:
+    """A fitted conversion with progress bars, a step bar with loss and ETA for --dwq, and
+    Ctrl-C that saves the distillation's progress."""
+    from .eval import EvalProgress
+
+    columns = (TextColumn("distilling step {task.completed}/{task.total}"), BarColumn(),
+               TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
+    with EvalProgress() as bars, stop_on_ctrl_c() as stopping, \
+            Progress(*columns, console=err, transient=True) as steps:
+        task = steps.add_task("dwq", total=None, loss="-")
+        hooks = Hooks(phase=lambda text: err.print(f"[dim]{text}[/dim]", soft_wrap=True),
+                      bar=bars.task, stopping=stopping,
+                      step=lambda done, total, loss: steps.update(
+                          task, completed=done, total=total, loss=f"{loss:.4f}"))
+        result = fitted_convert(source, output, recipe, fit, force=force, source_name=name,
+                                hooks=hooks, eval_tokens=eval_tokens)
+    if result is not None:
+        err.print(f"quality against the source: {result.line()}", soft_wrap=True, markup=False)
+
+
+def report_quality(output: Path, source: Path, tokens: int, chunk: int) -> None:
     """Measure the conversion against its source on the built-in held-out text: one line on
     stderr, quality.json and the model card."""
     from .. import quality
-    from .console import err
     from .eval import EvalProgress
 
-    parts = quality.prepare(output, source, quality.built_in_text(), limit=tokens)
     with EvalProgress() as bars:
-        result = quality.evaluate(output, source, parts, progress=bars.task)
-    quality.record(output, result, source, quality.DEFAULT_CHUNK)
+        result = quality.measure_conversion(output, source, tokens, chunk=chunk,
+                                            progress=bars.task)
     err.print(f"quality against the source: {result.line()}", soft_wrap=True, markup=False)

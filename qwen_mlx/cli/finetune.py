@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 from pathlib import Path
 from typing import Iterator
 
@@ -12,7 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..finetune.config import TARGETS, TrainConfig, parse_targets, read_config_file
 from ..machine import GIB
-from .console import convert_with_progress, err
+from .console import convert_with_progress, err, stop_on_ctrl_c
 from .options import MODEL_HELP, memory_option, model_argument
 
 D = TrainConfig()
@@ -95,7 +94,7 @@ def finetune(model: str | None, config_file: Path | None, resume: bool | None,
         err.print(f"already trained: {run.steps} steps; the adapter is in {run.output}")
         return
     stopped = None
-    with _stop_on_ctrl_c() as asked, _progress(run) as (bar, task):
+    with stop_on_ctrl_c() as asked, _progress(run) as (bar, task):
         for report in run.train(stop=asked):
             if isinstance(report, StepReport):
                 bar.update(task, completed=report.step, loss=f"{report.loss:.4f}",
@@ -142,20 +141,3 @@ def _progress(run) -> Iterator[tuple[Progress, int]]:
                                 rate="", peak="")
 
 
-@contextlib.contextmanager
-def _stop_on_ctrl_c() -> Iterator:
-    """First Ctrl-C: finish this step, checkpoint, stop. A second one stops at once (the last
-    checkpoint is intact either way)."""
-    pressed = []
-
-    def handler(signum, frame):
-        if pressed:
-            raise KeyboardInterrupt
-        pressed.append(True)
-        err.print("stopping after this step (Ctrl-C again to stop now)")
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield lambda: bool(pressed)
-    finally:
-        signal.signal(signal.SIGINT, previous)

@@ -10,6 +10,7 @@ import click
 
 from ..errors import QwenMlxError
 from ..documents import with_document
+from ..model_cache import describe, recipe_of
 from .console import PrefillBar, err, open_model
 from .options import (MODEL_HELP, generation_options, memory_kwargs, model_argument,
                       sampling_kwargs)
@@ -63,11 +64,12 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
             stats = piece.stats or stats
     sys.stdout.write("\n")
     if as_json:
-        record = {"model": str(llm.path), "text": "".join(text), **stats.to_dict(),
-                  "peak_memory_gb": round(stats.peak_memory / 1e9, 3)}
+        record = {"model": str(llm.path), "recipe": recipe_of(llm.path), "text": "".join(text),
+                  **stats.to_dict(), "peak_memory_gb": round(stats.peak_memory / 1e9, 3)}
         sys.stdout.write(json.dumps(record) + "\n")
     elif not quiet:
-        err.print(stats.summary(), style="dim", markup=False, soft_wrap=True)
+        err.print(f"{stats.summary()}; {llm.path.name} ({describe(llm.path)})", style="dim",
+                  markup=False, soft_wrap=True)
     sys.stdout.flush()
 
 
