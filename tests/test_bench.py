@@ -127,8 +127,8 @@ def test_bench_errors(tiny_q4_f32):
               "error: --depths: cannot read 'lots' as a token count (use numbers like "
               "512,2048,8k)"),
              (["bench", tiny_q4_f32, "--depths", "300k"],
-              f"error: {tiny_q4_f32.name}: 307,329 tokens (prompt or depth plus generated) "
-              f"exceed the context limit of 262,144"),
+              f"error: {tiny_q4_f32.name} (q4-f32): 307,329 tokens (prompt or depth plus "
+              f"generated) exceed the context limit of 262,144"),
              (["bench", "shape:tiny", "--compare", "mlx-lm"],
               "error: --compare mlx-lm needs a model on disk, not random weights")]
     for args, message in cases:
