@@ -58,8 +58,9 @@ def test_the_1_8gb_budget_is_met_exactly_on_the_real_4b_shape():
     """Sizes from the config: uniform q3 fits 1.8 GB and q4 does not, so the budget is spent
     between them, to within the smallest step any layer could take."""
     tensors = shape_4b()
-    q3, q4 = (planned_bytes(tensors, Recipe(bits=b)) for b in (3, 4))
+    q3, q4, q8 = (planned_bytes(tensors, Recipe(bits=b)) for b in (3, 4, 8))
     assert q3 == 1_760_238_480 and q4 == 2_263_022_600  # 2.26 GB: the issue's figure
+    assert q8 == 4_274_158_760  # the README's recipe table
     recipe = mixed_bits.allocate(tensors, Recipe(), costs_like(tensors),
                                  mixed_bits.Budget.size("1.8GB"))
     size = planned_bytes(tensors, recipe)
