@@ -226,3 +226,33 @@ def test_teacher_text_is_the_sources_own_and_repeatable(tiny_hf):
     n = min(len(tokens) - 1, 64)  # the last token may merge with the blank line after it
     assert chunks[0][:n] == tokens[:n]
     assert len(chunks) > len(calibration.fit_chunks(tiny_hf, 64))
+
+
+def test_ctrl_c_during_dwq_saves_progress_and_the_same_command_resumes(tiny_hf, tmp_path):
+    """A real SIGINT to `convert --dwq`: exit 130 after the step in flight, no output folder,
+    a checkpoint; the same command continues from it and lands the model."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "dwq"
+    args = [sys.executable, "-m", "qwen_mlx", "convert", str(tiny_hf), "-o", str(out), "--dwq",
+            "--dwq-epochs", "2", "--chunk", "64", "--fit-tokens", "192", "--dtype", "float32",
+            "--no-eval"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    work = Path(os.environ["QWEN_MLX_HOME"]) / "work"
+    deadline = time.time() + 300
+    while not list(work.glob("dwq-*/targets.safetensors")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, errors = proc.communicate()
+    assert proc.returncode == 130, errors
+    assert "stopped at step 1 of 4; the same command resumes from there" in errors
+    assert errors.rstrip().endswith("progress saved")
+    assert not out.exists() and list(work.glob("dwq-*/checkpoint/state.json"))
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resuming at step 1 of 4" in done.stderr and done.stdout == f"{out}\n"
+    assert json.loads((out / "qwen-mlx.json").read_text())["distilled"]["steps"] == 4
+    assert not list(work.iterdir())

@@ -153,8 +153,13 @@ def run_fitted(source: Path, output: Path, recipe: Recipe, fit: Fit, name: str, 
                       bar=bars.task, stopping=stopping,
                       step=lambda done, total, loss: steps.update(
                           task, completed=done, total=total, loss=f"{loss:.4f}"))
-        result = fitted_convert(source, output, recipe, fit, force=force, source_name=name,
-                                hooks=hooks, eval_tokens=eval_tokens)
+        try:
+            result = fitted_convert(source, output, recipe, fit, force=force,
+                                    source_name=name, hooks=hooks, eval_tokens=eval_tokens)
+        except distill.Stopped as stop:
+            steps.stop()
+            err.print(f"{stop}; progress saved", soft_wrap=True, markup=False)
+            raise SystemExit(130) from None
     if result is not None:
         err.print(f"quality against the source: {result.line()}", soft_wrap=True, markup=False)
 
