@@ -71,7 +71,8 @@ def test_sampling_flags_reach_the_engine(tiny_model, tiny_q4_f32):
                                              " an alias (qwen3-4b-instruct-2507, qwen3-4b) or a "
                                              "Hugging Face repo id"),
     (["generate", "{tiny}", "-p", "x", "--recipe", "q7z"],
-     "error: unknown recipe 'q7z' (examples: q4, q4-g32, q8, bf16, q4-f32)"),
+     "error: unknown recipe 'q7z' (examples: q4, q4-g32, q8, bf16, q4-f32, mix-1.8gb, "
+     "q4-dwq)"),
     (["generate", "{tiny}", "-p", "x", "--adapter", "{tiny}"],
      "error: {tiny} is not an adapter folder (no adapter_config.json)"),
     (["convert", "{tiny}"], "error: {tiny} is already an MLX model; nothing to convert"),
