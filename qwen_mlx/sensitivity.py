@@ -25,7 +25,7 @@ from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 from .quality import Reference, kl_to_reference
 
@@ -89,15 +89,8 @@ def _probe(net: nn.Module, group_size: int) -> dict[str, tuple[int, dict[Format,
                        layer.to_quantized(group_size=group_size, bits=HIGH))
         mx.eval(mse, probe.parameters())
         errors[name] = (w.size, {f: v.item() for f, v in mse.items()})
-        net.update_modules(_nested(name, probe))
+        net.update_modules(tree_unflatten([(name, probe)]))
     return errors
-
-
-def _nested(name: str, module: nn.Module) -> dict:
-    """{"model": {"layers": [..., {"mlp": {"up_proj": m}}]}} for update_modules."""
-    from mlx.utils import tree_unflatten
-
-    return tree_unflatten([(name, module)])
 
 
 def measure(source: Path, parts: list[list[int]], ref: Reference, *, group_size: int,
