@@ -92,9 +92,7 @@ def main() -> None:
         dwq_s = time.perf_counter() - t0
         folders["dwq q4"] = work / f"{tag}-dwq"
         parts = quality.prepare(source, source, quality.built_in_text(), limit=a.tokens)
-        net, _ = load_weights(source)
-        ref = quality.reference_pass(net, parts)
-        del net
+        ref = quality.reference_of(source, parts)
         rows = {}
         for name, folder in folders.items():
             net, _ = load_weights(folder)

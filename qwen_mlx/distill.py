@@ -90,15 +90,12 @@ def _targets(work: Path, student: Path, source: Path, chunk: int, limit: int | N
              teacher_tokens: int, dtype: str) -> tuple[list[list[int]], Reference]:
     """The fit chunks and the teacher's top-k on them, computed once and kept."""
     from . import calibration, quality
-    from .loader import load_weights
 
     path = work / TARGETS
     if not path.is_file():
         parts = calibration.fit_chunks(student, chunk, limit=limit,
                                        teacher_tokens=teacher_tokens, source=source)
-        net, _ = load_weights(source, dtype=dtype)
-        ref = quality.reference_pass(net, parts)
-        del net
+        ref = quality.reference_of(source, parts, dtype=dtype)
         arrays = {"tokens": mx.array(parts, dtype=mx.int32)}
         for n in range(len(parts)):
             arrays[f"ids.{n}"] = mx.array(ref.ids[n])

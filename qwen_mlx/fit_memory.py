@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 
+import mlx.core as mx
+
 from .errors import QwenMlxError
 from .machine import GIB, this_machine
-from .mixed_bits import DTYPE_BYTES
 from .recipes import Recipe
 from .sensitivity import HIGH, LOW
 
@@ -36,7 +37,7 @@ def backward_bytes(config: dict, chunk: int, dtype: str) -> int:
     intermediate-widths a layer and position) plus its float32 logits, their softmax and
     gradient."""
     width = 12 * config["hidden_size"] + 3 * config["intermediate_size"]
-    acts = chunk * width * config["num_hidden_layers"] * DTYPE_BYTES[dtype]
+    acts = chunk * width * config["num_hidden_layers"] * getattr(mx, dtype).size
     return acts + 3 * chunk * config["vocab_size"] * 4
 
 
@@ -44,7 +45,7 @@ def phases(tensors: list, config: dict, recipe: Recipe, chunk: int, *, mixed: bo
            distilled: bool) -> dict[str, int]:
     """Peak bytes of each phase the recipe runs."""
     total, quant = _params(tensors, recipe)
-    float_bytes = DTYPE_BYTES[recipe.dtype]
+    float_bytes = getattr(mx, recipe.dtype).size
     groups = quant // recipe.group_size
     out = {"teacher pass": total * float_bytes}
     if mixed:

@@ -73,20 +73,16 @@ def check(source: Path, base: Recipe, fit: Fit, memory: str | None = None) -> No
 
 
 def layer_costs(source: Path, base: Recipe, fit: Fit,
-                hooks: Hooks = Hooks()) -> dict[str, dict[int, float]]:
-    """Each layer's estimated KL at each bit width, measured on the fit set."""
-    from .loader import load_weights
-
+                hooks: Hooks = Hooks()) -> dict[str, dict[sensitivity.Format, float]]:
+    """Each layer's estimated KL in each format, measured on the fit set."""
     hooks.phase("measuring each layer's sensitivity on the fit set")
     parts = calibration.fit_chunks(source, fit.chunk, limit=fit.fit_tokens,
                                    teacher_tokens=fit.teacher_tokens)
-    net, _ = load_weights(source, dtype=base.dtype)
-    ref = quality.reference_pass(net, parts, hooks.bar("teacher") if hooks.bar else None)
-    del net
-    costs = sensitivity.measure(source, parts, ref, group_size=base.group_size,
-                                dtype=base.dtype,
-                                progress=hooks.bar("sensitivity") if hooks.bar else None)
-    return {k: c.kl for k, c in costs.items()}
+    ref = quality.reference_of(source, parts, dtype=base.dtype,
+                               progress=hooks.bar("teacher") if hooks.bar else None)
+    return sensitivity.measure(source, parts, ref, group_size=base.group_size,
+                               dtype=base.dtype,
+                               progress=hooks.bar("sensitivity") if hooks.bar else None)
 
 
 def mixed_recipe(source: Path, base: Recipe, fit: Fit, hooks: Hooks = Hooks()) -> Recipe:

@@ -19,12 +19,12 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+import mlx.core as mx
+
 from .errors import QwenMlxError
 from .quantize import planned_bytes
 from .recipes import Recipe
 from .sensitivity import LEVELS, Format, formats
-
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
@@ -103,7 +103,7 @@ def _nbytes(shape: tuple[int, ...], fmt: Format, float_bytes: int) -> float:
 def smallest(tensors: list, base: Recipe) -> int:
     """The size with every layer in its smallest format (3 bits, the largest group that
     divides it): no budget can go below it."""
-    fb = DTYPE_BYTES[base.dtype]
+    fb = getattr(mx, base.dtype).size
     chosen = {n: min(formats(s[-1]), key=lambda f: _nbytes(s, f, fb))
               for n, s in _quantized(tensors, base).items()}
     return planned_bytes(tensors, with_formats(base, chosen, "mix"))
@@ -146,7 +146,7 @@ def allocate(tensors: list, base: Recipe, costs: dict[str, dict[Format, float]],
     missing = [n for n in shapes if n not in costs]
     if missing:
         raise QwenMlxError(f"no sensitivity was measured for {missing[0]}")
-    fb = DTYPE_BYTES[base.dtype]
+    fb = getattr(mx, base.dtype).size
     hulls = {n: _hull([(_nbytes(shapes[n], f, fb), costs[n][f], f) for f in formats(s[-1])])
              for n, s in shapes.items()}
 

@@ -160,6 +160,23 @@ def reference_pass(net, parts: list[list[int]], progress: Progress | None = None
     return Reference(*(list(part) for part in zip(*columns)))
 
 
+def reference_of(folder: Path, parts: list[list[int]], *, dtype: str = "auto",
+                 progress: Progress | None = None) -> Reference:
+    """Load the model in ``folder`` alone, keep its :func:`reference_pass` over the chunks,
+    and free it before anything else loads: how `eval`, the sensitivity pass and the
+    distillation's teacher keep two models from ever being resident together."""
+    import gc
+
+    from .loader import load_weights
+
+    net, _ = load_weights(Path(folder), dtype=dtype)
+    ref = reference_pass(net, parts, progress)
+    del net
+    gc.collect()
+    mx.clear_cache()
+    return ref
+
+
 def candidate_pass(net, parts: list[list[int]], ref: Reference | None = None,
                    progress: Progress | None = None) -> Quality:
     """Perplexity of ``net`` on the chunks; with ``ref``, KL, top-1 and the ratio."""
@@ -236,17 +253,10 @@ def evaluate(candidate: Path | list[Path], reference: Path | None, parts: list[l
     """Score the MLX folder ``candidate`` (or each of a list, against one reference pass) on
     the chunks, and against the ``reference`` folder (MLX or Hugging Face) when given, one
     model resident at a time. ``progress(label)`` gives a callback per pass."""
-    import gc
-
     from .loader import load_weights
 
-    ref = None
-    if reference is not None:
-        net, _ = load_weights(reference)
-        ref = reference_pass(net, parts, progress("reference") if progress else None)
-        del net
-        gc.collect()
-        mx.clear_cache()
+    ref = None if reference is None else reference_of(
+        reference, parts, progress=progress("reference") if progress else None)
     results = []
     for folder in candidate if isinstance(candidate, list) else [candidate]:
         net, _ = load_weights(Path(folder))

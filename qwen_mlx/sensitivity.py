@@ -19,7 +19,6 @@ is the measured gradient. :mod:`qwen_mlx.mixed_bits` spends a size budget on tha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -55,16 +54,6 @@ class _Probe(nn.Module):
         return y + self.e * (y - self.high.as_linear(x))
 
 
-@dataclass
-class LayerCost:
-    """One layer: its parameter count, its measured gradient step and the estimated KL it
-    adds in each format it can take."""
-
-    params: int
-    gradient: float
-    kl: dict[Format, float]
-
-
 def _mse(w: mx.array, bits: int, group_size: int) -> mx.array:
     q = mx.quantize(w, group_size=group_size, bits=bits)
     return mx.mean(mx.square(mx.dequantize(*q, group_size=group_size, bits=bits) - w))
@@ -75,9 +64,9 @@ def formats(cols: int) -> list[Format]:
     return [(b, g) for b in LEVELS for g in GROUPS if cols % g == 0]
 
 
-def _probe(net: nn.Module, group_size: int) -> dict[str, tuple[int, dict[Format, float]]]:
+def _probe(net: nn.Module, group_size: int) -> dict[str, dict[Format, float]]:
     """Replace every quantizable layer of the lazily loaded ``net`` by a probe, one layer at a
-    time (so only that layer's float weight is ever read); return each layer's size and
+    time (so only that layer's float weight is ever read); return each layer's
     quantization error per format."""
     layers = {k: m for k, m in tree_flatten(net.leaf_modules(), is_leaf=nn.Module.is_module)
               if hasattr(m, "to_quantized") and m.weight.shape[-1] % group_size == 0}
@@ -88,15 +77,15 @@ def _probe(net: nn.Module, group_size: int) -> dict[str, tuple[int, dict[Format,
         probe = _Probe(layer.to_quantized(group_size=group_size, bits=LOW),
                        layer.to_quantized(group_size=group_size, bits=HIGH))
         mx.eval(mse, probe.parameters())
-        errors[name] = (w.size, {f: v.item() for f, v in mse.items()})
+        errors[name] = {f: v.item() for f, v in mse.items()}
         net.update_modules(tree_unflatten([(name, probe)]))
     return errors
 
 
 def measure(source: Path, parts: list[list[int]], ref: Reference, *, group_size: int,
-            dtype: str, progress: Progress | None = None) -> dict[str, LayerCost]:
-    """Every quantizable layer's cost table for the model in ``source`` on the chunks, against
-    ``ref`` (the source's own reference pass over the same chunks)."""
+            dtype: str, progress: Progress | None = None) -> dict[str, dict[Format, float]]:
+    """Every quantizable layer's estimated KL per format for the model in ``source`` on the
+    chunks, against ``ref`` (the source's own reference pass over the same chunks)."""
     from .loader import load_weights
 
     net, _ = load_weights(Path(source), dtype=dtype, lazy=True)
@@ -117,13 +106,9 @@ def measure(source: Path, parts: list[list[int]], ref: Reference, *, group_size:
         mx.eval(total)
         if progress:
             progress(n + 1, len(parts))
-    costs = {}
-    for key, value in total.items():
-        name = key.removesuffix(".e")
-        params, mse = errors[name]
-        step = value.item() / len(parts)
-        costs[name] = LayerCost(params, step, _spread(step, mse, group_size))
-    return costs
+    return {key.removesuffix(".e"): _spread(value.item() / len(parts),
+                                            errors[key.removesuffix(".e")], group_size)
+            for key, value in total.items()}
 
 
 def _spread(step: float, mse: dict[Format, float], group: int) -> dict[Format, float]:
