@@ -1,8 +1,10 @@
 """Distilled weight quantization (DWQ): `convert --dwq`.
 
-The plain quantization is the student; its scales and biases (not the packed weights, so
-the size does not change) are trained with Adam to bring its next-token distributions back
-to the source's on the fit set (:mod:`qwen_mlx.calibration`). This is mlx-lm's DWQ idea
+The student starts as the plain quantization, rounded again layer by layer with error
+correction (:mod:`qwen_mlx.gptq`: the codes, scales and biases that best keep each layer's
+outputs on the fit set). Its scales and biases (not the packed weights, so the size does not
+change) are then trained with Adam to bring its next-token distributions back to the
+source's on the fit set (:mod:`qwen_mlx.calibration`). This is mlx-lm's DWQ idea
 (``mlx_lm.quant.dwq``), arranged so it fits a small Mac and survives being stopped:
 
 * the teacher runs once, alone: its top-k log-probabilities per position are kept in the
@@ -10,8 +12,9 @@ to the source's on the fit set (:mod:`qwen_mlx.calibration`). This is mlx-lm's D
   resident together, and the loss is the same top-k-plus-tail KL `eval` reports;
 * everything lives in a work folder under ``$QWEN_MLX_HOME/work/`` named after the source,
   recipe and output: the student, the targets, and a checkpoint (trained scales and
-  biases, Adam's state, the step) replaced whole every SAVE_SECONDS and when stopped. The
-  same command resumes from it; the output folder appears only when training is done.
+  biases, Adam's state, the step) replaced whole every SAVE_SECONDS and when stopped, and
+  the rounding's layers as each is done. The same command resumes from there; the output
+  folder appears only when training is done.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from . import hub
+from . import gptq, hub
 from .atomic import atomic_dir, atomic_path
 from .errors import QwenMlxError
 from .quality import Reference, kl_to_reference
@@ -45,6 +48,7 @@ TARGETS = "targets.safetensors"
 CHECKPOINT = "checkpoint"
 TOO_LITTLE = ("--dwq needs at least two chunks of fit text (one to train on, one to "
               "validate); give --fit-tokens of at least {tokens}")
+ROUNDED = "gptq"  # the error-corrected rounding's layers, one file each
 BEST = "best.safetensors"  # the scales with the lowest validation KL so far
 
 Progress = Callable[[int, int, float], None]  # (step, steps, loss)
@@ -61,7 +65,7 @@ class DistillState:
     learning_rate: float = LEARNING_RATE
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)  # training loss per step
-    valid_before: float | None = None  # validation KL of the plain scales
+    valid_before: float | None = None  # validation KL of the rounding, before training
     valid_after: float | None = None  # ... after the last epoch
     best_loss: float | None = None  # the lowest, and the step that reached it (0: plain)
     best_step: int = 0
@@ -115,6 +119,7 @@ def distill(source: Path, output: Path, student_recipe: Recipe, *, chunk: int,
             learning_rate: float = LEARNING_RATE, temperature: float = TEMPERATURE,
             teacher_tokens: int = 0,
             dtype: str = "float32", progress: Progress | None = None,
+            rounding: Callable[[int, int], None] | None = None,
             stopping: Callable[[], bool] = lambda: False,
             on_phase: Callable[[str], None] = lambda _: None) -> tuple[Path, DistillState]:
     """Train the scales and biases of ``student_recipe``'s quantization of ``source`` against
@@ -125,7 +130,7 @@ def distill(source: Path, output: Path, student_recipe: Recipe, *, chunk: int,
     The last fifth of the fit chunks (at least one) is kept for validation: its KL is taken
     before training and after every epoch, and the scales with the lowest one are what
     :func:`finish` writes, so a distillation that does not generalise falls back to the
-    plain scales instead of shipping worse ones."""
+    error-corrected rounding's instead of shipping worse ones."""
     from .loader import load_weights
     from .quantize import convert
 
@@ -142,6 +147,13 @@ def distill(source: Path, output: Path, student_recipe: Recipe, *, chunk: int,
     held = max(1, len(parts) // 5)
     train, valid = list(range(len(parts) - held)), list(range(len(parts) - held, len(parts)))
     net, _ = load_weights(student, dtype=dtype)
+    on_phase("error-corrected rounding (GPTQ), layer by layer")
+    rounded = gptq.run(Path(source), net, [parts[n] for n in train], work / ROUNDED,
+                       dtype=dtype, progress=rounding, stopping=stopping)
+    if rounded is None:
+        raise Stopped(f"stopped during the error-corrected rounding; the same command resumes "
+                      f"from the next layer ({work})")
+    net.update(tree_unflatten(list(rounded.items())))
     trainable(net)
     params = tree_map(lambda x: x.astype(mx.float32), net.trainable_parameters())
     opt = optim.Adam(learning_rate=learning_rate)
@@ -221,19 +233,22 @@ def finish(source: Path, output: Path, student_recipe: Recipe, name: str,
 
     work = work_folder(source, output, student_recipe)
     student = work / "student"
-    trained = mx.load(str(work / CHECKPOINT / BEST))
+    trained = {k: v for f in sorted((work / ROUNDED).glob("*.safetensors"))
+               for k, v in mx.load(str(f)).items()}
+    trained.update(mx.load(str(work / CHECKPOINT / BEST)))
     dtype = getattr(mx, student_recipe.dtype)
     with atomic_dir(Path(output), force=force, protect=[Path(source)]) as tmp:
         for f in sorted(student.iterdir()):
             if f.suffix == ".safetensors":
                 arrays = mx.load(str(f))
-                arrays.update({k: v.astype(dtype) for k, v in trained.items() if k in arrays})
+                arrays.update({k: v if v.dtype == mx.uint32 else v.astype(dtype)
+                               for k, v in trained.items() if k in arrays})
                 mx.save_safetensors(str(tmp / f.name), arrays, metadata={"format": "mlx"})
             elif f.is_file():
                 shutil.copyfile(f, tmp / f.name)
         record = json.loads((student / PROVENANCE).read_text())
         record.update(recipe=name, source=source_name or record["source"],
-                      distilled={"steps": state.step, "seconds": round(state.seconds, 1),
+                      distilled={"rounding": "gptq", "steps": state.step, "seconds": round(state.seconds, 1),
                                  "validation_kl_before": state.valid_before,
                                  "validation_kl_after": state.valid_after,
                                  "kept_step": state.best_step,
@@ -241,7 +256,8 @@ def finish(source: Path, output: Path, student_recipe: Recipe, name: str,
         (tmp / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
         card = (tmp / "README.md").read_text()
         (tmp / "README.md").write_text(card.replace(
-            f"`{student_recipe.name}`:", f"`{name}`: distilled (scales and biases trained "
-            f"against the source on qwen-mlx's fit set; those of step {state.best_step} of "
-            f"{state.step} kept, the lowest validation KL),").replace(
+            f"`{student_recipe.name}`:", f"`{name}`: error-corrected rounding (GPTQ) and "
+            f"distilled scales and biases, both fitted to the source on qwen-mlx's fit set "
+            f"(those of step {state.best_step} of {state.step} kept, the lowest validation "
+            f"KL),").replace(
             f"({student_recipe.name}, MLX)", f"({name}, MLX)"))

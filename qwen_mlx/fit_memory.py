@@ -53,12 +53,31 @@ def phases(tensors: list, config: dict, recipe: Recipe, chunk: int, *, mixed: bo
                                    + (total - quant) * float_bytes
                                    + backward_bytes(config, chunk, recipe.dtype))
     if distilled:
+        out["error-corrected rounding"] = rounding_bytes(tensors, recipe)
         bits = max(recipe.format_for(t.name.removesuffix(".weight"))[0] or 0
                    for t in tensors)
         out["distillation"] = (quant * bits // 8 + (total - quant) * float_bytes
                                + 2 * groups * (float_bytes + 16)
                                + backward_bytes(config, chunk, recipe.dtype))
     return out
+
+
+def rounding_bytes(tensors: list, recipe: Recipe) -> int:
+    """The GPTQ pass (:mod:`qwen_mlx.gptq`): the student, the source's embedding, and the
+    larger of one decoder layer (its float weights, each linear layer's float32 input
+    second moment and working copies) and the output layer (float32 working copies)."""
+    float_bytes = getattr(mx, recipe.dtype).size
+    student = sum(math.prod(t.shape) * (recipe.format_for(t.name.removesuffix(".weight"))[0]
+                                        or 8 * float_bytes) // 8 for t in tensors)
+    embed = next(math.prod(t.shape) for t in tensors if "embed_tokens" in t.name)
+    layers: dict[str, int] = {}
+    for t in tensors:
+        if ".layers." in t.name:
+            key = t.name.split(".layers.")[1].split(".")[0]
+            work = t.shape[-1] ** 2 * 4 + 3 * math.prod(t.shape) * 4 if len(t.shape) == 2 else 0
+            layers[key] = layers.get(key, 0) + math.prod(t.shape) * float_bytes + work
+    head = 3 * embed * 4
+    return student + embed * float_bytes + max([head, *layers.values()])
 
 
 def check(needed: dict[str, int], memory: str | None = None) -> None:

