@@ -9,7 +9,9 @@ from typing import Iterator
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..errors import QwenMlxError
 from ..finetune.config import TARGETS, TrainConfig, parse_targets, read_config_file
+from ..finetune.ranks import PEER_TIMEOUT
 from ..machine import GIB
 from .console import convert_with_progress, err, stop_on_ctrl_c
 from .options import MODEL_HELP, memory_option, model_argument
@@ -76,19 +78,40 @@ turn. Checkpoints go into the output folder; after an interruption, run the same
 @memory_option
 @click.option("--force", is_flag=True, help="Train even if the memory estimate says it will "
               "not fit.")
-def finetune(model: str | None, config_file: Path | None, resume: bool | None,
-             memory: str | None, force: bool, **flags) -> None:
+@click.option("--hostfile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Train on several Macs: mlx.launch's hostfile (JSON, one {\"ssh\", "
+              "\"ips\"} per machine). --batch-size is then the global batch.")
+@click.option("--local-ranks", type=click.IntRange(min=2), help="Train as N ranks on this "
+              "machine (over loopback): how to try a several-Mac run on one.")
+@click.option("--peer-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=PEER_TIMEOUT, show_default=True,
+              help="Seconds a rank waits for the others before it stops the run.")
+@click.pass_context
+def finetune(ctx: click.Context, model: str | None, config_file: Path | None,
+             resume: bool | None, memory: str | None, force: bool, hostfile: Path | None,
+             local_ranks: int | None, peer_timeout: float, **flags) -> None:
+    from ..finetune.ranks import Ranks
     from ..finetune.run import Stopped, prepare
     from ..finetune.trainer import StepReport, ValReport
 
+    if hostfile is not None or local_ranks is not None:
+        _launch(ctx, hostfile, local_ranks)
+        return
+    ranks = Ranks.join(peer_timeout)
+    if not ranks.leader:
+        err.quiet = True  # rank 0 speaks for the run; errors still reach stderr
     settings = read_config_file(config_file) if config_file else {}
     if model is not None:
         flags["model"] = model
     if isinstance(flags.get("targets"), str):
         flags["targets"] = parse_targets(flags["targets"])
     settings.update({k: v for k, v in flags.items() if v is not None})
-    run = prepare(settings, resume_run=bool(resume), force=force, memory=memory,
-                  convert=convert_with_progress)
+    try:
+        run = prepare(settings, resume_run=bool(resume), force=force, memory=memory,
+                      convert=convert_with_progress, ranks=ranks)
+    except QwenMlxError as e:
+        raise QwenMlxError(f"{ranks.name()}: {e}" if ranks.size > 1 and
+                           not str(e).startswith("rank ") else str(e)) from None
     _describe(run)
     if run.step >= run.steps:
         err.print(f"already trained: {run.steps} steps; the adapter is in {run.output}")
@@ -110,7 +133,43 @@ def finetune(model: str | None, config_file: Path | None, resume: bool | None,
         raise SystemExit(130)
     err.print(f"adapter: {run.output} ({run.steps} steps; metrics in "
               f"{run.output / 'metrics.jsonl'})")
-    click.echo(str(run.output))
+    if ranks.leader:
+        click.echo(str(run.output))
+
+
+def _launch(ctx: click.Context, hostfile: Path | None, local: int | None) -> None:
+    """Run this same command on every rank through mlx.launch."""
+    from ..finetune import launch
+
+    from ..finetune.run import split_over
+
+    if hostfile is not None and local is not None:
+        raise QwenMlxError("--hostfile and --local-ranks contradict each other; give one")
+    if not ctx.params.get("resume"):  # a resume's batch is the checkpoint's: the ranks check
+        config = ctx.params.get("config_file")
+        batch = ctx.params.get("batch_size") or \
+            (read_config_file(config).get("batch_size") if config else None) or D.batch_size
+        split_over(int(batch), local or len(launch.hosts_of(hostfile)))
+    args = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in ("hostfile", "local_ranks") or value is None or \
+                ctx.get_parameter_source(param.name) is click.core.ParameterSource.DEFAULT:
+            continue
+        if isinstance(param, click.Argument):
+            args.append(str(value))
+        elif param.is_flag:
+            if param.secondary_opts and not value:
+                args.append(param.secondary_opts[0])
+            elif value:
+                args.append(param.opts[-1])
+        else:
+            args += [param.opts[-1], str(value)]
+    outcome = launch.run(args, hostfile=hostfile, local=local)
+    if outcome.message:
+        raise QwenMlxError(outcome.message)
+    if outcome.code:
+        raise SystemExit(outcome.code)
 
 
 def _describe(run) -> None:
@@ -126,7 +185,11 @@ def _describe(run) -> None:
     err.print(f"data: {d.train} training, {valid} examples ({d.format})"
               + (f"; {', '.join(cut)}" if cut else ""), soft_wrap=True)
     err.print(f"[dim]model {run.model_folder}; rank {c.rank}, alpha {c.alpha:g}, "
-              f"{','.join(c.targets)}; memory: {run.memory.describe()}[/dim]", soft_wrap=True)
+              f"{','.join(c.targets)}; memory: {run.memory.describe()}"
+              f"{' per machine' if run.ranks.size > 1 else ''}[/dim]", soft_wrap=True)
+    if run.ranks.size > 1:
+        err.print(f"{run.ranks.size} machines ({', '.join(run.ranks.hosts)}): "
+                  f"{c.batch_size // run.ranks.size} of each batch of {c.batch_size} each")
     if run.step:
         err.print(f"resuming at step {run.step} of {run.steps}")
 

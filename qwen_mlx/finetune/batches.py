@@ -13,6 +13,7 @@ long rows, most of its memory; prompt, template and padding positions skip it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -93,19 +94,23 @@ class Batches:
     def epoch_order(self, epoch: int) -> list[int]:
         return list(np.random.default_rng([self.seed, epoch]).permutation(len(self.groups)))
 
-    def at(self, position: int) -> Batch:
-        """The ``position``-th batch of the run (counting across epochs)."""
+    def at(self, position: int, share: Callable[[list], list] = list) -> Batch | None:
+        """The ``position``-th batch of the run (counting across epochs); with ``share``,
+        only this rank's share of its examples (None when that is empty)."""
         epoch, index = divmod(position, len(self.groups))
-        return collate(self.groups[self.epoch_order(epoch)[index]])
+        mine = share(self.groups[self.epoch_order(epoch)[index]])
+        return collate(mine) if mine else None
 
-    def in_order(self, limit: int | None = None):
+    def in_order(self, limit: int | None = None, share: Callable[[list], list] = list):
         """Every batch once, unshuffled (validation); past ``limit`` batches, ``limit`` of
-        them spread evenly over the lengths."""
+        them spread evenly over the lengths. With ``share``, this rank's share of each
+        (empty shares skipped)."""
         groups = self.groups
         if limit is not None and len(groups) > limit:
             groups = [groups[i * len(groups) // limit] for i in range(limit)]
         for group in groups:
-            yield collate(group)
+            if share(group):
+                yield collate(share(group))
 
     def longest(self) -> int:
         return max(len(e.ids) for g in self.groups for e in g)

@@ -93,13 +93,16 @@ def suggestion(shape: Shape, config: TrainConfig, width: int, **kwargs) -> str |
     return None
 
 
-def check(shape: Shape, config: TrainConfig, width: int, force: bool, **kwargs) -> \
-        TrainingMemory:
-    """Refuse (one line, with a suggestion) a run that will not fit, unless ``force``."""
+def check(shape: Shape, config: TrainConfig, width: int, force: bool,
+          where: str | None = None, **kwargs) -> TrainingMemory:
+    """Refuse (one line, with a suggestion) a run that will not fit, unless ``force``;
+    ``where`` names the machine of a run over several (``config`` then holds its share of
+    the batch)."""
     need = estimate(shape, config=config, width=width, **kwargs)
     if need.fits or force:
         return need
     hint = suggestion(shape, config, width, **kwargs)
     advice = f"try {hint}" if hint else "no setting fits: use a smaller model or --recipe"
-    raise QwenMlxError(f"training needs about {need.describe()}; {advice} "
+    raise QwenMlxError(f"{where + ': ' if where else ''}training needs about "
+                       f"{need.describe()}; {advice} "
                        f"(or --force to try anyway)")

@@ -31,6 +31,7 @@ from .config import TrainConfig
 FOLDER = "checkpoints"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
+FILES = (ADAPTER_FILE, OPTIMIZER_FILE, STATE_FILE)  # a checkpoint, whole
 
 
 @dataclass

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
@@ -22,6 +23,7 @@ from ..machine import this_machine
 from ..memory_plan import Shape, weight_bytes_of_folder
 from ..recipes import parse_recipe
 from . import resume
+from .ranks import Ranks
 from .adapters import add_lora, adapter_config, save_adapter
 from .batches import Batches, Fitted, fit_length
 from .config import DEFAULT_EPOCHS, TRAINING_KEYS, TrainConfig
@@ -60,15 +62,13 @@ def _absolute(settings: dict) -> dict:
     return out
 
 
-def _settings(explicit: dict, output: Path, resuming: bool) -> TrainConfig:
-    """The run's config: on resume, the checkpoint's, where explicit settings must agree."""
+def _settings(explicit: dict, output: Path, checkpoint: Path | None) -> TrainConfig:
+    """The run's config: on resume (``checkpoint``), the checkpoint's, where explicit
+    settings must agree."""
     explicit = _absolute(explicit)
-    if not resuming:
+    if checkpoint is None:
         return TrainConfig.from_dict(explicit).check()
-    folder = resume.latest(output)
-    if folder is None:
-        raise QwenMlxError(f"nothing to resume in {output} (no checkpoint)")
-    saved = resume.read_state(folder)["config"]
+    saved = resume.read_state(checkpoint)["config"]
     for key, value in explicit.items():
         if key in (*TRAINING_KEYS, "model") and saved.get(key) != value:
             flag = "--" + key.replace("_", "-")
@@ -117,8 +117,14 @@ class Run:
     def steps(self) -> int:
         return self.trainer.steps
 
+    @property
+    def ranks(self) -> Ranks:
+        return self.trainer.ranks
+
     def _save(self) -> None:
         t = self.trainer
+        if not self.ranks.leader:
+            return
         resume.save(self.output, t.model, t.optimizer, t.state, self.config,
                     self.data_fingerprint)
         save_adapter(self.output, t.model, self.settings)
@@ -141,34 +147,47 @@ class Run:
             -> Iterator[StepReport | ValReport | Stopped]:
         """Yield a report per step and per validation. ``stop()`` is asked after each
         step; when it says so, a checkpoint is written and a :class:`Stopped` yielded."""
-        self.output.mkdir(parents=True, exist_ok=True)
-        with self._metrics() as log:
+        leader = self.ranks.leader
+        if leader:
+            self.output.mkdir(parents=True, exist_ok=True)
+        with self._metrics() if leader else open(os.devnull, "w") as log:
             for report in self.trainer.run(on_save=self._save):
                 log.write(json.dumps(report.to_dict()) + "\n")
                 log.flush()
                 yield report
-                if isinstance(report, StepReport) and report.step < self.steps and stop():
+                if isinstance(report, StepReport) and report.step < self.steps and \
+                        self._stopping(stop):
                     self._save()
                     yield Stopped(report.step)
                     return
 
+    def _stopping(self, stop: Callable[[], bool]) -> bool:
+        """Whether any rank was asked to stop: all stop after the same step, or none."""
+        if self.ranks.size == 1:
+            return stop()
+        return self.ranks.sum([mx.array(float(stop()))])[0].item() > 0
+
 
 def prepare(settings: dict, *, resume_run: bool = False, force: bool = False,
-            convert=None, memory: str | int | None = None) -> Run:
+            convert=None, memory: str | int | None = None, ranks: Ranks | None = None) -> Run:
     """Check everything and build the run. ``settings`` holds the keys of
     :class:`TrainConfig` that were given (config file and flags); the rest are defaults,
     or, with ``resume_run``, the checkpoint's."""
     if not settings.get("output"):
         raise QwenMlxError("give an output folder (-o ADAPTER_DIR)")
     output = Path(settings["output"])
-    config = _settings(settings, output, resume_run)
-    _check_output(output, resume_run)
+    ranks = ranks or Ranks.join()  # under mlx.launch, the Python API joins the group too
+    latest = _checkpoint(output, ranks) if resume_run else None
+    config = _settings(settings, output, latest)
+    if ranks.leader:
+        _check_output(output, resume_run)
+    split_over(config.batch_size, ranks.size)
     if not config.data:
         raise QwenMlxError("give the training data (--data FILE_OR_FOLDER)")
     dataset = load_data(config.data, valid_split=config.valid_split, seed=config.seed)
     data_fingerprint = resume.fingerprint(dataset.files)
+    ranks.agree(data_fingerprint, "training data (or a different split of it)")
     if resume_run:
-        latest = resume.latest(output)
         resume.check_data(resume.read_state(latest), data_fingerprint, latest)
 
     spec = hub.resolve(config.model, parse_recipe(config.recipe), convert)
@@ -182,20 +201,45 @@ def prepare(settings: dict, *, resume_run: bool = False, force: bool = False,
                                       / config.grad_accum)
 
     cast = loader.compute_dtype("auto")  # float32 on the CPU backend; stored types on Metal
-    need = check(shape, config, train.longest(), force, machine=this_machine(memory),
+    per_machine = replace(config, batch_size=config.batch_size // ranks.size)
+    need = check(shape, per_machine, train.longest(), force, machine=this_machine(memory),
                  weights=weight_bytes_of_folder(folder, cast.size if cast else None),
                  trainable=lora_parameter_count(shape, config),
-                 dtype_bytes=cast.size if cast else 2)
+                 dtype_bytes=cast.size if cast else 2, where=ranks.name() if ranks.size > 1
+                 else None)
 
     model, _ = loader.load_weights(folder)
     mx.random.seed(config.seed)  # the adapters' initial values
     adapter_settings = adapter_config(config, shape.layers, config.model or hub.DEFAULT_MODEL)
     add_lora(model, adapter_settings)
-    trainer = Trainer(model, config, train, valid, steps)
+    trainer = Trainer(model, config, train, valid, steps, ranks)
     if resume_run:
         trainer.state = resume.restore(latest, model, trainer.optimizer)
     return Run(config, output, folder, report, need, trainer, adapter_settings,
                data_fingerprint)
+
+
+def split_over(batch_size: int, ranks: int) -> None:
+    """``--batch-size`` is the global batch: it must split evenly over the ranks."""
+    if batch_size % ranks:
+        lower, upper = batch_size // ranks * ranks, -(-batch_size // ranks) * ranks
+        sizes = f"{lower} or {upper}" if lower else f"{upper}"
+        raise QwenMlxError(f"--batch-size {batch_size} does not split over {ranks} ranks "
+                           f"(it is the global batch); use {sizes}")
+
+
+def _checkpoint(output: Path, ranks: Ranks) -> Path:
+    """The checkpoint a resume starts from: rank 0's newest, sent to the other ranks (their
+    machines need not hold the output folder)."""
+    latest = resume.latest(output) if ranks.leader else None
+    if ranks.leader and latest is None:
+        raise QwenMlxError(f"nothing to resume in {output} (no checkpoint)")
+    if ranks.size == 1:
+        return latest
+    import tempfile
+
+    into = Path(tempfile.mkdtemp(prefix="qwen-mlx-resume-")) / "checkpoint"
+    return ranks.send_files(latest, list(resume.FILES), into)
 
 
 def _encode(dataset: Dataset, tokenizer, config: TrainConfig) \

@@ -18,11 +18,12 @@ from typing import Callable, Iterator
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from .batches import Batch, Batches
 from .config import TrainConfig
 from .loss import loss_for_grad, loss_sum
+from .ranks import SINGLE, Ranks
 from .resume import RunState
 
 FLOOR = 0.1  # cosine decay ends at this fraction of the peak learning rate
@@ -37,8 +38,10 @@ class StepReport:
     tokens: int  # input tokens this step (padding excluded)
     targets: int  # trained tokens this step
     tokens_per_second: float  # over the run so far
-    peak_bytes: int
+    peak_bytes: int  # the largest rank's
     seconds: float  # training time so far
+    rank_peaks: list[int] | None = None  # each rank's peak, on a run over several
+    comm_seconds: float = 0.0  # time in collectives so far (rank 0's)
 
     @property
     def eta(self) -> float:
@@ -48,7 +51,9 @@ class StepReport:
         return {"step": self.step, "loss": round(self.loss, 6), "lr": self.lr,
                 "tokens": self.tokens, "targets": self.targets,
                 "tokens_per_second": round(self.tokens_per_second, 2),
-                "peak_memory": self.peak_bytes, "seconds": round(self.seconds, 3)}
+                "peak_memory": self.peak_bytes, "seconds": round(self.seconds, 3),
+                **({"rank_peaks": self.rank_peaks, "comm_seconds": round(self.comm_seconds, 3)}
+                   if self.rank_peaks else {})}
 
 
 @dataclass
@@ -109,8 +114,9 @@ def arrays(batch: Batch) -> tuple[mx.array, ...]:
 
 class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig, train: Batches,
-                 valid: Batches | None, steps: int) -> None:
+                 valid: Batches | None, steps: int, ranks: Ranks = SINGLE) -> None:
         self.model, self.config, self.train, self.valid = model, config, train, valid
+        self.ranks = ranks
         self.steps = steps
         self.state = RunState()  # a resumed run replaces it with the checkpoint's
         self.optimizer = optim.Adam(learning_rate=schedule(
@@ -124,28 +130,42 @@ class Trainer:
             return None
         self.model.eval()
         total, count = mx.array(0.0), 0
-        for batch in self.valid.in_order(self.config.val_batches):
+        for batch in self.valid.in_order(self.config.val_batches, self.ranks.share):
             total = total + loss_sum(self.model, *arrays(batch))
             count += batch.targets_count
             mx.eval(total)
         self.model.train()
-        return total.item() / count
+        total, count = self.ranks.sum([total, mx.array(count)])
+        return total.item() / count.item()
 
     def _step(self) -> tuple[float, int, int]:
-        """One optimizer update; returns (loss, input tokens, trained tokens)."""
-        batches = [self.train.at(self.state.position + i) for i in range(self.config.grad_accum)]
-        targets = sum(b.targets_count for b in batches)
+        """One optimizer update; returns (loss, input tokens, trained tokens), over all
+        ranks: each takes the gradient of its share's summed loss, and one collective adds
+        the ranks' gradients, losses and counts before the division by the step's trained
+        tokens."""
+        batches = [self.train.at(self.state.position + i, self.ranks.share)
+                   for i in range(self.config.grad_accum)]
+        batches = [b for b in batches if b is not None]
         mx.random.seed(self.config.seed * 1_000_003 + self.state.step)
-        grads, total = None, mx.array(0.0)
+        grads = tree_map(mx.zeros_like, self.model.trainable_parameters())
+        total = mx.array(0.0)
         for batch in batches:
             loss, g = self._value_and_grad(self.model, *arrays(batch))
-            grads = g if grads is None else tree_map(mx.add, grads, g)
+            grads = tree_map(mx.add, grads, g)
             total = total + loss
             mx.eval(grads, total)
+        counts = mx.array([sum(b.targets_count for b in batches), sum(b.tokens for b in batches)])
+        peaks = mx.zeros((self.ranks.size,))
+        peaks[self.ranks.rank] = mx.get_peak_memory()
+        flat = tree_flatten(grads)
+        summed = self.ranks.sum([total, counts, peaks, *(g for _, g in flat)])
+        total, (targets, tokens) = summed[0], summed[1].tolist()
+        self.rank_peaks = [int(p) for p in summed[2].tolist()]
+        grads = tree_unflatten([(k, g) for (k, _), g in zip(flat, summed[3:])])
         grads = tree_map(partial(mx.multiply, 1.0 / targets), grads)
         self.optimizer.update(self.model, grads)
         mx.eval(self.model.trainable_parameters(), self.optimizer.state)
-        return total.item() / targets, sum(b.tokens for b in batches), targets
+        return total.item() / targets, int(tokens), int(targets)
 
     def run(self, on_save: Callable[[], object] | None = None) -> Iterator[StepReport | ValReport]:
         """Train from the current state to ``steps``; yield a report per step and per
@@ -168,8 +188,11 @@ class Trainer:
             state.trained_tokens += targets
             tokens_done += tokens
             rate = tokens_done / max(state.seconds - seconds_before, 1e-9)
+            several = self.ranks.size > 1
             yield StepReport(state.step, self.steps, loss, lr, tokens, targets, rate,
-                             mx.get_peak_memory(), state.seconds)
+                             max(self.rank_peaks) if several else mx.get_peak_memory(),
+                             state.seconds, self.rank_peaks if several else None,
+                             self.ranks.comm_seconds)
             last = state.step == self.steps
             if self.valid and (state.step % config.val_every == 0 or last):
                 start = time.perf_counter()
