@@ -74,8 +74,9 @@ def _inverse_factor(h: mx.array) -> mx.array:
 
 def round_columns(w: mx.array, h: mx.array, bits: int, group: int
                   ) -> tuple[mx.array, mx.array, mx.array]:
-    """GPTQ: (codes, scales, biases) of ``w`` (rows, cols), each group's scales set by MLX's
-    own quantizer on the error-corrected weights when the group is reached."""
+    """GPTQ: (codes, scales, biases) of ``w`` (rows, cols), each group's scale and bias set
+    from the range of its error-corrected weights when the group is reached (as the paper;
+    MLX's own quantizer also makes zero exact, which did worse here)."""
     top = 2 ** bits - 1
     hinv = _inverse_factor(h)
     w = w.astype(mx.float32)
