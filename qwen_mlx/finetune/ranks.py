@@ -42,7 +42,8 @@ class Ranks:
         self.timeout = timeout
         self.comm_seconds = 0.0  # time spent in collectives (the bench splits it out)
         self._since: float | None = None
-        self.hosts = [socket.gethostname()]
+        self.hosts = ["?"] * self.size  # the others' are learned below
+        self.hosts[self.rank] = socket.gethostname()
         if self.size > 1:
             threading.Thread(target=self._watch, daemon=True).start()
             self.hosts = self._exchange_names()
@@ -88,10 +89,10 @@ class Ranks:
             return data or b""
         length = self._collective(lambda: mx.distributed.all_sum(
             mx.array([len(data) if self.leader and data else 0]), group=self.group)).item()
-        raw = mx.array(list(data), dtype=mx.uint8) if self.leader and data else \
-            mx.zeros((length,), dtype=mx.uint8)
         if not length:
             return b""
+        raw = mx.array(list(data), dtype=mx.uint8) if self.leader else \
+            mx.zeros((length,), dtype=mx.uint8)
         got = self._collective(lambda: mx.distributed.all_sum(raw, group=self.group))
         return bytes(got.tolist())
 
