@@ -214,12 +214,13 @@ class Worker:
                     ShuttingDown("the server is shutting down"))
 
     def _close(self, job: Job, error: Exception | None) -> None:
+        # read before _DONE is sent: a client that then leaves at once was not cancelled
+        self.finished.append({"generated": job.made, "cancelled": job.cancelled.is_set()})
         if job.on_prefill is not None:
             job.on_prefill.close()
         if error is not None:
             job.put(error)
         job.put(_DONE)
-        self.finished.append({"generated": job.made, "cancelled": job.cancelled.is_set()})
 
     def _run_alone(self, job: Job) -> None:
         """A model that cannot batch: one request at a time, with the same cancellation,
