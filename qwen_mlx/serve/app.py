@@ -13,10 +13,10 @@ from typing import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import ollama, openai
+from . import ollama, openai, page
 from .guard import Guard
 from .server import ClientGone, RequestError, Server
 
@@ -36,9 +36,7 @@ def create_app(server: Server) -> Guard:
                 return Response(status_code=499)
         return Route(path, endpoint, methods=methods)
 
-    routes = [
-        Route("/", lambda request: PlainTextResponse("qwen-mlx is running"),
-              methods=["GET", "HEAD"]),
+    routes = page.routes() + [
         Route("/health", lambda request: health(server), methods=["GET"]),
         route("/v1/models", openai.models, ["GET"], openai),
         route("/v1/models/{model:path}", openai.model, ["GET"], openai),

@@ -231,13 +231,14 @@ async def show(server: Server, request: Request) -> JSONResponse:
     return JSONResponse({
         "modelfile": f"FROM {server.model.path}\n",
         "template": getattr(server.model.tokenizer, "chat_template", None) or "",
-        "parameters": f"temperature {d.temperature}\ntop_p {d.top_p}\ntop_k {d.top_k}",
+        "parameters": f"temperature {d.temperature}\ntop_p {d.top_p}\ntop_k {d.top_k}\n"
+                      f"num_predict {d.max_tokens}",
         "details": details(server),
         "model_info": {"general.architecture": "qwen3",
                        "qwen3.context_length": server.model.context_length,
                        "qwen3.embedding_length": config.get("hidden_size"),
                        "qwen3.block_count": config.get("num_hidden_layers")},
-        "capabilities": ["completion", "tools"],
+        "capabilities": ["completion", "tools"] + (["thinking"] if server.model.hybrid else []),
         "modified_at": datetime.fromtimestamp(server.started, timezone.utc).isoformat()})
 
 
