@@ -291,3 +291,55 @@ def test_notices_and_progress_travel_with_the_reply(tiny_model):
     assert all(n.startswith("context full: dropped the oldest exchange (") for n in notices)
     assert progress and progress[-1][0] == progress[-1][1] - 1  # all but the last token
     assert session.messages[-1]["content"] == "".join(p.text for p in pieces)
+
+
+def test_chat_web_serves_the_page_and_opens_the_browser_on_it(tmp_path, tiny_q4_f32):
+    """`chat --web`: the browser is opened (here a $BROWSER script that writes down its
+    address) once the port answers; the page and the API are there; sampling options are
+    the served defaults; Ctrl-C stops it cleanly."""
+    import httpx
+
+    from .serving import free_port
+
+    opened = tmp_path / "opened"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f"#!/bin/sh\necho \"$1\" > {opened}\n")
+    browser.chmod(0o755)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "qwen_mlx", "chat", str(tiny_q4_f32),
+                             "--web", "--port", str(port), "--temp", "0.25"],
+                            env={**os.environ, "BROWSER": str(browser)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not opened.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/"
+        assert proc.poll() is None, proc.communicate()
+        assert opened.read_text().strip() == url
+        page = httpx.get(url, headers={"Accept": "text/html"})
+        assert page.status_code == 200 and '<script src="/web/chat.js"' in page.text
+        shown = httpx.post(url + "api/show", json={"model": tiny_q4_f32.name}).json()
+        assert shown["parameters"].startswith("temperature 0.25\n")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"chat page: {url}" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--web", "--system", "Be brief."], "error: --system applies to the terminal chat, "
+                                         "not --web (the page sets the system prompt and "
+                                         "thinking in Settings)\n"),
+    (["--port", "8080"], "error: --port applies with --web (the terminal chat serves "
+                         "nothing)\n"),
+])
+def test_chat_web_refuses_what_it_would_ignore(tiny_q4_f32, args, message):
+    from click.testing import CliRunner
+
+    from qwen_mlx.cli import main
+
+    result = CliRunner().invoke(main, ["chat", str(tiny_q4_f32), *args], input="")
+    assert result.exit_code == 1
+    assert result.output == message

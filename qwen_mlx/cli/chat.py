@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from ..errors import QwenMlxError
 from .console import PrefillBar, err, open_model
-from .options import (MODEL_HELP, generation_options, memory_kwargs, model_argument,
+from .options import (MODEL_HELP, generation_options, given, memory_kwargs, model_argument,
                       sampling_kwargs)
 
 
@@ -27,14 +28,22 @@ When stdin is not a terminal, each input line is one message. {MODEL_HELP}""")
 @click.option("--jsonl", is_flag=True, help="For programs: read one message (or /command) "
               "per stdin line and answer each with one JSON object on stdout (reply, "
               "finish_reason, stats; or error).")
+@click.option("--web", is_flag=True, help="Chat in the browser instead: serve the model on "
+              "127.0.0.1:--port (as `qwen-mlx serve` does) and open its chat page.")
+@click.option("--port", type=click.IntRange(1, 65535), default=11434, show_default=True,
+              help="With --web: the port to serve on.")
 @generation_options
 def chat(model: str | None, system: str | None, think: bool | None, max_context: int | None,
-         session_name: str | None, quiet: bool, jsonl: bool, adapter: Path | None,
-         recipe: str, stop: tuple[str, ...], **options) -> None:
+         session_name: str | None, quiet: bool, jsonl: bool, web: bool, port: int,
+         adapter: Path | None, recipe: str, stop: tuple[str, ...], **options) -> None:
     from ..chat import ChatSession, store
     from ..chat.jsonl import JsonlRepl
     from ..chat.repl import Repl
 
+    if web:
+        return chat_in_browser(model, port, adapter, recipe, options)
+    if given("port"):
+        raise QwenMlxError("--port applies with --web (the terminal chat serves nothing)")
     llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
     session = ChatSession(llm, system=system, thinking=think, max_context=max_context,
                           stop=stop, **sampling_kwargs(options))
@@ -46,3 +55,40 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
     with PrefillBar() as bar:
         kind(session, out=out, err=err, quiet=quiet, progress=None if jsonl else bar).run(
             None if interactive else sys.stdin)
+
+
+# options of the terminal chat; the page has its own (Settings: system prompt, thinking)
+TERMINAL_ONLY = {"system": "--system", "think": "--think/--no-think",
+                 "max_context": "--max-context", "session_name": "--load", "quiet": "--quiet",
+                 "jsonl": "--jsonl", "stop": "--stop"}
+
+
+def chat_in_browser(model: str | None, port: int, adapter: Path | None, recipe: str,
+                    options: dict) -> None:
+    """`chat --web`: `serve` on loopback, then the browser on its page. Sampling options
+    become the server's defaults, which the page shows; options of the terminal chat are
+    refused by name rather than ignored."""
+    import webbrowser
+
+    from ..serve import Server, run
+    from .serve import check_port, served_name
+
+    for name, flag in TERMINAL_ONLY.items():
+        if given(name):
+            raise QwenMlxError(f"{flag} applies to the terminal chat, not --web (the page "
+                               f"sets the system prompt and thinking in Settings)")
+    host = "127.0.0.1"
+    check_port(host, port)  # before minutes of loading, not after
+    llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
+    llm.defaults = llm.defaults.override(**sampling_kwargs(options))
+    server = Server(llm, served_name(model), progress=PrefillBar())
+    url = f"http://{host}:{port}/"
+
+    def ready() -> None:
+        err.print(f"chat page: {url} (also the OpenAI and Ollama APIs); Ctrl-C stops",
+                  soft_wrap=True)
+        if not webbrowser.open(url):
+            err.print("no browser could be opened here: open the address above",
+                      soft_wrap=True)
+
+    run(server, host, port, on_ready=ready)

@@ -55,7 +55,6 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
           parallel: int | None, max_body: str, request_timeout: float | None,
           idle_timeout: float, shutdown_timeout: float, allow_origins: tuple[str, ...],
           adapter: Path | None, recipe: str, **options) -> None:
-    from ..hub import DEFAULT_MODEL
     from ..serve import Server, run
 
     from ..machine import parse_bytes
@@ -70,17 +69,25 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
         raise QwenMlxError("--parallel needs full-precision KV: quantized KV caches cannot "
                            "be batched (drop --kv-bits or --parallel)")
     llm = open_model(model, recipe=recipe, adapter=adapter, **kwargs)
-    model_id = Path(model).name if model and Path(model).expanduser().is_dir() else \
-        (model or DEFAULT_MODEL)
+    model_id = served_name(model)
     server = Server(llm, model_id, api_key=api_key, slots=cache_slots, progress=PrefillBar(),
                     host=host, allow_origins=allow_origins, max_body=body_limit,
                     parallel=parallel, time_limit=request_timeout)
-    err.print(f"serving {model_id} on http://{host}:{port} (OpenAI: /v1, Ollama: /api), "
-              f"{server.worker.parallel} at a time; Ctrl-C stops", soft_wrap=True)
+    err.print(f"serving {model_id} on http://{host}:{port} (OpenAI: /v1, Ollama: /api, "
+              f"chat page: /), {server.worker.parallel} at a time; Ctrl-C stops",
+              soft_wrap=True)
     if "*" in allow_origins:
         err.print("[yellow]--allow-origin '*': every web page you visit can use the "
                   "model[/yellow]", soft_wrap=True)
     run(server, host, port, shutdown_timeout=shutdown_timeout, idle_timeout=idle_timeout)
+
+
+def served_name(model: str | None) -> str:
+    """The model's name in the API: a folder's name, else the hub id (or the default)."""
+    from ..hub import DEFAULT_MODEL
+
+    return Path(model).name if model and Path(model).expanduser().is_dir() else \
+        (model or DEFAULT_MODEL)
 
 
 def check_port(host: str, port: int) -> None:

@@ -3,7 +3,11 @@
     from qwen_mlx import load
     from qwen_mlx.serve import create_app, Server
     app = create_app(Server(load(), "Qwen/Qwen3-4B-Instruct-2507"))   # any ASGI server
+
+A browser opening the server's root gets the chat page (:mod:`qwen_mlx.serve.page`).
 """
+
+from typing import Callable
 
 from .app import create_app
 from .server import RequestError, Server
@@ -12,12 +16,13 @@ __all__ = ["RequestError", "Server", "create_app", "run"]
 
 
 def run(server: Server, host: str = "127.0.0.1", port: int = 11434, *,
-        shutdown_timeout: float = 10.0, idle_timeout: float = 5.0) -> None:
+        shutdown_timeout: float = 10.0, idle_timeout: float = 5.0,
+        on_ready: Callable[[], None] | None = None) -> None:
     """Serve with uvicorn until SIGINT or SIGTERM, then shut down gracefully (see
-    :mod:`qwen_mlx.serve.shutdown`)."""
+    :mod:`qwen_mlx.serve.shutdown`); ``on_ready`` runs once the port is listening."""
     from .connections import uvicorn_config
     from .shutdown import GracefulServer
 
     config = uvicorn_config(server, host, port, idle_timeout=idle_timeout,
                             shutdown_timeout=shutdown_timeout)
-    GracefulServer(config, server, shutdown_timeout).run()
+    GracefulServer(config, server, shutdown_timeout, on_ready).run()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from typing import Callable
 
 import uvicorn
 
@@ -19,9 +20,17 @@ from .server import Server
 
 
 class GracefulServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, server: Server, grace: float) -> None:
+    def __init__(self, config: uvicorn.Config, server: Server, grace: float,
+                 on_ready: Callable[[], None] | None = None) -> None:
         super().__init__(config)
-        self.app_server, self.grace = server, grace
+        self.app_server, self.grace, self.on_ready = server, grace, on_ready
+
+    async def startup(self, sockets=None) -> None:
+        """uvicorn's startup, then ``on_ready`` once the port accepts connections (``chat
+        --web`` opens the browser there, not before)."""
+        await super().startup(sockets)
+        if self.started and self.on_ready is not None:
+            self.on_ready()
 
     def handle_exit(self, sig: int, frame) -> None:
         if self.should_exit:  # the second signal: no more waiting
