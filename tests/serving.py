@@ -24,9 +24,9 @@ def free_port() -> int:
 class Running:
     """A uvicorn server in a thread."""
 
-    def __init__(self, server: Server, idle_timeout: float = 5.0) -> None:
+    def __init__(self, server: Server, idle_timeout: float = 5.0, port: int | None = None) -> None:
         self.server = server
-        self.port = free_port()
+        self.port = port or free_port()
         self.uvicorn = uvicorn.Server(uvicorn_config(server, "127.0.0.1", self.port,
                                                      idle_timeout=idle_timeout))
         self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)

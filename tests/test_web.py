@@ -24,6 +24,7 @@ import pytest
 from qwen_mlx.engine import Stats
 from qwen_mlx.serve import Server
 from qwen_mlx.serve.server import Delta, Outcome
+from qwen_mlx.serve.worker import ShuttingDown
 
 from .serving import MODEL, Running
 
@@ -207,6 +208,10 @@ def test_page_loads_offline_without_console_errors(browser, running):
 
 def test_a_message_streams_the_models_exact_reply(browser, running, model):
     fresh(browser, running.url)
+    box = find(browser, "#input")  # Shift+Enter is a new line, not a send
+    box.send_keys("Hello", Keys.SHIFT, Keys.ENTER, Keys.NULL, "there")
+    assert box.get_attribute("value") == "Hello\nthere" and find_all(browser, ".message") == []
+    box.clear()
     set_setting(browser, "temperature", 0)
     set_setting(browser, "max_tokens", 24)
     type_message(browser, "Hello there")
@@ -435,15 +440,29 @@ def test_unreachable_server_shows_a_banner_and_keeps_the_message(browser, model)
     assert "cannot reach the server" in find(browser, "#banner-text").text
     assert find(browser, "#input").get_attribute("value") == "Are you there?"
     assert replies(browser) == [] and find_all(browser, ".message.user") == []
+    back = Running(Scripted(model, MODEL), port=r.port)  # the server is started again
+    try:
+        find(browser, "#send").click()
+        wait(browser, lambda: done(browser) and replies(browser))
+        assert find(browser, ".message.assistant .markdown").text == "ok"
+        assert find(browser, "#input").get_attribute("value") == ""
+    finally:
+        back.stop()
 
 
-def test_a_stream_cut_midway_keeps_what_arrived(browser, scripted):
+@pytest.mark.parametrize("cut, says", [
+    (RuntimeError("the process died"), ("the connection to the server was lost in the middle "
+                                        "of the reply", "the server closed the connection "
+                                        "before the reply ended")),
+    (ShuttingDown("the server is shutting down"), ("the server is shutting down",))])
+def test_a_stream_cut_midway_keeps_what_arrived(browser, scripted, cut, says):
+    """A dropped connection (a crash) and the error event of a server stopping (a restart)."""
     fresh(browser, scripted.url)
-    scripted.server.replies = [["Half of ", "the answer", RuntimeError("server restarted")]]
+    scripted.server.replies = [["Half of ", "the answer", cut]]
     type_message(browser, "Tell me")
     wait(browser, lambda: find(browser, "#banner").is_displayed() and done(browser))
-    assert "lost in the middle of the reply" in find(browser, "#banner-text").text or \
-        "closed the connection" in find(browser, "#banner-text").text
+    assert find(browser, "#banner-text").text in [
+        f"{s}. What arrived is kept; Regenerate asks again." for s in says]
     assert find(browser, ".message.assistant .markdown").text == "Half of the answer"
     assert "interrupted" in find(browser, ".message.assistant .stats").text
     assert stored(browser)["messages"][-1]["interrupted"] is True

@@ -72,6 +72,7 @@ async function withKey(call) {
 async function connect() {
   try {
     model = await withKey(() => api.model());
+    hideBanner();
   } catch (e) {
     $("model-name").textContent = "not connected";
     showBanner(e.message);
@@ -473,6 +474,10 @@ async function send() {
 /** Stream a reply to the conversation. False when nothing came back (the caller restores
  * what the user typed); a reply cut or stopped midway is kept. */
 async function run({ resend }) {
+  if (!model.id) { // the server was not reachable when the page loaded: try again now
+    await connect();
+    if (!model.id) return false;
+  }
   let body;
   try {
     body = requestBody();
