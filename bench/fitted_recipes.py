@@ -62,16 +62,21 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=distill.EPOCHS)
     ap.add_argument("--outliers", type=int, default=4)
     ap.add_argument("--only", default="", help="plain or outliers: one checkpoint")
+    ap.add_argument("--embed-std", type=float, default=1.0,
+                    help="the checkpoints' embedding standard deviation (1: unit variance)")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="qwen-mlx-fitted-"))
     base = Recipe(dtype="float32")
     fit = Fit(chunk=a.chunk, fit_tokens=a.fit_tokens, epochs=a.epochs)
     results: dict[str, dict] = {}
-    for label, outliers in (("plain", 0), (f"{a.outliers} outlier channels", a.outliers)):
-        if a.only and not label.startswith(a.only) and not (a.only == "outliers" and outliers):
+    embed = "" if a.embed_std == 1 else f", embedding std {a.embed_std:g}"
+    for kind, outliers in (("plain", 0), (f"{a.outliers} outlier channels", a.outliers)):
+        if a.only and not kind.startswith(a.only) and not (a.only == "outliers" and outliers):
             continue
-        tag = label.replace(" ", "-")
-        source = make_checkpoint(work / tag, a.shape, outliers=outliers)
+        label = kind + embed
+        tag = label.replace(" ", "-").replace(",", "")
+        source = make_checkpoint(work / tag, a.shape, outliers=outliers,
+                                 embed_std=a.embed_std)
         tensors = write_order(Checkpoint.open(source))
         t0 = time.perf_counter()
         costs = fitted.layer_costs(source, base, fit)

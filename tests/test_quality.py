@@ -87,6 +87,22 @@ def test_refusals(tiny_q4_f32, tiny_hf, tmp_path):
         "size)\n")
 
 
+def test_embedding_scale_of_the_random_checkpoint(tmp_path):
+    """make_checkpoint(embed_std=S) scales the embedding alone: every other tensor is the
+    default checkpoint's, bit for bit."""
+    import mlx.core as mx
+
+    from qwen_mlx.testing import make_checkpoint
+
+    plain, scaled = (mx.load(str(make_checkpoint(tmp_path / name, "tiny", **kw) /
+                                 "model.safetensors"))
+                     for name, kw in (("plain", {}), ("scaled", {"embed_std": 0.2})))
+    name = "model.embed_tokens.weight"
+    stds = [round(w[name].astype(mx.float32).std().item(), 2) for w in (plain, scaled)]
+    assert stds == [0.99, 0.2]
+    assert all(mx.array_equal(plain[k], scaled[k]).item() for k in plain if k != name)
+
+
 def test_planted_outlier_channels(tmp_path):
     """make_checkpoint(outliers=N): the first layers' projections share N input channels
     20x larger than the rest; later layers have none."""

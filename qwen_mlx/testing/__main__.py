@@ -1,5 +1,6 @@
-"""python -m qwen_mlx.testing OUT [--shape tiny|small|4b] [--seed N] [--outliers N]: write a
-random checkpoint (--outliers: that many large input channels in the first layers)."""
+"""python -m qwen_mlx.testing OUT [--shape tiny|small|4b] [--seed N] [--outliers N]
+[--embed-std S]: write a random checkpoint (--outliers: that many large input channels in the
+first layers; --embed-std: the embedding's standard deviation, 1 by default)."""
 
 import argparse
 
@@ -11,6 +12,7 @@ parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--shard-gb", type=float, default=2.0)
 parser.add_argument("--outliers", type=int, default=0)
+parser.add_argument("--embed-std", type=float, default=1.0)
 args = parser.parse_args()
 print(make_checkpoint(args.out, args.shape, seed=args.seed, shard_bytes=int(args.shard_gb * 2**30),
-                      outliers=args.outliers))
+                      outliers=args.outliers, embed_std=args.embed_std))

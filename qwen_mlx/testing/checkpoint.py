@@ -26,15 +26,18 @@ OUTLIER_GAIN = 20.0
 OUTLIER_LAYERS = 2  # the first layers get them, as in real models
 
 
-def random_tensor(name: str, shape: tuple[int, ...], outliers: int = 0) -> mx.array:
-    """Unit-variance embeddings, 1.6/sqrt(fan_in) projections, unit norms. With
+def random_tensor(name: str, shape: tuple[int, ...], outliers: int = 0,
+                  embed_std: float = 1.0) -> mx.array:
+    """Embeddings of standard deviation ``embed_std`` (1: unit variance, whose tied output
+    layer gives logits of standard deviation sqrt(hidden_size), far sharper than a trained
+    model's), 1.6/sqrt(fan_in) projections, unit norms. With
     ``outliers``, the projections of the first OUTLIER_LAYERS layers get that many input
     channels OUTLIER_GAIN times larger (the same channels in every projection of a layer),
     as real LLMs have: one such column stretches the quantization scale of every group it
     falls in."""
     if len(shape) == 1:
         return mx.ones(shape, dtype=mx.bfloat16)
-    std = 1.0 if "embed_tokens" in name else 1.6 / shape[1] ** 0.5
+    std = embed_std if "embed_tokens" in name else 1.6 / shape[1] ** 0.5
     weight = mx.random.normal(shape) * std
     layer = _layer_of(name)
     if outliers and layer is not None and layer < OUTLIER_LAYERS and name.endswith("proj.weight"):
@@ -51,9 +54,10 @@ def _layer_of(name: str) -> int | None:
 
 def make_checkpoint(out: Path, shape: str = "tiny", *, seed: int = 0,
                     shard_bytes: int = 2 << 30, config_overrides: dict | None = None,
-                    tokenizer_json_bytes: bytes | None = None, outliers: int = 0) -> Path:
-    """Write a random Qwen3 checkpoint to ``out`` and return it (``outliers``: see
-    :func:`random_tensor`)."""
+                    tokenizer_json_bytes: bytes | None = None, outliers: int = 0,
+                    embed_std: float = 1.0) -> Path:
+    """Write a random Qwen3 checkpoint to ``out`` and return it (``outliers``,
+    ``embed_std``: see :func:`random_tensor`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = {**config_for(shape), **(config_overrides or {})}
@@ -67,7 +71,7 @@ def make_checkpoint(out: Path, shape: str = "tiny", *, seed: int = 0,
     weight_map = {}
     for i, shard in enumerate(shards):
         fname = shard_name(i, len(shards))
-        arrays = {name: random_tensor(name, shp, outliers) for name, shp in shard}
+        arrays = {name: random_tensor(name, shp, outliers, embed_std) for name, shp in shard}
         mx.save_safetensors(str(out / fname), arrays, metadata={"format": "pt"})
         weight_map.update({name: fname for name in arrays})
         del arrays
