@@ -127,8 +127,13 @@ def main() -> None:
                        f"reference's top-{quality.TOP_K} plus a tail bucket"),
               "shape": a.shape, "results": results}
     if a.only and a.out.is_file():  # one checkpoint at a time: keep the other's rows
-        results = {**json.loads(a.out.read_text())["results"], **results}
+        earlier = json.loads(a.out.read_text())
+        kept = sorted(set(earlier["results"]) - set(results))
+        results = {**earlier["results"], **results}
         record["results"] = results
+        if kept:
+            record["method"] += (f"; the rows of {', '.join(kept)} are kept from the file "
+                                 f"of {earlier['created']} ({earlier['method']})")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(record, indent=2) + "\n")
 
