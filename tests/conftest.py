@@ -135,3 +135,26 @@ def running(model):
     r = Running(Server(model, MODEL))
     yield r
     r.stop()
+
+
+# -- the chat page (test_web.py, test_web_failures.py; the harness is webpage.py) ----------
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium, one per test module."""
+    from .webpage import start_browser
+
+    driver = start_browser(tmp_path_factory.mktemp("downloads"))
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def scripted(model):
+    """A served :class:`webpage.Scripted` server: replies are the test's fixed text."""
+    from .serving import MODEL, Running
+    from .webpage import Scripted
+
+    r = Running(Scripted(model, MODEL))
+    yield r
+    r.stop()

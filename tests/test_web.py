@@ -1,192 +1,29 @@
-"""The chat page (`qwen-mlx serve`'s `/`) in a real Chromium, driven by Selenium.
+"""The chat page (`qwen-mlx serve`'s `/`) in a real Chromium: what it shows and sends.
 
-Two servers: the tiny model (real streaming, Stop, two tabs at once, the server's own
-refusals) and a scripted one whose replies are fixed text (exact Markdown, a script that
-must not run, thinking, tool calls, a stream cut halfway). Skipped with the reason when
-Chromium or chromedriver is missing; `.ci/run` installs both so CI always runs them.
-Screenshots go to the test's folder, and to $QWEN_MLX_SCREENSHOTS when it is set (how
-examples/screenshots/ in the README was made).
+Two servers: the tiny model (real streaming, Stop, two tabs at once) and a scripted one
+whose replies are fixed text (exact Markdown, a script that must not run, thinking, tool
+calls). The harness is tests/webpage.py; bad input is tests/test_web_failures.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import shutil
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-
-from qwen_mlx.engine import Stats
-from qwen_mlx.serve import Server
-from qwen_mlx.serve.server import Delta, Outcome
-from qwen_mlx.serve.worker import ShuttingDown
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 from .serving import MODEL, Running
+from .webpage import (Scripted, connected, done, errors, find, find_all, fresh, js,
+                      needs_chromium, replies, screenshot, set_setting, stored, type_message,
+                      wait)
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER),
-    reason="needs Chromium and its driver: apt-get install chromium chromium-driver")
+pytestmark = needs_chromium
 
-if CHROMIUM and DRIVER:
-    from selenium import webdriver
-    from selenium.common.exceptions import NoAlertPresentException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
-
-
-# -- servers and the browser ------------------------------------------------------------
-
-class Scripted(Server):
-    """A server whose replies are fixed: each request takes the next script from
-    ``replies`` (text pieces, a ``threading.Event`` to wait for, an exception to cut the
-    stream) and records what it was asked (messages, tools, thinking, sampling)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.replies: list[list] = []
-        self.calls: list[dict] = []  # tool calls the next reply ends with
-        self.asked: list[dict] = []
-
-    def encode_chat(self, messages, tools=None, enable_thinking=None) -> list[int]:
-        self.asked.append({"messages": messages, "tools": tools, "thinking": enable_thinking})
-        return super().encode_chat(messages, tools, enable_thinking)
-
-    def request(self, tokens, sampling, stop, *args, **kwargs):
-        self.asked[-1]["sampling"] = sampling
-        return super().request(tokens, sampling, stop, *args, **kwargs)
-
-    async def reply(self, request, *, tools, logprobs=None):
-        script = self.replies.pop(0) if self.replies else ["ok"]
-        made = 0
-        for piece in script:
-            if isinstance(piece, threading.Event):
-                while not piece.is_set():
-                    await asyncio.sleep(0.02)
-            elif isinstance(piece, BaseException):
-                raise piece
-            else:
-                made += 1
-                yield Delta(piece)
-                await asyncio.sleep(0.01)
-        calls, self.calls = self.calls, []
-        yield Outcome("", calls, Stats(prompt_tokens=len(request.tokens), cached_tokens=3,
-                                       generated_tokens=made, finish_reason="stop"))
-
-
-@pytest.fixture(scope="module")
-def scripted(model):
-    r = Running(Scripted(model, MODEL))
-    yield r
-    r.stop()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--window-size=1280,860", "--disable-gpu"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    driver.downloads = tmp_path_factory.mktemp("downloads")
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior",
-                           {"behavior": "allow", "downloadPath": str(driver.downloads)})
-    yield driver
-    driver.quit()
-
-
-def wait(driver, condition, timeout: float = 60):
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(
-        lambda d: condition())
-
-
-def js(driver, script: str, *args):
-    return driver.execute_script(script, *args)
-
-
-def fresh(driver, url: str) -> None:
-    """The page on ``url`` with nothing stored from earlier tests, connected; the console
-    log emptied (it holds earlier tests' lines)."""
-    driver.get(url + "/")
-    js(driver, "localStorage.clear()")
-    driver.get_log("browser")
-    driver.get(url + "/")
-    connected(driver)
-
-
-def connected(driver) -> None:
-    wait(driver, lambda: driver.find_element(By.ID, "model-name").text not in ("connecting…", ""))
-
-
-def errors(driver) -> list[str]:
-    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-
-
-def find(driver, css: str):
-    return driver.find_element(By.CSS_SELECTOR, css)
-
-
-def find_all(driver, css: str):
-    return driver.find_elements(By.CSS_SELECTOR, css)
-
-
-def type_message(driver, text: str) -> None:
-    """Put ``text`` in the composer as a paste would (newlines included), then Enter."""
-    box = find(driver, "#input")
-    js(driver, "arguments[0].value = arguments[1];"
-               "arguments[0].dispatchEvent(new Event('input'))", box, text)
-    box.send_keys(Keys.ENTER)
-
-
-def replies(driver) -> list:
-    return find_all(driver, ".message.assistant")
-
-
-def done(driver) -> bool:
-    """The reply finished: Send is back."""
-    return find(driver, "#send").is_displayed()
-
-
-def stored(driver) -> dict:
-    """The current conversation as the page saved it."""
-    index = js(driver, "return JSON.parse(localStorage.getItem('qwen-mlx.conversations'))")
-    newest = max(index, key=lambda c: c["updated"])
-    return json.loads(js(driver, "return localStorage.getItem(arguments[0])",
-                         f"qwen-mlx.conversation.{newest['id']}"))
-
-
-def set_setting(driver, name: str, value) -> None:
-    if not find(driver, "#settings").is_displayed():
-        find(driver, "#settings-toggle").click()
-    field = find(driver, f"#{name}")
-    field.clear()
-    field.send_keys(str(value))
-    find(driver, "#system").click()  # leaving the field is its change event
-
-
-def screenshot(driver, tmp_path: Path, name: str) -> Path:
-    path = tmp_path / name
-    driver.save_screenshot(str(path))
-    if os.environ.get("QWEN_MLX_SCREENSHOTS"):
-        out = Path(os.environ["QWEN_MLX_SCREENSHOTS"])
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, out / name)
-    return path
-
-
-# -- the page -----------------------------------------------------------------------------
 
 def test_page_loads_offline_without_console_errors(browser, running):
     fresh(browser, running.url)
@@ -429,66 +266,6 @@ def test_api_key_is_asked_once(browser, model):
         r.stop()
 
 
-# -- bad input ----------------------------------------------------------------------------
-
-def test_unreachable_server_shows_a_banner_and_keeps_the_message(browser, model):
-    r = Running(Scripted(model, MODEL))
-    fresh(browser, r.url)
-    r.stop()
-    type_message(browser, "Are you there?")
-    wait(browser, lambda: find(browser, "#banner").is_displayed())
-    assert "cannot reach the server" in find(browser, "#banner-text").text
-    assert find(browser, "#input").get_attribute("value") == "Are you there?"
-    assert replies(browser) == [] and find_all(browser, ".message.user") == []
-    back = Running(Scripted(model, MODEL), port=r.port)  # the server is started again
-    try:
-        find(browser, "#send").click()
-        wait(browser, lambda: done(browser) and replies(browser))
-        assert find(browser, ".message.assistant .markdown").text == "ok"
-        assert find(browser, "#input").get_attribute("value") == ""
-    finally:
-        back.stop()
-
-
-@pytest.mark.parametrize("cut, says", [
-    (RuntimeError("the process died"), ("the connection to the server was lost in the middle "
-                                        "of the reply", "the server closed the connection "
-                                        "before the reply ended")),
-    (ShuttingDown("the server is shutting down"), ("the server is shutting down",))])
-def test_a_stream_cut_midway_keeps_what_arrived(browser, scripted, cut, says):
-    """A dropped connection (a crash) and the error event of a server stopping (a restart)."""
-    fresh(browser, scripted.url)
-    scripted.server.replies = [["Half of ", "the answer", cut]]
-    type_message(browser, "Tell me")
-    wait(browser, lambda: find(browser, "#banner").is_displayed() and done(browser))
-    assert find(browser, "#banner-text").text in [
-        f"{s}. What arrived is kept; Regenerate asks again." for s in says]
-    assert find(browser, ".message.assistant .markdown").text == "Half of the answer"
-    assert "interrupted" in find(browser, ".message.assistant .stats").text
-    assert stored(browser)["messages"][-1]["interrupted"] is True
-
-
-def test_refusals_show_the_servers_text_and_a_huge_paste_is_kept(browser, running):
-    fresh(browser, running.url)
-    set_setting(browser, "temperature", 5)
-    type_message(browser, "Hi")
-    wait(browser, lambda: find(browser, "#banner").is_displayed())
-    assert find(browser, "#banner-text").text == "'temperature' is out of range"
-    assert find(browser, "#input").get_attribute("value") == "Hi"
-    set_setting(browser, "temperature", 0.7)
-    huge = "All work and no play. " * 50_000  # 1.1 MB, far past the 1,024-token context
-    type_message(browser, huge)
-    wait(browser, lambda: find(browser, "#banner").is_displayed() and
-         "context" in find(browser, "#banner-text").text)
-    refusal = httpx.post(running.url + "/v1/chat/completions", timeout=60, json={
-        "model": MODEL, "temperature": 0.7, "stream": True,
-        "stream_options": {"include_usage": True},
-        "messages": [{"role": "user", "content": huge}]}).json()["error"]["message"]
-    assert find(browser, "#banner-text").text == refusal
-    assert js(browser, "return document.getElementById('input').value.length") == len(huge)
-    find(browser, "#input").send_keys("!")  # still typing into it
-    assert js(browser, "return document.getElementById('input').value.endsWith('!')")
-
 
 # -- two tabs at once, and the screenshots ------------------------------------------------
 
@@ -558,3 +335,4 @@ def test_screenshots(browser, scripted, tmp_path, scheme):
         assert errors(browser) == []
     finally:
         browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+
