@@ -277,15 +277,15 @@ function button(text, className, onClick) {
 
 function renderMessages() {
   const box = $("messages");
-  box.replaceChildren(...conv.messages.map((m, i) => messageElement(m, i)));
+  const lastUser = conv.messages.findLastIndex((m) => m.role === "user");
+  box.replaceChildren(...conv.messages.map((m, i) => messageElement(m, i, i === lastUser)));
   box.scrollTop = box.scrollHeight;
 }
 
-function messageElement(m, index) {
+function messageElement(m, index, lastUser) {
   const el = document.createElement("div");
   el.className = `message ${m.role}`;
   const last = index === conv.messages.length - 1;
-  const lastUser = index === conv.messages.findLastIndex((x) => x.role === "user");
   if (m.role === "user") {
     fillUser(el, m);
     if (lastUser) el.append(actions(button("Edit", "edit", () => startEdit(el, m))));
@@ -531,19 +531,17 @@ async function run({ resend }) {
     }
   }
   const ended = performance.now();
-  if (usage) {
-    reply.stats = { completion: usage.completion_tokens, prompt: usage.prompt_tokens,
+  if (usage) { // the server's counts; the times are this page's
+    const stats = { completion: usage.completion_tokens, prompt: usage.prompt_tokens,
                     cached: usage.prompt_tokens_details?.cached_tokens ?? 0 };
-  } else if (ok) {
-    reply.stats = { completion: null };
-  }
-  if (reply.stats && first !== null) {
-    reply.stats.ttft = (first - started) / 1000;
-    if (reply.stats.completion > 1 && ended > first) {
-      reply.stats.tps = (reply.stats.completion - 1) / ((ended - first) / 1000);
+    if (first !== null) {
+      stats.ttft = (first - started) / 1000;
+      if (stats.completion > 1 && ended > first) {
+        stats.tps = (stats.completion - 1) / ((ended - first) / 1000);
+      }
     }
+    reply.stats = stats;
   }
-  if (reply.stats && reply.stats.completion === null) delete reply.stats;
   busy = null;
   setBusy(false);
   if (!ok) {
