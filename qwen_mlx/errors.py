@@ -15,6 +15,21 @@ class ContextExceeded(QwenMlxError):
     context_length_exceeded)."""
 
 
+class TooManyTokens(QwenMlxError):
+    """An explicit token limit above what the context leaves for the reply;
+    :meth:`named` says it with the field it came from (the server's own names)."""
+
+    def __init__(self, asked: int, room: int, context: int, prompt: int,
+                 field: str = "max_tokens") -> None:
+        self.asked, self.room, self.context, self.prompt = asked, room, context, prompt
+        shown = f"{asked:,}" if asked < 10**15 else f"{asked:.3g}"
+        super().__init__(f"{field} is {shown}; at most {room:,} fit (the context is "
+                         f"{context:,} tokens, the prompt {prompt:,})")
+
+    def named(self, field: str) -> str:
+        return str(TooManyTokens(self.asked, self.room, self.context, self.prompt, field))
+
+
 class UnsupportedConstraint(QwenMlxError):
     """A structured-output constraint the matcher cannot compile (an unsupported JSON
     Schema keyword, a bad regex): the server names the field it came from."""

@@ -18,7 +18,7 @@ from .engine import KVSpec, Piece, PromptCache, SamplingParams, Stats
 from .engine.constraint import Constraint, Grammars
 from .engine.request import Request
 from .engine.sampling import make_processors
-from .errors import ContextExceeded, QwenMlxError
+from .errors import ContextExceeded, QwenMlxError, TooManyTokens
 from .loader import dtype_of
 from .model_spec import positions
 
@@ -110,14 +110,17 @@ class Model:
     def request(self, prompt: Prompt | list[int], *, raw: bool = False,
                 tools: list | None = None, enable_thinking: bool | None = None,
                 stop: Sequence[str] = (), context: int | None = None,
-                constraint: Constraint | None = None, **sampling) -> Request:
+                constraint: Constraint | None = None, strict_max_tokens: bool = False,
+                **sampling) -> Request:
         """Validate one generation into a :class:`Request`: the prompt rendered (text,
         messages, or token ids), ``sampling`` over the model's defaults (temperature, top_p,
         top_k, min_p, seed, max_tokens, the penalties) and the reply fitted into the context
         (``context`` caps it further: a chat's --max-context, an Ollama client's num_ctx),
         and a ``constraint`` the reply must match (its grammar compiled here: an
         unsupported schema keyword is named now). This is the one place the context budget
-        is worked out; a bad value is a QwenMlxError here."""
+        is worked out; a bad value is a QwenMlxError here. A ``max_tokens`` above the
+        context's room is cut to it, or with ``strict_max_tokens`` (the server, as OpenAI
+        does) refused with the most allowed."""
         params = self.defaults.override(**sampling)
         if any(not isinstance(s, str) or not s for s in stop):
             raise QwenMlxError("a stop string must be non-empty text")
@@ -131,7 +134,10 @@ class Model:
         if len(tokens) >= limit:
             raise ContextExceeded(f"the prompt is {len(tokens):,} tokens; the context is "
                                   f"{limit:,}")
-        params = params.override(max_tokens=min(params.max_tokens, limit - len(tokens)))
+        room = limit - len(tokens)
+        if strict_max_tokens and sampling.get("max_tokens", 0) > room:
+            raise TooManyTokens(sampling["max_tokens"], room, limit, len(tokens))
+        params = params.override(max_tokens=min(params.max_tokens, room))
         think_first = False
         if constraint is not None:
             self.grammars.compile(constraint)
@@ -159,10 +165,10 @@ class Model:
     def grammars(self) -> Grammars:
         """The structured-output matchers for this model's tokenizer (made on first use)."""
         if self._grammars is None:
-            think_end = self.tokenizer.convert_tokens_to_ids("</think>")
+            ids = [self.tokenizer.convert_tokens_to_ids(t) for t in ("<think>", "</think>")]
+            known = all(isinstance(i, int) and i != self.tokenizer.unk_token_id for i in ids)
             self._grammars = Grammars((self.path / "tokenizer.json").read_text(),
-                                      self.eos_ids, think_end if isinstance(think_end, int)
-                                      and think_end != self.tokenizer.unk_token_id else None)
+                                      self.eos_ids, tuple(ids) if known else None)
         return self._grammars
 
     def processors(self, request: Request) -> list:

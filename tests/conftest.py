@@ -67,6 +67,17 @@ def tiny_f32(tmp_path_factory, tiny_hf) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_q4_f32(tmp_path_factory, tokenizer_bytes) -> Path:
+    """The small shape (hidden 256, 4 layers), q4 with float32 scales: slow enough per
+    step that a signal lands while the engine is computing."""
+    hf = make_checkpoint(tmp_path_factory.mktemp("small-hf"), "small",
+                         tokenizer_json_bytes=tokenizer_bytes)
+    out = tmp_path_factory.mktemp("conv") / "small-q4-f32"
+    convert(hf, out, Recipe(dtype="float32"))
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_q4_f32):
     from qwen_mlx import load
 

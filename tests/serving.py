@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
+import httpx
 import uvicorn
 
 from qwen_mlx.serve import Server
@@ -39,3 +44,23 @@ class Running:
         self.uvicorn.should_exit = True
         self.thread.join(10)
         self.server.worker.close()
+
+
+def serve_process(folder: Path, port: int, *extra: str, command: str = "serve") -> subprocess.Popen:
+    """`qwen-mlx serve FOLDER` (or `chat --web` with ``command="chat"``) as a process,
+    returned once /health answers 200; its stderr is a text pipe."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "BROWSER": "true"}
+    args = ["serve", str(folder), "--port", str(port), "--context", "2048"] \
+        if command == "serve" else ["chat", str(folder), "--web", "--port", str(port)]
+    proc = subprocess.Popen([sys.executable, "-m", "qwen_mlx", *args, *extra],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env=env)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(proc.stderr.read())

@@ -314,17 +314,46 @@ def test_serve_command_refuses_a_taken_port(tiny_q4_f32):
     assert result.output.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
 
 
-def test_cache_pool_keeps_its_token_budget(model):
+def _filled(model, n: int):
+    """A prompt cache that really holds ``n`` tokens of KV."""
+    cache = model.new_cache()
+    model.generate([(i * 7) % 5000 + 100 for i in range(n)], cache=cache, max_tokens=1)
+    return cache
+
+
+def test_cache_pool_keeps_its_byte_budget(model):
+    """Kept caches are budgeted by the bytes their buffers measure, not by token counts."""
     from qwen_mlx.serve.worker import CachePool
 
-    pool = CachePool(model, slots=3, budget=1024)
-    for n in (300, 400, 500):
-        cache = model.new_cache()
-        cache.tokens = list(range(n))
-        pool.give_back(cache)
-    assert [len(c) for c in pool.caches] == [500, 400]  # 300 more would pass 1024
-    reused = pool.take(list(range(450)) + [7])  # the longest common prefix wins
-    assert len(reused) == 500 and [len(c) for c in pool.caches] == [400]
+    sizes = {n: _filled(model, n).nbytes for n in (200, 600, 1000)}
+    assert sizes[200] < sizes[600] < sizes[1000]  # capacities of 256, 768 and 1024
+    pool = CachePool(model, slots=3, budget=sizes[1000] + sizes[600] + sizes[200] // 2)
+    for n in (200, 600, 1000):
+        pool.give_back(_filled(model, n))
+    assert [c.nbytes for c in pool.caches] == [sizes[1000], sizes[600]]  # 200 more: over
+    assert pool.nbytes == sizes[1000] + sizes[600]
+    prompt = [(i * 7) % 5000 + 100 for i in range(700)] + [7]
+    reused = pool.take(prompt)  # the longest common prefix wins
+    assert len(reused) == 1000 and [len(c) for c in pool.caches] == [600]
     assert len(pool.take([99])) == 0  # nothing shared: a new cache
-    pool.shrink(300)  # room for a batch: the least recently used go first
+    pool.shrink(sizes[600] - 1)  # room for a batch: the least recently used go first
     assert pool.caches == []
+
+
+def test_trimming_a_cache_frees_its_buffers(model):
+    """mlx-lm's trim only moves the offset; ours gives the memory back when most of a
+    buffer is unused (measured nbytes), and keeps generating exactly as before."""
+    cache = _filled(model, 1000)
+    full = cache.nbytes
+    per_token = full / 1024  # the buffers grew in steps of 256 positions
+    cache.trim(10)
+    assert len(cache) == 10 and cache.offset == 10
+    assert cache.nbytes == 10 * per_token
+    cache.trim(995)  # nothing to trim
+    assert cache.nbytes == 10 * per_token
+    prompt = [(i * 7) % 5000 + 100 for i in range(12)]
+    again = model.generate(prompt, cache=cache, max_tokens=6, temperature=0)
+    assert again.text == model.generate(prompt, max_tokens=6, temperature=0).text
+    assert again.stats.cached_tokens == 10
+    cache.trim(0)
+    assert cache.nbytes == 0

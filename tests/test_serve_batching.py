@@ -20,7 +20,7 @@ import pytest
 
 from qwen_mlx.serve import Server
 
-from .serving import MODEL, Running, free_port
+from .serving import MODEL, Running, free_port, serve_process
 
 PROMPTS = [f"Tell me about the number {i}." + " Please." * (i % 3) for i in range(8)]
 
@@ -228,19 +228,7 @@ def test_health_answers_while_a_huge_request_is_tokenized(running):
 
 
 def _serve(tiny_q4_f32, port: int, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "qwen_mlx", "serve", str(tiny_q4_f32),
-                             "--port", str(port), "--context", "2048", *extra],
-                            stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(proc.stderr.read())
+    return serve_process(tiny_q4_f32, port, *extra)
 
 
 def started(lines) -> None:

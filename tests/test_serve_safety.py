@@ -134,13 +134,12 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
 def test_unsupported_fields_are_refused_by_name_and_no_ops_accepted(running):
     url = running.url
     base = {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]}
-    for field, value in (("logit_bias", {"15": 3}), ("parallel_tool_calls", False),
-                         ("store", True), ("foo", 1)):
+    for field, value in (("logit_bias", {"15": 3}), ("store", True), ("foo", 1)):
         r = httpx.post(f"{url}/v1/chat/completions", json={**base, field: value})
         assert r.status_code == 400 and r.json()["error"]["message"] == \
             f"'{field}' is not supported by qwen-mlx" and r.json()["error"]["param"] == field
     r = httpx.post(f"{url}/v1/chat/completions", json={
-        **base, "logit_bias": {}, "parallel_tool_calls": True, "logprobs": False, "n": None,
+        **base, "logit_bias": {}, "parallel_tool_calls": False, "logprobs": False, "n": None,
         "response_format": {"type": "text"}, "tool_choice": "none", "user": "u1",
         "messages": [{"role": "developer", "content": "Be brief."},
                      {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]})
@@ -164,3 +163,112 @@ def test_unsupported_fields_are_refused_by_name_and_no_ops_accepted(running):
     big = b'{"model": "' + b"x" * (9 << 20) + b'"}'
     r = httpx.post(f"{url}/v1/chat/completions", content=big)
     assert r.status_code == 413 and "over 8,388,608 bytes" in r.json()["error"]["message"]
+
+
+def _string_positions(value, path=()):
+    """Every place in a JSON value that holds a string: ("value", path) or ("key", path)."""
+    if isinstance(value, str):
+        yield "value", path
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            yield "key", path + (key,)
+            yield from _string_positions(inner, path + (key,))
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            yield from _string_positions(inner, path + (i,))
+
+
+def _with_surrogate(body, kind: str, path: tuple):
+    """A copy of ``body`` with a lone surrogate in the string (or key) at ``path``."""
+    body = json.loads(json.dumps(body))
+    *parents, last = path
+    holder = body
+    for step in parents:
+        holder = holder[step]
+    if kind == "value":
+        holder[last] = holder[last] + "\ud800"
+    else:
+        holder[last + "\udc00"] = holder.pop(last)
+    return body
+
+
+def test_invalid_unicode_in_any_string_is_a_400_and_the_connection_goes_on(running):
+    """A lone UTF-16 surrogate (valid JSON escape, not text) in every string position and
+    key of every endpoint's body, options and messages included: 400 naming where, never a
+    500; the next request on the same keep-alive connection is answered."""
+    tools = [{"type": "function", "function": {"name": "add", "description": "Add.",
+                                                "parameters": {"type": "object"}}}]
+    bodies = {
+        "/v1/chat/completions": {"model": MODEL, "max_tokens": 1, "stop": ["x"], "tools": tools,
+                                 "messages": [{"role": "system", "content": "Be brief."},
+                                              {"role": "user", "content": [
+                                                  {"type": "text", "text": "Hi"}]}],
+                                 "response_format": {"type": "text"}},
+        "/v1/completions": {"model": MODEL, "prompt": "Hi", "max_tokens": 1},
+        "/api/chat": {"model": MODEL, "stream": False, "format": "json",
+                      "options": {"num_predict": 1, "stop": ["x"]},
+                      "messages": [{"role": "user", "content": "Hi"}]},
+        "/api/generate": {"model": MODEL, "prompt": "Hi", "system": "Be brief.",
+                          "stream": False, "options": {"num_predict": 1}},
+        "/api/show": {"model": MODEL},
+    }
+    tried = 0
+    with httpx.Client(base_url=running.url, timeout=60) as client:
+        for path, body in bodies.items():
+            for kind, where in _string_positions(body):
+                bad = json.dumps(_with_surrogate(body, kind, where))  # ASCII: \ud800 escapes
+                r = client.post(path, content=bad)
+                assert r.status_code == 400, (path, kind, where, r.status_code, r.text[:200])
+                assert "invalid Unicode" in r.text, r.text
+                ok = client.post(path, json=body)  # same connection
+                assert ok.status_code == 200, (path, ok.text[:200])
+                tried += 1
+    assert tried > 40
+
+
+def test_a_token_limit_over_the_context_is_refused_with_the_most_allowed(running):
+    """As OpenAI does: an explicit limit the context cannot hold is a 400 naming the most
+    allowed (it was silently cut, so a 1e308 request ran until the context was full);
+    Ollama's -1 (until the context ends) stays."""
+    url = running.url
+    base = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}
+    prompt = len(running.server.model.encode(base["messages"]))
+    room = 1024 - prompt
+    for field, value, shown in (("max_tokens", 1e308, "1e+308"),
+                                ("max_tokens", 10**12, "1,000,000,000,000"),
+                                ("max_completion_tokens", room + 1, f"{room + 1:,}")):
+        r = httpx.post(f"{url}/v1/chat/completions", json={**base, field: value})
+        assert r.status_code == 400 and r.json()["error"] == {
+            "message": f"'{field}' is {shown}; at most {room:,} fit (the context is 1,024 "
+                       f"tokens, the prompt {prompt})",
+            "type": "invalid_request_error", "param": field, "code": None}
+    r = httpx.post(f"{url}/v1/chat/completions", json={**base, "max_tokens": room,
+                                                       "temperature": 0}, timeout=300)
+    assert r.status_code == 200
+    r = httpx.post(f"{url}/api/chat", json={**base, "stream": False,
+                                            "options": {"num_predict": 1e308}})
+    assert r.status_code == 400 and r.json()["error"].startswith(
+        f"'options.num_predict' is 1e+308; at most {room:,} fit")
+    r = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "x",
+                                                  "max_tokens": 5000})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+    r = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "x"}, timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 16
+
+
+def test_ollama_hardware_options_are_accepted_and_reply_changing_ones_refused(running):
+    url = running.url
+    body = {"model": MODEL, "stream": False, "messages": [{"role": "user", "content": "Hi"}]}
+    hardware = {"num_gpu": 99, "num_thread": 8, "num_batch": 512, "use_mmap": True,
+                "use_mlock": False, "numa": False, "low_vram": False, "main_gpu": 0,
+                "typical_p": 1, "tfs_z": 1.0}
+    plain = httpx.post(f"{url}/api/chat", json={**body, "options": {
+        "num_predict": 6, "temperature": 0}}, timeout=60).json()
+    tuned = httpx.post(f"{url}/api/chat", json={**body, "options": {
+        "num_predict": 6, "temperature": 0, **hardware}}, timeout=60)
+    assert tuned.status_code == 200
+    assert tuned.json()["message"] == plain["message"]  # no effect on the reply
+    for name, value in (("typical_p", 0.5), ("tfs_z", 2), ("mirostat", 1), ("num_keep", 4)):
+        r = httpx.post(f"{url}/api/chat", json={**body, "options": {name: value}})
+        assert r.status_code == 400 and r.json() == {
+            "error": f"'options.{name}' is not supported by qwen-mlx"}

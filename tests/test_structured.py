@@ -128,9 +128,15 @@ def test_unsupported_schemas_are_named_before_anything_runs(instruct):
         assert str(e.value) == f"the JSON schema is not supported: {problem}"
 
 
+def _allowed(masked) -> set[int]:
+    return {i for i, v in enumerate(masked[0].tolist()) if v > float("-inf")}
+
+
 def test_thinking_first_then_the_grammar(tiny_q4_f32):
-    """The hybrid fixture thinks first: tokens pass unmasked until </think>, then the
-    grammar applies from its start."""
+    """A hybrid model with thinking on: its first token may open a <think> block (then
+    tokens pass unmasked until </think> and the grammar starts there) or be the grammar's
+    first, and then the grammar applies from the first token (a model that skips the block
+    was once never constrained)."""
     from qwen_mlx import load
 
     hybrid = load(tiny_q4_f32, context=1024)
@@ -138,19 +144,39 @@ def test_thinking_first_then_the_grammar(tiny_q4_f32):
     assert request.think_first
     assert not hybrid.request(MESSAGES, enable_thinking=False,
                               constraint=Constraint.choice(["yes", "no"])).think_first
-    mask = hybrid.processors(request)[-1]
+    think, think_end = (hybrid.tokenizer.convert_tokens_to_ids(t)
+                        for t in ("<think>", "</think>"))
     logits = mx.zeros((1, hybrid.config["vocab_size"]))
-    think_end = hybrid.tokenizer.convert_tokens_to_ids("</think>")
-    prompt = mx.array(list(request.tokens))
-    assert mx.array_equal(mask(prompt, logits), logits)  # the prompt: thinking, unmasked
+    grammar_start = lambda ids: ids and all(  # noqa: E731
+        hybrid.decode([t]) in ("y", "ye", "yes", "n", "no") for t in ids)
+
+    # the model opens the block
+    mask = hybrid.processors(request)[-1]
+    prompt = list(request.tokens)
+    first = _allowed(mask(mx.array(prompt), logits))
+    assert think in first and grammar_start(first - {think})
     word = hybrid.encode("hmm", raw=True)[0]
-    assert mx.array_equal(mask(mx.array([*request.tokens, word]), logits), logits)
-    masked = mask(mx.array([*request.tokens, word, think_end]), logits)
-    allowed = set(mx.argwhere(masked[0] > -mx.inf).reshape(-1).tolist()) \
-        if hasattr(mx, "argwhere") else {i for i, v in enumerate(masked[0].tolist())
-                                         if v > float("-inf")}
-    assert allowed and all(hybrid.decode([t]) in ("y", "ye", "yes", "n", "no")
-                           for t in allowed)
+    assert mx.array_equal(mask(mx.array([*prompt, think]), logits), logits)
+    assert mx.array_equal(mask(mx.array([*prompt, think, word]), logits), logits)
+    assert grammar_start(_allowed(mask(mx.array([*prompt, think, word, think_end]), logits)))
+
+    # the model skips it: constrained from its first token
+    mask = hybrid.processors(request)[-1]
+    mask(mx.array(prompt), logits)
+    n = hybrid.encode("n", raw=True)[0]
+    after = _allowed(mask(mx.array([*prompt, n]), logits))
+    assert after and {hybrid.decode([t]) for t in after} <= {"o"} | {
+        hybrid.decode([e]) for e in hybrid.eos_ids}  # "n" goes on as "no" only
+
+
+def test_a_hybrid_reply_without_a_think_block_is_constrained(tiny_q4_f32):
+    from qwen_mlx import load
+
+    hybrid = load(tiny_q4_f32, context=1024)
+    for seed in range(4):
+        text = hybrid.generate(MESSAGES, constraint=Constraint.choice(["yes", "no"]),
+                               max_tokens=40, temperature=1.0, seed=seed).text
+        assert text in ("yes", "no") or text.startswith("<think>"), text
 
 
 @pytest.fixture(scope="module")
@@ -225,12 +251,16 @@ TIME = {"type": "function", "function": {
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_forced_tool_calls(served, stream):
+    """tool_choice "required": one or more calls (parallel_tool_calls is true unless
+    false, as in OpenAI's API), exactly one with parallel_tool_calls false; a named
+    function: one call of it. Every call's arguments are valid under its schema."""
     client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0)
-    for choice, names in (("required", {"get_weather", "get_time"}),
-                          ({"type": "function", "function": {"name": "get_time"}},
-                           {"get_time"})):
+    for choice, names, extra, counts in (
+            ("required", {"get_weather", "get_time"}, {}, range(1, 20)),
+            ("required", {"get_weather", "get_time"}, {"parallel_tool_calls": False}, [1]),
+            ({"type": "function", "function": {"name": "get_time"}}, {"get_time"}, {}, [1])):
         kwargs = dict(model=NAME, messages=MESSAGES, tools=[WEATHER, TIME], tool_choice=choice,
-                      temperature=0, max_tokens=200)
+                      temperature=0, max_tokens=200, **extra)
         if stream:
             chunks = list(client.chat.completions.create(stream=True, **kwargs))
             calls = [t for c in chunks for t in (c.choices[0].delta.tool_calls or [])]
@@ -238,10 +268,75 @@ def test_forced_tool_calls(served, stream):
         else:
             r = client.chat.completions.create(**kwargs)
             calls, finish = r.choices[0].message.tool_calls, r.choices[0].finish_reason
-        assert finish == "tool_calls" and len(calls) == 1 and calls[0].function.name in names
-        tool = {"get_weather": WEATHER, "get_time": TIME}[calls[0].function.name]
-        jsonschema.validate(json.loads(calls[0].function.arguments),
-                            tool["function"]["parameters"])
+        assert finish == "tool_calls" and len(calls) in counts
+        for call in calls:
+            assert call.function.name in names
+            tool = {"get_weather": WEATHER, "get_time": TIME}[call.function.name]
+            jsonschema.validate(json.loads(call.function.arguments),
+                                tool["function"]["parameters"])
+
+
+def test_several_forced_calls_follow_qwens_format():
+    """The grammar for parallel forced calls: one or more <tool_call> blocks, one per line,
+    as Qwen3's template writes them; a single forced call allows exactly one."""
+    from qwen_mlx.serve.formats import forced_tool_call
+
+    call = '<tool_call>\n{"name": "get_time", "arguments": {"zone": 3}}\n</tool_call>'
+    several = forced_tool_call([WEATHER, TIME], None, several=True).grammar()
+    one = forced_tool_call([WEATHER, TIME], None).grammar()
+    for text, grammar, ok in ((call, several, True), (call + "\n" + call, several, True),
+                              (call + "\n" + call, one, False), (call, one, True)):
+        assert _lark_accepts(grammar, text) == ok, (text, ok)
+
+
+def _lark_accepts(grammar: str, text: str) -> bool:
+    """Whether the grammar accepts the text, by llguidance over the fixture tokenizer."""
+    from llguidance import LLMatcher, LLTokenizer
+
+    from qwen_mlx.testing import tokenizer_json
+
+    tok = LLTokenizer(tokenizer_json().decode())
+    matcher = LLMatcher(tok, grammar)
+    ids = tok.tokenize_str(text)
+    return matcher.try_consume_tokens(ids) == len(ids) and matcher.is_accepting()
+
+
+def test_agent_clients_that_send_parallel_tool_calls(served):
+    """LangChain's with_structured_output(method="function_calling") and
+    bind_tools(parallel_tool_calls=False), and the Agents SDK with
+    ModelSettings(parallel_tool_calls=False): all were refused before."""
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, Field
+
+    class Weather(BaseModel):
+        """Weather in a city."""
+        city: str = Field(max_length=12)
+        unit: str = Field(pattern="^(C|F)$")
+
+    llm = ChatOpenAI(base_url=f"{served.url}/v1", api_key="x", model=NAME, temperature=0,
+                     max_tokens=120, max_retries=0)
+    got = llm.with_structured_output(Weather, method="function_calling").invoke(
+        "Weather in Oslo?")
+    assert isinstance(got, Weather) and len(got.city) <= 12 and got.unit in ("C", "F")
+    message = llm.bind_tools([Weather], tool_choice="required",
+                             parallel_tool_calls=False).invoke("Weather in Oslo?")
+    assert len(message.tool_calls) == 1 and message.tool_calls[0]["name"] == "Weather"
+
+    import asyncio
+
+    from agents import (Agent, ModelSettings, OpenAIChatCompletionsModel, Runner,
+                        set_tracing_disabled)
+
+    set_tracing_disabled(True)  # traces would go to OpenAI's servers
+    agent = Agent(name="a", instructions="Be brief.",
+                  model=OpenAIChatCompletionsModel(model=NAME, openai_client=openai.AsyncOpenAI(
+                      base_url=f"{served.url}/v1", api_key="x", max_retries=0)),
+                  model_settings=ModelSettings(parallel_tool_calls=False, temperature=0,
+                                               max_tokens=12))
+    result = asyncio.run(Runner.run(agent, "Hi", max_turns=2))
+    assert result.final_output == served.server.model.generate(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        temperature=0, max_tokens=12).text
 
 
 def test_ollama_format_and_refusals(served):

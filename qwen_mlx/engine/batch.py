@@ -39,8 +39,10 @@ Progress = Callable[[int, int], None]
 
 
 def batchable(model) -> bool:
-    """Whether this model's caches can join a batch (full-precision KV only)."""
-    return all(hasattr(layer, "merge") for layer in model.new_cache().layers)
+    """Whether this model's caches can join a batch: full-precision KV only. (Asking the
+    caches for ``merge`` is not enough: the prefix-quantized cache inherits one from
+    mlx-lm's CacheList that BatchGenerator cannot use.)"""
+    return model.kv.bits is None
 
 
 @dataclass
@@ -78,6 +80,10 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.sequences)
+
+    def close(self) -> None:
+        """Let the generator restore what it set (Metal's wired memory limit)."""
+        self.gen.close()
 
     def add(self, request: Request, cache: PromptCache, *, on_prefill: Progress | None = None,
             top_logprobs: int | None = None, time_limit: float | None = None) -> int:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import threading
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import QwenMlxError, UnsupportedConstraint
+
+log = logging.getLogger("qwen_mlx")
 
 # Compact JSON: no optional whitespace (the model cannot pad a reply with blank space for
 # ever), ", " and ": " between items as json.dumps writes them.
@@ -128,8 +131,10 @@ class Grammars:
     """One model's matchers: its llguidance tokenizer (built once, about a second) and the
     compiled grammars by constraint hash, each copied for the sequence that uses it."""
 
-    def __init__(self, tokenizer_json: str, eos_ids: list[int], think_end: int | None) -> None:
-        self._tokenizer_json, self.eos_ids, self.think_end = tokenizer_json, eos_ids, think_end
+    def __init__(self, tokenizer_json: str, eos_ids: list[int],
+                 think: tuple[int, int] | None) -> None:
+        """``think``: a hybrid model's ``<think>`` and ``</think>`` ids (None: none)."""
+        self._tokenizer_json, self.eos_ids, self.think = tokenizer_json, eos_ids, think
         self._tokenizer = None
         self._compiled: dict[str, object] = {}
         self._lock = threading.Lock()  # requests are validated on several threads
@@ -167,8 +172,8 @@ class Grammars:
         return matcher
 
     def processor(self, constraint: Constraint, *, think_first: bool) -> "GrammarMask":
-        return GrammarMask(self.compile(constraint).deep_copy(),
-                           self.think_end if think_first else None)
+        return GrammarMask(self.compile(constraint).deep_copy(), self.tokenizer.vocab_size,
+                           self.think if think_first else None, self.eos_ids)
 
 
 def matcher_message(problem: str) -> str:
@@ -180,32 +185,73 @@ def matcher_message(problem: str) -> str:
     return f"{head.rstrip(':')}: {detail}" if detail else head
 
 
+_SHIFTS = None  # 0..31, to unpack the bitmask's words on the device
+
+
 class GrammarMask:
     """An mlx-lm logits processor ``(tokens, logits) -> logits`` for one sequence. Its first
     call is for the prompt; every later call first hands the matcher the token just fed.
-    With ``think_end``, tokens pass unmasked until that token (a hybrid model's
-    ``</think>``), and the grammar applies from there."""
 
-    def __init__(self, matcher, think_end: int | None = None) -> None:
-        self.matcher, self.think_end = matcher, think_end
+    With ``think`` (a hybrid model's ``<think>`` and ``</think>`` ids, on a prompt where
+    the reply may open with a thinking block), the first token may be the grammar's first
+    or ``<think>``: after ``<think>`` tokens pass unmasked until ``</think>`` and the grammar
+    applies from there; any other first token starts the grammar at once (a model that
+    skips the block is constrained from its first token, not never).
+
+    The matcher writes its mask into a preallocated buffer of 32-bit words (llguidance's
+    numpy fill), which is unpacked to one boolean per token on the device.
+    """
+
+    def __init__(self, matcher, vocab_size: int, think: tuple[int, int] | None = None,
+                 eos_ids: list[int] = ()) -> None:
+        from llguidance.numpy import allocate_token_bitmask
+
+        self.matcher, self.think, self.eos_ids = matcher, think, list(eos_ids)
+        self.state = "first" if think else "grammar"  # then "thinking" or "grammar"
         self.started = False
+        self.broken: str | None = None  # the matcher refused a token (it should not)
+        self.words = allocate_token_bitmask(1, vocab_size)
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         mx.async_eval(logits)  # the device computes the step while the mask is made here
         if self.started:
-            last = tokens[-1].item()
-            if self.think_end is None:
-                self.matcher.consume_token(last)
-            elif last == self.think_end:  # thinking is over: the grammar starts fresh
-                self.think_end = None
+            self._advance(tokens[-1].item())
         self.started = True
-        return logits if self.think_end is not None else self._masked(logits)
+        if self.state == "thinking":
+            return logits
+        return self._masked(logits)
+
+    def _advance(self, token: int) -> None:
+        if self.state == "first":
+            if token == self.think[0]:
+                self.state = "thinking"
+                return
+            self.state = "grammar"
+        elif self.state == "thinking":
+            if token == self.think[1]:  # thinking is over: the grammar starts fresh
+                self.state = "grammar"
+            return
+        if self.broken is None and not self.matcher.consume_token(token):
+            self.broken = self.matcher.get_error() or f"token {token} refused"
+            log.warning("the structured output's matcher refused a token (%s): the reply "
+                        "ends here", self.broken)
 
     def _masked(self, logits: mx.array) -> mx.array:
-        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-        allowed = np.unpackbits(bits, bitorder="little")  # past the vocabulary: zeros
+        global _SHIFTS
         width = logits.shape[-1]
+        if self.broken is not None:  # end the reply: only an end-of-turn token
+            allowed = mx.zeros((width,), dtype=mx.bool_)
+            allowed[mx.array(self.eos_ids)] = True
+            return mx.where(allowed, logits, mx.array(-mx.inf, dtype=logits.dtype))
+        from llguidance.numpy import fill_next_token_bitmask
+
+        fill_next_token_bitmask(self.matcher, self.words)
+        if _SHIFTS is None:
+            _SHIFTS = mx.arange(32, dtype=mx.int32)
+        words = mx.array(self.words[0])
+        allowed = ((words[:, None] >> _SHIFTS) & 1).reshape(-1).astype(mx.bool_)
+        if self.state == "first":  # a thinking block may open instead
+            allowed[self.think[0]] = True
         if allowed.size < width:  # the model's vocabulary is padded past the tokenizer's
-            allowed = np.concatenate([allowed, np.zeros(width - allowed.size, np.uint8)])
-        return mx.where(mx.array(allowed[:width].astype(np.bool_)), logits,
-                        mx.array(-mx.inf, dtype=logits.dtype))
+            allowed = mx.concatenate([allowed, mx.zeros((width - allowed.size,), mx.bool_)])
+        return mx.where(allowed[:width], logits, mx.array(-mx.inf, dtype=logits.dtype))

@@ -14,7 +14,9 @@ quantized cache (:mod:`qwen_mlx.engine.kv_cache`).
 
 from __future__ import annotations
 
-from mlx_lm.models.cache import trim_prompt_cache
+import mlx.core as mx
+from mlx.utils import tree_map
+from mlx_lm.models.cache import KVCache, trim_prompt_cache
 from mlx_lm.utils import common_prefix_len as common_prefix
 
 from .kv_cache import KVSpec, make_cache
@@ -47,11 +49,21 @@ class PromptCache:
         while a generation is in progress)."""
         return self.layers[0].offset
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the layers' buffers hold (their capacity, not just what is used)."""
+        return sum(layer.nbytes for layer in self.layers)
+
     def trim(self, keep: int) -> None:
-        """Keep only the first ``keep`` tokens."""
+        """Keep only the first ``keep`` tokens, and free the buffer room past them:
+        mlx-lm's trim only moves the offset, so a cache once grown to a long reply would
+        hold that memory for as long as it is kept."""
         excess = self.offset - keep
         if excess > 0:
             trim_prompt_cache(self.layers, excess)
+            for layer in self.layers:
+                for part in getattr(layer, "caches", None) or (layer,):  # a prefix cache
+                    _compact(part)
         self.tokens = self.tokens[:keep]
 
     def reuse(self, prompt: list[int]) -> list[int]:
@@ -63,3 +75,21 @@ class PromptCache:
         common = min(common_prefix(self.tokens, prompt), len(prompt) - 1)
         self.trim(common)
         return prompt[common:]
+
+
+def _compact(part) -> None:
+    """Copy what a KVCache or QuantizedKVCache still uses into buffers of that size, so
+    the old buffers are freed, when at least half of a buffer (and a growth step) is unused;
+    an emptied one holds nothing."""
+    if getattr(part, "keys", None) is None:
+        return
+    if part.offset == 0:
+        part.keys = part.values = None
+        return
+    capacity = (part.keys[0] if isinstance(part.keys, tuple) else part.keys).shape[2]
+    if capacity - part.offset < max(KVCache.step, part.offset):
+        return  # copying costs more than it frees: a cache trimmed by a few tokens stays
+    n = part.offset
+    copy = lambda x: mx.array(x[..., :n, :])  # a copy: a slice would keep the old buffer
+    part.keys, part.values = tree_map(copy, part.keys), tree_map(copy, part.values)
+    mx.eval(part.keys, part.values)

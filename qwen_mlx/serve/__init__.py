@@ -7,6 +7,9 @@
 A browser opening the server's root gets the chat page (:mod:`qwen_mlx.serve.page`).
 """
 
+import gc
+import os
+import sys
 from typing import Callable
 
 from .app import create_app
@@ -19,10 +22,20 @@ def run(server: Server, host: str = "127.0.0.1", port: int = 11434, *,
         shutdown_timeout: float = 10.0, idle_timeout: float = 5.0,
         on_ready: Callable[[], None] | None = None) -> None:
     """Serve with uvicorn until SIGINT or SIGTERM, then shut down gracefully (see
-    :mod:`qwen_mlx.serve.shutdown`); ``on_ready`` runs once the port is listening."""
+    :mod:`qwen_mlx.serve.shutdown`); ``on_ready`` runs once the port is listening. The
+    engine thread is ended before this returns: MLX work left running in a thread when the
+    interpreter exits aborts the process."""
     from .connections import uvicorn_config
     from .shutdown import GracefulServer
 
     config = uvicorn_config(server, host, port, idle_timeout=idle_timeout,
                             shutdown_timeout=shutdown_timeout)
-    GracefulServer(config, server, shutdown_timeout, on_ready).run()
+    try:
+        GracefulServer(config, server, shutdown_timeout, on_ready).run()
+    finally:
+        if not server.worker.close(timeout=60):  # a step that never returns: exit anyway
+            sys.stderr.write("the engine did not stop within 60 s; exiting\n")
+            sys.stderr.flush()
+            os._exit(1)
+        server.worker.pool.caches.clear()
+        gc.collect()  # here, not in whichever thread collects while the interpreter exits

@@ -55,12 +55,17 @@ def create_app(server: Server) -> Guard:
 
 def health(server: Server) -> JSONResponse:
     """Liveness without the API key (load balancers and scripts poll it): 200 while
-    serving, 503 once shutting down; how many requests run and wait."""
+    serving, 503 once shutting down or if the engine thread has stopped; how many requests
+    run and wait, and the engine's failures survived (the last one named)."""
     worker = server.worker
-    return JSONResponse({"status": "shutting down" if server.closing else "ok",
-                         "model": server.model_id, "parallel": worker.parallel,
-                         "running": len(worker.running), "waiting": worker.busy -
-                         len(worker.running)}, status_code=503 if server.closing else 200)
+    status = "shutting down" if server.closing else \
+        "ok" if worker.state == "ok" else "engine stopped"
+    return JSONResponse({"status": status, "model": server.model_id,
+                         "parallel": worker.parallel, "running": len(worker.running),
+                         "waiting": worker.waiting_count,
+                         "engine": {"state": worker.state, "faults": worker.faults,
+                                    "last_fault": worker.fault}},
+                        status_code=200 if status == "ok" else 503)
 
 
 def authorize(server: Server, request: Request) -> None:

@@ -45,10 +45,11 @@ def ollama_format(value) -> Constraint | None:
     raise RequestError(400, "'format' must be \"json\" or a JSON schema object", param="format")
 
 
-def forced_tool_call(tools: list, name: str | None) -> Constraint:
+def forced_tool_call(tools: list, name: str | None, *, several: bool = False) -> Constraint:
     """A reply that is exactly one call, in Qwen3's format (``<tool_call>`` JSON
     ``</tool_call>``), of the named tool or of any offered one, its arguments valid under
-    the tool's parameter schema."""
+    the tool's parameter schema; with ``several``, one or more such calls, one per line
+    (as Qwen3's template writes parallel calls)."""
     calls = []
     for tool in tools:
         fn = tool.get("function", tool) if isinstance(tool, dict) else None
@@ -68,8 +69,10 @@ def forced_tool_call(tools: list, name: str | None) -> Constraint:
                            if name else "tool_choice 'required' needs 'tools'",
                            param="tool_choice")
     schema = {**(calls[0] if len(calls) == 1 else {"anyOf": calls}), "x-guidance": JSON_STYLE}
-    return Constraint.lark(f'start: <tool_call> "\\n" %json {json.dumps(schema)} "\\n" '
-                           f'</tool_call>')
+    call = f'<tool_call> "\\n" %json {json.dumps(schema)} "\\n" </tool_call>'
+    if not several:
+        return Constraint.lark(f"start: {call}")
+    return Constraint.lark(f'start: call ("\\n" call)*\ncall: {call}')
 
 
 def _schema(schema, param: str) -> Constraint:

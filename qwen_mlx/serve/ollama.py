@@ -16,7 +16,7 @@ from ..engine.sampling import PENALTY_WINDOW
 from .formats import ollama_format
 from .openai import read_json
 from .server import Delta, RequestError, Server, flag, number, refuse_unsupported, stop_list
-from .worker import ShuttingDown
+from .worker import Ended
 
 
 def error(e: RequestError) -> JSONResponse:
@@ -36,8 +36,16 @@ NO_OPS = {"images": lambda v: v in (None, []), "template": lambda v: v in (None,
           "context": lambda v: v in (None, []), "suffix": lambda v: v in (None, "")}
 OPTIONS = {"temperature", "top_p", "top_k", "min_p", "seed", "num_predict", "num_ctx", "stop",
            "repeat_penalty", "presence_penalty", "frequency_penalty"}
-# the penalties look at the last PENALTY_WINDOW tokens, Ollama's default repeat_last_n
-OPTION_NO_OPS = {"repeat_last_n": lambda v: v in (None, PENALTY_WINDOW)}
+# Options that tune only the hardware Ollama runs on (GPU layers, threads, batch, memory
+# mapping): accepted with any value, since no reply depends on them here. Open WebUI and
+# other Ollama apps send them.
+HARDWARE = ("num_gpu", "num_thread", "num_batch", "use_mmap", "use_mlock", "numa", "low_vram",
+            "main_gpu")
+# the penalties look at the last PENALTY_WINDOW tokens, Ollama's default repeat_last_n;
+# typical_p and tfs_z at 1 are those samplers switched off
+OPTION_NO_OPS = {"repeat_last_n": lambda v: v in (None, PENALTY_WINDOW),
+                 "typical_p": lambda v: v in (None, 1), "tfs_z": lambda v: v in (None, 1),
+                 **{name: lambda v: True for name in HARDWARE}}
 
 
 def validated(server: Server, body: dict, tokens: list[int]):
@@ -45,7 +53,7 @@ def validated(server: Server, body: dict, tokens: list[int]):
     sampling, stop, num_ctx = options(body)
     return server.request(tokens, sampling, stop, num_ctx,
                           constraint=ollama_format(body.get("format")),
-                          constraint_param="format")
+                          constraint_param="format", max_tokens_param="options.num_predict")
 
 
 def thinking(body: dict) -> bool | None:
@@ -131,7 +139,7 @@ async def respond(server: Server, body: dict, req, started: float, *, key: str,
                                 key: payload(item.text, calls), "done": False})
                 if not isinstance(item, Delta):
                     yield line(final(server, item.stats, started, **{key: payload("")}))
-        except ShuttingDown as e:
+        except Ended as e:
             yield line({"error": str(e)})
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")

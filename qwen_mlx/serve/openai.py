@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 
@@ -17,11 +18,12 @@ from .formats import forced_tool_call, openai_format
 from .logprobs import legacy
 from .server import (Delta, RequestError, Server, flag, number, refuse_unsupported,
                      stop_list)
-from .worker import ShuttingDown
+from .worker import Ended
 
 
 def error(e: RequestError) -> JSONResponse:
-    kind = "authentication_error" if e.status == 401 else "invalid_request_error"
+    kind = "authentication_error" if e.status == 401 else \
+        "server_error" if e.status >= 500 else "invalid_request_error"
     return JSONResponse({"error": {"message": e.message, "type": kind, "param": e.param,
                                    "code": e.code}}, status_code=e.status)
 
@@ -44,10 +46,10 @@ def model_card(server: Server) -> dict:
 SAMPLING = {"model", "temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "stop",
             "stream", "stream_options", "n", "user", "presence_penalty", "frequency_penalty"}
 SUPPORTED = SAMPLING | {"messages", "max_completion_tokens", "tools", "tool_choice",
-                        "logprobs", "top_logprobs", "response_format", "chat_template_kwargs"}
+                        "parallel_tool_calls", "logprobs", "top_logprobs", "response_format",
+                        "chat_template_kwargs"}
 # Fields clients send with their "off" value: accepted when they hold it, refused otherwise.
-NO_OPS = {"logit_bias": lambda v: v in (None, {}),
-          "parallel_tool_calls": lambda v: v in (None, True), "store": lambda v: v in (None, False),
+NO_OPS = {"logit_bias": lambda v: v in (None, {}), "store": lambda v: v in (None, False),
           "metadata": lambda v: v in (None, {})}
 COMPLETION_FIELDS = SAMPLING | {"prompt", "logprobs"}
 COMPLETION_NO_OPS = {"echo": lambda v: v in (None, False), "suffix": lambda v: v in (None, ""),
@@ -57,7 +59,7 @@ INLINE_JSON = 64 << 10  # bodies up to this size are parsed on the event loop
 STREAM_HEADERS = {"Cache-Control": "no-cache"}
 
 
-def sampling(body: dict, default_max_tokens: int | None = None) -> dict:
+def sampling(body: dict) -> dict:
     out = {"temperature": number(body, "temperature", low=0, high=2),
            "top_p": number(body, "top_p", low=0, high=1),
            "top_k": number(body, "top_k", int, low=0),
@@ -66,30 +68,33 @@ def sampling(body: dict, default_max_tokens: int | None = None) -> dict:
            "presence_penalty": number(body, "presence_penalty", low=-2, high=2),
            "frequency_penalty": number(body, "frequency_penalty", low=-2, high=2),
            "max_tokens": number(body, "max_completion_tokens", int, low=1)
-           or number(body, "max_tokens", int, low=1) or default_max_tokens}
+           or number(body, "max_tokens", int, low=1)}
     return {k: v for k, v in out.items() if v is not None}
 
 
-def chosen_tools(body: dict) -> tuple[list | None, Constraint | None]:
+def chosen_tools(body: dict) -> tuple[list | None, Constraint | None, bool]:
     """``tools`` as ``tool_choice`` says: "auto" (the default) offers them, "none" does
-    not, "required" or a named function forces one call (a grammar over the tools'
-    parameter schemas) -> (tools to offer, the forcing constraint)."""
+    not, "required" forces one call (a grammar over the tools' parameter schemas), or one
+    or more with ``parallel_tool_calls`` (true unless false, as OpenAI's default), a named
+    function forces one call of it -> (tools to offer, the forcing constraint, whether
+    several calls may be returned)."""
     choice, tools = body.get("tool_choice"), body.get("tools")
+    several = flag(body, "parallel_tool_calls", True)
     if choice in (None, "auto"):
-        return tools, None
+        return tools, None, several
     if choice == "none":
-        return None, None
+        return None, None, several
     if not isinstance(tools, list) or not tools:
         raise RequestError(400, "forcing a tool call needs 'tools'", param="tool_choice")
     if choice == "required":
-        return tools, forced_tool_call(tools, None)
+        return tools, forced_tool_call(tools, None, several=several), several
     name = choice.get("function", {}).get("name") if isinstance(choice, dict) and \
         choice.get("type") == "function" and isinstance(choice.get("function"), dict) else None
     if not isinstance(name, str):
         raise RequestError(400, "tool_choice must be 'auto', 'none', 'required' or "
                                 "{\"type\": \"function\", \"function\": {\"name\": ...}}",
                            param="tool_choice")
-    return tools, forced_tool_call(tools, name)
+    return tools, forced_tool_call(tools, name), False
 
 
 def thinking(body: dict) -> bool | None:
@@ -147,10 +152,11 @@ def sse(data) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def stream_error(e: Exception) -> str:
-    """The event that ends a stream the server had to cut (shutting down)."""
-    return sse({"error": {"message": str(e), "type": "server_error",
-                          "code": "shutting_down", "param": None}})
+def stream_error(e: Ended) -> str:
+    """The event that ends a stream the server had to cut (shutting down, an engine
+    failure)."""
+    return sse({"error": {"message": str(e), "type": "server_error", "code": e.code,
+                          "param": None}})
 
 
 async def chat_completions(server: Server, request: Request) -> Response:
@@ -158,7 +164,7 @@ async def chat_completions(server: Server, request: Request) -> Response:
 
     def build():
         stream, include_usage = common(server, body, SUPPORTED, NO_OPS)
-        tools, forced = chosen_tools(body)
+        tools, forced, several = chosen_tools(body)
         logprobs = server.check_logprobs(chat_logprobs(body), "logprobs")
         wanted = openai_format(body.get("response_format"))
         if wanted is not None and forced is not None:
@@ -167,10 +173,14 @@ async def chat_completions(server: Server, request: Request) -> Response:
         req = server.request(server.encode_chat(body.get("messages"), tools, thinking(body)),
                              sampling(body), stop_list(body.get("stop")),
                              constraint=wanted or forced,
-                             constraint_param="tool_choice" if forced else "response_format")
-        return req, tools, stream, include_usage, logprobs
+                             constraint_param="tool_choice" if forced else "response_format",
+                             max_tokens_param="max_completion_tokens"
+                             if "max_completion_tokens" in body else "max_tokens")
+        return req, tools, stream, include_usage, logprobs, several
 
-    req, tools, stream, include_usage, logprobs = await server.validate(build)
+    req, tools, stream, include_usage, logprobs, several = await server.validate(build)
+    # parallel_tool_calls false: at most one call (a forced one is one by its grammar)
+    most = None if several else 1
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": ident, "created": created, "model": server.model_id}
 
@@ -182,7 +192,7 @@ async def chat_completions(server: Server, request: Request) -> Response:
         message = {"role": "assistant", "content": out.text.strip() if out.calls else out.text}
         finish = out.stats.finish_reason
         if out.calls:
-            message["tool_calls"], finish = openai_calls(out.calls), "tool_calls"
+            message["tool_calls"], finish = openai_calls(out.calls[:most]), "tool_calls"
         message["content"] = message["content"] or None
         return JSONResponse({**head, "object": "chat.completion", "choices": [
             {"index": 0, "message": message, "finish_reason": finish,
@@ -205,13 +215,13 @@ async def chat_completions(server: Server, request: Request) -> Response:
                     yield chunk({"content": item.text})
                 finish = item.stats.finish_reason
                 if item.calls:
-                    yield chunk({"tool_calls": openai_calls(item.calls)})
+                    yield chunk({"tool_calls": openai_calls(item.calls[:most])})
                     finish = "tool_calls"
                 yield chunk({}, finish, **({"usage": None} if include_usage else {}))
                 if include_usage:
                     yield sse({**head, "object": "chat.completion.chunk", "choices": [],
                                "usage": usage(item.stats)})
-        except ShuttingDown as e:
+        except Ended as e:
             yield stream_error(e)
         yield "data: [DONE]\n\n"
 
@@ -240,8 +250,8 @@ async def completions(server: Server, request: Request) -> Response:
         stream, include_usage = common(server, body, COMPLETION_FIELDS, COMPLETION_NO_OPS)
         top = server.check_logprobs(number(body, "logprobs", int, low=0, high=5), "logprobs")
         # OpenAI's default for this endpoint is 16 tokens
-        req = server.request(prompt_tokens(server, body.get("prompt")),
-                             sampling(body, default_max_tokens=16), stop_list(body.get("stop")))
+        req = server.request(prompt_tokens(server, body.get("prompt")), sampling(body),
+                             stop_list(body.get("stop")), default_max_tokens=16)
         return req, stream, include_usage, top
 
     req, stream, include_usage, top = await server.validate(build)
@@ -272,7 +282,7 @@ async def completions(server: Server, request: Request) -> Response:
                            **({"usage": None} if include_usage else {})})
                 if include_usage:
                     yield sse({**head, "choices": [], "usage": usage(item.stats)})
-        except ShuttingDown as e:
+        except Ended as e:
             yield stream_error(e)
         yield "data: [DONE]\n\n"
 
@@ -301,11 +311,40 @@ async def read_json(request: Request, limit: int) -> dict:
         raise RequestError(400, "the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
+    where = lone_surrogate(body)
+    if where is not None:
+        raise RequestError(400, f"the request body has invalid Unicode at {where}: a lone "
+                                f"UTF-16 surrogate (\\ud800-\\udfff) is not text",
+                           param=where)
     return body
 
 
 def _parse(data: bytes):
     return json.loads(data, parse_constant=_not_json)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(value, path: str = "") -> str | None:
+    """Where in a parsed body a string (or a key) holds a lone surrogate, which JSON's
+    ``\\ud800`` escapes allow and no UTF-8 text can: it would fail every encoder downstream
+    (the tokenizer, the error path itself). None when the body is clean."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return where or "the body"
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                name = f"{where}.{key}" if where else str(key)
+                if _SURROGATE.search(key):
+                    return f"a key of {where or 'the body'}"
+                stack.append((inner, name))
+        elif isinstance(item, list):
+            stack.extend((inner, f"{where}[{i}]") for i, inner in enumerate(item))
+    return None
 
 
 def _not_json(name: str):

@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable, TypeVar
 
 import anyio
 
 from ..engine import Request, Stats
 from ..engine.constraint import Constraint
-from ..errors import ContextExceeded, QwenMlxError, UnsupportedConstraint
+from ..errors import ContextExceeded, QwenMlxError, TooManyTokens, UnsupportedConstraint
 from ..model import Model
 from . import tool_calls
 from .logprobs import TokenText
-from .worker import ShuttingDown, Worker
+from .worker import Ended, Worker
 
 T = TypeVar("T")
 
@@ -113,13 +113,23 @@ class Server:
 
     def request(self, tokens: list[int], sampling: dict, stop: list[str],
                 context: int | None = None, constraint: Constraint | None = None,
-                constraint_param: str | None = None) -> Request:
+                constraint_param: str | None = None, *, max_tokens_param: str = "max_tokens",
+                default_max_tokens: int | None = None) -> Request:
         """The engine's validated request, built before anything is queued: whatever the
         engine would refuse is a 400 here, in the API's own error shape (a structured
-        output's schema too: ``constraint_param`` names the field it came from)."""
+        output's schema too: ``constraint_param`` names the field it came from). A token
+        limit the client set above the context's room is refused (``max_tokens_param``
+        names its field); ``default_max_tokens``, the endpoint's own, is cut to fit."""
         try:
-            return self.model.request(tokens, stop=stop, context=context,
-                                      constraint=constraint, **sampling)
+            req = self.model.request(tokens, stop=stop, context=context,
+                                     constraint=constraint, strict_max_tokens=True, **sampling)
+            if default_max_tokens is not None and "max_tokens" not in sampling:
+                req = replace(req, params=req.params.override(
+                    max_tokens=min(default_max_tokens, req.params.max_tokens)))
+            return req
+        except TooManyTokens as e:
+            raise RequestError(400, e.named(f"'{max_tokens_param}'"),
+                               param=max_tokens_param) from None
         except UnsupportedConstraint as e:
             raise RequestError(400, str(e), param=constraint_param) from None
         except ContextExceeded as e:
@@ -136,7 +146,8 @@ class Server:
         tokens since the last delta when ``logprobs`` is 0 or more: how many alternatives),
         then one :class:`Outcome`. With ``tools``, text from ``<tool_call>`` on is held back
         and parsed at the end. Leaving early (a client that went away) cancels the
-        generation; a server shutting down ends it with :class:`ShuttingDown`."""
+        generation; a server shutting down, or an engine failure, ends it with an
+        :class:`~qwen_mlx.serve.worker.Ended`."""
         pieces = self.worker.generate(request, self.progress, logprobs)
         splitter = tool_calls.Splitter(enabled=tools)
         stats, entries = None, []
@@ -180,8 +191,8 @@ class Server:
             raise ClientGone()
         try:
             return work.result()
-        except ShuttingDown as e:
-            raise RequestError(503, str(e), code="shutting_down") from None
+        except Ended as e:
+            raise RequestError(e.status, str(e), code=e.code) from None
 
 
 async def disconnected(http) -> None:

@@ -5,13 +5,19 @@ once.
 
 uvicorn on its own waits for open streams without limit, and after a graceful stop
 re-raises the signal (so a SIGTERM'd server exits 143 even when all went well).
+
+The signal handler only sets flags and hands the rest to the event loop: Python runs it
+between two bytecodes of the main thread, which may hold a lock at that moment (starting a
+thread, writing to stderr), so making a timer thread or printing there can deadlock.
+When uvicorn is done, :func:`qwen_mlx.serve.run` closes the engine thread before the
+interpreter exits: MLX work still running in a thread at exit aborts the process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
-import threading
 from typing import Callable
 
 import uvicorn
@@ -24,10 +30,12 @@ class GracefulServer(uvicorn.Server):
                  on_ready: Callable[[], None] | None = None) -> None:
         super().__init__(config)
         self.app_server, self.grace, self.on_ready = server, grace, on_ready
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def startup(self, sockets=None) -> None:
         """uvicorn's startup, then ``on_ready`` once the port accepts connections (``chat
         --web`` opens the browser there, not before)."""
+        self.loop = asyncio.get_running_loop()
         await super().startup(sockets)
         if self.started and self.on_ready is not None:
             self.on_ready()
@@ -36,12 +44,17 @@ class GracefulServer(uvicorn.Server):
         if self.should_exit:  # the second signal: no more waiting
             os._exit(128 + sig)
         self.should_exit = True
+        self.app_server.worker.closing.set()
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._grace)
+        else:  # before startup: nothing runs yet
+            self.app_server.worker.stopping.set()
+
+    def _grace(self) -> None:
+        """On the event loop: say what is waiting, and cut it when the grace ends."""
         worker = self.app_server.worker
-        worker.closing.set()
         busy = worker.busy
         if busy:
             sys.stderr.write(f"shutting down: {busy} request(s) get up to {self.grace:g} s to "
                              f"finish (signal again to stop now)\n")
-        cut = threading.Timer(self.grace, worker.stopping.set)
-        cut.daemon = True
-        cut.start()
+        self.loop.call_later(self.grace, worker.stopping.set)

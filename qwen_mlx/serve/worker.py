@@ -18,6 +18,7 @@ cancellation, time limit and shutdown.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import queue
 import threading
@@ -25,6 +26,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator
+
+import mlx.core as mx
 
 from ..engine import Piece, PromptCache, Request
 from ..engine.batch import Batch, batchable
@@ -38,12 +41,28 @@ MAX_PARALLEL = 8
 RESERVE = 4096  # tokens a typical request may grow to, for the default --parallel
 
 
-class ShuttingDown(Exception):
+class Ended(Exception):
+    """A request the server ended itself: an HTTP ``status`` and an error ``code`` for
+    the answer (or the stream's last event)."""
+
+    status, code = 500, "server_error"
+
+
+class ShuttingDown(Ended):
     """The server is stopping: the request was not started, or was cut at the grace
     period's end."""
 
+    status, code = 503, "shutting_down"
 
-@dataclass
+
+class EngineFailure(Ended):
+    """The engine failed while running this request (an internal fault, not the request's
+    doing: a Metal out-of-memory, a bug): the request ends with it, the server goes on."""
+
+    status, code = 500, "internal_error"
+
+
+@dataclass(eq=False)  # jobs are told apart by identity (kept in a set)
 class Job:
     request: Request  # validated at the HTTP edge: nothing in it can be refused here
     loop: asyncio.AbstractEventLoop
@@ -56,7 +75,10 @@ class Job:
     def put(self, item) -> None:
         if isinstance(item, Piece):
             self.made += len(item.tokens)
-        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
 
     @property
     def reserve(self) -> int:
@@ -66,32 +88,33 @@ class Job:
 
 class CachePool:
     """Up to ``slots`` prompt caches, most recently used first, holding together no more
-    than ``budget`` tokens (the least recently used are dropped first). A cache is moved out
-    for a request and back after it, never copied (mlx-lm's LRUPromptCache copies the cache
-    it hands out, which would hold a conversation twice during its request)."""
+    than ``budget`` bytes, measured (the least recently used are dropped first). A cache is
+    moved out for a request and back after it, never copied (mlx-lm's LRUPromptCache copies
+    the cache it hands out, which would hold a conversation twice during its request)."""
 
     def __init__(self, model: Model, slots: int, budget: int) -> None:
         self.model, self.slots, self.budget = model, slots, budget
         self.caches: list[PromptCache] = []
 
     @property
-    def tokens(self) -> int:
-        return sum(len(c) for c in self.caches)
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.caches)
 
     def take(self, tokens: list[int]) -> PromptCache:
-        best = max(self.caches, key=lambda c: common_prefix(c.tokens, tokens), default=None)
-        if best is None or common_prefix(best.tokens, tokens) == 0:
+        shared = [(common_prefix(c.tokens, tokens), c) for c in self.caches]
+        best = max(shared, key=lambda pair: pair[0], default=(0, None))
+        if best[0] == 0:
             return self.model.new_cache()
-        self.caches.remove(best)
-        return best
+        self.caches.remove(best[1])
+        return best[1]
 
     def give_back(self, cache: PromptCache) -> None:
         self.caches = [cache, *self.caches][:self.slots]
         self.shrink(self.budget)
 
-    def shrink(self, tokens: int) -> None:
-        """Drop the least recently used caches until the rest hold at most ``tokens``."""
-        while self.caches and self.tokens > tokens:
+    def shrink(self, nbytes: int) -> None:
+        """Drop the least recently used caches until the rest hold at most ``nbytes``."""
+        while self.caches and self.nbytes > nbytes:
             self.caches.pop()
 
 
@@ -101,6 +124,16 @@ def kv_budget(model: Model, parallel: int) -> int:
     context."""
     room = replace(model.plan, parallel=parallel).largest_context() if model.plan else 0
     return max(room, model.context_length)
+
+
+def kv_token_bytes(model: Model) -> float:
+    """Bytes one cached token takes in every layer, as the model stores its KV."""
+    if model.plan is not None:
+        return model.plan.kv_bytes_per_token()
+    from ..memory_plan import Shape, kv_bytes_per_token
+
+    return kv_bytes_per_token(Shape.of(model.config), model.kv,
+                              {"float32": 4}.get(model.compute_dtype, 2))
 
 
 def default_parallel(model: Model) -> int:
@@ -117,39 +150,84 @@ class Worker:
         self.parallel = (parallel or default_parallel(model)) if batchable(model) else 1
         self.batched = self.parallel > 1
         self.time_limit = time_limit
-        self.budget = kv_budget(model, self.parallel)
+        self.token_bytes = kv_token_bytes(model)
+        self.budget = int(kv_budget(model, self.parallel) * self.token_bytes)  # bytes
         self.pool = CachePool(model, slots, self.budget)
-        self.batch = Batch(model, parallel=self.parallel) if self.batched else None
+        self.batch: Batch | None = None  # made on the engine thread (MLX streams are per thread)
         self.jobs: queue.Queue[Job] = queue.Queue()
         self.waiting: deque[Job] = deque()
+        self.queued: set[Job] = set()  # not yet started (in ``jobs`` or ``waiting``)
         self.running: dict[int, Job] = {}
+        self.admitting: Job | None = None  # between leaving ``waiting`` and joining the batch
         self.finished: deque[dict] = deque(maxlen=64)  # recent jobs: tokens made, cancelled
+        self.faults = 0  # engine failures survived
+        self.fault: str | None = None  # the last one, for /health
         self.closing = threading.Event()  # no new sequences start
         self.stopping = threading.Event()  # running sequences end now
         self.closed = False  # the engine thread ends
-        self.thread = threading.Thread(target=self._loop, name="qwen-mlx-engine", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="qwen-mlx-engine", daemon=True)
         self.thread.start()
 
     # -- the engine thread ------------------------------------------------------------
 
-    def close(self) -> None:
-        """End every request and the engine thread (a server that is done)."""
+    def close(self, timeout: float | None = 30) -> bool:
+        """End every request and the engine thread (a server that is done); whether the
+        thread ended within ``timeout`` seconds."""
         self.closing.set()
         self.stopping.set()
         self.closed = True
-        self.thread.join(10)
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
 
-    def _loop(self) -> None:
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def _run(self) -> None:
+        """The engine thread: steps until closed. A step that raises fails the requests it
+        was running (each gets an :class:`EngineFailure` naming the cause) and the batch is
+        made anew; the thread itself never ends early."""
         while not (self.closed and not self.running and not self.waiting):
-            self._collect(block=not self.running and not self.waiting)
-            if self.batch is None:
-                if self.waiting:
-                    self._run_alone(self.waiting.popleft())
-                continue
-            self._admit()
-            if self.running:
-                self._dispatch(self.batch.step())
-            self._reap()
+            try:
+                if self.batched and self.batch is None:
+                    self.batch = Batch(self.model, parallel=self.parallel)
+                self._step()
+            except Exception as e:  # noqa: BLE001 - reported to its requests; serving goes on
+                self._failed(e)
+        if self.batch is not None:
+            self.batch.close()
+
+    def _step(self) -> None:
+        self._collect(block=not self.running and not self.waiting)
+        self._drop_cancelled()
+        if self.batch is None:
+            if self.waiting:
+                self._run_alone(self.waiting.popleft())
+            return
+        self._admit()
+        if self.running:
+            self._dispatch(self.batch.step())
+        self._reap()
+
+    def _failed(self, e: Exception) -> None:
+        log.exception("the engine failed; its running requests end with the error")
+        self.faults += 1
+        self.fault = f"{type(e).__name__}: {e}".splitlines()[0]
+        failure = EngineFailure(f"internal error: {self.fault}")
+        jobs = list(self.running.values()) + ([self.admitting] if self.admitting else [])
+        self.running.clear()
+        self.admitting = None
+        for job in jobs:
+            self._close(job, failure)
+        if self.batch is not None:
+            try:
+                self.batch.close()
+            except Exception:  # noqa: BLE001 - a broken batch is dropped either way
+                pass
+            self.batch = None  # made anew on the next step
+        self.pool.caches.clear()  # caches the failed step touched may be inconsistent
+        gc.collect()
+        mx.clear_cache()
 
     def _collect(self, block: bool) -> None:
         """Move newly queued jobs to ``waiting`` (waiting for one when idle)."""
@@ -164,26 +242,37 @@ class Worker:
             except queue.Empty:
                 break
 
+    def _drop_cancelled(self) -> None:
+        """Waiting jobs whose client left (or all, when closing) end now, not when they
+        reach the head of the queue."""
+        if any(j.cancelled.is_set() for j in self.waiting) or \
+                (self.waiting and self.closing.is_set()):
+            keep = deque()
+            for job in self.waiting:
+                if job.cancelled.is_set() or self.closing.is_set():
+                    self._end_unstarted(job)
+                else:
+                    keep.append(job)
+            self.waiting = keep
+
     def _admit(self) -> None:
         """Start waiting jobs, oldest first, while the batch has room."""
         while self.waiting:
             job = self.waiting[0]
-            if job.cancelled.is_set() or self.closing.is_set():
-                self.waiting.popleft()
-                self._end_unstarted(job)
-                continue
             if len(self.running) >= self.parallel:
                 return
             reserves = [j.reserve for j in self.running.values()] + [job.reserve]
-            need = len(reserves) * max(reserves)  # padded to the longest, as the batch is
+            need = len(reserves) * max(reserves) * self.token_bytes  # padded, as the batch is
             if self.running and need > self.budget:
                 return  # waits for a running sequence to end
-            self.waiting.popleft()
+            self.admitting = self.waiting.popleft()
+            self.queued.discard(job)
             cache = self.pool.take(list(job.request.tokens))
-            self.pool.shrink(max(0, self.budget - need))
+            self.pool.shrink(max(0, int(self.budget - need)))
             uid = self.batch.add(job.request, cache, on_prefill=job.on_prefill,
                                  top_logprobs=job.top_logprobs, time_limit=self.time_limit)
             self.running[uid] = job
+            self.admitting = None
 
     def _dispatch(self, events) -> None:
         for event in events:
@@ -210,6 +299,7 @@ class Worker:
         self._close(job, error)
 
     def _end_unstarted(self, job: Job) -> None:
+        self.queued.discard(job)
         self._close(job, None if job.cancelled.is_set() else
                     ShuttingDown("the server is shutting down"))
 
@@ -227,26 +317,26 @@ class Worker:
         time limit and shutdown."""
         if job.cancelled.is_set() or self.closing.is_set():
             return self._end_unstarted(job)
+        self.admitting = job  # an exception here reaches _failed, which ends the job
+        self.queued.discard(job)
         cache = self.pool.take(list(job.request.tokens))
         deadline = None if self.time_limit is None else time.monotonic() + self.time_limit
         error = None
-        try:
-            pieces = self.model.stream(
-                job.request, cache=cache, on_prefill=job.on_prefill,
-                cut=lambda: deadline is not None and time.monotonic() >= deadline)
-            for piece in pieces:
-                if job.cancelled.is_set():
-                    break
-                if self.stopping.is_set():
-                    error = ShuttingDown("the server is shutting down")
-                    break
-                job.put(piece)
-            pieces.close()
-        except Exception as e:  # noqa: BLE001 - reported to the request, the worker lives on
-            log.exception("generation failed")
-            error = e
-        finally:
-            self.pool.give_back(cache)
+        pieces = self.model.stream(
+            job.request, cache=cache, on_prefill=job.on_prefill,
+            cut=lambda: deadline is not None and time.monotonic() >= deadline)
+        for piece in pieces:
+            self._collect(block=False)  # queued clients that leave meanwhile end now
+            self._drop_cancelled()
+            if job.cancelled.is_set():
+                break
+            if self.stopping.is_set():
+                error = ShuttingDown("the server is shutting down")
+                break
+            job.put(piece)
+        pieces.close()
+        self.admitting = None
+        self.pool.give_back(cache)
         self._close(job, error)
 
     # -- the asyncio side -------------------------------------------------------------
@@ -258,6 +348,7 @@ class Worker:
         job = Job(request, asyncio.get_running_loop(), on_prefill, top_logprobs)
         if self.closing.is_set():
             raise ShuttingDown("the server is shutting down")
+        self.queued.add(job)
         self.jobs.put(job)
         try:
             while True:
@@ -271,7 +362,19 @@ class Worker:
             job.cancelled.set()
 
     @property
+    def waiting_count(self) -> int:
+        """Requests queued and not cancelled (a client that left is not waiting, even
+        before the engine thread has ended its job)."""
+        return sum(not j.cancelled.is_set() for j in list(self.queued))
+
+    @property
     def busy(self) -> int:
         """Requests running or waiting."""
-        return len(self.running) + len(self.waiting) + self.jobs.qsize()
+        return len(self.running) + self.waiting_count
+
+    @property
+    def state(self) -> str:
+        """The engine for /health: "ok", or "stopped" once its thread has ended (it should
+        not while serving)."""
+        return "ok" if self.alive or self.closed else "stopped"
 
