@@ -11,8 +11,9 @@
 #
 # --quick   the tiny shape and short runs (minutes on a CPU; what the test suite runs)
 # --out     where the JSON goes (default bench/results/device-<backend>)
-# --python  an interpreter that already has qwen-mlx and its [testing] extra; without it a
-#           virtual environment .venv-device is made with the right MLX backend
+# --python  an interpreter that already has qwen-mlx and its [bench] extra; without it a
+#           virtual environment .venv-device is made with the right MLX backend and the
+#           [bench] extra (the fixtures' tokenizer and the serving benchmark's httpx)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,11 +30,11 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$(uname -s)" = Darwin ]; then
-    backend=metal extra="testing"
+    backend=metal extra="bench"
 elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    backend=cuda extra="cuda,testing"
+    backend=cuda extra="cuda,bench"
 else
-    backend=cpu extra="cpu,testing"
+    backend=cpu extra="cpu,bench"
 fi
 out=${out:-bench/results/device-$backend}
 if [ -z "$python" ]; then

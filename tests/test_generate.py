@@ -153,3 +153,27 @@ def test_the_request_owns_the_context_budget(tiny_model):
     pieces = list(tiny_model.stream(tiny_model.request(tokens, temperature=0, max_tokens=5,
                                                        context=12)))
     assert pieces[-1].stats.generated_tokens == 3 and pieces[-1].stats.finish_reason == "length"
+
+
+def test_stop_strings_across_pieces():
+    """A stop string split over pieces is cut where it completes; a tail that may begin one
+    is held back, then given back at the end when none completes."""
+    from qwen_mlx.engine.generate import StopStrings
+
+    stops = StopStrings(["</end>", "STOP", "\n\n"])
+    assert stops.feed("Hello </e") == ("Hello ", False)
+    assert stops.feed("nd") == ("", False)
+    assert stops.feed(">never shown") == ("", True)
+    stops = StopStrings(["STOP"])
+    assert [stops.feed(p) for p in ("a S", "T", "x")] == [("a ", False), ("", False),
+                                                          ("STx", False)]
+    assert stops.feed("ST") == ("", False) and stops.flush() == "ST"
+    assert StopStrings([]).feed("ST") == ("ST", False)
+    first = StopStrings(["abc", "b"])  # streaming: "b" completes first
+    assert first.feed("abc") == ("a", True)
+
+
+def test_each_reply_reports_its_own_peak_memory(tiny_model):
+    long = tiny_model.generate(list(range(1000, 1900)), temperature=0, max_tokens=2)
+    short = tiny_model.generate(list(range(1000, 1005)), temperature=0, max_tokens=2)
+    assert 0 < short.stats.peak_memory < long.stats.peak_memory

@@ -357,3 +357,22 @@ def test_trimming_a_cache_frees_its_buffers(model):
     assert again.stats.cached_tokens == 10
     cache.trim(0)
     assert cache.nbytes == 0
+
+
+def test_each_request_has_its_own_prefill_bar():
+    """Requests prefilled side by side each get a row; one ending closes only its own, and
+    the display stops with the last (one shared bar was closed by the first to end)."""
+    from qwen_mlx.cli.console import PrefillBars
+
+    bars = PrefillBars(threshold=10)
+    first, second, short = bars(), bars(), bars()
+    first(5, 100)
+    second(50, 200)
+    short(3, 8)  # under the threshold: no row
+    assert bars.rows == 2 and [t.total for t in bars.bar.tasks] == [100, 200]
+    first(99, 100)  # its prefill is done: its row goes
+    assert bars.rows == 1 and [t.completed for t in bars.bar.tasks] == [50]
+    assert bars.bar.live.is_started
+    second.close()
+    short.close()
+    assert bars.rows == 0 and bars.bar.tasks == [] and not bars.bar.live.is_started

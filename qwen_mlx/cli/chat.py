@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 
 from ..errors import QwenMlxError
-from .console import PrefillBar, err, open_model
+from .console import PrefillBar, PrefillBars, err, open_model
 from .options import (MODEL_HELP, generation_options, given, memory_kwargs, model_argument,
                       sampling_kwargs)
 
@@ -81,7 +81,7 @@ def chat_in_browser(model: str | None, port: int, adapter: Path | None, recipe: 
     check_port(host, port)  # before minutes of loading, not after
     llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
     llm.defaults = llm.defaults.override(**sampling_kwargs(options))
-    server = Server(llm, served_name(model), progress=PrefillBar())
+    server = Server(llm, served_name(model), progress=PrefillBars())
     url = f"http://{host}:{port}/"
 
     def ready() -> None:

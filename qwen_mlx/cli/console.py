@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -60,6 +61,12 @@ class TokenRate(ProgressColumn):
         return Text(f"{task.speed:,.0f} tok/s" if task.speed else "")
 
 
+def _prefill_columns():
+    return (TextColumn("prefill"), BarColumn(),
+            TextColumn("{task.completed:,}/{task.total:,} tokens"), TokenRate(),
+            TimeRemainingColumn())
+
+
 class PrefillBar:
     """A prefill progress bar (tokens, tok/s, ETA) for prompts longer than ``threshold``
     tokens; pass it as ``on_prefill`` inside its ``with`` block. It closes before the first
@@ -77,10 +84,7 @@ class PrefillBar:
         if total <= self.threshold:
             return
         if self.bar is None:
-            self.bar = Progress(TextColumn("prefill"), BarColumn(),
-                                TextColumn("{task.completed:,}/{task.total:,} tokens"),
-                                TokenRate(), TimeRemainingColumn(), console=err,
-                                transient=True)
+            self.bar = Progress(*_prefill_columns(), console=err, transient=True)
             self.bar.start()
             self.task = self.bar.add_task("prefill", total=total)
         self.bar.update(self.task, completed=done, total=total)
@@ -94,6 +98,51 @@ class PrefillBar:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class PrefillBars:
+    """The server's prefill bars: one display, a row per request with a long prompt
+    (requests are prefilled side by side, so one shared bar would mix them). Calling it
+    gives one request's progress callback, with ``close()``."""
+
+    def __init__(self, threshold: int = 2048) -> None:
+        self.threshold = threshold
+        self.bar = Progress(*_prefill_columns(), console=err, transient=True)
+        self.rows = 0
+        self.lock = threading.Lock()  # rows come and go on the engine thread and others
+
+    def __call__(self) -> "PrefillRow":
+        return PrefillRow(self)
+
+
+class PrefillRow:
+    def __init__(self, bars: PrefillBars) -> None:
+        self.bars, self.task = bars, None
+
+    def __call__(self, done: int, total: int) -> None:
+        bars = self.bars
+        if total <= bars.threshold:
+            return
+        with bars.lock:
+            if self.task is None:
+                if bars.rows == 0:
+                    bars.bar.start()
+                bars.rows += 1
+                self.task = bars.bar.add_task("prefill", total=total)
+            bars.bar.update(self.task, completed=done, total=total)
+        if done >= total - 1:
+            self.close()
+
+    def close(self) -> None:
+        bars = self.bars
+        with bars.lock:
+            if self.task is None:
+                return
+            bars.bar.remove_task(self.task)
+            self.task = None
+            bars.rows -= 1
+            if bars.rows == 0:
+                bars.bar.stop()
 
 
 @contextlib.contextmanager

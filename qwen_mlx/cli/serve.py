@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import QwenMlxError
-from .console import PrefillBar, err, open_model
+from .console import PrefillBars, err, open_model
 from .options import (MODEL_HELP, force_option, load_options, memory_kwargs, memory_options,
                       model_argument)
 
@@ -70,7 +70,7 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
                            "be batched (drop --kv-bits or --parallel)")
     llm = open_model(model, recipe=recipe, adapter=adapter, **kwargs)
     model_id = served_name(model)
-    server = Server(llm, model_id, api_key=api_key, slots=cache_slots, progress=PrefillBar(),
+    server = Server(llm, model_id, api_key=api_key, slots=cache_slots, progress=PrefillBars(),
                     host=host, allow_origins=allow_origins, max_body=body_limit,
                     parallel=parallel, time_limit=request_timeout)
     err.print(f"serving {model_id} on http://{host}:{port} (OpenAI: /v1, Ollama: /api, "

@@ -63,6 +63,17 @@ class _Sequence:
     deadline: float | None
 
 
+def _sampling_key(params) -> tuple | None:
+    """Requests whose samplers may be one object (None: a seeded one, which keeps its own
+    key). BatchGenerator samples a batch in one call only when every sequence shares its
+    sampler."""
+    if params.seed is not None and not params.greedy:
+        return None
+    if params.greedy:
+        return ("greedy",)
+    return (params.temperature, params.top_k, params.top_p, params.min_p)
+
+
 class Batch:
     """The running batch of one model. Not thread-safe: one engine thread owns it."""
 
@@ -77,6 +88,7 @@ class Batch:
             prefill_batch_size=parallel,
             prefill_step_size=step)
         self.sequences: dict[int, _Sequence] = {}
+        self.samplers: dict[tuple, object] = {}  # shared by unseeded requests alike
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -94,27 +106,41 @@ class Batch:
         kept = len(prompt) - len(todo)
         params = request.params
         (uid,) = self.gen.insert([todo], max_tokens=[params.max_tokens], caches=[cache.layers],
-                                 all_tokens=[prompt[:kept]], samplers=[make_sampler(params)],
+                                 all_tokens=[prompt[:kept]], samplers=[self._sampler(params)],
                                  logits_processors=[self.model.processors(request)])
         reply = Reply(self.model.tokenizer, prompt_tokens=len(prompt), cached_tokens=kept,
                       eos_ids=self.model.eos_ids, stop=request.stop)
+        reply.peak = 0  # this request's own peak, from the steps it is part of
         self.sequences[uid] = _Sequence(
             reply, on_prefill, top_logprobs,
             None if time_limit is None else time.monotonic() + time_limit)
         return uid
 
+    def _sampler(self, params):
+        key = _sampling_key(params)
+        if key is None:
+            return make_sampler(params)
+        if key not in self.samplers:
+            self.samplers[key] = make_sampler(params)
+        return self.samplers[key]
+
     def step(self) -> list[Event]:
         """One decode step for the running sequences (and one prefill chunk for a
         newcomer); what each sequence made, and the ends."""
         prompt_progress, made = self.gen.next()
+        peak = mx.get_peak_memory()  # of this step: every running sequence shared it
+        mx.reset_peak_memory()
+        for seq in self.sequences.values():
+            seq.reply.peak = max(seq.reply.peak, peak)
         for r in prompt_progress:
             seq = self.sequences.get(r.uid)
             if seq is not None and seq.on_prefill is not None:
                 seq.on_prefill(*r.progress)
         events, ended = [], []
-        for r in made:
+        extras = self._logprobs(made)
+        for r, extra in zip(made, extras):
             seq = self.sequences[r.uid]
-            piece = seq.reply.add(r.token, **self._logprobs(seq, r))
+            piece = seq.reply.add(r.token, **extra)
             if piece is not None:
                 events.append(Event(r.uid, piece))
             if r.finish_reason is not None:
@@ -143,17 +169,30 @@ class Batch:
         cache = PromptCache.holding(self.model.kv, layers, list(tokens))
         return Event(uid, seq.reply.finish(reason), last=True, cache=cache)
 
-    @staticmethod
-    def _logprobs(seq: _Sequence, r) -> dict:
-        """The sampled token's log-probability and the ``top_logprobs`` likeliest, from the
-        normalised log-probabilities mlx-lm computed for the step."""
-        if seq.top_logprobs is None:
-            return {}
-        logprobs = r.logprobs
-        top = []
-        if seq.top_logprobs:
-            ids = mx.argpartition(-logprobs, kth=seq.top_logprobs - 1)[:seq.top_logprobs]
-            values = logprobs[ids]
-            order = mx.argsort(-values)
-            top = list(zip(ids[order].tolist(), values[order].tolist()))
-        return {"logprob": logprobs[r.token].item(), "top_logprobs": top}
+    def _logprobs(self, made) -> list[dict]:
+        """Per made token: its log-probability and the ``top_logprobs`` likeliest, from
+        the normalised log-probabilities mlx-lm computed for the step, for the sequences
+        that asked; computed for all of them at once, read back in one transfer."""
+        wanted = [i for i, r in enumerate(made)
+                  if self.sequences[r.uid].top_logprobs is not None]
+        out = [{} for _ in made]
+        if not wanted:
+            return out
+        rows = mx.stack([made[i].logprobs for i in wanted])
+        tokens = mx.array([made[i].token for i in wanted])
+        chosen = mx.take_along_axis(rows, tokens[:, None], axis=-1)[:, 0]
+        k = max(self.sequences[made[i].uid].top_logprobs for i in wanted)
+        ids = values = None
+        if k:
+            ids = mx.argpartition(-rows, kth=k - 1, axis=-1)[:, :k]
+            values = mx.take_along_axis(rows, ids, axis=-1)
+            order = mx.argsort(-values, axis=-1)
+            ids = mx.take_along_axis(ids, order, axis=-1)
+            values = mx.take_along_axis(values, order, axis=-1)
+        chosen, ids, values = (x.tolist() if x is not None else None
+                               for x in (chosen, ids, values))
+        for row, i in enumerate(wanted):
+            n = self.sequences[made[i].uid].top_logprobs
+            top = list(zip(ids[row][:n], values[row][:n])) if n else []
+            out[i] = {"logprob": chosen[row], "top_logprobs": top}
+        return out

@@ -51,6 +51,7 @@ def generate_tokens(model, tokens: list[int], cache: list, sampler: Sampler, *,
             with seam.on(stream):
                 model(prompt[None, done:done + n], cache=cache)
             mx.eval([c.state for c in cache])
+            mx.clear_cache()  # a chunk's activations go back before the next one's
             done += n
             if on_prefill:
                 on_prefill(done, total)
@@ -133,25 +134,28 @@ class Piece:
 
 
 class StopStrings:
-    """Cut the text at the first stop string, holding back a tail that might begin one."""
+    """Cut the text where the first stop string is complete, holding back a tail that might
+    begin one: mlx-lm's TextStateMachine (one pass over each new piece, however many stop
+    strings), every stop string a transition to the end. Streaming decides as text
+    arrives, so the stop string that is complete first wins (``b`` in ``abc``, against
+    ``abc`` and ``b``)."""
 
     def __init__(self, stops: Iterable[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.pending = ""
+        stops = [s for s in stops if s]
+        self.machine = seam.text_machine({"normal": [(s, None) for s in stops]}) \
+            if stops else None
+        self.state = self.machine.make_state() if self.machine else None
 
     def feed(self, text: str) -> tuple[str, bool]:
-        buf = self.pending + text
-        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.pending = ""
-            return buf[:min(hits)], True
-        hold = max((k for s in self.stops for k in range(1, len(s)) if buf.endswith(s[:k])),
-                   default=0)
-        self.pending = buf[len(buf) - hold:]
-        return buf[:len(buf) - hold], False
+        if self.machine is None:
+            return text, False
+        self.state, segments = self.machine.split(self.state, text)
+        return "".join(t for _, t in segments), self.state[0] is None
 
     def flush(self) -> str:
-        text, self.pending = self.pending, ""
+        if self.machine is None:
+            return ""
+        self.state, text, _ = self.machine.flush(self.state)
         return text
 
 
@@ -170,6 +174,7 @@ class Reply:
         self.stops = StopStrings(stop)
         self.detok = seam.detokenizer(tokenizer)
         self.generated: list[int] = []
+        self.peak: int | None = None  # the batch's per-step peaks (None: the process's)
         self.done = False
         self.start = self.first = time.perf_counter()
 
@@ -202,7 +207,7 @@ class Reply:
             tail += self.stops.flush()
         self.stats.generated_tokens = len(self.generated)
         self.stats.decode_seconds = time.perf_counter() - self.first
-        self.stats.peak_memory = mx.get_peak_memory()
+        self.stats.peak_memory = mx.get_peak_memory() if self.peak is None else self.peak
         return Piece(tail, [], self.stats)
 
 
@@ -223,6 +228,7 @@ def stream(model, tokenizer, prompt: list[int], sampler: Sampler, *, max_tokens:
         raise ValueError("empty prompt")
     cache = cache if cache is not None else PromptCache(model)
     todo = cache.reuse(prompt)
+    mx.reset_peak_memory()  # the stats report this reply's own peak
     reply = Reply(tokenizer, prompt_tokens=len(prompt), cached_tokens=len(prompt) - len(todo),
                   eos_ids=eos_ids, stop=stop)
     try:

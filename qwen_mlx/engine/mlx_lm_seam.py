@@ -16,6 +16,8 @@ Qwen3 model). A few things we need are not promised by it, and they are all here
 * ``mlx_lm.generate.BatchGenerator``'s ``insert`` (per-sequence samplers, processors and
   caches), ``next`` and ``remove(..., return_prompt_caches=True)``: the server's continuous
   batch (:mod:`qwen_mlx.engine.batch`). Its server uses them; they are not documented API.
+* ``mlx_lm.generate.TextStateMachine`` (``make_state``, ``split``, ``flush``): one pass over
+  each new piece of text for every stop string at once (:func:`text_machine`).
 
 :func:`check` verifies all of them and fails with one line naming the mlx-lm version, so an
 upgrade that moves one of them fails here, at load, and not deep inside a generation.
@@ -45,7 +47,18 @@ CONTRACT = (
     ("mlx_lm.generate", "BatchGenerator.insert"),
     ("mlx_lm.generate", "BatchGenerator.next"),
     ("mlx_lm.generate", "BatchGenerator.remove"),
+    ("mlx_lm.generate", "TextStateMachine.make_state"),
+    ("mlx_lm.generate", "TextStateMachine.split"),
+    ("mlx_lm.generate", "TextStateMachine.flush"),
 )
+
+
+def text_machine(transitions: dict):
+    """mlx-lm's TextStateMachine over ``transitions`` (state -> [(text, next state)]; a
+    next state of None ends the text)."""
+    from mlx_lm.generate import TextStateMachine
+
+    return TextStateMachine(transitions)
 
 
 def missing() -> list[str]:

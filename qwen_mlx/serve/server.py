@@ -42,7 +42,8 @@ class Server:
     model_id: str
     api_key: str | None = None
     slots: int = 4
-    progress: object = None  # prefill progress callback for long prompts (the CLI's bar)
+    progress: Callable[[], object] | None = None  # a request's prefill progress callback
+    # (with close()) for long prompts: the CLI's rows of bars
     host: str = "127.0.0.1"  # the address bound: on loopback, other Host headers get 403
     allow_origins: tuple[str, ...] = ()  # web origins beyond localhost pages ("*": any)
     max_body: int = 8 << 20  # request bytes; more is a 413, before parsing
@@ -148,7 +149,8 @@ class Server:
         and parsed at the end. Leaving early (a client that went away) cancels the
         generation; a server shutting down, or an engine failure, ends it with an
         :class:`~qwen_mlx.serve.worker.Ended`."""
-        pieces = self.worker.generate(request, self.progress, logprobs)
+        pieces = self.worker.generate(request, self.progress() if self.progress else None,
+                                      logprobs)
         splitter = tool_calls.Splitter(enabled=tools)
         stats, entries = None, []
         try:
