@@ -6,7 +6,11 @@ grammar compile times, and llguidance against outlines-core on the same schemas.
 * decode: the same chat prompt, greedy, --tokens new tokens, with the schema's mask and
   without, alternated --reps times after a warm-up of each; tokens/s after the first
   (qwen-mlx's Stats), medians. The schema needs more than --tokens tokens to complete, so
-  both runs make exactly --tokens. Goal: constrained >= 0.85x free.
+  both runs make exactly --tokens. Goal: constrained >= 0.95x free.
+* batch: --batch sequences (different prompts) decoded together in the server's batch
+  (:class:`qwen_mlx.engine.batch.Batch`), all with the schema's mask or none; aggregate
+  tokens/s from the step after every sequence's first token to the end, alternated
+  --reps times, medians. Goal: constrained >= 0.95x free.
 * compile: building llguidance's tokenizer for Qwen3's vocabulary (once per model), then
   each schema's first compile and a cached one (``Grammars.compile``, by hash).
 * llguidance vs outlines-core (when installed: ``pip install outlines-core``, not a
@@ -59,6 +63,29 @@ SCHEMAS = {
         "code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"}},
         "required": ["day", "code"], "additionalProperties": False},
 }
+
+
+def batch_rate(model, constraint, n: int, tokens: int) -> float:
+    """Aggregate decode tokens/s of ``n`` sequences in one batch, each making ``tokens``."""
+    from qwen_mlx.engine.batch import Batch
+
+    batch = Batch(model, parallel=n)
+    for i in range(n):
+        messages = [{"role": "user", "content": f"{MESSAGES[0]['content']} House {i}."}]
+        batch.add(model.request(messages, constraint=constraint, temperature=0,
+                                max_tokens=tokens), model.new_cache())
+    started, start, counted = set(), None, 0
+    while len(batch):
+        events = batch.step()
+        if start is not None:
+            counted += sum(len(e.piece.tokens) for e in events)
+            continue
+        started.update(e.uid for e in events)
+        if len(started) == n:  # every sequence is decoding from here
+            start = time.perf_counter()
+    seconds = time.perf_counter() - start
+    batch.close()
+    return counted / seconds
 
 
 def decode_rate(model, constraint, tokens: int) -> tuple[float, int]:
@@ -119,6 +146,7 @@ def main() -> None:
     ap = parser(__doc__, "constrained.json", "q4-f32")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=8)
     a = ap.parse_args()
     (folder,) = converted(a.shape, a.recipes).values()
     as_instruct(folder)  # answers like Instruct-2507: the grammar applies from the start
@@ -134,6 +162,13 @@ def main() -> None:
         for c, into in ((None, free), (nested, constrained))[:: 1 if rep % 2 == 0 else -1]:
             rate, made = decode_rate(model, c, a.tokens)
             into.append({"tok_s": rate, "tokens": made})
+    batch_free, batch_constrained = [], []
+    for c in (None, nested):
+        batch_rate(model, c, a.batch, 8)
+    for rep in range(a.reps):
+        for c, into in ((None, batch_free), (nested, batch_constrained))[
+                :: 1 if rep % 2 == 0 else -1]:
+            into.append(batch_rate(model, c, a.batch, a.tokens))
     compile_times = {}
     for name, schema in SCHEMAS.items():
         model.grammars._compiled.clear()
@@ -154,11 +189,18 @@ def main() -> None:
         "constrained_tok_s": statistics.median(r["tok_s"] for r in constrained),
         "llguidance_tokenizer_s": tokenizer_s}
     summary["constrained_over_free"] = summary["constrained_tok_s"] / summary["free_tok_s"]
+    summary["batch_free_tok_s"] = statistics.median(batch_free)
+    summary["batch_constrained_tok_s"] = statistics.median(batch_constrained)
+    summary["batch_constrained_over_free"] = \
+        summary["batch_constrained_tok_s"] / summary["batch_free_tok_s"]
     record = {**header("bench/constrained.py", f"greedy, {a.tokens} tokens, the nested schema's "
                        f"mask against none, {a.reps} alternated repetitions after a warm-up, "
-                       f"medians; compile and mask times single runs"),
+                       f"medians, alone and {a.batch} sequences in one batch; compile and "
+                       f"mask times single runs"),
               "checkpoint": {"shape": a.shape, "recipe": a.recipes}, "summary": summary,
               "decode": {"free": free, "constrained": constrained},
+              "batch": {"sequences": a.batch, "free_tok_s": batch_free,
+                        "constrained_tok_s": batch_constrained},
               "compile": compile_times, "comparison": comparison}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(record, indent=2) + "\n")

@@ -14,7 +14,9 @@ medians over repetitions:
 * ttft_over_lone: median time to first token under concurrency / the time one lone request
   takes to finish (goal <= 0.5: nobody waits for someone else's whole reply);
 * concurrent_over_sequential: aggregate tokens/s, all at once / one after another (>= 1.0);
-* texts_match: every concurrent text equals the same request's text served alone.
+* texts_match: every concurrent text equals the same request's text served alone;
+* logprobs_over_plain (qwen-mlx): aggregate tokens/s of the concurrent run with
+  ``logprobs: true, top_logprobs: 5`` on every request / without (goal >= 0.9).
 """
 
 from __future__ import annotations
@@ -63,11 +65,14 @@ def start(name: str, folder: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"{name} did not start")
 
 
-def one(url: str, model: str, prompt: str, tokens: int) -> dict:
+LOGPROBS = {"logprobs": True, "top_logprobs": 5}
+
+
+def one(url: str, model: str, prompt: str, tokens: int, extra: dict | None = None) -> dict:
     """One streamed request: time to first text, time to the end, text, tokens made."""
     body = {"model": model, "messages": [{"role": "user", "content": prompt}],
             "max_tokens": tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+            "stream_options": {"include_usage": True}, **(extra or {})}
     start = time.perf_counter()
     first, parts, made = None, [], None
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as r:
@@ -94,11 +99,12 @@ def sequential(url: str, model: str, prompts: list[str], tokens: int) -> dict:
     return {"wall": time.perf_counter() - start, "runs": runs}
 
 
-def concurrent(url: str, model: str, prompts: list[str], tokens: int) -> dict:
+def concurrent(url: str, model: str, prompts: list[str], tokens: int,
+               extra: dict | None = None) -> dict:
     runs: list[dict | None] = [None] * len(prompts)
 
     def go(i: int) -> None:
-        runs[i] = one(url, model, prompts[i], tokens)
+        runs[i] = one(url, model, prompts[i], tokens, extra)
 
     threads = [threading.Thread(target=go, args=(i,)) for i in range(len(prompts))]
     start = time.perf_counter()
@@ -109,12 +115,17 @@ def concurrent(url: str, model: str, prompts: list[str], tokens: int) -> dict:
     return {"wall": time.perf_counter() - start, "runs": runs}
 
 
-def figures(seq: dict, conc: dict) -> dict:
-    def rate(r: dict) -> float:
-        return sum(run["tokens"] or 0 for run in r["runs"]) / r["wall"]
+def rate(r: dict) -> float:
+    return sum(run["tokens"] or 0 for run in r["runs"]) / r["wall"]
 
+
+def figures(seq: dict, conc: dict, with_logprobs: dict | None = None) -> dict:
     lone = statistics.median(run["seconds"] for run in seq["runs"])
-    return {"lone_request_seconds": lone,
+    extra = {} if with_logprobs is None else {
+        "concurrent_logprobs_tokens_per_s": rate(with_logprobs),
+        "logprobs_texts_match": [a["text"] for a in conc["runs"]] ==
+        [b["text"] for b in with_logprobs["runs"]]}
+    return {**extra, "lone_request_seconds": lone,
             "concurrent_ttft_median": statistics.median(run["ttft"] for run in conc["runs"]),
             "concurrent_ttft_max": max(run["ttft"] for run in conc["runs"]),
             "sequential_tokens_per_s": rate(seq), "concurrent_tokens_per_s": rate(conc),
@@ -146,8 +157,14 @@ def main() -> None:
             for name in order:
                 url = servers[name][1]
                 seq = sequential(url, ids[name], prompts, a.tokens)
-                conc = concurrent(url, ids[name], prompts, a.tokens)
-                samples[name].append(figures(seq, conc))
+                if name == "qwen-mlx" and rep % 2:  # alternate which concurrent run is first
+                    lp = concurrent(url, ids[name], prompts, a.tokens, LOGPROBS)
+                    conc = concurrent(url, ids[name], prompts, a.tokens)
+                else:
+                    conc = concurrent(url, ids[name], prompts, a.tokens)
+                    lp = concurrent(url, ids[name], prompts, a.tokens, LOGPROBS) \
+                        if name == "qwen-mlx" else None
+                samples[name].append(figures(seq, conc, lp))
                 print(name, rep, {k: v for k, v in samples[name][-1].items() if k != "tokens"},
                       flush=True)
     finally:
@@ -170,6 +187,12 @@ def main() -> None:
             "lone_request_seconds": med(name, "lone_request_seconds"),
             "concurrent_ttft_median": med(name, "concurrent_ttft_median"),
             "texts_match": all(s["texts_match"] for s in samples[name])}
+        if name == "qwen-mlx":
+            summary[name]["logprobs_over_plain"] = \
+                med(name, "concurrent_logprobs_tokens_per_s") / \
+                med(name, "concurrent_tokens_per_s")
+            summary[name]["logprobs_texts_match"] = all(s["logprobs_texts_match"]
+                                                        for s in samples[name])
     if "qwen-mlx" in summary and "mlx-lm" in summary:
         summary["concurrent_qwen_mlx_over_mlx_lm"] = \
             summary["qwen-mlx"]["concurrent_tokens_per_s"] / \
