@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from . import leftovers
+from .errors import QwenMlxError
 from .outputs import absolute, check_target
 
 
@@ -39,17 +40,46 @@ def atomic_dir(target: Path, *, force: bool = False,
     tmp.mkdir()
     marker = tmp / leftovers.MARKER
     marker.touch()
+    rival = leftovers.earlier_writer(target, tmp)
+    if rival is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise QwenMlxError(f"another qwen-mlx process (pid {rival}) is writing {target}; "
+                           f"wait for it to finish, or choose another -o")
+    existed = target.exists() or target.is_symlink()
     try:
         yield tmp
         marker.unlink()
+        # Checked again: something may have appeared at the target while the work ran. A
+        # target that was not there is never replaced; one that was, only as at the start.
+        if not existed and (target.exists() or target.is_symlink()):
+            raise QwenMlxError(f"{target} appeared while this ran; it was left as it is and "
+                               f"nothing was written (remove it, or choose another -o)")
+        check_target(target, force=force, protect=protect)
         old = leftovers.temp_name(target, "old")
         if target.exists():
             target.rename(old)
         tmp.rename(target)
         shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:  # a full disk: named as the output the user asked for
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _at_target(e, tmp, target) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _at_target(e: OSError, tmp: Path, target: Path) -> OSError:
+    """``e`` with the temporary folder in its paths read as the target (a write that failed
+    without naming its file names the target)."""
+    def moved(name):
+        if name is None:
+            return None
+        name = str(name)
+        return str(target) + name[len(str(tmp)):] if name.startswith(str(tmp)) else name
+
+    written = moved(getattr(e, "filename2", None)) or (None if e.filename else str(target))
+    return type(e)(e.errno, e.strerror, moved(e.filename), None, written) \
+        if e.errno is not None else e
 
 
 @contextlib.contextmanager

@@ -36,6 +36,43 @@ def read_config(folder: Path) -> dict:
     return config
 
 
+def check_tokenizer(folder: Path) -> None:
+    """The tokenizer and the chat template must load: a conversion copies them as they are,
+    and a broken one would make every later command on the converted model fail."""
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from tokenizers import Tokenizer
+
+    from .errors import one_line
+
+    path = folder / "tokenizer.json"
+    try:
+        Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - the tokenizers library's own words, in one line
+        raise QwenMlxError(f"{path} cannot be loaded: {one_line(str(e))}") from None
+    templates = []
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise QwenMlxError(f"cannot read {config}: {e}") from None
+        if isinstance(data, dict) and isinstance(data.get("chat_template"), str):
+            templates.append((config, data["chat_template"]))
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        try:
+            templates.append((jinja, jinja.read_text()))
+        except (OSError, UnicodeDecodeError) as e:
+            raise QwenMlxError(f"cannot read {jinja}: {e}") from None
+    for where, text in templates:
+        try:
+            ImmutableSandboxedEnvironment().parse(text)
+        except TemplateSyntaxError as e:
+            raise QwenMlxError(f"the chat template in {where} is broken: {e.message} "
+                               f"(line {e.lineno})") from None
+
+
 def check_architecture(config: dict, folder: Path) -> None:
     arch = config.get("architectures") or [config.get("model_type", "unknown")]
     if ARCHITECTURE not in arch and config.get("model_type") != "qwen3":
@@ -122,6 +159,7 @@ class Checkpoint:
             raise QwenMlxError(f"{folder} is already converted to MLX; load it directly")
         if not has_tokenizer(folder):
             raise QwenMlxError(f"{folder} has no tokenizer (tokenizer.json is missing)")
+        check_tokenizer(folder)
         found: dict[str, TensorInfo] = {}
         for f in weight_files(folder):
             found.update(read_header(f)[0])

@@ -49,6 +49,8 @@ def one_line(message: str, items: int = 3) -> str:
 
 
 def os_error_line(e: OSError) -> str:
-    """A full disk, a permission, a missing file: the system's own words and the path."""
-    where = f": {e.filename}" if e.filename else ""
+    """A full disk, a permission, a missing file: the system's own words and the path. A
+    copy names both files; the one written (``filename2``) is where it failed to go."""
+    path = getattr(e, "filename2", None) or e.filename
+    where = f": {path}" if path else ""
     return f"{e.strerror or e}{where}"

@@ -108,6 +108,29 @@ def find(folder: Path) -> list[Leftover]:
     return sorted(found, key=lambda x: x.path)
 
 
+def earlier_writer(target: Path, mine: Path) -> int | None:
+    """The process id of a live writer of ``target`` that started before this one (whose
+    partial folder is ``mine``), if any: two runs writing the same output would each report
+    success while the last to finish silently won. Order is by when each partial folder's
+    marker was written, then by process id, so of two that start together exactly one goes
+    on. A dead writer's partial holds nothing (it is a leftover)."""
+    def order(partial: Path) -> tuple[int, int]:
+        return (partial / MARKER).stat().st_mtime_ns, int(partial.name.rsplit("-", 1)[1])
+
+    me = order(mine)
+    for path in Path(target).parent.iterdir():
+        m = _FOLDER.match(path.name)
+        if not m or m["kind"] != "partial" or m["name"] != target.name or path == mine:
+            continue
+        pid = int(m["pid"])
+        try:
+            if _alive(pid) and order(path) < me:
+                return pid
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not one of ours
+    return None
+
+
 def find_below(root: Path) -> list[Leftover]:
     """Stale leftovers anywhere below ``root`` (not inside other leftovers)."""
     root = Path(root)

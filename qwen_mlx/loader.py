@@ -50,8 +50,7 @@ def load_weights(folder: Path, *, adapter: Path | None = None, dtype: str = "aut
             from None
     if adapter is not None:
         adapter = Path(adapter)
-        if not (adapter / "adapter_config.json").is_file():
-            raise QwenMlxError(f"{adapter} is not an adapter folder (no adapter_config.json)")
+        check_adapter(adapter)
         try:
             model = load_adapters(model, str(adapter))
         except (FileNotFoundError, ValueError, KeyError) as e:
@@ -66,6 +65,16 @@ def load_weights(folder: Path, *, adapter: Path | None = None, dtype: str = "aut
         if not lazy:
             mx.eval(model.parameters())
     return model, config
+
+
+def check_adapter(adapter: Path) -> None:
+    """An adapter folder, checked before any model is resolved (a folder without one once
+    gave a hub error about the default model instead)."""
+    adapter = Path(adapter)
+    if not adapter.is_dir():
+        raise QwenMlxError(f"adapter folder {adapter} does not exist")
+    if not (adapter / "adapter_config.json").is_file():
+        raise QwenMlxError(f"{adapter} holds no adapter (no adapter_config.json)")
 
 
 def base_model_of(adapter: Path) -> str | None:

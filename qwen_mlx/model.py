@@ -18,6 +18,7 @@ from .engine import KVSpec, Piece, PromptCache, SamplingParams, Stats
 from .engine.constraint import Constraint, Grammars
 from .engine.request import Request
 from .engine.sampling import make_processors
+from .documents import longest_token_bytes, refuse_oversized
 from .errors import ContextExceeded, QwenMlxError, TooManyTokens
 from .loader import dtype_of
 from .model_spec import positions
@@ -58,6 +59,7 @@ class Model:
         self.defaults = defaults
         self._grammars: Grammars | None = None
         self._hybrid: bool | None = None
+        self._longest_token: int | None = None
 
     @property
     def context_length(self) -> int:
@@ -124,13 +126,17 @@ class Model:
         params = self.defaults.override(**sampling)
         if any(not isinstance(s, str) or not s for s in stop):
             raise QwenMlxError("a stop string must be non-empty text")
+        limit = min(context or self.context_length, self.context_length)
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
             tokens = list(prompt)
         else:
+            texts = [prompt] if isinstance(prompt, str) else \
+                [m.get("content") for m in prompt if isinstance(m, dict)]
+            refuse_oversized(self.tokenizer, [t for t in texts if isinstance(t, str)], limit,
+                             self.longest_token)
             tokens = self.encode(prompt, raw=raw, tools=tools, enable_thinking=enable_thinking)
         if not tokens:
             raise QwenMlxError("the prompt is empty")
-        limit = min(context or self.context_length, self.context_length)
         if len(tokens) >= limit:
             raise ContextExceeded(f"the prompt is {len(tokens):,} tokens; the context is "
                                   f"{limit:,}")
@@ -150,6 +156,13 @@ class Model:
         with an empty think block instead). Qwen3-4B-Instruct-2507 never thinks."""
         header = self.tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
         return self.hybrid and tokens[-len(header):] == header
+
+    @property
+    def longest_token(self) -> int:
+        """Bytes of this vocabulary's longest token (bounds a text's token count)."""
+        if self._longest_token is None:
+            self._longest_token = longest_token_bytes(self.tokenizer)
+        return self._longest_token
 
     @property
     def hybrid(self) -> bool:

@@ -85,3 +85,24 @@ def check_target(target: Path, *, force: bool, protect: Iterable[Path] = ()) -> 
             "and weights)"
         raise QwenMlxError(f"--force will not replace {target}: {why}; --force replaces only "
                            "a model or adapter folder that qwen-mlx or mlx-lm wrote")
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Refuse, before any work, an output that could not be written when the work is done
+    (a read-only folder, a missing permission): the nearest folder that exists on the way
+    to ``path`` gets a probe file, made and removed at once."""
+    import tempfile
+
+    from .errors import os_error_line
+
+    target = absolute(path)
+    folder = target if target.is_dir() else target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".qwen-mlx-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise QwenMlxError(f"cannot write {what} {path}: {os_error_line(e).split(': ')[0]} "
+                           f"({folder})") from None

@@ -145,10 +145,19 @@ def provenance(source: Path, source_name: str, recipe: Recipe) -> dict:
             "source_fingerprint": fingerprint(real)}
 
 
+# What a conversion copies from its source as it is, besides config.json and the weights.
+SIDE_FILES = TOKENIZER_FILES + ("generation_config.json", "LICENSE")
+
+
 def fingerprint(folder: Path) -> list:
-    """Names, sizes and modification times of a folder's weights: changes when they change."""
-    return [[f.name, f.stat().st_size, int(f.stat().st_mtime)]
-            for f in sorted(Path(folder).glob("*.safetensors"))]
+    """Names, sizes and modification times of every source file a conversion reads or
+    copies (weights, config, tokenizer, template): changes when any of them changes, so a
+    fixed tokenizer is converted anew rather than served stale from the cache."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors")) + [
+        folder / name for name in ("config.json", "model.safetensors.index.json", *SIDE_FILES)
+        if (folder / name).is_file()]
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
 def write_config(out: Path, config: dict, recipe: Recipe) -> None:
@@ -162,7 +171,7 @@ def write_config(out: Path, config: dict, recipe: Recipe) -> None:
 
 
 def copy_side_files(src: Path, out: Path) -> None:
-    for name in TOKENIZER_FILES + ("generation_config.json", "LICENSE"):
+    for name in SIDE_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, out / name)
     template_file = out / "chat_template.jinja"

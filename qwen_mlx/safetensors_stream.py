@@ -139,7 +139,10 @@ class StreamingWriter:
                                  f"{array.dtype} {tuple(array.shape)}")
         if array.dtype == mx.bfloat16:  # numpy has no bfloat16; the bits are what we store
             array = array.view(mx.uint16)
-        self._file.write(np.ascontiguousarray(np.asarray(array)).data)
+        try:
+            self._file.write(np.ascontiguousarray(np.asarray(array)).data)
+        except OSError as e:  # a full disk: say which file was being written
+            raise type(e)(e.errno, e.strerror, self._file.name) from None
         self._next += 1
 
     def close(self) -> None:

@@ -157,3 +157,22 @@ def test_bench_measures_the_loop_under_model_stream(tiny_model):
     served = tiny_model.generate(prompt, temperature=0, max_tokens=6).tokens
     assert len(measured) == 6 and measured[:len(served)] == served
     assert layers[0].offset == len(prompt) + 5  # the last token is never fed back
+
+
+def test_a_roofline_share_above_100_percent_is_not_shown(capsys):
+    """On the CPU the measured bandwidth bounds nothing (136% was shown for bfloat16): the
+    table says why instead of a share above 100%."""
+    from qwen_mlx.cli.bench import _print_table
+
+    def result(name: str, percent: float) -> dict:
+        return {"name": name, "engine": "qwen-mlx", "load_seconds": 0.5,
+                "prefill": [{"tokens": 64, "tokens_per_second": {"mean": 900.0, "std": 1.0},
+                             "time_to_first_token": 0.07}],
+                "decode": [{"depth": 0, "tokens_per_second": {"mean": 30.0, "std": 0.5},
+                            "roofline_percent": percent}],
+                "memory": {"peak": 2e9, "weights": 1e9, "kv_cache": 1e8, "other": 9e8}}
+
+    _print_table([result("bf16", 136.2), result("q4", 41.0)], [])
+    out = capsys.readouterr().out
+    assert "136" not in out and "30.0 ± 0.5 (*)" in out and "30.0 ± 0.5 (41%)" in out
+    assert "* faster than the roofline of the measured memory bandwidth" in out

@@ -74,7 +74,7 @@ def test_sampling_flags_reach_the_engine(tiny_model, tiny_q4_f32):
      "error: unknown recipe 'q7z' (examples: q4, q4-g32, q8, bf16, q4-f32, mix-1.8gb, "
      "q4-dwq)"),
     (["generate", "{tiny}", "-p", "x", "--adapter", "{tiny}"],
-     "error: {tiny} is not an adapter folder (no adapter_config.json)"),
+     "error: {tiny} holds no adapter (no adapter_config.json)"),
     (["convert", "{tiny}"], "error: {tiny} is already an MLX model; nothing to convert"),
 ])
 def test_bad_input_gets_one_line(tiny_q4_f32, args, message):

@@ -197,6 +197,10 @@ def test_dwq_changes_the_quantized_layers_only_and_not_the_size(tiny_hf, tiny_q4
     run_ = record["distilled"]  # two chunks trained on, one validated: the best step kept
     assert run_["kept_step"] in (0, 2) and run_["validation_kl_before"] > 0
     assert "validation KL " in r.stderr
+    # stderr is not a terminal here: no bar, a line per step
+    assert [line.split(",")[0] for line in r.stderr.splitlines()
+            if line.startswith("distilling step ")] == ["distilling step 1/2",
+                                                         "distilling step 2/2"]
     quality = json.loads((out / "quality.json").read_text())
     assert quality["before_distillation"]["tokens"] == quality["tokens"] == 2 * 63
     assert "before distillation: KL" in (out / "README.md").read_text()

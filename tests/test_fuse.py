@@ -87,8 +87,8 @@ def test_q4_quantizes_a_float_base_found_from_the_adapter(tmp_path, tiny_f32, ad
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--adapter", "{tmp}/none", "-o", "{tmp}/x"], "error: {tmp}/none is not an adapter folder "
-                                                    "(no adapter_config.json)"),
+    (["--adapter", "{tmp}/none", "-o", "{tmp}/x"], "error: adapter folder {tmp}/none does not "
+                                                    "exist"),
     (["--adapter", "{adapter}", "-o", "{tmp}/full", "--verify-tokens", "0"],
      "error: output {tmp}/full already exists (use --force to replace it)"),
     (["--adapter", "{adapter}", "-o", "{tmp}/full", "--force"],
@@ -131,3 +131,14 @@ def test_agreement_counts_positions_of_the_longer_reply():
     assert (a.matched, a.total, a.identical, a.prompts) == (5, 7, 1, 2)
     assert a.first_difference == [None, 1]
     assert a.rate == pytest.approx(5 / 7)
+
+
+def test_generate_with_an_adapter_alone_uses_its_recorded_base(tiny_f32, adapter_f32):
+    """As fuse does: no MODEL means the model the adapter was trained on, not the default
+    hub model."""
+    args = ["--adapter", str(adapter_f32), "-p", "Hi", "--max-tokens", "6", "--temp", "0",
+            "-q"]
+    alone = CliRunner().invoke(main, ["generate", *args])
+    named = CliRunner().invoke(main, ["generate", str(tiny_f32), *args])
+    assert alone.exit_code == 0, alone.output
+    assert alone.stdout == named.stdout and alone.stdout.strip()

@@ -36,7 +36,7 @@ def cli(env, *args):
 def listed(env) -> list[dict]:
     result = cli(env, "models", "list", "--json")
     assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines()]
+    return json.loads(result.stdout)
 
 
 def folder_bytes(folder: Path) -> int:
@@ -88,11 +88,11 @@ def test_list_prune_rm_and_sources(env, tmp_path, tiny_hf):
     assert pruned.returncode == 0 and not partial.exists()
     assert not Path(local_entry["path"]).parent.exists()
     assert [m["name"] for m in listed(env)] == ["Qwen/Qwen3-4B"]
+    assert json.loads(cli(env, "models", "--json").stdout) == listed(env)  # the group's too
     assert cli(env, "models", "prune").stderr == "nothing to prune\n"
 
     # Sources: the Qwen3 repos of the Hugging Face cache only.
-    sources = [json.loads(line) for line in cli(env, "models", "sources", "--json").stdout
-               .splitlines()]
+    sources = json.loads(cli(env, "models", "sources", "--json").stdout)
     assert [(s["repo_id"], s["revisions"]) for s in sources] == [("Qwen/Qwen3-4B", [COMMIT])]
 
     # rm leaves the Hugging Face cache alone unless asked.
@@ -134,3 +134,17 @@ def test_bench_resolves_an_alias_like_every_command(env, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "qwen3-4b q4" in result.stdout
     assert (tmp_path / "home" / "models" / "Qwen--Qwen3-4B" / "q4" / "qwen-mlx.json").is_file()
+
+
+def test_json_of_an_empty_cache_is_an_empty_array(tmp_path):
+    import os
+
+    env = {**os.environ, "QWEN_MLX_HOME": str(tmp_path / "home"),
+           "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    for args in (("models", "--json"), ("models", "list", "--json"),
+                 ("models", "sources", "--json")):
+        result = cli(env, *args)
+        assert result.returncode == 0 and result.stdout == "[]\n", (args, result.stderr)
+    refused = cli(env, "models", "--json", "sources")
+    assert refused.returncode == 1 and refused.stderr == \
+        "error: --json goes after the subcommand: qwen-mlx models sources --json\n"

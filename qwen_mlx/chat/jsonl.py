@@ -13,15 +13,19 @@ import json
 from typing import Iterator
 
 from ..engine import Piece
+from ..errors import QwenMlxError
 from .repl import Repl
 
 
 class JsonlRepl(Repl):
     """The REPL's commands and conversation, with one JSON record per input line."""
 
-    def handle(self, text: str) -> bool:
+    def handle(self, text: str | QwenMlxError) -> bool:
         self._notes: list[str] = []
         self._record: dict | None = None
+        if isinstance(text, QwenMlxError):  # a line that is not text
+            self._emit({"error": str(text)})
+            return True
         text = text.rstrip("\n")
         if not text.strip():
             self._emit({"error": "empty message"})

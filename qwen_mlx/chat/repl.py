@@ -27,6 +27,8 @@ HELP = """commands:
   /system [TEXT]   set (or, without TEXT, clear) the system prompt
   /file PATH [REQUEST]  send a text file (then REQUEST) as a message
   /save NAME       save transcript and KV cache;  /load NAME  resume one
+                   (NAME alone: in the sessions folder; with a / or .safetensors: a path
+                   from the current folder, as ./talk or ../notes/talk.safetensors)
   /stats           statistics of the last reply
   /think on|off    reasoning for hybrid Qwen3 models (shown dimmed, dropped from later turns)
   /exit            leave (Ctrl-D too)
@@ -103,9 +105,13 @@ class Repl:
 
     # -- one line ----------------------------------------------------------------------
 
-    def handle(self, text: str) -> bool:
+    def handle(self, text: str | QwenMlxError) -> bool:
         """Act on one input line; False means leave. A refused message or a failed file
-        operation is one line, and the conversation goes on as it was."""
+        operation is one line, and the conversation goes on as it was (so does a line that
+        was not text: the reader hands its error instead)."""
+        if isinstance(text, QwenMlxError):
+            self.error(str(text))
+            return True
         text = text.rstrip("\n")
         if not text.strip():
             return True

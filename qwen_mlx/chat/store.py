@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,11 +26,13 @@ FORMAT = "qwen-mlx-session/1"
 
 
 def session_path(name: str) -> Path:
-    """A bare NAME lives in $QWEN_MLX_HOME/sessions; anything with a slash is a path."""
+    """A bare NAME lives in $QWEN_MLX_HOME/sessions; a name with a slash, or ending in
+    .safetensors, is a path from the current folder (``../talk`` is beside it): the user
+    names where their own file goes, as a shell would (documented in /help and the README)."""
     if not name or name.strip() != name:
         raise QwenMlxError("a session needs a name: /save NAME")
-    path = Path(name).expanduser() if ("/" in name or name.endswith(".safetensors")) else \
-        home() / "sessions" / name
+    path = Path(os.path.abspath(Path(name).expanduser())) \
+        if ("/" in name or name.endswith(".safetensors")) else home() / "sessions" / name
     return path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
 
 
@@ -48,6 +51,8 @@ def model_identity(session: ChatSession) -> str:
 
 def save(session: ChatSession, name: str) -> Path:
     path = session_path(name)
+    if path.is_dir():
+        raise QwenMlxError(f"cannot save the session to {path}: it is a folder")
     meta = {"format": FORMAT, "model": str(session.model.path), "identity": model_identity(session),
             "messages": json.dumps(session.messages, ensure_ascii=False),
             "system": json.dumps(session.system), "thinking": json.dumps(session.thinking),
@@ -59,9 +64,31 @@ def save(session: ChatSession, name: str) -> Path:
     except OSError as e:
         raise QwenMlxError(f"cannot save the session to {path}: {os_error_line(e)}") from None
     except RuntimeError:  # mlx reports a failed write so, naming its temporary file
-        raise QwenMlxError(f"cannot save the session to {path}: cannot write in "
-                           f"{path.parent}") from None
+        raise QwenMlxError(f"cannot save the session to {path}: "
+                           f"{unwritten(path.parent, session.cache.nbytes)}") from None
     return path
+
+
+def unwritten(folder: Path, need: int) -> str:
+    """Why a write into ``folder`` failed, when the writer does not say (MLX's save): a
+    folder that cannot be written, or a disk without room for about ``need`` bytes."""
+    import errno
+    import shutil
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".qwen-mlx-probe-")
+        os.close(fd)
+        os.unlink(probe)
+        free = shutil.disk_usage(folder).free
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            return f"cannot write in {folder}"
+        free = 0
+    if free < need + (1 << 20):
+        return f"the disk is full ({free / 1e6:,.1f} MB free; the session needs about " \
+               f"{need / 1e6:,.1f} MB)"
+    return f"cannot write in {folder}"
 
 
 def load(session: ChatSession, name: str) -> Path:

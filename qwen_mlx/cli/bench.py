@@ -12,6 +12,7 @@ import click
 from .. import __version__
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import QwenMlxError
+from ..outputs import check_writable
 from .console import convert_with_progress, err
 from .options import given, memory_kwargs, memory_options
 
@@ -78,6 +79,9 @@ def bench(models: tuple[str, ...], recipes: str, random_weights: bool, prompt_le
     recipe_list = [parse_recipe(r.strip()) for r in recipes.split(",") if r.strip()]
     if plot_path is not None:
         _check_plotting()
+    for path, what in ((json_path, "--json"), (plot_path, "--plot")):
+        if path is not None:
+            check_writable(path, what)
     specs = list(models) + ([RANDOM_DEFAULT] if random_weights else [])
     specs = specs or [None]
     if compare and any(s and s.startswith("shape:") for s in specs):
@@ -193,6 +197,7 @@ def _print_table(results: list[dict], comparisons: list[dict]) -> None:
     for d in first["decode"]:
         table.add_column(f"decode @{d['depth']}\ntok/s (roofline)", justify="right")
     table.add_column("peak GB\n(weights/KV/rest)", justify="right")
+    unbounded = False  # a roofline share above 100%: the measured bandwidth bounds nothing
     for r in results:
         row = [r["name"] if r["engine"] == "qwen-mlx" else f"[dim]{r['name']}[/dim]",
                f"{r['load_seconds']:.2f}"]
@@ -202,7 +207,9 @@ def _print_table(results: list[dict], comparisons: list[dict]) -> None:
                     f"{p['time_to_first_token'] * 1000:,.0f}"]
         for d in r["decode"]:
             tps = d["tokens_per_second"]
-            share = f" ({d['roofline_percent']:.0f}%)" if d["roofline_percent"] else ""
+            percent = d["roofline_percent"]
+            share = "" if not percent else f" ({percent:.0f}%)" if percent <= 100 else " (*)"
+            unbounded = unbounded or bool(percent and percent > 100)
             row.append(f"{tps['mean']:,.1f} ± {tps['std']:,.1f}{share}")
         m = r["memory"]
         row.append(f"{m['peak'] / 1e9:.2f} ({m['weights'] / 1e9:.2f}/{m['kv_cache'] / 1e9:.2f}/"
@@ -212,6 +219,11 @@ def _print_table(results: list[dict], comparisons: list[dict]) -> None:
     if not out.is_terminal:
         out = Console(highlight=False, width=200)  # a pipe or file: do not squeeze columns
     out.print(table)
+    if unbounded:
+        out.print("* faster than the roofline of the measured memory bandwidth: on the CPU "
+                  "backend weights are reused from the processor's caches and bfloat16 is "
+                  "emulated, so that bandwidth bounds nothing here and no share is shown",
+                  soft_wrap=True)
     for c in comparisons:
         parts = [f"prefill {n}: x{v:.2f}" for n, v in c["prefill"].items()] + \
                 [f"decode @{d}: x{v:.2f}" for d, v in c["decode"].items()] + \

@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 
 from ..errors import QwenMlxError
+from . import stdin
 from .console import PrefillBar, PrefillBars, err, open_model
 from .options import (MODEL_HELP, generation_options, given, memory_kwargs, model_argument,
                       sampling_kwargs)
@@ -54,7 +55,7 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
     kind = JsonlRepl if jsonl else Repl
     with PrefillBar() as bar:
         kind(session, out=out, err=err, quiet=quiet, progress=None if jsonl else bar).run(
-            None if interactive else sys.stdin)
+            None if interactive else stdin.lines())
 
 
 # options of the terminal chat; the page has its own (Settings: system prompt, thinking)

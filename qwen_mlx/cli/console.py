@@ -45,7 +45,13 @@ def convert_with_progress(source: Path, output: Path, recipe: Recipe, name: str,
 
 def open_model(spec: str | None, *, recipe: str = "q4", adapter: Path | None = None,
                **memory) -> "Model":
-    """Resolve, convert if needed (with progress), plan memory, and load."""
+    """Resolve, convert if needed (with progress), plan memory, and load. With an adapter
+    and no model, the model is the adapter's recorded base (as `fuse` does)."""
+    if adapter is not None:
+        from ..loader import base_model_of, check_adapter
+
+        check_adapter(adapter)
+        spec = spec if spec is not None else base_model_of(adapter)
     check_recipe_applies(spec, recipe)
     model = load(spec, recipe=recipe, adapter=adapter, convert=convert_with_progress, **memory)
     native = int(model.config.get("max_position_embeddings", 0))

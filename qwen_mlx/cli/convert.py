@@ -96,6 +96,8 @@ def convert(model: str | None, q4: bool, q8: bool, no_quantize: bool, bits: int 
         raise QwenMlxError(f"{spec.folder} is already an MLX model; nothing to convert")
     if fit is not None and spec.folder is not None:
         fitted.check(spec.folder, recipe, fit)  # refuse before a download or a cache folder
+    if output is not None:
+        refuse_in_cache(output)
     output = output or hub.cache_dir(spec, recipe if fit is None else fit.named(recipe))
     check_target(output, force=force, protect=[spec.folder] if spec.folder else [])
     source = hub.source_folder(spec)
@@ -109,6 +111,19 @@ def convert(model: str | None, q4: bool, q8: bool, no_quantize: bool, bits: int 
         if tokens:
             report_quality(output, source, tokens, chunk)
     click.echo(str(output))
+
+
+def refuse_in_cache(output: Path) -> None:
+    """The model cache is written by the cache alone: its entries carry a provenance and a
+    quality record that a hand-named -o there would overwrite or lack (and `models` would
+    never list or prune it)."""
+    from ..outputs import absolute
+
+    cache = absolute(hub.home() / "models")
+    out = absolute(output)
+    if out == cache or cache in out.parents:
+        raise QwenMlxError(f"-o {output} is inside the model cache ({cache}); convert without "
+                           f"-o to put a conversion there, or choose a folder outside it")
 
 
 def fit_from_flags(max_size: str | None, bpw: float | None, dwq: bool, epochs: int,
@@ -149,10 +164,14 @@ def run_fitted(source: Path, output: Path, recipe: Recipe, fit: Fit, name: str, 
     with EvalProgress() as bars, stop_on_ctrl_c() as stopping, \
             Progress(*columns, console=err, transient=True) as steps:
         task = steps.add_task("dwq", total=None, loss="-")
+
+        def step(done: int, total: int, loss: float) -> None:
+            steps.update(task, completed=done, total=total, loss=f"{loss:.4f}")
+            if not err.is_terminal:  # a log or a pipe shows no bar: a line per step
+                err.print(f"distilling step {done}/{total}, loss {loss:.4f}", soft_wrap=True)
+
         hooks = Hooks(phase=lambda text: err.print(f"[dim]{text}[/dim]", soft_wrap=True),
-                      bar=bars.task, stopping=stopping,
-                      step=lambda done, total, loss: steps.update(
-                          task, completed=done, total=total, loss=f"{loss:.4f}"))
+                      bar=bars.task, stopping=stopping, step=step)
         try:
             result = fitted_convert(source, output, recipe, fit, force=force,
                                     source_name=name, hooks=hooks, eval_tokens=eval_tokens)

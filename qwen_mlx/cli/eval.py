@@ -40,6 +40,11 @@ def eval_command(model: str | None, reference: Path | None, files: tuple[Path, .
     from ..recipes import parse_recipe
     from .console import convert_with_progress
 
+    if max_tokens is not None and max_tokens % chunk:  # chunks are scored whole
+        low, high = max_tokens // chunk * chunk, -(-max_tokens // chunk) * chunk
+        raise QwenMlxError(f"--max-tokens {max_tokens} is not a whole number of --chunk "
+                           f"{chunk} (each chunk is scored whole): give "
+                           f"{f'{low} or ' if low else ''}{high}, or another --chunk")
     text = read_texts(files) if files else built_in_text()
     folder = hub.resolve(model, parse_recipe(recipe), convert_with_progress).folder
     reference = reference or source_of(folder)

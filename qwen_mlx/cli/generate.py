@@ -11,6 +11,7 @@ import click
 from ..errors import QwenMlxError
 from ..documents import with_document
 from ..model_cache import describe, recipe_of
+from . import stdin
 from .console import PrefillBar, err, open_model
 from .options import (MODEL_HELP, generation_options, memory_kwargs, model_argument,
                       sampling_kwargs)
@@ -25,6 +26,8 @@ comes from -p or, without it, from stdin; --file puts a document before it. {MOD
                    "stdin).")
 @click.option("--system", help="A system message (chat template only).")
 @click.option("--raw", is_flag=True, help="Send the prompt as it is, without the chat template.")
+@click.option("--think/--no-think", default=None, help="A hybrid Qwen3's reasoning before the "
+              "reply [default: the model's]; a constraint applies after it.")
 @click.option("--json", "as_json", is_flag=True,
               help="End stdout with one JSON record: the reply text, token counts, speeds, "
                    "memory and finish reason.")
@@ -35,13 +38,14 @@ comes from -p or, without it, from stdin; --file puts a document before it. {MOD
 @click.option("--choice", help="The reply is one of these comma-separated texts.")
 @generation_options
 def generate(model: str | None, prompt: str | None, document: Path | None, system: str | None,
-             raw: bool, as_json: bool, quiet: bool, schema_file: Path | None,
+             raw: bool, think: bool | None, as_json: bool, quiet: bool,
+             schema_file: Path | None,
              regex: str | None, choice: str | None, adapter: Path | None, recipe: str,
              stop: tuple[str, ...], **options) -> None:
     constraint = structured(schema_file, regex, choice)
     if prompt is None:  # the request comes from stdin when it is piped, with --file too
         piped = sys.stdin is not None and not sys.stdin.isatty()
-        prompt = sys.stdin.read() if piped else ""
+        prompt = stdin.read_text() if piped else ""
         if not prompt.strip() and document is None:
             raise QwenMlxError("no prompt: pass -p TEXT, --file PATH, or pipe the prompt on "
                                "stdin")
@@ -51,20 +55,28 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
         raise QwenMlxError("the prompt is empty")
     if raw and system:
         raise QwenMlxError("--system needs the chat template; drop --raw")
+    if raw and think is not None:
+        raise QwenMlxError("--think/--no-think needs the chat template; drop --raw")
     llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
     messages = ([{"role": "system", "content": system}] if system else []) + \
         [{"role": "user", "content": prompt}]
     stats, text = None, []
     with PrefillBar() as bar:
         for piece in llm.stream(prompt if raw else messages, raw=raw, on_prefill=bar,
-                                stop=stop, constraint=constraint, **sampling_kwargs(options)):
+                                stop=stop, constraint=constraint, enable_thinking=think,
+                                **sampling_kwargs(options)):
             text.append(piece.text)
             sys.stdout.write(piece.text)
             sys.stdout.flush()
             stats = piece.stats or stats
     sys.stdout.write("\n")
+    reply = "".join(text)
+    if constraint is not None and "<think>" in reply and "</think>" not in reply:
+        err.print(f"note: the {constraint.label} never applied: the reply's thinking did not "
+                  f"end within --max-tokens (raise it, or pass --no-think)", soft_wrap=True,
+                  markup=False)
     if as_json:
-        record = {"model": str(llm.path), "recipe": recipe_of(llm.path), "text": "".join(text),
+        record = {"model": str(llm.path), "recipe": recipe_of(llm.path), "text": reply,
                   **stats.to_dict(), "peak_memory_gb": round(stats.peak_memory / 1e9, 3)}
         sys.stdout.write(json.dumps(record) + "\n")
     elif not quiet:

@@ -22,9 +22,9 @@ def _when(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
 
 
-def _print_jsonl(items) -> None:
-    for item in items:
-        sys.stdout.write(json.dumps(item.to_dict()) + "\n")
+def _print_json(items) -> None:
+    """One JSON array (``[]`` when there is nothing), so a script can always parse it."""
+    sys.stdout.write(json.dumps([item.to_dict() for item in items]) + "\n")
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
@@ -45,20 +45,24 @@ convert measured it), source, revision and last use; `rm` removes one, `prune` r
 interrupted runs and deleted sources left, `sources` shows the Qwen3 downloads in the
 Hugging Face cache. Nothing in the Hugging Face cache is removed
 unless you ask (`rm --source`).""")
+@click.option("--json", "as_json", is_flag=True, help="List as JSON (as `models list --json`).")
 @click.pass_context
-def models(ctx: click.Context) -> None:
+def models(ctx: click.Context, as_json: bool) -> None:
     if ctx.invoked_subcommand is None:
-        ctx.invoke(list_command)
+        ctx.invoke(list_command, as_json=as_json)
+    elif as_json:
+        raise QwenMlxError(f"--json goes after the subcommand: qwen-mlx models "
+                           f"{ctx.invoked_subcommand} --json")
 
 
 @models.command("list", help="List converted models (the default action).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per model.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array, one object per model.")
 def list_command(as_json: bool = False) -> None:
     from .. import model_cache
 
     found = model_cache.list_models()
     if as_json:
-        _print_jsonl(found)
+        _print_json(found)
         return
     stale = model_cache.stale_leftovers()
     if not found:
@@ -133,13 +137,13 @@ def prune(dry_run: bool) -> None:
 
 
 @models.command(help="Show the Qwen3 models in the Hugging Face cache (conversion sources).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per repo.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array, one object per repo.")
 def sources(as_json: bool) -> None:
     from .. import model_cache
 
     found = model_cache.sources()
     if as_json:
-        _print_jsonl(found)
+        _print_json(found)
         return
     if not found:
         err.print("no Qwen3 models in the Hugging Face cache")

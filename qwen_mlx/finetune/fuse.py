@@ -122,6 +122,7 @@ def fuse(model: str | None, adapter: str | Path, output: str | Path, *, q4: bool
     ``prompts`` unless ``verify_tokens`` is 0."""
     start = time.perf_counter()
     adapter, output = Path(adapter), Path(output)
+    loader.check_adapter(adapter)
     spec = hub.resolve(model if model is not None else loader.base_model_of(adapter),
                        parse_recipe(recipe), convert)
     folder = spec.folder

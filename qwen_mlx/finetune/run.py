@@ -21,6 +21,7 @@ from .. import hub, loader
 from ..errors import QwenMlxError
 from ..machine import this_machine
 from ..memory_plan import Shape, weight_bytes_of_folder
+from ..outputs import check_writable
 from ..recipes import parse_recipe
 from . import resume
 from .ranks import Ranks
@@ -181,6 +182,7 @@ def prepare(settings: dict, *, resume_run: bool = False, force: bool = False,
     config = _settings(settings, output, latest)
     if ranks.leader:
         _check_output(output, resume_run)
+        check_writable(output, "the adapter folder")
     split_over(config.batch_size, ranks.size)
     if not config.data:
         raise QwenMlxError("give the training data (--data FILE_OR_FOLDER)")
