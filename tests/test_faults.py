@@ -137,17 +137,22 @@ def test_a_swap_cut_between_its_two_renames_is_put_back(tiny_q4, tiny_hf, tmp_pa
     assert hidden(tmp_path) == []
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MB filesystem (tmpfs), where this machine lets us mount one."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+def _mounted(folder: Path, options: str):
+    """A tmpfs mounted at ``folder`` with ``options``, where this machine lets us mount
+    one (the test is skipped otherwise); unmounted after."""
+    folder.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
                           capture_output=True, text=True)
     if made.returncode != 0:
-        pytest.skip(f"cannot mount a small filesystem here: {made.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+        pytest.skip(f"cannot mount a filesystem here: {made.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB filesystem."""
+    yield from _mounted(tmp_path / "disk", "size=4m")
 
 
 def test_disk_full_convert_is_one_line_and_leaves_nothing(tiny_hf, small_disk):
@@ -457,15 +462,8 @@ def test_a_document_too_long_for_the_context_is_refused_before_it_is_tokenized(
 
 @pytest.fixture
 def read_only(tmp_path):
-    """A read-only filesystem (tmpfs mounted ro), where this machine lets us mount one."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a filesystem here: {made.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    """A read-only filesystem."""
+    yield from _mounted(tmp_path / "ro", "ro,size=1m")
 
 
 def test_unwritable_outputs_are_refused_before_any_work(tiny_q4_f32, tmp_path, read_only):
@@ -477,7 +475,6 @@ def test_unwritable_outputs_are_refused_before_any_work(tiny_q4_f32, tmp_path, r
                               read_only / "adapter", "--iters", 1))
     assert line == f"error: cannot write the adapter folder {read_only / 'adapter'}: " \
                    f"Read-only file system ({read_only})"
-    started = time.monotonic()
     line = one_line_error(cli("bench", tiny_q4_f32, "--json", read_only / "b.json",
                               "--prompt-lengths", 16, "--depths", 0, "--gen-tokens", 2))
     assert line == f"error: cannot write --json {read_only / 'b.json'}: Read-only file " \
