@@ -9,7 +9,7 @@ q4's bytes); the mixed recipe at "1.8 GB": the budget that sits where 1.8 GB sit
 Qwen3-4B's uniform q3 (1.760 GB) and q4 (2.263 GB), 8% of the way up from q3 (the small
 checkpoint's float32 scales and huge embedding make bits per weight not comparable); and
 the distilled recipe on q4 (``--dwq``, the same size as q4). The
-sensitivities are measured once per checkpoint on the fit set (convert/calibration/fit/,
+sensitivities are measured once per checkpoint on the fit set (qwen_mlx/evaluate/text/fit/,
 --fit-tokens of it) and spent on both budgets. Every model is scored against its source on
 the held-out set (--tokens tokens, 512-token chunks; one reference pass). One run each: KL
 is a function of the weights and the text, not of machine load.

@@ -1,5 +1,6 @@
-"""The text a recipe fits on (convert/calibration/fit/), kept apart from the held-out text
-it is scored on (heldout/, :func:`qwen_mlx.quality.built_in_text`).
+"""The text a recipe fits on (qwen_mlx/evaluate/text/fit/, package data, so an installed copy
+has it), kept apart from the held-out text it is scored on (heldout/,
+:func:`qwen_mlx.quality.built_in_text`).
 
 The fit set is the project's own prose, code and math plus multi-turn chats with tool calls
 rendered through the model's own chat template, so the recipe sees the special tokens and
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from .errors import QwenMlxError
 
-FIT = Path(__file__).resolve().parents[1] / "convert" / "calibration" / "fit"
+FIT = Path(__file__).resolve().parent / "evaluate" / "text" / "fit"
 TEACHER_TEMPERATURE = 0.7
 
 

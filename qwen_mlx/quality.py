@@ -34,7 +34,7 @@ from .errors import QwenMlxError
 TOP_K = 64
 ROWS = 64
 DEFAULT_CHUNK = 512
-BUILT_IN = Path(__file__).resolve().parents[1] / "convert" / "calibration" / "heldout"
+BUILT_IN = Path(__file__).resolve().parent / "evaluate" / "text" / "heldout"  # package data
 
 Progress = Callable[[int, int], None]  # (tokens done, tokens total)
 
@@ -70,7 +70,7 @@ class Quality:
 
 
 def built_in_text() -> str:
-    """The held-out part of the project's own evaluation set (convert/calibration/)."""
+    """The held-out part of the project's own evaluation set (qwen_mlx/evaluate/text/)."""
     files = sorted(BUILT_IN.glob("*.txt")) if BUILT_IN.is_dir() else []
     if not files:
         raise QwenMlxError(f"the built-in evaluation set is missing ({BUILT_IN}); pass "

@@ -58,6 +58,20 @@ def test_the_readme_command_installs_and_chats(tmp_path, tiny_hf):
     assert result.stdout == expected + "\n"
     assert f"installed: {repo}/.venv/bin/qwen-mlx" in result.stderr
     assert " generated at " in result.stderr.splitlines()[-1]
+    # the installed copy (a built wheel, not the checkout) has the held-out and fit text:
+    # eval without --file measures on it, and the fitted recipes' text is there
+    installed = repo / ".venv" / "bin"
+    evaluated = subprocess.run([str(installed / "qwen-mlx"), "eval", str(cached), "--json",
+                                "--max-tokens", "512"], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    figures = json.loads(evaluated.stdout)
+    assert figures["tokens"] == 511 and figures["reference"] == str(tiny_hf.resolve())
+    where = subprocess.run([str(installed / "python"), "-c",
+                            "import qwen_mlx.calibration as c; print(c.FIT, len(c.conversations()))"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    folder, chats = where.stdout.split()
+    assert "site-packages" in folder and int(chats) > 0
 
 
 @pytest.mark.parametrize("version", ["3.9"])
