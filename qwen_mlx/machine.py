@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import psutil
 
 from .errors import QwenMlxError
+from .units import GIB, parse_size
 
 # Unified-memory bandwidth in GB/s (10^9), from Apple's specifications. The keys are the
 # chip names sysctl reports ("Apple M2 Pro"). Where the bandwidth depends on the GPU
@@ -29,7 +30,6 @@ BANDWIDTH_GBS = {
 # Chips whose bandwidth depends on the GPU configuration: {chip: {GPU cores: GB/s}}.
 BY_GPU_CORES = {"Apple M3 Max": {30: 300.0, 40: 409.6}, "Apple M4 Max": {32: 410.0, 40: 546.0}}
 BUDGET_FRACTION = 0.75  # of RAM, where MLX does not report a recommended working set
-GIB = 1 << 30
 
 
 @dataclass
@@ -96,16 +96,6 @@ def recommended_working_set() -> int | None:
         return None
 
 
-def parse_bytes(text: str) -> int:
-    """'16GB', '12.5G', '800MB', '17179869184' -> bytes. GB means 2^30, as Mac memory sizes
-    are quoted (a "16 GB" Mac has 16 x 2^30 bytes)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
-    if not m:
-        raise QwenMlxError(f"cannot read {text!r} as a memory size (try 16GB)")
-    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": GIB, "t": 1 << 40}[m.group(2)]
-    return int(float(m.group(1)) * scale)
-
-
 def budget_for(memory_bytes: int) -> int:
     return int(memory_bytes * BUDGET_FRACTION)
 
@@ -122,7 +112,7 @@ def this_machine(memory: str | int | None = None) -> Machine:
                else ""))
     memory = memory if memory is not None else os.environ.get("QWEN_MLX_MEMORY") or None
     if memory is not None:
-        total = parse_bytes(memory) if isinstance(memory, str) else int(memory)
+        total = parse_size(memory, "a memory size") if isinstance(memory, str) else int(memory)
         return Machine(chip, total, budget_for(total), f"{BUDGET_FRACTION:.0%} of the "
                        f"{total / GIB:.1f} GiB asked for", bandwidth, source)
     total = psutil.virtual_memory().total

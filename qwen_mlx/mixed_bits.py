@@ -25,19 +25,7 @@ from .errors import QwenMlxError
 from .quantize import planned_bytes
 from .recipes import Recipe
 from .sensitivity import LEVELS, Format, formats
-
-UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-         "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """'1.8GB' -> 1,800,000,000 bytes. Sizes on disk are decimal (GB = 10^9, as Finder and
-    the model cards count them); GiB, MiB are binary."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", text.lower())
-    if not m or m.group(2) not in UNITS:
-        raise QwenMlxError(f"cannot read {text!r} as a size (try 1.8GB or 1800MB)")
-    return int(float(m.group(1)) * UNITS[m.group(2)])
-
+from .units import parse_size
 
 @dataclass(frozen=True)
 class Budget:
@@ -50,7 +38,7 @@ class Budget:
 
     @classmethod
     def size(cls, text: str) -> "Budget":
-        return cls(text, max_bytes=parse_size(text))
+        return cls(text, max_bytes=parse_size(text, "a size"))
 
     @classmethod
     def bits(cls, bpw: float) -> "Budget":

@@ -76,30 +76,28 @@ def _measured_kl(path: Path) -> float | None:
     return value if isinstance(value, (int, float)) else None
 
 
-def recipe_of(folder: Path) -> str:
-    """How a model folder was quantized: the recipe qwen-mlx recorded (q4, mix-1.8gb,
-    q4-dwq), else what config.json says (an MLX folder from elsewhere)."""
+def recipe_name(folder: Path) -> str:
+    """How a model folder was quantized, for people: its recipe's name (q4, mix-1.8gb,
+    q4-dwq; :func:`qwen_mlx.model_spec.recipe_of`), else what config.json says (a mixed
+    MLX folder from elsewhere)."""
+    from .model_spec import recipe_of
+
     try:
-        recipe = json.loads((Path(folder) / PROVENANCE).read_text()).get("recipe")
-        if isinstance(recipe, str):
-            return recipe
-    except (OSError, ValueError, AttributeError):
-        pass
-    try:
-        block = json.loads((Path(folder) / "config.json").read_text()).get("quantization")
-    except (OSError, ValueError, AttributeError):
+        recipe = recipe_of(Path(folder))
+    except QwenMlxError:
         return "unknown recipe"
+    if recipe is not None:
+        return recipe.name
+    block = json.loads((Path(folder) / "config.json").read_text()).get("quantization")
     if not isinstance(block, dict):
         return "not quantized"
-    mixed = any(isinstance(v, dict) for v in block.values())
-    return (f"{'mixed, mostly ' if mixed else ''}{block.get('bits')}-bit, groups of "
-            f"{block.get('group_size')}")
+    return f"mixed, mostly {block.get('bits')}-bit, groups of {block.get('group_size')}"
 
 
 def describe(folder: Path) -> str:
     """'q4-dwq, KL 0.0123 against its source' for the lines chat, generate and bench print."""
     kl = _measured_kl(Path(folder))
-    return recipe_of(folder) + ("" if kl is None else f", KL {kl:.4f} against its source")
+    return recipe_name(folder) + ("" if kl is None else f", KL {kl:.4f} against its source")
 
 
 def list_models() -> list[CachedModel]:

@@ -38,12 +38,27 @@ def read_generation_config(folder: Path | None) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def recipe_of(config: dict) -> Recipe | None:
-    """The recipe an MLX folder's config.json records (None for Hugging Face layout)."""
+def recipe_of(folder: Path, config: dict | None = None) -> Recipe | None:
+    """The recipe an MLX folder was converted with: the name qwen-mlx recorded (q4,
+    mix-1.8gb, q4-dwq), else a uniform quantization config.json describes; None for a
+    Hugging Face folder, or a mixed one from elsewhere (its default bits are not its
+    recipe: a mix at q4's size once read as "q3")."""
+    from .quantize import PROVENANCE
+    from .recipes import parse_recipe
+
+    try:
+        name = json.loads((Path(folder) / PROVENANCE).read_text()).get("recipe")
+        if isinstance(name, str):
+            return parse_recipe(name)
+    except (OSError, ValueError, AttributeError):
+        pass
+    config = read_config(Path(folder)) if config is None else config
     quant = config.get("quantization")
     dtype = config.get("torch_dtype", "bfloat16")
     dtype = dtype if dtype in DTYPES else "bfloat16"
     if isinstance(quant, dict) and quant.get("bits"):
+        if any(isinstance(v, dict) for v in quant.values()):
+            return None
         return Recipe(quant["bits"], quant.get("group_size", 64), dtype)
     return None
 
@@ -65,7 +80,8 @@ class ModelSpec:
                   recipe: Recipe | None = None) -> "ModelSpec":
         """Read an MLX folder's facts (config.json, generation_config.json)."""
         config = read_config(folder)
-        return cls(name or str(folder), config, recipe_of(config) or recipe, Path(folder),
+        return cls(name or str(folder), config, recipe_of(folder, config) or recipe,
+                   Path(folder),
                    read_generation_config(folder))
 
     @property

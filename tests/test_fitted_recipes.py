@@ -39,11 +39,14 @@ def shape_4b() -> list:
 
 
 def test_parse_size():
-    assert mixed_bits.parse_size("1.8GB") == 1_800_000_000
-    assert mixed_bits.parse_size("1800 MB") == 1_800_000_000
-    assert mixed_bits.parse_size("2GiB") == 2 << 30
+    """One parser for every size option: GB decimal, GiB binary."""
+    from qwen_mlx.units import parse_size
+
+    assert parse_size("1.8GB") == 1_800_000_000
+    assert parse_size("1800 MB") == 1_800_000_000
+    assert parse_size("2GiB") == 2 << 30
     with pytest.raises(QwenMlxError, match="cannot read '1.8 GBs' as a size"):
-        mixed_bits.parse_size("1.8 GBs")
+        parse_size("1.8 GBs")
 
 
 def costs_like(tensors: list) -> dict:
@@ -159,10 +162,10 @@ def test_the_memory_check_names_the_phase():
     phases = fit_memory.phases(shape_4b(), config_for("4b"), Recipe(), 512, mixed=True,
                                distilled=True)
     assert max(phases, key=phases.get) == "teacher pass"
-    fit_memory.check(phases, "16GB")
+    fit_memory.check(phases, "16GiB")  # a "16 GB" Mac
     with pytest.raises(QwenMlxError, match=r"^this recipe's teacher pass needs about 7.5 GiB, "
                                            r"more than this machine's 6.0 GiB budget"):
-        fit_memory.check(phases, "8GB")
+        fit_memory.check(phases, "8GiB")
 
 
 def _scales(folder: Path) -> dict[str, mx.array]:

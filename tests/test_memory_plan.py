@@ -13,7 +13,8 @@ from qwen_mlx.cli import main
 from qwen_mlx.engine import KVSpec
 from qwen_mlx.errors import QwenMlxError
 from qwen_mlx.hub import home
-from qwen_mlx.machine import GIB, Machine, gpu_cores, known_bandwidth, parse_bytes
+from qwen_mlx.machine import GIB, Machine, gpu_cores, known_bandwidth
+from qwen_mlx.units import parse_size
 from qwen_mlx.memory_plan import (RUNTIME_BYTES, SCORE_BYTES, MemoryPlan, Shape,
                                   weight_bytes_of_config, weight_bytes_of_folder)
 from qwen_mlx.recipes import Recipe
@@ -104,9 +105,10 @@ def test_machine_facts():
     assert known_bandwidth("Apple M4 Max", 32) == 410.0
     assert known_bandwidth("Apple M4 Max", 40) == known_bandwidth("Apple M4 Max") == 546.0
     assert known_bandwidth("Apple M3 Max", 30) == 300.0
-    assert parse_bytes("16GB") == 16 * GIB and parse_bytes("800m") == 800 << 20
+    assert parse_size("16GiB") == 16 * GIB and parse_size("16GB") == 16 * 10**9
+    assert parse_size("800m") == 800 * 10**6 and parse_size("512") == 512
     with pytest.raises(QwenMlxError, match="cannot read 'lots' as a memory size"):
-        parse_bytes("lots")
+        parse_size("lots", "a memory size")
 
 
 def test_folder_weights_count_the_compute_type(tiny_q4, tiny_hf):
@@ -121,21 +123,21 @@ def test_folder_weights_count_the_compute_type(tiny_q4, tiny_hf):
 
 
 def test_load_refuses_or_caps_the_context(tiny_q4_f32):
-    capped = load(tiny_q4_f32, memory="1GB")
+    capped = load(tiny_q4_f32, memory="1GiB")
     fits = capped.plan.largest_context()
     assert capped.context_length == fits and 20_000 < fits < 40_000
     with pytest.raises(QwenMlxError, match=r"try --context (\d+)k \(or --force\)$") as e:
-        load(tiny_q4_f32, context="1m", memory="1GB")
+        load(tiny_q4_f32, context="1m", memory="1GiB")
     suggested = e.value.args[0].rsplit("--context ", 1)[1].split()[0]
     assert fits - 1024 < parse_context(suggested) <= fits  # the parser reads it, and it fits
-    assert load(tiny_q4_f32, context=suggested, memory="1GB").context_length == \
+    assert load(tiny_q4_f32, context=suggested, memory="1GiB").context_length == \
         parse_context(suggested)
-    forced = load(tiny_q4_f32, context="1m", memory="1GB", force=True)
+    forced = load(tiny_q4_f32, context="1m", memory="1GiB", force=True)
     assert forced.context_length == 1_048_576
 
 
 def test_plan_and_generate_on_the_command_line(tiny_q4_f32, tiny_hf):
-    result = run("plan", tiny_q4_f32, "--context", "1m", "--memory", "1GB")
+    result = run("plan", tiny_q4_f32, "--context", "1m", "--memory", "1GiB")
     assert result.exit_code == 1
     assert "largest context, 4-bit KV" in result.stdout
     assert result.stderr == ("error: 1,048,576 tokens of context need 1.5 GiB; the budget is "
@@ -145,9 +147,9 @@ def test_plan_and_generate_on_the_command_line(tiny_q4_f32, tiny_hf):
     record = json.loads(result.stdout)
     assert record["largest_context"]["full precision"] == 262_144
     assert not (home() / "models").exists()  # nothing was converted
-    result = run("generate", tiny_q4_f32, "-p", "hi", "--context", "1m", "--memory", "1GB")
+    result = run("generate", tiny_q4_f32, "-p", "hi", "--context", "1m", "--memory", "1GiB")
     assert result.exit_code == 1 and result.output.startswith("error: 1,048,576 tokens")
-    result = run("generate", tiny_q4_f32, "-p", "hi", "--context", "1m", "--memory", "1GB",
+    result = run("generate", tiny_q4_f32, "-p", "hi", "--context", "1m", "--memory", "1GiB",
                  "--force", "--max-tokens", "2", "-q")
     assert result.exit_code == 0, result.output
 

@@ -148,3 +148,23 @@ def test_json_of_an_empty_cache_is_an_empty_array(tmp_path):
     refused = cli(env, "models", "--json", "sources")
     assert refused.returncode == 1 and refused.stderr == \
         "error: --json goes after the subcommand: qwen-mlx models sources --json\n"
+
+
+def test_one_recipe_of_reads_mixed_folders_right(tiny_q4_f32, copy_of):
+    """A mixed folder's default bits are not its recipe (it once read as "q3")."""
+    from qwen_mlx.model_cache import recipe_name
+    from qwen_mlx.model_spec import recipe_of
+    from qwen_mlx.quantize import PROVENANCE
+
+    assert recipe_of(tiny_q4_f32).name == "q4-f32" == recipe_name(tiny_q4_f32)
+    mixed = copy_of(tiny_q4_f32, "mixed")
+    record = json.loads((mixed / PROVENANCE).read_text())
+    (mixed / PROVENANCE).write_text(json.dumps({**record, "recipe": "mix-1.8gb"}))
+    assert recipe_of(mixed).name == "mix-1.8gb" == recipe_name(mixed)
+    (mixed / PROVENANCE).unlink()  # an MLX folder from elsewhere
+    config = json.loads((mixed / "config.json").read_text())
+    config["quantization"] = {"bits": 3, "group_size": 64,
+                              "model.layers.0.mlp.down_proj": {"bits": 8, "group_size": 32}}
+    (mixed / "config.json").write_text(json.dumps(config))
+    assert recipe_of(mixed) is None
+    assert recipe_name(mixed) == "mixed, mostly 3-bit, groups of 64"

@@ -150,7 +150,7 @@ def _target(spec: str | None, recipe, memory: dict):
     from .. import benchmark, hub, load
     from ..checkpoint import is_mlx_folder
     from ..engine import KVSpec
-    from ..model_cache import recipe_of
+    from ..model_cache import recipe_name
 
     kv = KVSpec(memory["kv_bits"], memory["kv_group_size"], memory["kv_start"])
     if spec and spec.startswith("shape:"):
@@ -164,7 +164,7 @@ def _target(spec: str | None, recipe, memory: dict):
     local = hub.parse_arg(spec).folder
     converted = not (local is not None and is_mlx_folder(local))
     name = (f"{spec or hub.DEFAULT_MODEL} {recipe.name}" if converted else
-            f"{local.name} ({recipe_of(folder)})") + (f" kv{kv.bits}" if kv.bits else "")
+            f"{local.name} ({recipe_name(folder)})") + (f" kv{kv.bits}" if kv.bits else "")
     return benchmark.Target.from_model(name, model, time.perf_counter() - start), folder
 
 

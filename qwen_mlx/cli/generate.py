@@ -10,7 +10,7 @@ import click
 
 from ..errors import QwenMlxError
 from ..documents import with_document
-from ..model_cache import describe, recipe_of
+from ..model_cache import describe, recipe_name
 from . import stdin
 from .console import PrefillBar, err, open_model
 from .options import (MODEL_HELP, generation_options, memory_kwargs, model_argument,
@@ -76,7 +76,7 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
                   f"end within --max-tokens (raise it, or pass --no-think)", soft_wrap=True,
                   markup=False)
     if as_json:
-        record = {"model": str(llm.path), "recipe": recipe_of(llm.path), "text": reply,
+        record = {"model": str(llm.path), "recipe": recipe_name(llm.path), "text": reply,
                   **stats.to_dict(), "peak_memory_gb": round(stats.peak_memory / 1e9, 3)}
         sys.stdout.write(json.dumps(record) + "\n")
     elif not quiet:

@@ -57,9 +57,9 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
           adapter: Path | None, recipe: str, **options) -> None:
     from ..serve import Server, run
 
-    from ..machine import parse_bytes
+    from ..units import parse_size
 
-    body_limit = parse_bytes(max_body)  # one-line error on a bad size
+    body_limit = parse_size(max_body, "a body size")  # one-line error on a bad size
     check_port(host, port)  # before minutes of loading, not after
     if host not in LOOPBACK and not api_key:
         err.print(f"[yellow]serving on {host} without --api-key: anyone who can reach this "
