@@ -5,9 +5,9 @@ vocabulary), with only --layers decoder layers so it runs on a small machine.
 
 Builds the random 4B-shaped checkpoint cut to --layers layers (bf16), converts it to q4, and
 runs the evaluation of the q4 model against the bf16 source on the built-in held-out text,
-recording MLX's peak memory of each pass (reference, then model; the reference is dropped
-before the model loads) and the weights each pass held. The figures and the formula for the
-full model go to bench/README.md.
+recording MLX's peak memory of the joint pass (reference and model read lazily, layer by
+layer: quality.joint_pass) against the weights of each model. The figures and the formula
+for the full model go to bench/README.md.
 """
 
 from __future__ import annotations
@@ -51,23 +51,20 @@ def main() -> None:
                             limit=a.tokens)
     passes = {}
     for name, folder in (("reference", source), ("model", work / "q4")):
-        mx.clear_cache()
-        mx.reset_peak_memory()
-        start = time.perf_counter()
         net, _ = load_weights(folder)
-        held = weight_bytes(net)
-        if name == "reference":
-            ref = quality.reference_pass(net, parts)
-        else:
-            result = quality.candidate_pass(net, parts, ref)
-        passes[name] = {"weights_bytes": held, "peak_bytes": mx.get_peak_memory(),
-                        "seconds": time.perf_counter() - start}
+        passes[name] = {"weights_bytes": weight_bytes(net)}
         del net
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    start = time.perf_counter()
+    (result,) = quality.joint_pass(source, [work / "q4"], parts)
+    passes["joint"] = {"peak_bytes": mx.get_peak_memory(),
+                       "seconds": time.perf_counter() - start}
     record = {**header("bench/eval_memory.py", f"one run per pass; {a.layers} layers of "
                        f"Qwen3-4B's widths, chunk {a.chunk}, {a.tokens} tokens, MLX peak "
-                       f"memory reset before each pass"),
+                       f"memory reset before the joint pass"),
               "layers": a.layers, "chunk": a.chunk, "rows": quality.ROWS,
-              "top_k": quality.TOP_K, "passes": passes, "quality": result.to_dict()}
+              "passes": passes, "quality": result.to_dict()}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(passes, indent=2))

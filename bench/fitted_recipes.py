@@ -97,12 +97,9 @@ def main() -> None:
         dwq_s = time.perf_counter() - t0
         folders["dwq q4"] = work / f"{tag}-dwq"
         parts = quality.prepare(source, source, quality.built_in_text(), limit=a.tokens)
-        ref = quality.reference_of(source, parts)
         rows = {}
-        for name, folder in folders.items():
-            net, _ = load_weights(folder)
-            q = quality.candidate_pass(net, parts, ref)
-            del net
+        scored = quality.joint_pass(source, list(folders.values()), parts)
+        for (name, folder), q in zip(folders.items(), scored):
             disk = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
             rows[name] = {"bytes": disk, **q.to_dict()}
             if name.startswith("mix"):
@@ -123,8 +120,8 @@ def main() -> None:
     record = {**header("bench/fitted_recipes.py", f"one run per recipe; groups of 64, "
                        f"float32 scales; fit on {a.fit_tokens} tokens of the fit set in "
                        f"{a.chunk}-token chunks, dwq {a.epochs} epochs; scored on {a.tokens} "
-                       f"tokens of the held-out set in 512-token chunks; KL over the "
-                       f"reference's top-{quality.TOP_K} plus a tail bucket"),
+                       f"tokens of the held-out set in 512-token chunks; exact KL over the "
+                       f"whole vocabulary (quality.joint_pass)"),
               "shape": a.shape, "results": results}
     if a.only and a.out.is_file():  # one checkpoint at a time: keep the other's rows
         earlier = json.loads(a.out.read_text())

@@ -1,21 +1,20 @@
 """What a conversion cost: perplexity, and the next-token distributions against a reference.
 
-The text is cut into chunks of ``chunk`` tokens, each scored from an empty cache. Memory
-stays bounded in two ways:
+The text is cut into chunks of ``chunk`` tokens, each scored from an empty cache.
 
-* the two models are never resident together: the reference runs first and keeps, per
-  position, only its TOP_K likeliest tokens with their log-probabilities and the
-  log-probability of the actual next token (TOP_K x 8 + 8 bytes a position: 520 bytes, 2 MB
-  for 4,096 tokens); then it is dropped and the candidate runs;
-* logits are never materialised for the text, nor for a whole chunk: the final norm's
-  hidden states go through the output layer ROWS positions at a time, so the float32
-  logits held at once are ROWS x vocab x 4 bytes (64 x 151,936 x 4 = 39 MB).
+Against a reference, :func:`joint_pass` computes the exact figures: KL(reference ||
+candidate) per position over the whole vocabulary, top-1 agreement, both perplexities.
+Memory stays bounded because no model is ever resident whole: reference and candidates are
+read lazily from their safetensors and advance together, one decoder layer at a time, over
+the same chunks (their hidden states, a few MB, are all that carries from layer to layer;
+each layer's weights are freed once it ran); then the final norms and output layers turn the
+hidden states into logits ROWS positions at a time (ROWS x vocab x 4 bytes per model: 39 MB
+for Qwen3's vocabulary at 64 rows). An earlier version kept the reference's top 64 tokens
+and merged the rest into one bucket: a lower bound, 20x below the exact KL on a checkpoint
+whose reference spreads its mass.
 
-KL(reference || candidate) per position is computed over the reference's TOP_K tokens plus
-one bucket for the rest of the vocabulary (the reference's and the candidate's remaining
-mass). Merging tokens into one bucket can only lower a KL divergence, so this is a lower
-bound of the exact figure, tight when the reference's top TOP_K hold nearly all its mass
-(``tail_mass`` in the result says how much they miss).
+The fitted recipes' losses still use the reference's top-k (:func:`reference_pass`,
+:func:`kl_to_reference`): a training target kept on disk between steps.
 """
 
 from __future__ import annotations
@@ -46,10 +45,9 @@ class Quality:
     tokens: int  # positions scored
     perplexity: float
     reference_perplexity: float | None = None
-    kl_mean: float | None = None
+    kl_mean: float | None = None  # exact: over the whole vocabulary
     kl_p99: float | None = None
     top1_agreement: float | None = None
-    tail_mass: float | None = None  # the reference's mass outside its top TOP_K (mean)
 
     @property
     def perplexity_ratio(self) -> float | None:
@@ -66,7 +64,7 @@ class Quality:
                 f"{self.tokens:,} tokens")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "perplexity_ratio": self.perplexity_ratio, "top_k": TOP_K}
+        return {**asdict(self), "perplexity_ratio": self.perplexity_ratio}
 
 
 def built_in_text() -> str:
@@ -177,37 +175,80 @@ def reference_of(folder: Path, parts: list[list[int]], *, dtype: str = "auto",
     return ref
 
 
-def candidate_pass(net, parts: list[list[int]], ref: Reference | None = None,
-                   progress: Progress | None = None) -> Quality:
-    """Perplexity of ``net`` on the chunks; with ``ref``, KL, top-1 and the ratio."""
-    nll, kls, agree, tails, ref_nll = [], [], [], [], []
-    for n, start, lp, tgt in _scored(net, parts, progress):
-        nll.append(-np.array(tgt, dtype=np.float64))
-        if ref is None:
-            continue
-        rows = lp.shape[0]
-        r_ids = ref.ids[n][start:start + rows]
-        r_lp = ref.logp[n][start:start + rows].astype(np.float64)
-        q_lp = np.array(mx.take_along_axis(lp, mx.array(r_ids), axis=-1), dtype=np.float64)
-        p, q = np.exp(r_lp), np.exp(q_lp)
-        p_tail = np.clip(1 - p.sum(-1), 0, 1)
-        q_tail = np.clip(1 - q.sum(-1), 1e-12, 1)
-        kl = (p * (r_lp - q_lp)).sum(-1) + np.where(
-            p_tail > 1e-12, p_tail * (np.log(np.maximum(p_tail, 1e-12)) - np.log(q_tail)), 0.0)
-        kls.append(np.maximum(kl, 0.0))
-        ref_best = r_ids[np.arange(rows), np.argmax(r_lp, axis=-1)]
-        agree.append(np.array(mx.argmax(lp, axis=-1)) == ref_best)
-        tails.append(p_tail)
-        ref_nll.append(-ref.target[n][start:start + rows].astype(np.float64))
+def candidate_pass(net, parts: list[list[int]], progress: Progress | None = None) -> Quality:
+    """Perplexity of ``net`` on the chunks (no reference to compare with)."""
+    nll = [-np.array(tgt, dtype=np.float64) for _, _, _, tgt in _scored(net, parts, progress)]
     nll_all = np.concatenate(nll)
-    out = Quality(tokens=int(nll_all.size), perplexity=math.exp(nll_all.mean()))
-    if ref is not None:
-        kl_all = np.concatenate(kls)
-        out.reference_perplexity = math.exp(np.concatenate(ref_nll).mean())
-        out.kl_mean = float(kl_all.mean())
-        out.kl_p99 = float(np.percentile(kl_all, 99))
-        out.top1_agreement = float(np.concatenate(agree).mean())
-        out.tail_mass = float(np.concatenate(tails).mean())
+    return Quality(tokens=int(nll_all.size), perplexity=math.exp(nll_all.mean()))
+
+
+def joint_pass(reference: Path, candidates: list[Path], parts: list[list[int]], *,
+               dtype: str = "auto", progress: Progress | None = None) -> list[Quality]:
+    """Each candidate MLX folder against the ``reference`` folder (MLX or Hugging Face) on
+    the chunks: exact KL over the whole vocabulary, top-1 agreement, perplexities. The
+    models advance together one decoder layer at a time, read lazily, each layer freed once
+    it ran (see the module's docstring); ``progress`` hears layers done of all steps."""
+    import gc
+
+    from mlx_lm.models.base import create_attention_mask
+
+    from .loader import load_weights
+
+    nets = [load_weights(Path(reference), dtype=dtype, lazy=True)[0]] + \
+        [load_weights(Path(c), lazy=True)[0] for c in candidates]
+    depth = len(nets[0].model.layers)
+    if any(len(n.model.layers) != depth for n in nets):
+        raise QwenMlxError("the reference and the model have different numbers of layers")
+    states = [[net.model.embed_tokens(mx.array(p)[None]) for p in parts] for net in nets]
+    mask = create_attention_mask(states[0][0], None)
+    steps = depth + 1
+    for layer in range(depth):
+        for k, net in enumerate(nets):
+            block = net.model.layers[layer]
+            states[k] = [block(x, mask) for x in states[k]]
+            mx.eval(states[k])
+            net.model.layers[layer] = None  # its weights go; the hidden states carry on
+        gc.collect()
+        mx.clear_cache()
+        if progress:
+            progress(layer + 1, steps)
+    heads = [(net.model.norm, output_head(net)) for net in nets]
+    ref_nll, nll = [], [[] for _ in candidates]
+    kls, agree = [[] for _ in candidates], [[] for _ in candidates]
+    for n, chunk in enumerate(parts):
+        nxt = mx.array(chunk[1:])
+        finals = [norm(states[k][n][:, :-1]) for k, (norm, _) in enumerate(heads)]
+        for start in range(0, len(chunk) - 1, ROWS):
+            logps = []
+            for k, (_, head) in enumerate(heads):
+                logits = head(finals[k][:, start:start + ROWS])[0].astype(mx.float32)
+                logps.append(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+            ref, targets = logps[0], nxt[start:start + ROWS, None]
+            p, best = mx.exp(ref), mx.argmax(ref, axis=-1)
+            rows = [mx.take_along_axis(ref, targets, axis=-1)[:, 0]]
+            for c, lq in enumerate(logps[1:]):
+                rows += [(p * (ref - lq)).sum(-1), mx.argmax(lq, axis=-1) == best,
+                         mx.take_along_axis(lq, targets, axis=-1)[:, 0]]
+            mx.eval(rows)
+            ref_nll.append(-np.array(rows[0], dtype=np.float64))
+            for c in range(len(candidates)):
+                kl, same, tgt = rows[1 + 3 * c: 4 + 3 * c]
+                kls[c].append(np.maximum(np.array(kl, dtype=np.float64), 0.0))
+                agree[c].append(np.array(same))
+                nll[c].append(-np.array(tgt, dtype=np.float64))
+    if progress:
+        progress(steps, steps)
+    del nets, states
+    gc.collect()
+    mx.clear_cache()
+    ref_ppl = math.exp(np.concatenate(ref_nll).mean())
+    out = []
+    for c in range(len(candidates)):
+        kl_all, nll_all = np.concatenate(kls[c]), np.concatenate(nll[c])
+        out.append(Quality(tokens=int(nll_all.size), perplexity=math.exp(nll_all.mean()),
+                           reference_perplexity=ref_ppl, kl_mean=float(kl_all.mean()),
+                           kl_p99=float(np.percentile(kl_all, 99)),
+                           top1_agreement=float(np.concatenate(agree[c]).mean())))
     return out
 
 
@@ -250,18 +291,21 @@ def prepare(candidate: Path, reference: Path | None, text: str, *,
 
 def evaluate(candidate: Path | list[Path], reference: Path | None, parts: list[list[int]], *,
              progress: Callable[[str], Progress] | None = None) -> Quality | list[Quality]:
-    """Score the MLX folder ``candidate`` (or each of a list, against one reference pass) on
-    the chunks, and against the ``reference`` folder (MLX or Hugging Face) when given, one
-    model resident at a time. ``progress(label)`` gives a callback per pass."""
+    """Score the MLX folder ``candidate`` (or each of a list, in one pass with the reference)
+    on the chunks, against the ``reference`` folder (MLX or Hugging Face) when given:
+    :func:`joint_pass`, layer by layer. ``progress(label)`` gives a callback per pass."""
     from .loader import load_weights
 
-    ref = None if reference is None else reference_of(
-        reference, parts, progress=progress("reference") if progress else None)
-    results = []
-    for folder in candidate if isinstance(candidate, list) else [candidate]:
-        net, _ = load_weights(Path(folder))
-        results.append(candidate_pass(net, parts, ref, progress("model") if progress else None))
-        del net
+    folders = candidate if isinstance(candidate, list) else [candidate]
+    if reference is not None:
+        results = joint_pass(reference, folders, parts,
+                             progress=progress("layers") if progress else None)
+    else:
+        results = []
+        for folder in folders:
+            net, _ = load_weights(Path(folder))
+            results.append(candidate_pass(net, parts, progress("model") if progress else None))
+            del net
     return results if isinstance(candidate, list) else results[0]
 
 

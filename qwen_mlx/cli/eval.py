@@ -10,7 +10,7 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..errors import QwenMlxError
-from .console import TokenRate, err
+from .console import err
 from .options import MODEL_HELP, model_argument
 
 
@@ -74,11 +74,12 @@ def read_texts(files: tuple[Path, ...]) -> str:
 
 
 class EvalProgress:
-    """One transient bar per pass (reference, model) on stderr."""
+    """One transient bar per pass (the joint pass's layers; a lone model's tokens) on
+    stderr."""
 
     def __enter__(self) -> "EvalProgress":
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(),
-                             TextColumn("{task.completed:,}/{task.total:,} tokens"), TokenRate(),
+                             TextColumn("{task.completed:,}/{task.total:,}"),
                              TimeRemainingColumn(), console=err, transient=True)
         self.bars.start()
         return self
