@@ -1,25 +1,27 @@
 """Bits per layer under a size budget: `convert --max-size 1.8GB` or `--bpw 3.6`.
 
 Each quantizable layer can take any format (3, 4, 5, 6 or 8 bits, in groups of 128, 64 or
-32 that divide its input width); only the formats on the lower convex hull of its (bytes,
-estimated KL) points are worth taking. Every layer starts at its smallest; then, greedily,
-the layer whose next hull step removes the most estimated KL per byte takes it, as long as
-the exact size on disk (:func:`qwen_mlx.quantize.planned_bytes`: headers and data of every
-file, computed from shapes alone) stays within the budget. Group sizes matter as much as
-bits: a large layer (the embedding) can pay for its own groups of 128 with the bits that
-take a small, sensitive one to 8. The result is a
+32 that divide its input width), at a measured estimated KL. Choosing one per layer for the
+least summed cost within a size is the multiple-choice knapsack: it is solved exactly by
+dynamic programming over a grid of the budget (each format's bytes rounded up to the grid,
+so the answer fits), then what the rounding left is spent on the best upgrades that still
+fit, and every uniform recipe that fits competes with the result. The exact size on disk
+(:func:`qwen_mlx.quantize.planned_bytes`: headers and data of every file, computed from
+shapes alone) is checked last. Group sizes matter as much as bits: a large layer (the
+embedding) can pay for its own groups of 128 with the bits that take a small, sensitive
+one to 8. The result is a
 :class:`~qwen_mlx.recipes.Recipe` whose per-layer bits go into config.json the way mlx-lm
 reads them, so ``mlx_lm.load`` loads the model unchanged.
 """
 
 from __future__ import annotations
 
-import heapq
 import re
 from collections import Counter
 from dataclasses import dataclass
 
 import mlx.core as mx
+import numpy as np
 
 from .errors import QwenMlxError
 from .quantize import planned_bytes
@@ -107,27 +109,75 @@ def check_budget(tensors: list, base: Recipe, budget: Budget) -> int:
     return limit
 
 
-def _hull(points: list[tuple[float, float, Format]]) -> list[tuple[float, float, Format]]:
-    """The lower convex hull of (bytes, cost) from the smallest format up: the formats worth
-    taking, each step paying less per byte than the one before."""
-    hull: list[tuple[float, float, Format]] = []
-    for p in sorted(points):
-        if hull and p[1] >= hull[-1][1]:
-            continue  # bigger and no better
-        while len(hull) >= 2:
-            (x1, y1, _), (x2, y2, _) = hull[-2], hull[-1]
-            if (y2 - y1) * (p[0] - x1) >= (p[1] - y1) * (x2 - x1):
-                hull.pop()  # the middle point pays more per byte than going straight on
-            else:
-                break
-        hull.append(p)
-    return hull
+CELLS = 50_000  # the byte grid of the exact allocation: the budget in this many steps
+HEADER_SLACK = 1 << 16  # safetensors headers grow a little with other shapes' digits (kept
+# while choosing, then spent once the headers are measured)
+
+
+def _knapsack(options: dict[str, list[tuple[Format, float, float]]],
+              room: float) -> dict[str, Format] | None:
+    """The multiple-choice knapsack, solved exactly over a byte grid: one format per layer,
+    the summed cost least, the summed bytes (each rounded up to the grid, so the answer
+    always fits) within ``room``. None when nothing fits."""
+    cell = max(1.0, room / CELLS)
+    cap = int(room // cell)
+    if cap < 0:
+        return None
+    best = np.zeros(cap + 1)  # least cost with at most j cells, over the layers so far
+    picks = []
+    for name, opts in options.items():
+        new = np.full(cap + 1, np.inf)
+        pick = np.zeros(cap + 1, dtype=np.int16)
+        for i, (_, nbytes, cost) in enumerate(opts):
+            w = int(np.ceil(nbytes / cell))
+            if w > cap:
+                continue
+            cand = np.full(cap + 1, np.inf)
+            cand[w:] = best[:cap + 1 - w] + cost
+            better = cand < new
+            new[better], pick[better] = cand[better], i
+        best = new
+        picks.append((name, pick, [int(np.ceil(o[1] / cell)) for o in opts]))
+    if not np.isfinite(best[cap]):
+        return None
+    chosen, j = {}, cap
+    for name, pick, weights in reversed(picks):
+        i = int(pick[j])
+        chosen[name] = options[name][i][0]
+        j -= weights[i]
+    return chosen
+
+
+def _fill(chosen: dict[str, Format], options: dict[str, list[tuple[Format, float, float]]],
+          room: float) -> dict[str, Format]:
+    """Spend what the grid's rounding left: the upgrade that saves the most cost per byte
+    and still fits, until none does."""
+    chosen = dict(chosen)
+    table = {n: {f: (b, c) for f, b, c in opts} for n, opts in options.items()}
+    used = sum(table[n][f][0] for n, f in chosen.items())
+    while True:
+        best = None
+        for name, f in chosen.items():
+            nb, cost = table[name][f]
+            for g, (b, c) in table[name].items():
+                if b > nb and c < cost and used + b - nb <= room:
+                    rate = (cost - c) / (b - nb)
+                    if best is None or rate > best[0]:
+                        best = (rate, name, g, b - nb)
+        if best is None:
+            return chosen
+        _, name, g, delta = best
+        chosen[name] = g
+        used += delta
 
 
 def allocate(tensors: list, base: Recipe, costs: dict[str, dict[Format, float]],
              budget: Budget) -> Recipe:
     """A format per layer within the budget, the estimated KL (``costs[layer][format]``)
-    least. ``tensors``: the source's, in write order (name, shape); ``base``: the group size
+    least: the multiple-choice knapsack, exact over a byte grid, then filled up to the
+    budget; every uniform recipe that fits competes with it, so the mix is never estimated
+    worse than one of them (a greedy and a price fill once chose a mix that lost to plain
+    q4). ``tensors``: the source's, in write order (name, shape); ``base``: the group size
     of the default and the float type."""
     limit = check_budget(tensors, base, budget)
     shapes = _quantized(tensors, base)
@@ -135,58 +185,32 @@ def allocate(tensors: list, base: Recipe, costs: dict[str, dict[Format, float]],
     if missing:
         raise QwenMlxError(f"no sensitivity was measured for {missing[0]}")
     fb = getattr(mx, base.dtype).size
-    hulls = {n: _hull([(_nbytes(shapes[n], f, fb), costs[n][f], f) for f in formats(s[-1])])
-             for n, s in shapes.items()}
+    options = {n: [(f, _nbytes(s, f, fb), costs[n][f]) for f in formats(s[-1])]
+               for n, s in shapes.items()}
 
-    def fill(start: dict[str, int]) -> dict[str, int]:
-        """Greedy from ``start``: the next hull step paying the most per byte, while the
-        exact size stays within the limit."""
-        step = dict(start)
-        heap: list[tuple[float, str]] = []
+    def recipe(chosen: dict[str, Format]) -> Recipe:
+        return with_formats(base, chosen, budget.label)
 
-        def offer(name: str) -> None:
-            hull, i = hulls[name], step[name]
-            if i + 1 < len(hull):
-                (x1, y1, _), (x2, y2, _) = hull[i], hull[i + 1]
-                heapq.heappush(heap, (-(y1 - y2) / (x2 - x1), name))
+    def total(chosen: dict[str, Format]) -> float:
+        return sum(costs[n][f] for n, f in chosen.items())
 
-        for name in shapes:
-            offer(name)
-        while heap:
-            _, name = heapq.heappop(heap)
-            step[name] += 1
-            if size(step) > limit:
-                step[name] -= 1  # too big: this layer stays; a smaller step may still fit
-                continue
-            offer(name)
-        return step
-
-    def at(price: float) -> dict[str, int]:
-        """Each layer's best point when a byte costs ``price`` in KL (a Lagrange multiplier):
-        big layers are weighed whole, which the greedy steps alone cannot do."""
-        return {n: min(range(len(h)), key=lambda i: h[i][1] + price * h[i][0])
-                for n, h in hulls.items()}
-
-    def size(step: dict[str, int]) -> int:
-        return planned_bytes(tensors, recipe(step))
-
-    def recipe(step: dict[str, int]) -> Recipe:
-        return with_formats(base, {n: hulls[n][step[n]][2] for n in shapes}, budget.label)
-
-    def total(step: dict[str, int]) -> float:
-        return sum(hulls[n][i][1] for n, i in step.items())
-
-    # The cheapest price whose choices fit, by bisection on a log scale, then filled up.
-    lo, hi = -40.0, 40.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if size(at(10 ** mid)) <= limit else (mid, hi)
-    candidates = [fill(dict.fromkeys(shapes, 0))]
-    if size(at(10 ** hi)) <= limit:
-        candidates.append(fill(at(10 ** hi)))
-    best = recipe(min(candidates, key=total))
-    assert planned_bytes(tensors, best) <= limit
-    return best
+    least = {n: min(opts, key=lambda o: o[1])[0] for n, opts in options.items()}
+    fixed = planned_bytes(tensors, recipe(least)) - sum(
+        _nbytes(shapes[n], f, fb) for n, f in least.items())
+    room = limit - fixed - HEADER_SLACK
+    candidates = [least]
+    mix = _knapsack(options, room)
+    if mix is not None:
+        mix = _fill(mix, options, room)
+        candidates.append(mix)
+        # the headers' real size is known now: spend the slack kept for them
+        data = sum(_nbytes(shapes[n], f, fb) for n, f in mix.items())
+        headers = planned_bytes(tensors, recipe(mix)) - data - fixed
+        candidates.append(_fill(mix, options, limit - fixed - headers - 1024))
+    shared = set.intersection(*(set(costs[n]) & set(formats(s[-1])) for n, s in shapes.items()))
+    candidates += [dict.fromkeys(shapes, f) for f in sorted(shared)]
+    fitting = [c for c in candidates if planned_bytes(tensors, recipe(c)) <= limit]
+    return recipe(min(fitting, key=total))
 
 
 def summary(recipe: Recipe, tensors: list) -> str:
