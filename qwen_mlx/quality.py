@@ -115,19 +115,24 @@ def output_head(net):
 
 def kl_to_reference(net, chunk: list[int], ids: mx.array, ref_logp: mx.array, *,
                     temperature: float = 1.0) -> mx.array:
-    """Differentiable mean KL(reference || net) over one chunk's positions, in the same
-    top-k-plus-tail form :func:`candidate_pass` reports (``ids``/``ref_logp``: the
-    reference's, as :func:`reference_pass` keeps them). What a recipe that fits on the
-    reference minimises, so it lowers the figure `eval` measures. A ``temperature`` above 1
-    softens both sides (the reference renormalised over its top-k): a peaked teacher then
-    still says which wrong tokens are nearly right."""
+    """Differentiable mean KL(reference || net) over one chunk's positions, from the
+    reference's top-k (``ids``/``ref_logp``, as :func:`reference_pass` keeps them). What a
+    recipe that fits on the reference minimises, and its minimum is the reference itself:
+
+    * at temperature 1, over the top-k plus one bucket for the rest of each side's mass;
+    * above 1 (softer, so a peaked teacher still says which wrong tokens are nearly right),
+      both sides are renormalised over the same support, the reference's top-k, as mlx-lm's
+      DWQ does. (Renormalising the reference alone, as this once did, made the minimum a
+      student with no mass outside those k tokens, not the teacher.)"""
     logits = output_head(net)(net.model(mx.array(chunk[:-1])[None]))[0].astype(mx.float32)
-    logits = logits / temperature
+    if temperature != 1.0:
+        q = mx.take_along_axis(logits / temperature, ids, axis=-1)
+        q = q - mx.logsumexp(q, axis=-1, keepdims=True)
+        p_log = ref_logp / temperature
+        p_log = p_log - mx.logsumexp(p_log, axis=-1, keepdims=True)
+        return (mx.exp(p_log) * (p_log - q)).sum(-1).mean()
     q = mx.take_along_axis(logits, ids, axis=-1) - mx.logsumexp(logits, axis=-1,
                                                                  keepdims=True)
-    if temperature != 1.0:
-        ref_logp = ref_logp / temperature
-        ref_logp = ref_logp - mx.logsumexp(ref_logp, axis=-1, keepdims=True)
     p = mx.exp(ref_logp)
     p_tail = mx.maximum(1 - p.sum(-1), 0.0)
     q_tail = mx.maximum(1 - mx.exp(q).sum(-1), 1e-12)

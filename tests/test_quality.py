@@ -168,3 +168,21 @@ def test_eval_is_exact_against_an_independent_full_vocabulary_computation(tiny_h
     assert abs(got["kl_mean"] - kl.mean()) <= 1e-4 * kl.mean()
     assert abs(got["kl_p99"] - np.percentile(kl, 99)) <= 1e-4 * np.percentile(kl, 99)
     assert got["top1_agreement"] == top1.mean()
+
+
+def test_the_distillation_loss_is_least_at_the_teacher(tiny_f32):
+    """Softened (temperature 2), the student is renormalised over the teacher's top-k as
+    the teacher is: the teacher against itself scores 0 (it scored its own tail mass
+    before), and at temperature 1 the top-k-plus-tail form is 0 too."""
+    import mlx.core as mx
+
+    from qwen_mlx import quality
+    from qwen_mlx.loader import load_weights
+
+    parts = quality.prepare(tiny_f32, None, quality.built_in_text(), chunk=64, limit=64)
+    net, _ = load_weights(tiny_f32)
+    ref = quality.reference_pass(net, parts)
+    for t in (1.0, 2.0):
+        loss = quality.kl_to_reference(net, parts[0], mx.array(ref.ids[0]),
+                                       mx.array(ref.logp[0]), temperature=t).item()
+        assert abs(loss) < 1e-5, (t, loss)
