@@ -65,17 +65,25 @@ def phases(tensors: list, config: dict, recipe: Recipe, chunk: int, *, mixed: bo
 def rounding_bytes(tensors: list, recipe: Recipe) -> int:
     """The GPTQ pass (:mod:`qwen_mlx.gptq`): the student, the source's embedding, and the
     larger of one decoder layer (its float weights, each linear layer's float32 input
-    second moment and working copies) and the output layer (float32 working copies)."""
+    second moment and working copies, and the largest scale-refit block's normal
+    equations) and the output layer (float32 working copies)."""
+    from .gptq import refit_bytes
+
     float_bytes = getattr(mx, recipe.dtype).size
     student = sum(math.prod(t.shape) * (recipe.format_for(t.name.removesuffix(".weight"))[0]
                                         or 8 * float_bytes) // 8 for t in tensors)
     embed = next(math.prod(t.shape) for t in tensors if "embed_tokens" in t.name)
     layers: dict[str, int] = {}
+    refits: dict[str, int] = {}
     for t in tensors:
         if ".layers." in t.name:
             key = t.name.split(".layers.")[1].split(".")[0]
             work = t.shape[-1] ** 2 * 4 + 3 * math.prod(t.shape) * 4 if len(t.shape) == 2 else 0
             layers[key] = layers.get(key, 0) + math.prod(t.shape) * float_bytes + work
+            if len(t.shape) == 2 and recipe.quantizes(t.shape):
+                group = recipe.format_for(t.name.removesuffix(".weight"))[1]
+                refits[key] = max(refits.get(key, 0), refit_bytes(t.shape[-1], group))
+    layers = {k: v + refits.get(k, 0) for k, v in layers.items()}
     head = 3 * embed * 4
     return student + embed * float_bytes + max([head, *layers.values()])
 

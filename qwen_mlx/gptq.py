@@ -30,9 +30,29 @@ from mlx.utils import tree_unflatten
 
 DAMP = 0.1  # of H's mean diagonal, added before inverting (mlx-lm: 0.01; 0.1 generalised
 # better from the small fit set, bench/README)
-ROWS = 8192  # rows refitted at once: bounds the per-row normal equations' memory
+ROWS = 8192  # rows packed at once
+REFIT_BYTES = 256 << 20  # the scale refit's working memory for one row block, at most
+REFIT_COPIES = 4  # (2G x 2G) float32 matrices per row alive at once: the stacked blocks,
+# the system, the system with its ridge, the solver's copy
 
-Progress = Callable[[int, int], None]
+
+def _refit_row_bytes(cols: int, group: int) -> int:
+    """Working bytes of one row's refit: its normal equations (REFIT_COPIES of 2G x 2G) and
+    the G partial products (cols each) they are summed from, float32."""
+    side = 2 * cols // group
+    return (side * side * REFIT_COPIES + cols // group * cols) * 4
+
+
+def refit_rows(cols: int, group: int) -> int:
+    """Rows whose scales are refitted at once: as many as fit in REFIT_BYTES. For Qwen3-4B's
+    down_proj (9,728 inputs) in groups of 32 that is 15 rows, where all 2,560 at once took
+    3.8 GB for each copy of the normal equations alone."""
+    return max(1, REFIT_BYTES // _refit_row_bytes(cols, group))
+
+
+def refit_bytes(cols: int, group: int) -> int:
+    """The working memory of one refit block (what fit_memory counts for a layer)."""
+    return refit_rows(cols, group) * _refit_row_bytes(cols, group)
 
 
 class _Catch(nn.Module):
@@ -124,8 +144,9 @@ def refit_scales(w: mx.array, h: mx.array, codes: mx.array, scales: mx.array,
     block_sums = h.reshape(g, group, g, group).sum(axis=(1, 3))  # 1_g^T H 1_h
     col_sums = h.reshape(cols, g, group).sum(axis=2)  # H 1_h, (cols, G)
     out_s, out_b = [], []
-    for start in range(0, rows, ROWS):
-        q, wr = codes[start:start + ROWS], w[start:start + ROWS]
+    block = refit_rows(cols, group)
+    for start in range(0, rows, block):
+        q, wr = codes[start:start + block], w[start:start + block]
         n = q.shape[0]
         qq = mx.stack([(q * (q[:, k * group:(k + 1) * group] @ h[k * group:(k + 1) * group]))
                        .reshape(n, g, group).sum(-1) for k in range(g)], axis=2)
@@ -143,7 +164,7 @@ def refit_scales(w: mx.array, h: mx.array, codes: mx.array, scales: mx.array,
         with mx.stream(mx.cpu):
             theta = mx.linalg.solve(m, v[..., None])[..., 0]
         s_new, b_new = theta[:, :g], theta[:, g:]
-        s_old, b_old = scales[start:start + ROWS], biases[start:start + ROWS]
+        s_old, b_old = scales[start:start + block], biases[start:start + block]
         better = (_error(wr, h, q, s_new, b_new, group)
                   < _error(wr, h, q, s_old, b_old, group))[:, None]
         out_s.append(mx.where(better, s_new, s_old))

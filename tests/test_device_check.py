@@ -20,8 +20,9 @@ def test_device_check_quick_writes_every_result(tmp_path):
                              str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr.splitlines()[0] == f"device check: cpu, tiny shape, results in " \
-                                            f"{tmp_path}"
+    # (pip may warn before it, about this machine's package index settings)
+    assert f"device check: cpu, tiny shape, results in {tmp_path}" in \
+        result.stderr.splitlines()
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert [r["engine"] for r in bench["results"]] == ["qwen-mlx", "mlx-lm"]
     assert [d["depth"] for d in bench["results"][0]["decode"]] == [0, 64]
