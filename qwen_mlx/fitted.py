@@ -96,19 +96,30 @@ def mixed_recipe(source: Path, base: Recipe, fit: Fit, hooks: Hooks = Hooks()) -
 
 def fitted_convert(source: Path, output: Path, base: Recipe, fit: Fit, *,
                    force: bool = False, source_name: str | None = None,
-                   hooks: Hooks = Hooks(), eval_tokens: int = 0) -> quality.Quality | None:
+                   hooks: Hooks = Hooks(), eval_tokens: int = 0,
+                   eval_limit: float | None = None) -> quality.Quality | None:
     """Convert ``source`` into ``output`` with a fitted recipe; with ``eval_tokens``, measure
     the result on the held-out text (and, distilled, the plain quantization it started from)
-    and record it. Returns that measurement."""
+    and record it. Returns that measurement. ``eval_limit``: the most seconds the
+    measurement may take beyond the conversion's own time (:class:`quality.TooSlow` when
+    the estimate is longer)."""
+    import time
+
     from .quantize import convert
 
+    started = time.perf_counter()
     source = Path(source)
+
+    def limit() -> float | None:
+        return None if eval_limit is None else max(eval_limit, time.perf_counter() - started)
+
     recipe = mixed_recipe(source, base, fit, hooks) if fit.budget else base
     if not fit.distil:
         hooks.phase("writing the model")
         convert(source, output, recipe, force=force, source_name=source_name)
         return quality.measure_conversion(output, source, eval_tokens, chunk=fit.chunk,
-                                          progress=hooks.bar) if eval_tokens else None
+                                          progress=hooks.bar, limit_seconds=limit()) \
+            if eval_tokens else None
     name = fit.named(base).name
     student, state = distill.distill(
         source, output, recipe, chunk=fit.chunk, epochs=fit.epochs, limit=fit.fit_tokens,
@@ -122,7 +133,7 @@ def fitted_convert(source: Path, output: Path, base: Recipe, fit: Fit, *,
     distill.finish(source, output, recipe, name, state, force=force, source_name=source_name)
     try:
         return quality.measure_conversion(output, source, eval_tokens, chunk=fit.chunk,
-                                          before=student, progress=hooks.bar) \
-            if eval_tokens else None
+                                          before=student, progress=hooks.bar,
+                                          limit_seconds=limit()) if eval_tokens else None
     finally:
         shutil.rmtree(distill.work_folder(source, output, recipe), ignore_errors=True)

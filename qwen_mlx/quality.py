@@ -343,14 +343,55 @@ def record(folder: Path, quality: Quality, reference: Path, chunk: int,
                               f"{before.top1_agreement:.1%}") + ".\n")
 
 
+class TooSlow(Exception):
+    """The measurement would take longer than allowed: ``seconds`` is the estimate."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"about {seconds:,.0f} s")
+        self.seconds = seconds
+
+
+def estimate_seconds(reference: Path, candidates: list[Path], parts: list[list[int]], *,
+                     dtype: str = "auto") -> float:
+    """How long :func:`joint_pass` would take here, from a probe: the first decoder layer
+    of every model on the first chunk, and one block of ROWS positions through every output
+    layer, timed and scaled to all layers, chunks and positions. The probe reads one layer
+    of each model (lazily), so it costs a small share of the pass."""
+    import time
+
+    from mlx_lm.models.base import create_attention_mask
+
+    from .loader import load_weights
+
+    nets = [load_weights(Path(reference), dtype=dtype, lazy=True)[0]] + \
+        [load_weights(Path(c), lazy=True)[0] for c in candidates]
+    x = [net.model.embed_tokens(mx.array(parts[0])[None]) for net in nets]
+    mx.eval(x)
+    mask = create_attention_mask(x[0], None)
+    start = time.perf_counter()
+    mx.eval([net.model.layers[0](h, mask) for net, h in zip(nets, x)])
+    layer = time.perf_counter() - start
+    start = time.perf_counter()
+    mx.eval([output_head(net)(net.model.norm(h[:, :ROWS])) for net, h in zip(nets, x)])
+    head = time.perf_counter() - start
+    blocks = sum(-(-(len(p) - 1) // ROWS) for p in parts)
+    return layer * len(nets[0].model.layers) * len(parts) + head * blocks
+
+
 def measure_conversion(output: Path, source: Path, tokens: int, *, chunk: int = DEFAULT_CHUNK,
                        before: Path | None = None,
-                       progress: Callable[[str], Progress] | None = None) -> Quality:
+                       progress: Callable[[str], Progress] | None = None,
+                       limit_seconds: float | None = None) -> Quality:
     """What `convert` does after writing: ``output`` against its ``source`` on ``tokens`` of
     the built-in held-out text (and ``before``, the plain quantization a distilled recipe
-    started from, in the same pass), recorded in quality.json and the model card."""
+    started from, in the same pass), recorded in quality.json and the model card. With
+    ``limit_seconds``, a pass estimated to take longer is not run: :class:`TooSlow`."""
     parts = prepare(output, source, built_in_text(), chunk=chunk, limit=tokens)
-    results = evaluate([output] + ([before] if before else []), source, parts,
-                       progress=progress)
+    folders = [output] + ([before] if before else [])
+    if limit_seconds is not None:
+        seconds = estimate_seconds(source, folders, parts)
+        if seconds > limit_seconds:
+            raise TooSlow(seconds)
+    results = evaluate(folders, source, parts, progress=progress)
     record(output, results[0], source, chunk, results[1] if before else None)
     return results[0]

@@ -186,3 +186,29 @@ def test_the_distillation_loss_is_least_at_the_teacher(tiny_f32):
         loss = quality.kl_to_reference(net, parts[0], mx.array(ref.ids[0]),
                                        mx.array(ref.logp[0]), temperature=t).item()
         assert abs(loss) < 1e-5, (t, loss)
+
+
+def test_a_quality_pass_estimated_too_long_is_skipped_with_a_line(tiny_hf, tmp_path,
+                                                                  monkeypatch):
+    """On the CPU the pass on Qwen3-4B takes hours: a probe estimates it first, and one
+    longer than the conversion took (and 2 minutes) is skipped, saying so and naming the
+    flag that forces it."""
+    from qwen_mlx import quality
+
+    parts = quality.prepare(tiny_hf, tiny_hf, quality.built_in_text(), chunk=128, limit=256)
+    probe = quality.estimate_seconds(tiny_hf, [tiny_hf], parts)
+    assert 0 < probe < 120
+    monkeypatch.setattr(quality, "estimate_seconds", lambda *a, **k: 7200.0)
+    out = tmp_path / "q4"
+    r = run("convert", tiny_hf, "-o", out, "--dtype", "float32", "--eval-tokens", 512)
+    assert r.exit_code == 0, r.output
+    assert "quality not measured: the pass would take about 7,200 s here, longer than the " \
+           "conversion did and 2 minutes (--force-eval measures anyway; `qwen-mlx eval` " \
+           "measures later)" in r.stderr
+    assert not (out / "quality.json").exists()
+    r = run("convert", tiny_hf, "-o", tmp_path / "forced", "--dtype", "float32",
+            "--eval-tokens", 512, "--force-eval")
+    assert r.exit_code == 0 and (tmp_path / "forced" / "quality.json").is_file()
+    r = run("convert", tiny_hf, "-o", tmp_path / "x", "--no-eval", "--force-eval")
+    assert r.exit_code == 1 and r.output == "error: --force-eval and --no-eval (or " \
+                                            "--eval-tokens 0) contradict each other; give one\n"

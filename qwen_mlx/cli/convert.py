@@ -8,7 +8,7 @@ import click
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .. import distill, fitted, hub
+from .. import distill, fitted, hub, quality
 from ..checkpoint import is_mlx_folder
 from ..errors import QwenMlxError
 from ..fitted import Fit, Hooks, fitted_convert
@@ -78,10 +78,17 @@ from its measured sensitivity, --dwq trains the scales and biases against the so
                    "its source (KL, top-1, perplexity ratio; quality.json); 0 skips it, as "
                    "--no-eval does (or QWEN_MLX_EVAL_TOKENS=0).")
 @click.option("--no-eval", is_flag=True, help="Skip that measurement.")
+@click.option("--force-eval", is_flag=True, help="Measure even when a probe estimates the "
+              "measurement would take longer than the conversion did (and 2 minutes), which "
+              "otherwise skips it with a line that says so.")
 def convert(model: str | None, q4: bool, q8: bool, no_quantize: bool, bits: int | None,
             group_size: str, dtype: str, max_size: str | None, bpw: float | None, dwq: bool,
             dwq_epochs: int, teacher_tokens: int, fit_tokens: int | None, chunk: int,
-            output: Path | None, force: bool, eval_tokens: int, no_eval: bool) -> None:
+            output: Path | None, force: bool, eval_tokens: int, no_eval: bool,
+            force_eval: bool) -> None:
+    if force_eval and (no_eval or not eval_tokens):
+        raise QwenMlxError("--force-eval and --no-eval (or --eval-tokens 0) contradict each "
+                           "other; give one")
     if 0 < eval_tokens < chunk:
         raise QwenMlxError(f"--eval-tokens must be 0 (none) or at least {chunk} (one chunk)")
     flags = {"q4": q4, "q8": q8, "no_quantize": no_quantize}
@@ -105,11 +112,13 @@ def convert(model: str | None, q4: bool, q8: bool, no_quantize: bool, bits: int 
     if fit is not None:
         if spec.folder is None:
             fitted.check(source, recipe, fit)
-        run_fitted(source, output, recipe, fit, spec.display, force=force, eval_tokens=tokens)
+        run_fitted(source, output, recipe, fit, spec.display, force=force, eval_tokens=tokens,
+                   eval_limit=None if force_eval else EVAL_SECONDS)
     else:
-        convert_with_progress(source, output, recipe, spec.display, force=force)
+        report = convert_with_progress(source, output, recipe, spec.display, force=force)
         if tokens:
-            report_quality(output, source, tokens, chunk)
+            report_quality(output, source, tokens, chunk, limit=None if force_eval else
+                           max(EVAL_SECONDS, report.seconds))
     click.echo(str(output))
 
 
@@ -153,8 +162,17 @@ def fit_from_flags(max_size: str | None, bpw: float | None, dwq: bool, epochs: i
                chunk=chunk, fit_tokens=fit_tokens)
 
 
+EVAL_SECONDS = 120  # the quality pass may take this long, or as long as the conversion did
+
+
+def skipped(too_slow) -> None:
+    err.print(f"quality not measured: the pass would take {too_slow} here, longer than the "
+              f"conversion did and {EVAL_SECONDS // 60} minutes (--force-eval measures "
+              f"anyway; `qwen-mlx eval` measures later)", soft_wrap=True, markup=False)
+
+
 def run_fitted(source: Path, output: Path, recipe: Recipe, fit: Fit, name: str, *,
-               force: bool, eval_tokens: int) -> None:
+               force: bool, eval_tokens: int, eval_limit: float | None) -> None:
     """A fitted conversion with progress bars, a step bar with loss and ETA for --dwq, and
     Ctrl-C that saves the distillation's progress."""
     from .eval import EvalProgress
@@ -174,7 +192,11 @@ def run_fitted(source: Path, output: Path, recipe: Recipe, fit: Fit, name: str, 
                       bar=bars.task, stopping=stopping, step=step)
         try:
             result = fitted_convert(source, output, recipe, fit, force=force,
-                                    source_name=name, hooks=hooks, eval_tokens=eval_tokens)
+                                    source_name=name, hooks=hooks, eval_tokens=eval_tokens,
+                                    eval_limit=eval_limit)
+        except quality.TooSlow as too_slow:
+            skipped(too_slow)
+            return
         except distill.Stopped as stop:
             steps.stop()
             err.print(f"{stop}; progress saved", soft_wrap=True, markup=False)
@@ -183,13 +205,17 @@ def run_fitted(source: Path, output: Path, recipe: Recipe, fit: Fit, name: str, 
         err.print(f"quality against the source: {result.line()}", soft_wrap=True, markup=False)
 
 
-def report_quality(output: Path, source: Path, tokens: int, chunk: int) -> None:
+def report_quality(output: Path, source: Path, tokens: int, chunk: int,
+                   limit: float | None = None) -> None:
     """Measure the conversion against its source on the built-in held-out text: one line on
-    stderr, quality.json and the model card."""
-    from .. import quality
+    stderr, quality.json and the model card; skipped, with a line, when a probe says it
+    would take longer than ``limit`` seconds."""
     from .eval import EvalProgress
 
-    with EvalProgress() as bars:
-        result = quality.measure_conversion(output, source, tokens, chunk=chunk,
-                                            progress=bars.task)
+    try:
+        with EvalProgress() as bars:
+            result = quality.measure_conversion(output, source, tokens, chunk=chunk,
+                                                progress=bars.task, limit_seconds=limit)
+    except quality.TooSlow as too_slow:
+        return skipped(too_slow)
     err.print(f"quality against the source: {result.line()}", soft_wrap=True, markup=False)
