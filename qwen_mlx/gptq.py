@@ -31,6 +31,7 @@ from mlx.utils import tree_unflatten
 DAMP = 0.1  # of H's mean diagonal, added before inverting (mlx-lm: 0.01; 0.1 generalised
 # better from the small fit set, bench/README)
 ROWS = 8192  # rows packed at once
+Progress = Callable[[int, int], None]
 REFIT_BYTES = 256 << 20  # the scale refit's working memory for one row block, at most
 REFIT_COPIES = 4  # (2G x 2G) float32 matrices per row alive at once: the stacked blocks,
 # the system, the system with its ridge, the solver's copy

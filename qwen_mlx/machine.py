@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 
 import psutil
 
-from .errors import QwenMlxError
 from .units import GIB, parse_size
 
 # Unified-memory bandwidth in GB/s (10^9), from Apple's specifications. The keys are the

@@ -87,12 +87,20 @@ def check_target(target: Path, *, force: bool, protect: Iterable[Path] = ()) -> 
                            "a model or adapter folder that qwen-mlx or mlx-lm wrote")
 
 
+def write_probe(folder: Path) -> None:
+    """Make a file in ``folder`` and remove it at once: raises the OSError a real write
+    there would (a read-only folder, a full disk), before any work is done."""
+    import tempfile
+
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".qwen-mlx-probe-")
+    os.close(fd)
+    os.unlink(probe)
+
+
 def check_writable(path: Path, what: str) -> None:
     """Refuse, before any work, an output that could not be written when the work is done
     (a read-only folder, a missing permission): the nearest folder that exists on the way
-    to ``path`` gets a probe file, made and removed at once."""
-    import tempfile
-
+    to ``path`` gets a probe file."""
     from .errors import os_error_line
 
     target = absolute(path)
@@ -100,9 +108,7 @@ def check_writable(path: Path, what: str) -> None:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".qwen-mlx-probe-")
-        os.close(fd)
-        os.unlink(probe)
+        write_probe(folder)
     except OSError as e:
         raise QwenMlxError(f"cannot write {what} {path}: {os_error_line(e).split(': ')[0]} "
                            f"({folder})") from None

@@ -74,12 +74,11 @@ def unwritten(folder: Path, need: int) -> str:
     folder that cannot be written, or a disk without room for about ``need`` bytes."""
     import errno
     import shutil
-    import tempfile
+
+    from ..outputs import write_probe
 
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".qwen-mlx-probe-")
-        os.close(fd)
-        os.unlink(probe)
+        write_probe(folder)
         free = shutil.disk_usage(folder).free
     except OSError as e:
         if e.errno != errno.ENOSPC:

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import mlx.core as mx
-import numpy as np
 
 from ..errors import QwenMlxError, UnsupportedConstraint
 
