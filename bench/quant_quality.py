@@ -2,13 +2,16 @@
 
     python bench/quant_quality.py [--shape small] [--bits 8,6,5,4,3] [--tokens 1024]
 
-Builds the small random checkpoint twice, plain and with planted outlier input channels in
-its first layers (``make_checkpoint(outliers=4)``: real LLMs have such channels, and they
-are what hurts group-wise quantization), converts each with every --bits (groups of 64,
+Builds the small random checkpoint three times: plain, with an embedding of std 0.2
+(``make_checkpoint(embed_std=0.2)``: logits of std about 3, as a trained model's, instead of
+saturated ones) and with planted outlier input channels in its first layers
+(``make_checkpoint(outliers=4)``: real LLMs have such channels, and they are what hurts
+group-wise quantization); converts each with every --bits (groups of 64,
 float32 scales: the CPU's arithmetic), and measures each conversion against its source
 with `qwen-mlx eval`'s code on the built-in held-out text (--tokens tokens, 512-token
 chunks). One run each: KL and top-1 are functions of the weights and the text, not of
-machine load. Goal: KL strictly ordered q8 < q6 < q5 < q4 < q3 on both checkpoints.
+machine load. KL is exact, over the whole vocabulary (quality.joint_pass). Goal: KL strictly ordered
+q8 < q6 < q5 < q4 < q3 on every checkpoint.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="qwen-mlx-quant-quality-"))
     bits = [int(b) for b in a.bits.split(",")]
     results: dict[str, dict] = {}
-    for label, outliers in (("plain", 0), (f"{a.outliers} outlier channels", a.outliers)):
-        source = make_checkpoint(work / label.replace(" ", "-"), a.shape, outliers=outliers)
+    for label, kw in (("plain", {}), ("embedding std 0.2", {"embed_std": 0.2}),
+                      (f"{a.outliers} outlier channels", {"outliers": a.outliers})):
+        source = make_checkpoint(work / label.replace(" ", "-"), a.shape, **kw)
         parts = quality.prepare(source, source, quality.built_in_text(), limit=a.tokens)
         folders = []
         for b in bits:
