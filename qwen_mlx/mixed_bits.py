@@ -110,7 +110,7 @@ def check_budget(tensors: list, base: Recipe, budget: Budget) -> int:
 
 
 CELLS = 50_000  # the byte grid of the exact allocation: the budget in this many steps
-HEADER_SLACK = 1 << 16  # safetensors headers grow a little with other shapes' digits (kept
+HEADER_SLACK = 4096  # safetensors headers change by a few digits with other shapes (kept
 # while choosing, then spent once the headers are measured)
 
 
@@ -198,15 +198,11 @@ def allocate(tensors: list, base: Recipe, costs: dict[str, dict[Format, float]],
     fixed = planned_bytes(tensors, recipe(least)) - sum(
         _nbytes(shapes[n], f, fb) for n, f in least.items())
     room = limit - fixed - HEADER_SLACK
-    candidates = [least]
-    mix = _knapsack(options, room)
-    if mix is not None:
-        mix = _fill(mix, options, room)
-        candidates.append(mix)
-        # the headers' real size is known now: spend the slack kept for them
-        data = sum(_nbytes(shapes[n], f, fb) for n, f in mix.items())
-        headers = planned_bytes(tensors, recipe(mix)) - data - fixed
-        candidates.append(_fill(mix, options, limit - fixed - headers - 1024))
+    mix = _fill(_knapsack(options, room) or least, options, room)
+    # the headers' real growth is known now: solve again with the slack kept for it spent
+    data = sum(_nbytes(shapes[n], f, fb) for n, f in mix.items())
+    room = limit - fixed - max(0, planned_bytes(tensors, recipe(mix)) - data - fixed) - 64
+    candidates = [least, mix, _fill(_knapsack(options, room) or least, options, room)]
     shared = set.intersection(*(set(costs[n]) & set(formats(s[-1])) for n, s in shapes.items()))
     candidates += [dict.fromkeys(shapes, f) for f in sorted(shared)]
     fitting = [c for c in candidates if planned_bytes(tensors, recipe(c)) <= limit]

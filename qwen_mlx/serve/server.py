@@ -46,7 +46,7 @@ class Server:
     # (with close()) for long prompts: the CLI's rows of bars
     host: str = "127.0.0.1"  # the address bound: on loopback, other Host headers get 403
     allow_origins: tuple[str, ...] = ()  # web origins beyond localhost pages ("*": any)
-    max_body: int = 8 << 20  # request bytes; more is a 413, before parsing
+    max_body: int = 8_000_000  # request bytes (serve --max-body 8MB); more is a 413
     parallel: int | None = None  # sequences decoded together (None: from the memory plan)
     time_limit: float | None = None  # seconds one request may generate for
     started: float = field(default_factory=time.time)
