@@ -48,7 +48,7 @@ def with_document(path: str | Path, request: str | None) -> str:
 # pre-tokenizer always splits there, so the pieces of a text cut at these points tokenize to
 # exactly the tokens of the whole (no token spans two pieces).
 _CUT = re.compile(r"\n(?=\S)")
-PIECE_BYTES = 256 << 10
+PIECE_CHARS = 256 << 10  # characters tokenized at a time
 
 
 def refuse_oversized(tokenizer, texts: list[str], limit: int, longest_token: int) -> None:
@@ -68,7 +68,7 @@ def refuse_oversized(tokenizer, texts: list[str], limit: int, longest_token: int
     for text in texts:
         start = 0
         while start < len(text):
-            end = start + PIECE_BYTES
+            end = start + PIECE_CHARS
             cut = _CUT.search(text, end) if end < len(text) else None
             stop = cut.end() if cut else len(text)
             counted += len(tokenizer.encode(text[start:stop], add_special_tokens=False))

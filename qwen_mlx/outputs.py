@@ -101,8 +101,6 @@ def check_writable(path: Path, what: str) -> None:
     """Refuse, before any work, an output that could not be written when the work is done
     (a read-only folder, a missing permission): the nearest folder that exists on the way
     to ``path`` gets a probe file."""
-    from .errors import os_error_line
-
     target = absolute(path)
     folder = target if target.is_dir() else target.parent
     while not folder.exists() and folder != folder.parent:
@@ -110,5 +108,5 @@ def check_writable(path: Path, what: str) -> None:
     try:
         write_probe(folder)
     except OSError as e:
-        raise QwenMlxError(f"cannot write {what} {path}: {os_error_line(e).split(': ')[0]} "
-                           f"({folder})") from None
+        raise QwenMlxError(f"cannot write {what} {path}: {e.strerror or e} ({folder})") \
+            from None

@@ -133,7 +133,7 @@ def kv_token_bytes(model: Model) -> float:
     from ..memory_plan import Shape, kv_bytes_per_token
 
     return kv_bytes_per_token(Shape.of(model.config), model.kv,
-                              {"float32": 4}.get(model.compute_dtype, 2))
+                              getattr(mx, model.compute_dtype).size)
 
 
 def default_parallel(model: Model) -> int:
