@@ -301,44 +301,6 @@ def _lark_accepts(grammar: str, text: str) -> bool:
     return matcher.try_consume_tokens(ids) == len(ids) and matcher.is_accepting()
 
 
-def test_agent_clients_that_send_parallel_tool_calls(served):
-    """LangChain's with_structured_output(method="function_calling") and
-    bind_tools(parallel_tool_calls=False), and the Agents SDK with
-    ModelSettings(parallel_tool_calls=False): all were refused before."""
-    from langchain_openai import ChatOpenAI
-    from pydantic import BaseModel, Field
-
-    class Weather(BaseModel):
-        """Weather in a city."""
-        city: str = Field(max_length=12)
-        unit: str = Field(pattern="^(C|F)$")
-
-    llm = ChatOpenAI(base_url=f"{served.url}/v1", api_key="x", model=NAME, temperature=0,
-                     max_tokens=120, max_retries=0)
-    got = llm.with_structured_output(Weather, method="function_calling").invoke(
-        "Weather in Oslo?")
-    assert isinstance(got, Weather) and len(got.city) <= 12 and got.unit in ("C", "F")
-    message = llm.bind_tools([Weather], tool_choice="required",
-                             parallel_tool_calls=False).invoke("Weather in Oslo?")
-    assert len(message.tool_calls) == 1 and message.tool_calls[0]["name"] == "Weather"
-
-    import asyncio
-
-    from agents import (Agent, ModelSettings, OpenAIChatCompletionsModel, Runner,
-                        set_tracing_disabled)
-
-    set_tracing_disabled(True)  # traces would go to OpenAI's servers
-    agent = Agent(name="a", instructions="Be brief.",
-                  model=OpenAIChatCompletionsModel(model=NAME, openai_client=openai.AsyncOpenAI(
-                      base_url=f"{served.url}/v1", api_key="x", max_retries=0)),
-                  model_settings=ModelSettings(parallel_tool_calls=False, temperature=0,
-                                               max_tokens=12))
-    result = asyncio.run(Runner.run(agent, "Hi", max_turns=2))
-    assert result.final_output == served.server.model.generate(
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-        temperature=0, max_tokens=12).text
-
-
 def test_ollama_format_and_refusals(served):
     schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1,
                                                      "maximum": 5}},
