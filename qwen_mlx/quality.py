@@ -7,11 +7,11 @@ candidate) per position over the whole vocabulary, top-1 agreement, both perplex
 Memory stays bounded because no model is ever resident whole: reference and candidates are
 read lazily from their safetensors and advance together, one decoder layer at a time, over
 the same chunks (their hidden states, a few MB, are all that carries from layer to layer;
-each layer's weights are freed once it ran); then the final norms and output layers turn the
-hidden states into logits ROWS positions at a time (ROWS x vocab x 4 bytes per model: 39 MB
-for Qwen3's vocabulary at 64 rows). An earlier version kept the reference's top 64 tokens
-and merged the rest into one bucket: a lower bound, 20x below the exact KL on a checkpoint
-whose reference spreads its mass.
+each layer's weights are freed once it ran). The vocabulary-sized tensors, the largest, are
+never read whole either: the embedding only at the text's tokens, the output layers one
+vocabulary slice at a time with running sums (vocab_rows.py). An earlier version kept the
+reference's top 64 tokens and merged the rest into one bucket: a lower bound, 20x below the
+exact KL on a checkpoint whose reference spreads its mass.
 
 The fitted recipes' losses still use the reference's top-k (:func:`reference_pass`,
 :func:`kl_to_reference`): a training target kept on disk between steps.
@@ -29,6 +29,7 @@ import mlx.core as mx
 import numpy as np
 
 from .errors import QwenMlxError
+from .vocab_rows import SLICE, VocabTensors, score
 
 TOP_K = 64
 ROWS = 64
@@ -197,16 +198,15 @@ def joint_pass(reference: Path, candidates: list[Path], parts: list[list[int]], 
 
     from mlx_lm.models.base import create_attention_mask
 
-    from .loader import load_weights
-
-    nets = [load_weights(Path(reference), dtype=dtype, lazy=True)[0]] + \
-        [load_weights(Path(c), lazy=True)[0] for c in candidates]
+    folders = [Path(reference)] + [Path(c) for c in candidates]
+    nets = _lazy_nets(folders, dtype)
     depth = len(nets[0].model.layers)
     if any(len(n.model.layers) != depth for n in nets):
         raise QwenMlxError("the reference and the model have different numbers of layers")
-    states = [[net.model.embed_tokens(mx.array(p)[None]) for p in parts] for net in nets]
+    states = [VocabTensors.of(f, net, head=False).embed(parts) for f, net in zip(folders, nets)]
     mask = create_attention_mask(states[0][0], None)
-    steps = depth + 1
+    slices = -(-nets[0].args.vocab_size // SLICE)
+    steps = depth + slices
     for layer in range(depth):
         for k, net in enumerate(nets):
             block = net.model.layers[layer]
@@ -217,44 +217,31 @@ def joint_pass(reference: Path, candidates: list[Path], parts: list[list[int]], 
         mx.clear_cache()
         if progress:
             progress(layer + 1, steps)
-    heads = [(net.model.norm, output_head(net)) for net in nets]
-    ref_nll, nll = [], [[] for _ in candidates]
-    kls, agree = [[] for _ in candidates], [[] for _ in candidates]
-    for n, chunk in enumerate(parts):
-        nxt = mx.array(chunk[1:])
-        finals = [norm(states[k][n][:, :-1]) for k, (norm, _) in enumerate(heads)]
-        for start in range(0, len(chunk) - 1, ROWS):
-            logps = []
-            for k, (_, head) in enumerate(heads):
-                logits = head(finals[k][:, start:start + ROWS])[0].astype(mx.float32)
-                logps.append(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
-            ref, targets = logps[0], nxt[start:start + ROWS, None]
-            p, best = mx.exp(ref), mx.argmax(ref, axis=-1)
-            rows = [mx.take_along_axis(ref, targets, axis=-1)[:, 0]]
-            for c, lq in enumerate(logps[1:]):
-                rows += [(p * (ref - lq)).sum(-1), mx.argmax(lq, axis=-1) == best,
-                         mx.take_along_axis(lq, targets, axis=-1)[:, 0]]
-            mx.eval(rows)
-            ref_nll.append(-np.array(rows[0], dtype=np.float64))
-            for c in range(len(candidates)):
-                kl, same, tgt = rows[1 + 3 * c: 4 + 3 * c]
-                kls[c].append(np.maximum(np.array(kl, dtype=np.float64), 0.0))
-                agree[c].append(np.array(same))
-                nll[c].append(-np.array(tgt, dtype=np.float64))
-    if progress:
-        progress(steps, steps)
-    del nets, states
+    finals = [mx.concatenate([net.model.norm(x[0, :-1]) for x in states[k]])
+              for k, net in enumerate(nets)]
+    mx.eval(finals)
+    del states
+    targets = mx.array([t for chunk in parts for t in chunk[1:]])
+    scores = score(finals, targets, [VocabTensors.of(f, net, head=True)
+                                     for f, net in zip(folders, nets)],
+                   progress=(lambda done, _: progress(depth + done, steps)) if progress
+                   else None)
+    del nets, finals
     gc.collect()
     mx.clear_cache()
-    ref_ppl = math.exp(np.concatenate(ref_nll).mean())
-    out = []
-    for c in range(len(candidates)):
-        kl_all, nll_all = np.concatenate(kls[c]), np.concatenate(nll[c])
-        out.append(Quality(tokens=int(nll_all.size), perplexity=math.exp(nll_all.mean()),
-                           reference_perplexity=ref_ppl, kl_mean=float(kl_all.mean()),
-                           kl_p99=float(np.percentile(kl_all, 99)),
-                           top1_agreement=float(np.concatenate(agree[c]).mean())))
-    return out
+    ref_ppl = math.exp(-scores.reference_target.mean())
+    return [Quality(tokens=int(kl.size), perplexity=math.exp(-target.mean()),
+                    reference_perplexity=ref_ppl, kl_mean=float(kl.mean()),
+                    kl_p99=float(np.percentile(kl, 99)), top1_agreement=float(same.mean()))
+            for kl, same, target in zip(scores.kl, scores.same_top1, scores.target)]
+
+
+def _lazy_nets(folders: list[Path], dtype: str) -> list:
+    """The models in ``folders``, nothing read yet; the first (the reference) in ``dtype``."""
+    from .loader import load_weights
+
+    return [load_weights(folders[0], dtype=dtype, lazy=True)[0]] + \
+        [load_weights(f, lazy=True)[0] for f in folders[1:]]
 
 
 def same_tokenizer(a: Path, b: Path) -> None:
@@ -354,28 +341,30 @@ class TooSlow(Exception):
 def estimate_seconds(reference: Path, candidates: list[Path], parts: list[list[int]], *,
                      dtype: str = "auto") -> float:
     """How long :func:`joint_pass` would take here, from a probe: the first decoder layer
-    of every model on the first chunk, and one block of ROWS positions through every output
-    layer, timed and scaled to all layers, chunks and positions. The probe reads one layer
-    of each model (lazily), so it costs a small share of the pass."""
+    of every model on the first chunk, and one vocabulary slice of every output layer on
+    that chunk's positions, timed and scaled to all layers, chunks, positions and slices.
+    The probe reads one layer and one slice of each model, a small share of the pass."""
     import time
 
     from mlx_lm.models.base import create_attention_mask
 
-    from .loader import load_weights
-
-    nets = [load_weights(Path(reference), dtype=dtype, lazy=True)[0]] + \
-        [load_weights(Path(c), lazy=True)[0] for c in candidates]
-    x = [net.model.embed_tokens(mx.array(parts[0])[None]) for net in nets]
+    folders = [Path(reference)] + [Path(c) for c in candidates]
+    nets = _lazy_nets(folders, dtype)
+    x = [VocabTensors.of(f, net, head=False).embed(parts[:1])[0]
+         for f, net in zip(folders, nets)]
     mx.eval(x)
     mask = create_attention_mask(x[0], None)
     start = time.perf_counter()
     mx.eval([net.model.layers[0](h, mask) for net, h in zip(nets, x)])
     layer = time.perf_counter() - start
+    heads = [VocabTensors.of(f, net, head=True) for f, net in zip(folders, nets)]
     start = time.perf_counter()
-    mx.eval([output_head(net)(net.model.norm(h[:, :ROWS])) for net, h in zip(nets, x)])
+    mx.eval([h.slice_logits(0, SLICE)(net.model.norm(y[0])) for h, net, y in
+             zip(heads, nets, x)])
     head = time.perf_counter() - start
-    blocks = sum(-(-(len(p) - 1) // ROWS) for p in parts)
-    return layer * len(nets[0].model.layers) * len(parts) + head * blocks
+    positions = sum(len(p) for p in parts) / len(parts[0])
+    return layer * len(nets[0].model.layers) * len(parts) + \
+        head * positions * -(-heads[0].rows // SLICE)
 
 
 def measure_conversion(output: Path, source: Path, tokens: int, *, chunk: int = DEFAULT_CHUNK,

@@ -34,6 +34,7 @@ class TensorInfo:
     file: Path
     dtype: str
     shape: tuple[int, ...]
+    offset: int = -1  # where its data starts in the file; -1 when not read from a file
 
     @property
     def nbytes(self) -> int:
@@ -85,8 +86,9 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     tensors, end = {}, 0
     for name, spec in header.items():
         try:
-            _, stop = spec["data_offsets"]
-            tensors[name] = TensorInfo(name, path, spec["dtype"], tuple(spec["shape"]))
+            begin, stop = spec["data_offsets"]
+            tensors[name] = TensorInfo(name, path, spec["dtype"], tuple(spec["shape"]),
+                                       8 + n + int(begin))
         except (KeyError, TypeError, ValueError):
             raise QwenMlxError(f"{path}: malformed header entry for {name}") from None
         end = max(end, stop)

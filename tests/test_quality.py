@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 from click.testing import CliRunner
 
 from qwen_mlx.cli import main
@@ -131,11 +132,13 @@ def test_planted_outlier_channels(tmp_path):
     assert later.max().item() < 3 * later.mean().item()
 
 
-def test_eval_is_exact_against_an_independent_full_vocabulary_computation(tiny_hf, tmp_path):
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "lm_head"])
+def test_eval_is_exact_against_an_independent_full_vocabulary_computation(tmp_path, tied):
     """On a checkpoint whose reference spreads its mass (embedding std 0.2: logits of std
     about 3, as a trained model's), `eval --json` equals KL computed here over the whole
     vocabulary from both models loaded with mlx_lm.load, summed in numpy float64, on the
-    same chunks (within 1e-4 relative); the top-64 figure was 20x lower."""
+    same chunks (within 1e-4 relative); the top-64 figure was 20x lower. Eval reads the
+    output layer in vocabulary slices, the embedding's when tied and lm_head's when not."""
     import mlx.core as mx
     import mlx_lm
     import numpy as np
@@ -143,7 +146,9 @@ def test_eval_is_exact_against_an_independent_full_vocabulary_computation(tiny_h
     from qwen_mlx import quality
     from qwen_mlx.testing import make_checkpoint
 
-    source = make_checkpoint(tmp_path / "hf", "tiny", embed_std=0.2)
+    source = make_checkpoint(tmp_path / "hf", "tiny", embed_std=0.2,
+                             config_overrides={"tie_word_embeddings": tied})
+    assert ("lm_head.weight" in mx.load(str(source / "model.safetensors"))) is not tied
     out = tmp_path / "q4"
     assert run("convert", source, "-o", out, "--dtype", "float32", "--no-eval").exit_code == 0
     got = evaluate(out)
@@ -164,7 +169,11 @@ def test_eval_is_exact_against_an_independent_full_vocabulary_computation(tiny_h
     ref, cand = logprobs(source), logprobs(out)
     kl = np.concatenate([(np.exp(p) * (p - q)).sum(-1) for p, q in zip(ref, cand)])
     top1 = np.concatenate([p.argmax(-1) == q.argmax(-1) for p, q in zip(ref, cand)])
+    nll = [-np.concatenate([r[np.arange(len(c) - 1), c[1:]] for r, c in zip(rows, parts)])
+           for rows in (ref, cand)]
     assert got["tokens"] == kl.size == 254
+    assert abs(got["perplexity"] / np.exp(nll[1].mean()) - 1) <= 1e-5
+    assert abs(got["reference_perplexity"] / np.exp(nll[0].mean()) - 1) <= 1e-5
     assert abs(got["kl_mean"] - kl.mean()) <= 1e-4 * kl.mean()
     assert abs(got["kl_p99"] - np.percentile(kl, 99)) <= 1e-4 * np.percentile(kl, 99)
     assert got["top1_agreement"] == top1.mean()
