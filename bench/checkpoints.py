@@ -7,8 +7,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from qwen_mlx.quantize import convert
-from qwen_mlx.recipes import parse_recipe
+from qwen_mlx.quant.convert import convert
+from qwen_mlx.models.recipes import parse_recipe
 from qwen_mlx.testing import make_checkpoint
 
 RESULTS = Path(__file__).parent / "results"

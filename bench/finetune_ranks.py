@@ -59,8 +59,8 @@ def on_paper() -> dict:
     speed-up = N * t_step / (t_step + t_comm)."""
     from qwen_mlx.finetune.config import TrainConfig
     from qwen_mlx.finetune.run import lora_parameter_count
-    from qwen_mlx.memory_plan import Shape
-    from qwen_mlx.shapes import config_for
+    from qwen_mlx.models.shapes import Shape
+    from qwen_mlx.models.shapes import config_for
 
     grad = lora_parameter_count(Shape.of(config_for("4b")), TrainConfig()) * 4
     table = {}

@@ -30,12 +30,19 @@ from pathlib import Path
 from checkpoints import parser  # noqa: E402 - bench/ is run as a script folder
 from provenance import header  # noqa: E402
 
-from qwen_mlx import distill, fitted, mixed_bits, quality
-from qwen_mlx.checkpoint import Checkpoint
-from qwen_mlx.fitted import Fit
-from qwen_mlx.loader import load_weights
-from qwen_mlx.quantize import convert, planned_bytes, write_order
-from qwen_mlx.recipes import Recipe
+from qwen_mlx.quant import distill
+
+from qwen_mlx.quant import fitted
+
+from qwen_mlx.quant import allocate as mixed_bits
+
+from qwen_mlx.evaluate import quality
+from qwen_mlx.models.checkpoint import Checkpoint
+from qwen_mlx.quant.fitted import Fit
+from qwen_mlx.models.loader import load_weights
+from qwen_mlx.models.sizes import planned_bytes, write_order
+from qwen_mlx.quant.convert import convert
+from qwen_mlx.models.recipes import Recipe
 from qwen_mlx.testing import make_checkpoint
 
 
@@ -44,8 +51,8 @@ def budget_like_1_8gb(tensors: list) -> int:
     """Where 1.8 GB sits between Qwen3-4B's uniform q3 and q4, on these tensors."""
     from types import SimpleNamespace
 
-    from qwen_mlx.checkpoint import expected_shapes
-    from qwen_mlx.shapes import config_for
+    from qwen_mlx.models.shapes import expected_shapes
+    from qwen_mlx.models.shapes import config_for
 
     real = [SimpleNamespace(name=n, shape=s)
             for n, s in sorted(expected_shapes(config_for("4b")).items())]

@@ -33,7 +33,7 @@ def measure(folder: str, setting: str, context: int, step: int) -> dict:
     import mlx.core as mx
 
     from qwen_mlx import load
-    from qwen_mlx.loader import param_bytes
+    from qwen_mlx.models.loader import param_bytes
 
     model = load(folder, prefill_step=step, **SETTINGS[setting])
     rng = random.Random(0)

@@ -23,9 +23,9 @@ from pathlib import Path
 from checkpoints import parser  # noqa: E402 - bench/ is run as a script folder
 from provenance import header  # noqa: E402
 
-from qwen_mlx import quality
-from qwen_mlx.quantize import convert
-from qwen_mlx.recipes import Recipe
+from qwen_mlx.evaluate import quality
+from qwen_mlx.quant.convert import convert
+from qwen_mlx.models.recipes import Recipe
 from qwen_mlx.testing import make_checkpoint
 
 

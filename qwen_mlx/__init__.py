@@ -7,7 +7,7 @@ from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
 from .errors import QwenMlxError  # noqa: E402
-from .recipes import Recipe, parse_recipe  # noqa: E402
+from .models.recipes import Recipe, parse_recipe  # noqa: E402
 
 if TYPE_CHECKING:
     from .engine import Constraint, Piece, PromptCache, Request, SamplingParams, Stats
@@ -35,19 +35,20 @@ def load(model: str | Path | None = None, *, recipe: str | Recipe = "q4",
 
     ``dtype`` is the compute type: "auto" (float32 on the CPU backend, the stored type on
     Metal), "stored", or an mlx type name. ``convert`` replaces the conversion step (the CLI
-    passes one that draws a progress bar); see :func:`qwen_mlx.hub.resolve`.
+    passes one that draws a progress bar); see :func:`qwen_mlx.hub.resolver.resolve`.
 
-    Memory is planned before anything is loaded (see :mod:`qwen_mlx.memory_plan`):
+    Memory is planned before anything is loaded (see :mod:`qwen_mlx.engine.memory_plan`):
     ``context`` ("32k", "1m", a number; past the native 256k this turns on YaRN) is refused
     with a suggestion if it will not fit, unless ``force``; without it, the context is capped
     at what fits. ``kv_bits`` 8 or 4 quantizes the KV cache (``kv_group_size`` must divide the
     head size; the first ``kv_start`` tokens stay full precision). ``memory`` plans for less
     RAM than the machine has ("12GB").
     """
-    from . import hub, loader
-    from .context import parse_context, rope_overrides
+    from .hub import resolver as hub
+    from .models import loader
+    from .models.context import parse_context, rope_overrides
     from .engine import KVSpec
-    from .memory_plan import plan_for, weight_bytes_of_folder
+    from .engine.memory_plan import plan_for, weight_bytes_of_folder
     from .model import Model
 
     recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe

@@ -18,10 +18,10 @@ from .engine import KVSpec, Piece, PromptCache, SamplingParams, Stats
 from .engine.constraint import Constraint, Grammars
 from .engine.request import Request
 from .engine.sampling import make_processors
-from .documents import longest_token_bytes, refuse_oversized
+from .engine.documents import longest_token_bytes, refuse_oversized
 from .errors import ContextExceeded, QwenMlxError, TooManyTokens
-from .loader import dtype_of
-from .model_spec import positions
+from .models.loader import dtype_of
+from .models.shapes import positions
 
 Message = dict
 Prompt = Union[str, Sequence[Message]]

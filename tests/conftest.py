@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from qwen_mlx.quantize import convert
-from qwen_mlx.recipes import Recipe
+from qwen_mlx.quant.convert import convert
+from qwen_mlx.models.recipes import Recipe
 from qwen_mlx.testing import make_checkpoint, tokenizer_json
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -9,15 +9,16 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from qwen_mlx.benchmark import bytes_per_token, random_target, roofline, weights_read_per_token
+from qwen_mlx.benchmark.runs import bytes_per_token, random_target, roofline, weights_read_per_token
 from qwen_mlx.cli import main
 from qwen_mlx.cli.bench import parse_lengths
 from qwen_mlx.engine import KVSpec
 from qwen_mlx.errors import QwenMlxError
-from qwen_mlx.machine import known_bandwidth
-from qwen_mlx.memory_plan import Shape, kv_bytes_per_token, weight_bytes_of_config
-from qwen_mlx.recipes import Recipe, parse_recipe
-from qwen_mlx.shapes import config_for
+from qwen_mlx.system.machine import known_bandwidth
+from qwen_mlx.engine.memory_plan import kv_bytes_per_token, weight_bytes_of_config
+from qwen_mlx.models.shapes import Shape
+from qwen_mlx.models.recipes import Recipe, parse_recipe
+from qwen_mlx.models.shapes import config_for
 
 FAST = ["--prompt-lengths", "32,64", "--depths", "0,96", "--gen-tokens", "8", "-n", "2",
         "--warmup", "1"]
@@ -138,7 +139,7 @@ def test_bench_errors(tiny_q4_f32):
 
 
 def test_summary_by_hand():
-    from qwen_mlx.benchmark import Summary
+    from qwen_mlx.benchmark.runs import Summary
 
     s = Summary.of([1.0, 3.0, 5.0])
     assert (s.mean, s.std, s.samples) == (3.0, 2.0, [1.0, 3.0, 5.0])
@@ -147,7 +148,7 @@ def test_summary_by_hand():
 
 def test_bench_measures_the_loop_under_model_stream(tiny_model):
     """The qwen-mlx side of bench runs the Model users load, not a copy of its engine."""
-    from qwen_mlx.benchmark import Target
+    from qwen_mlx.benchmark.runs import Target
 
     target = Target.from_model("tiny", tiny_model, 0.0)
     assert target.model is tiny_model

@@ -105,7 +105,7 @@ def test_the_command_line_starts_without_importing_mlx_lm():
 
 
 def test_generate_file_takes_its_request_from_a_pipe(tiny_model, tiny_q4_f32, tmp_path):
-    from qwen_mlx.documents import with_document
+    from qwen_mlx.engine.documents import with_document
 
     doc = tmp_path / "doc.txt"
     doc.write_text("The sea is blue.\nThe sky is grey.\n")

@@ -9,9 +9,9 @@ import pytest
 from mlx_lm.utils import load as mlx_lm_load
 
 from qwen_mlx.errors import QwenMlxError
-from qwen_mlx.quantize import convert
-from qwen_mlx.recipes import Recipe, parse_recipe
-from qwen_mlx.safetensors_stream import read_header
+from qwen_mlx.quant.convert import convert
+from qwen_mlx.models.recipes import Recipe, parse_recipe
+from qwen_mlx.storage.safetensors import read_header
 from qwen_mlx.testing import make_checkpoint
 
 
@@ -81,7 +81,7 @@ def test_other_recipes_load(tiny_hf, tmp_path, recipe):
 
 def test_sharded_untied_source_streams_into_sharded_output(tmp_path, tokenizer_bytes,
                                                            monkeypatch):
-    import qwen_mlx.quantize as q
+    import qwen_mlx.models.sizes as q
 
     src = make_checkpoint(tmp_path / "src", "tiny", shard_bytes=4 << 20, seed=3,
                           config_overrides={"tie_word_embeddings": False},

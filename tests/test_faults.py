@@ -305,7 +305,7 @@ def test_an_mlx_folder_that_does_not_match_its_config_names_the_tensors(tiny_q4,
 def test_only_our_own_leftovers_are_cleaned(tmp_path, caplog):
     """A dead writer's temporary file and marked partial folder go; a user's look-alikes (an
     unmarked folder with content, a hidden file of another pattern) stay."""
-    from qwen_mlx.atomic import atomic_write_text
+    from qwen_mlx.storage.atomic import atomic_write_text
 
     ours_file = tmp_path / f".out.qwen-mlx-tmp-{DEAD_PID}.json"
     ours_file.write_text("half")

@@ -21,9 +21,9 @@ from qwen_mlx.errors import QwenMlxError
 from qwen_mlx.finetune import Stopped, TrainConfig, finetune, prepare
 from qwen_mlx.finetune.memory import check
 from qwen_mlx.finetune.trainer import StepReport, ValReport
-from qwen_mlx.machine import GIB, Machine
-from qwen_mlx.memory_plan import Shape
-from qwen_mlx.shapes import config_for
+from qwen_mlx.system.machine import GIB, Machine
+from qwen_mlx.models.shapes import Shape
+from qwen_mlx.models.shapes import config_for
 
 FACTS = [(f"Code word {i}?", f"Word {i} is {w}.") for i, w in
          enumerate(["apple", "river", "stone", "cloud"])]

@@ -13,8 +13,8 @@ from qwen_mlx.errors import QwenMlxError
 from qwen_mlx.finetune.batches import collate, fit_length
 from qwen_mlx.finetune.data import load_data
 from qwen_mlx.finetune.tokens import Encoder
-from qwen_mlx.loader import load_tokenizer
-from qwen_mlx.model_spec import ModelSpec
+from qwen_mlx.models.loader import load_tokenizer
+from qwen_mlx.hub.spec import ModelSpec
 
 from .conftest import SHARED, shared_available
 

@@ -15,15 +15,22 @@ import mlx.core as mx
 import pytest
 from click.testing import CliRunner
 
-from qwen_mlx import calibration, distill, fit_memory, mixed_bits
-from qwen_mlx.checkpoint import Checkpoint, expected_shapes
+from qwen_mlx.quant import calibration
+
+from qwen_mlx.quant import distill
+
+from qwen_mlx.quant import memory as fit_memory
+
+from qwen_mlx.quant import allocate as mixed_bits
+from qwen_mlx.models.checkpoint import Checkpoint
+from qwen_mlx.models.shapes import expected_shapes
 from qwen_mlx.cli import main
 from qwen_mlx.errors import QwenMlxError
-from qwen_mlx.fitted import Fit, Hooks, fitted_convert
-from qwen_mlx.quantize import planned_bytes, write_order
-from qwen_mlx.recipes import Recipe
-from qwen_mlx.sensitivity import LEVELS, formats
-from qwen_mlx.shapes import config_for
+from qwen_mlx.quant.fitted import Fit, Hooks, fitted_convert
+from qwen_mlx.models.sizes import planned_bytes, write_order
+from qwen_mlx.models.recipes import Recipe
+from qwen_mlx.models.recipes import LEVELS, formats
+from qwen_mlx.models.shapes import config_for
 
 FAST = ["--chunk", 64, "--fit-tokens", 128, "--dtype", "float32"]
 
@@ -248,7 +255,7 @@ def test_a_stopped_distillation_resumes_exactly(tiny_hf, tmp_path):
 def test_teacher_text_is_the_sources_own_and_repeatable(tiny_hf):
     """Sampled from the source through its chat template, the same for the same seed, and
     put first in the fit set."""
-    from qwen_mlx.loader import load_tokenizer
+    from qwen_mlx.models.loader import load_tokenizer
 
     text = calibration.teacher_text(tiny_hf, 20)
     assert text.startswith("<|im_start|>")
@@ -291,7 +298,7 @@ def test_ctrl_c_during_dwq_saves_progress_and_the_same_command_resumes(tiny_hf, 
 
 def _uniform_costs(tensors, costs, limit) -> dict:
     """The estimated cost of every uniform recipe (one format for all layers) that fits."""
-    from qwen_mlx.mixed_bits import _quantized, with_formats
+    from qwen_mlx.quant.allocate import _quantized, with_formats
 
     shapes = _quantized(tensors, Recipe())
     shared = set.intersection(*(set(costs[n]) for n in shapes))
@@ -309,7 +316,7 @@ def test_a_mix_is_never_estimated_worse_than_a_uniform_recipe_that_fits(shape, f
     """The knapsack is solved exactly over a byte grid and uniform recipes compete: at q4's
     size the mix costs at most q4's estimate (a greedy and a price fill once chose a mix that
     lost to q4: an embedding at 3 bits and every linear layer at 8, 1.29x q4's exact KL)."""
-    from qwen_mlx.mixed_bits import _quantized
+    from qwen_mlx.quant.allocate import _quantized
 
     tensors = shape_4b() if shape == "4b" else [
         SimpleNamespace(name=n, shape=s) for n, s in sorted(expected_shapes(
@@ -335,7 +342,7 @@ def test_the_scale_refit_stays_within_its_estimate_at_4b_width():
     columns, groups of 32): solved in row blocks whose measured peak (two blocks here) stays
     within the estimate fit_memory counts, and the estimate is not loose by more than 3x. All
     2,560 rows at once took 3.8 GB for each copy of the normal equations."""
-    from qwen_mlx.gptq import refit_bytes, refit_rows, refit_scales
+    from qwen_mlx.quant.gptq import refit_bytes, refit_rows, refit_scales
 
     cols, group = 9728, 32
     rows = 2 * refit_rows(cols, group)

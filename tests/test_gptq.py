@@ -1,4 +1,4 @@
-"""Error-corrected rounding (qwen_mlx.gptq): MLX's packing for every width, and rounding
+"""Error-corrected rounding (qwen_mlx.quant.gptq): MLX's packing for every width, and rounding
 that keeps a layer's outputs closer than MLX's own rounding does."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlx.core as mx
 import pytest
 
-from qwen_mlx import gptq
+from qwen_mlx.quant import gptq
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])

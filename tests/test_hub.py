@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from qwen_mlx import hub, load
+from qwen_mlx.hub import resolver as hub
+
+from qwen_mlx import load
 from qwen_mlx.errors import QwenMlxError
-from qwen_mlx.recipes import Recipe
+from qwen_mlx.models.recipes import Recipe
 
 
 def test_aliases_and_repo_ids():
@@ -38,7 +40,7 @@ def test_hub_model_downloads_and_converts_once(tiny_hf, monkeypatch, tmp_path):
         return tiny_hf
 
     monkeypatch.setattr(hub, "download", fake_download)
-    from qwen_mlx import quantize
+    from qwen_mlx.quant import convert as quantize
 
     real_convert = quantize.convert
     monkeypatch.setattr(quantize, "convert",

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from qwen_mlx import load
-from qwen_mlx.quantize import convert
-from qwen_mlx.recipes import Recipe
+from qwen_mlx.quant.convert import convert
+from qwen_mlx.models.recipes import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_the_readme_command_installs_and_chats(tmp_path, tiny_hf):
     figures = json.loads(evaluated.stdout)
     assert figures["tokens"] == 511 and figures["reference"] == str(tiny_hf.resolve())
     where = subprocess.run([str(installed / "python"), "-c",
-                            "import qwen_mlx.calibration as c; print(c.FIT, len(c.conversations()))"],
+                            "import qwen_mlx.quant.calibration as c; print(c.FIT, len(c.conversations()))"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     folder, chats = where.stdout.split()
     assert "site-packages" in folder and int(chats) > 0

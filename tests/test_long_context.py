@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from qwen_mlx import load
 from qwen_mlx.chat import ChatSession, store
 from qwen_mlx.cli import main
-from qwen_mlx.context import parse_context, rope_overrides
-from qwen_mlx.documents import with_document
+from qwen_mlx.models.context import parse_context, rope_overrides
+from qwen_mlx.engine.documents import with_document
 from qwen_mlx.engine import KVSpec
 from qwen_mlx.engine.kv_cache import PrefixQuantizedKVCache, make_cache
 from qwen_mlx.errors import QwenMlxError

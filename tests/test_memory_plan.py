@@ -8,17 +8,19 @@ import pytest
 from click.testing import CliRunner
 
 from qwen_mlx import load
-from qwen_mlx.context import parse_context
+from qwen_mlx.models.context import parse_context
 from qwen_mlx.cli import main
 from qwen_mlx.engine import KVSpec
 from qwen_mlx.errors import QwenMlxError
-from qwen_mlx.hub import home
-from qwen_mlx.machine import GIB, Machine, gpu_cores, known_bandwidth
+from qwen_mlx.storage.home import home
+from qwen_mlx.system.machine import GIB, Machine, gpu_cores, known_bandwidth
 from qwen_mlx.units import parse_size
-from qwen_mlx.memory_plan import (RUNTIME_BYTES, SCORE_BYTES, MemoryPlan, Shape,
-                                  weight_bytes_of_config, weight_bytes_of_folder)
-from qwen_mlx.recipes import Recipe
-from qwen_mlx.shapes import BASE_CONFIG  # Qwen3-4B's architecture numbers
+from qwen_mlx.engine.memory_plan import (SCORE_BYTES, MemoryPlan, weight_bytes_of_config,
+                                         weight_bytes_of_folder)
+from qwen_mlx.models.recipes import Recipe
+from qwen_mlx.models.shapes import BASE_CONFIG  # Qwen3-4B's architecture numbers
+from qwen_mlx.models.shapes import Shape
+from qwen_mlx.system.memory import RUNTIME_BYTES
 
 MAC_16GB = Machine("Apple M4", 16 * GIB, 12 * GIB, "75% of 16 GiB", 120.0, "spec")
 

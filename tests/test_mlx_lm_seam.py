@@ -12,7 +12,7 @@ import pytest
 from mlx_lm.models import qwen3
 
 from qwen_mlx import load
-from qwen_mlx.engine import mlx_lm_seam as seam
+from qwen_mlx.models import mlx_lm_seam as seam
 from qwen_mlx.errors import QwenMlxError
 
 

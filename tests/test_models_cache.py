@@ -152,9 +152,9 @@ def test_json_of_an_empty_cache_is_an_empty_array(tmp_path):
 
 def test_one_recipe_of_reads_mixed_folders_right(tiny_q4_f32, copy_of):
     """A mixed folder's default bits are not its recipe (it once read as "q3")."""
-    from qwen_mlx.model_cache import recipe_name
-    from qwen_mlx.model_spec import recipe_of
-    from qwen_mlx.quantize import PROVENANCE
+    from qwen_mlx.hub.cache import recipe_name
+    from qwen_mlx.hub.spec import recipe_of
+    from qwen_mlx.models.provenance import PROVENANCE
 
     assert recipe_of(tiny_q4_f32).name == "q4-f32" == recipe_name(tiny_q4_f32)
     mixed = copy_of(tiny_q4_f32, "mixed")

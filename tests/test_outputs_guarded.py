@@ -91,7 +91,7 @@ def test_a_tokenizer_or_template_that_cannot_load_is_refused_before_the_weights(
 def test_the_cache_key_covers_every_copied_file(tiny_hf, copy_of, monkeypatch, tmp_path):
     """A conversion in the cache is redone when any file it copied changes, not only the
     weights (a fixed tokenizer once kept failing from the stale cache)."""
-    from qwen_mlx import hub
+    from qwen_mlx.hub import resolver as hub
 
     monkeypatch.setenv("QWEN_MLX_HOME", str(tmp_path / "home"))
     src = copy_of(tiny_hf, "src")

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from qwen_mlx.cli import main
-from qwen_mlx.quality import built_in_text
+from qwen_mlx.evaluate.quality import built_in_text
 
 TEXT = built_in_text()
 
@@ -63,7 +63,7 @@ def test_convert_reports_its_quality(tiny_hf, tmp_path):
 
 
 def quality_line(record: dict) -> str:
-    from qwen_mlx.quality import Quality
+    from qwen_mlx.evaluate.quality import Quality
 
     fields = {k: record[k] for k in ("tokens", "perplexity", "reference_perplexity",
                                      "kl_mean", "kl_p99", "top1_agreement")}
@@ -143,7 +143,7 @@ def test_eval_is_exact_against_an_independent_full_vocabulary_computation(tmp_pa
     import mlx_lm
     import numpy as np
 
-    from qwen_mlx import quality
+    from qwen_mlx.evaluate import quality
     from qwen_mlx.testing import make_checkpoint
 
     source = make_checkpoint(tmp_path / "hf", "tiny", embed_std=0.2,
@@ -185,14 +185,15 @@ def test_the_distillation_loss_is_least_at_the_teacher(tiny_f32):
     before), and at temperature 1 the top-k-plus-tail form is 0 too."""
     import mlx.core as mx
 
-    from qwen_mlx import quality
-    from qwen_mlx.loader import load_weights
+    from qwen_mlx.evaluate import quality
+    from qwen_mlx.models.loader import load_weights
+    from qwen_mlx.quant import targets
 
     parts = quality.prepare(tiny_f32, None, quality.built_in_text(), chunk=64, limit=64)
     net, _ = load_weights(tiny_f32)
-    ref = quality.reference_pass(net, parts)
+    ref = targets.reference_pass(net, parts)
     for t in (1.0, 2.0):
-        loss = quality.kl_to_reference(net, parts[0], mx.array(ref.ids[0]),
+        loss = targets.kl_to_reference(net, parts[0], mx.array(ref.ids[0]),
                                        mx.array(ref.logp[0]), temperature=t).item()
         assert abs(loss) < 1e-5, (t, loss)
 
@@ -202,7 +203,7 @@ def test_a_quality_pass_estimated_too_long_is_skipped_with_a_line(tiny_hf, tmp_p
     """On the CPU the pass on Qwen3-4B takes hours: a probe estimates it first, and one
     longer than the conversion took (and 2 minutes) is skipped, saying so and naming the
     flag that forces it."""
-    from qwen_mlx import quality
+    from qwen_mlx.evaluate import quality
 
     parts = quality.prepare(tiny_hf, tiny_hf, quality.built_in_text(), chunk=128, limit=256)
     probe = quality.estimate_seconds(tiny_hf, [tiny_hf], parts)

@@ -12,10 +12,10 @@ from typing import Callable, Iterable, Iterator
 from rich.console import Console
 
 from ..engine import Piece
-from ..documents import with_document
+from ..engine.documents import with_document
 from ..errors import QwenMlxError, os_error_line
-from ..hub import home
-from ..model_cache import describe
+from ..storage.home import home
+from ..hub.cache import describe
 from . import store
 from .session import ChatSession
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from mlx_lm.models.cache import load_prompt_cache, save_prompt_cache
 
 from ..engine.kv_cache import KVSpec, restore, savable
-from ..atomic import atomic_path
+from ..storage.atomic import atomic_path
 from ..errors import QwenMlxError, os_error_line
-from ..hub import home
+from ..storage.home import home
 from .session import ChatSession
 
 FORMAT = "qwen-mlx-session/1"
@@ -75,7 +75,7 @@ def unwritten(folder: Path, need: int) -> str:
     import errno
     import shutil
 
-    from ..outputs import write_probe
+    from ..storage.outputs import write_probe
 
     try:
         write_probe(folder)

@@ -2,6 +2,7 @@
 
 Commands parse options, call the API and print. Errors the user can fix arrive as
 QwenMlxError and are printed as one line with a non-zero exit; Ctrl-C exits 130 quietly.
+The top layer: imports anything, and nothing imports it (but __main__).
 """
 
 from __future__ import annotations

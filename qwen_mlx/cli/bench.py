@@ -10,9 +10,9 @@ from pathlib import Path
 import click
 
 from .. import __version__
-from ..atomic import atomic_write_bytes, atomic_write_text
+from ..storage.atomic import atomic_write_bytes, atomic_write_text
 from ..errors import QwenMlxError
-from ..outputs import check_writable
+from ..storage.outputs import check_writable
 from .console import convert_with_progress, err
 from .options import given, memory_kwargs, memory_options
 
@@ -21,7 +21,7 @@ RANDOM_DEFAULT = "shape:qwen3-4b"
 
 def parse_lengths(text: str, option: str, minimum: int) -> list[int]:
     """'0,2048,8k' -> [0, 2048, 8192], with errors that name the option."""
-    from ..context import parse_count
+    from ..models.context import parse_count
 
     values = []
     for part in text.split(","):
@@ -66,12 +66,12 @@ memory before any download.""")
 def bench(models: tuple[str, ...], recipes: str, random_weights: bool, prompt_lengths: str,
           depths: str, gen_tokens: int, reps: int, warmup: int, compare: str | None,
           json_path: Path | None, plot_path: Path | None, **options) -> None:
-    from .. import benchmark
-    from ..checkpoint import is_mlx_folder
-    from ..hub import parse_arg
-    from ..machine import this_machine
-    from ..shapes import config_for
-    from ..recipes import parse_recipe
+    from ..benchmark import runs as benchmark
+    from ..models.checkpoint import is_mlx_folder
+    from ..hub.resolver import parse_arg
+    from ..system.machine import this_machine
+    from ..models.shapes import config_for
+    from ..models.recipes import parse_recipe
 
     lengths = parse_lengths(prompt_lengths, "--prompt-lengths", 1)
     depth_list = parse_lengths(depths, "--depths", 0)
@@ -127,14 +127,14 @@ def bench(models: tuple[str, ...], recipes: str, random_weights: bool, prompt_le
         atomic_write_text(json_path, json.dumps(record, indent=1) + "\n")
         err.print(f"[dim]wrote {json_path}[/dim]")
     if plot_path is not None:
-        from ..bench_plot import plot
+        from ..benchmark.plot import plot
 
         atomic_write_bytes(plot_path, plot(record))
         err.print(f"[dim]wrote {plot_path}[/dim]")
 
 
 def _measure(target, lengths, depths, gen_tokens, reps, warmup, bandwidth) -> dict:
-    from .. import benchmark
+    from ..benchmark import runs as benchmark
 
     with err.status(target.name) as status:
         return benchmark.measure(target, prompt_lengths=lengths, depths=depths,
@@ -147,10 +147,12 @@ def _target(spec: str | None, recipe, memory: dict):
     """(benchmark Target, MLX folder or None) for one model spec and recipe."""
     import mlx.core as mx
 
-    from .. import benchmark, hub, load
-    from ..checkpoint import is_mlx_folder
+    from ..benchmark import runs as benchmark
+    from ..hub import resolver as hub
+    from .. import load
+    from ..models.checkpoint import is_mlx_folder
     from ..engine import KVSpec
-    from ..model_cache import recipe_name
+    from ..hub.cache import recipe_name
 
     kv = KVSpec(memory["kv_bits"], memory["kv_group_size"], memory["kv_start"])
     if spec and spec.startswith("shape:"):

@@ -15,9 +15,9 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, 
 from rich.text import Text
 
 from .. import load
-from ..checkpoint import Checkpoint
-from ..quantize import ConvertReport, convert
-from ..recipes import Recipe
+from ..models.checkpoint import Checkpoint
+from ..quant.convert import ConvertReport, convert
+from ..models.recipes import Recipe
 from .options import check_recipe_applies
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def open_model(spec: str | None, *, recipe: str = "q4", adapter: Path | None = N
     """Resolve, convert if needed (with progress), plan memory, and load. With an adapter
     and no model, the model is the adapter's recorded base (as `fuse` does)."""
     if adapter is not None:
-        from ..loader import base_model_of, check_adapter
+        from ..models.loader import base_model_of, check_adapter
 
         check_adapter(adapter)
         spec = spec if spec is not None else base_model_of(adapter)

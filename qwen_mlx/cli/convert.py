@@ -8,14 +8,17 @@ import click
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .. import distill, fitted, hub, quality
-from ..checkpoint import is_mlx_folder
+from ..quant import distill
+from ..quant import fitted
+from ..hub import resolver as hub
+from ..evaluate import quality
+from ..models.checkpoint import is_mlx_folder
 from ..errors import QwenMlxError
-from ..fitted import Fit, Hooks, fitted_convert
-from ..mixed_bits import Budget
-from ..outputs import check_target
-from ..quality import DEFAULT_CHUNK
-from ..recipes import Recipe
+from ..quant.fitted import Fit, Hooks, fitted_convert
+from ..quant.allocate import Budget
+from ..storage.outputs import check_target
+from ..evaluate.quality import DEFAULT_CHUNK
+from ..models.recipes import Recipe
 from .console import convert_with_progress, err, stop_on_ctrl_c
 from .options import MODEL_HELP, given, model_argument
 
@@ -126,7 +129,7 @@ def refuse_in_cache(output: Path) -> None:
     """The model cache is written by the cache alone: its entries carry a provenance and a
     quality record that a hand-named -o there would overwrite or lack (and `models` would
     never list or prune it)."""
-    from ..outputs import absolute
+    from ..storage.outputs import absolute
 
     cache = absolute(hub.home() / "models")
     out = absolute(output)

@@ -35,9 +35,10 @@ in memory at a time. {MODEL_HELP}""")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def eval_command(model: str | None, reference: Path | None, files: tuple[Path, ...],
                  chunk: int, max_tokens: int | None, recipe: str, as_json: bool) -> None:
-    from .. import hub
-    from ..quality import built_in_text, evaluate, prepare, source_of
-    from ..recipes import parse_recipe
+    from ..hub import resolver as hub
+    from ..evaluate.quality import built_in_text, evaluate, prepare
+    from ..models.provenance import source_of
+    from ..models.recipes import parse_recipe
     from .console import convert_with_progress
 
     if max_tokens is not None and max_tokens % chunk:  # chunks are scored whole

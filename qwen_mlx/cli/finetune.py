@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from ..errors import QwenMlxError
 from ..finetune.config import TARGETS, TrainConfig, parse_targets, read_config_file
 from ..finetune.ranks import PEER_TIMEOUT
-from ..machine import GIB
+from ..system.machine import GIB
 from .console import convert_with_progress, err, stop_on_ctrl_c
 from .options import MODEL_HELP, memory_option, model_argument
 
@@ -140,7 +140,6 @@ def finetune(ctx: click.Context, model: str | None, config_file: Path | None,
 def _launch(ctx: click.Context, hostfile: Path | None, local: int | None) -> None:
     """Run this same command on every rank through mlx.launch."""
     from ..finetune import launch
-
     from ..finetune.run import split_over
 
     if hostfile is not None and local is not None:

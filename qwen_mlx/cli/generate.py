@@ -9,8 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import QwenMlxError
-from ..documents import with_document
-from ..model_cache import describe, recipe_name
+from ..hub.cache import describe, recipe_name
 from . import stdin
 from .console import PrefillBar, err, open_model
 from .options import (MODEL_HELP, generation_options, memory_kwargs, model_argument,
@@ -50,6 +49,8 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
             raise QwenMlxError("no prompt: pass -p TEXT, --file PATH, or pipe the prompt on "
                                "stdin")
     if document is not None:
+        from ..engine.documents import with_document  # the engine loads mlx-lm: on use
+
         prompt = with_document(document, prompt)
     if not prompt.strip():
         raise QwenMlxError("the prompt is empty")

@@ -58,7 +58,7 @@ def models(ctx: click.Context, as_json: bool) -> None:
 @models.command("list", help="List converted models (the default action).")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array, one object per model.")
 def list_command(as_json: bool = False) -> None:
-    from .. import model_cache
+    from ..hub import cache as model_cache
 
     found = model_cache.list_models()
     if as_json:
@@ -89,7 +89,8 @@ Face cache.""")
 @click.option("--recipe", help="Only this recipe (q4, q8, ...).")
 @click.option("--source", is_flag=True, help="Also delete the Hugging Face download.")
 def rm(model: str, recipe: str | None, source: bool) -> None:
-    from .. import hub, model_cache
+    from ..hub import resolver as hub
+    from ..hub import cache as model_cache
 
     try:
         found = model_cache.find(model, recipe)
@@ -115,7 +116,8 @@ left in the cache, and conversions whose local source folder is gone or that nev
 finished.""")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 def prune(dry_run: bool) -> None:
-    from .. import leftovers, model_cache
+    from ..storage import leftovers
+    from ..hub import cache as model_cache
 
     stale, orphans = model_cache.stale_leftovers(), model_cache.orphans()
     if not stale and not orphans:
@@ -139,7 +141,7 @@ def prune(dry_run: bool) -> None:
 @models.command(help="Show the Qwen3 models in the Hugging Face cache (conversion sources).")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array, one object per repo.")
 def sources(as_json: bool) -> None:
-    from .. import model_cache
+    from ..hub import cache as model_cache
 
     found = model_cache.sources()
     if as_json:

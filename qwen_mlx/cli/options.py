@@ -8,7 +8,7 @@ from typing import Callable
 import click
 
 from ..errors import QwenMlxError
-from ..hub import DEFAULT_MODEL
+from ..hub.resolver import DEFAULT_MODEL
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "seed", "max_tokens")
 
@@ -92,9 +92,9 @@ def memory_kwargs(options: dict) -> dict:
 
 def check_recipe_applies(model: str | None, recipe: str) -> None:
     """--recipe says how to convert; for a model already in MLX form it would do nothing."""
-    from ..checkpoint import is_mlx_folder
-    from ..hub import parse_arg
-    from ..recipes import parse_recipe
+    from ..models.checkpoint import is_mlx_folder
+    from ..hub.resolver import parse_arg
+    from ..models.recipes import parse_recipe
 
     parse_recipe(recipe)  # a bad name is the first thing to say
     spec = parse_arg(model)

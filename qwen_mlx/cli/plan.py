@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from ..context import parse_context
+from ..models.context import parse_context
 from ..errors import QwenMlxError
-from ..recipes import parse_recipe
+from ..models.recipes import parse_recipe
+if TYPE_CHECKING:
+    from ..engine.kv_cache import KVSpec
+    from ..engine.memory_plan import MemoryPlan
+    from ..models.recipes import Recipe
 from .options import (MODEL_HELP, check_recipe_applies, memory_kwargs, memory_options,
                       model_argument)
 
@@ -30,8 +35,7 @@ alone is fetched. Exits 1 when --context does not fit. {MODEL_HELP}""")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(model: str | None, recipe: str, parallel: int, as_json: bool, **options) -> None:
     from ..engine.kv_cache import KVSpec  # the engine imports mlx-lm: only when needed
-    from ..loader import compute_dtype
-    from ..memory_plan import plan_model
+    from ..models.loader import compute_dtype
 
     o = memory_kwargs(options)
     check_recipe_applies(model, recipe)
@@ -58,3 +62,22 @@ def plan(model: str | None, recipe: str, parallel: int, as_json: bool, **options
             result.check(context)
         except QwenMlxError as e:
             raise QwenMlxError(str(e).replace(" (or --force)", "")) from None
+
+
+def plan_model(model: str | None, *, recipe: Recipe, compute_bytes: int | None,
+               context: int | None, kv: KVSpec, prefill_step: int,
+               memory: str | int | None = None, parallel: int = 1) -> MemoryPlan:
+    """Plan without loading, converting or downloading weights: a converted folder is
+    measured from its files, anything else from its config and the recipe."""
+    from ..engine.memory_plan import plan_for, weight_bytes_of_config, weight_bytes_of_folder
+    from ..hub import resolver as hub
+    from ..models.context import rope_overrides
+    from ..models.shapes import Shape
+
+    spec = hub.resolve(model, recipe, weights=False)
+    config = {**spec.config, **rope_overrides(spec.config, context)}
+    weights = weight_bytes_of_folder(spec.folder, compute_bytes) if spec.folder else \
+        weight_bytes_of_config(config, recipe, compute_bytes)
+    return plan_for(config, weights=weights, compute_bytes=compute_bytes,
+                    kv=kv.check(Shape.of(config).head_dim), prefill_step=prefill_step,
+                    memory=memory, parallel=parallel)

@@ -56,7 +56,6 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
           idle_timeout: float, shutdown_timeout: float, allow_origins: tuple[str, ...],
           adapter: Path | None, recipe: str, **options) -> None:
     from ..serve import Server, run
-
     from ..units import parse_size
 
     body_limit = parse_size(max_body, "a body size")  # one-line error on a bad size
@@ -84,7 +83,7 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
 
 def served_name(model: str | None) -> str:
     """The model's name in the API: a folder's name, else the hub id (or the default)."""
-    from ..hub import DEFAULT_MODEL
+    from ..hub.resolver import DEFAULT_MODEL
 
     return Path(model).name if model and Path(model).expanduser().is_dir() else \
         (model or DEFAULT_MODEL)

@@ -1,4 +1,6 @@
-"""The one generation engine: sampling, prompt caching, prefill and decode."""
+"""The one generation engine: sampling, prompt and KV caches, prefill and decode, batches,
+constraints, and the memory plan it runs under. Imports models, system and evaluate, never a
+verb (chat, serve, finetune, cli)."""
 
 from .constraint import Constraint
 from .generate import Piece, Stats, generate_tokens, stream

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator
 
 import mlx.core as mx
 
-from . import mlx_lm_seam as seam
+from ..models import mlx_lm_seam as seam
 from .prompt_cache import PromptCache
 from .sampling import Processor, Sampler
 

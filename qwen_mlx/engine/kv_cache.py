@@ -16,7 +16,7 @@ from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import CacheList, KVCache, QuantizedKVCache, make_prompt_cache
 
 from ..errors import QwenMlxError
-from . import mlx_lm_seam as seam
+from ..models import mlx_lm_seam as seam
 
 KV_BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)  # what mx.quantize supports

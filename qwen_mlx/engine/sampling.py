@@ -70,7 +70,7 @@ class SamplingParams:
     @classmethod
     def from_generation_config(cls, cfg: dict) -> "SamplingParams":
         """The model's own recommended settings (generation_config.json, as read by
-        :class:`~qwen_mlx.model_spec.ModelSpec`); our defaults where it has none."""
+        :class:`~qwen_mlx.models.spec.ModelSpec`); our defaults where it has none."""
         if cfg.get("do_sample") is False:
             return cls(temperature=0.0)
         return cls().override(**{k: cfg.get(k) for k in ("temperature", "top_p", "top_k", "min_p")})

@@ -2,7 +2,8 @@
 
 ``finetune(model, data, output, **settings)`` trains; :func:`prepare` and :class:`Run` give
 the same run step by step (the CLI draws its progress bar from them); ``fuse`` merges an
-adapter into the weights and checks the result.
+adapter into the weights and checks the result. Imports the public API and every layer below
+it, never another verb.
 """
 
 from importlib import import_module

@@ -17,7 +17,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .. import __version__
-from ..atomic import atomic_path, atomic_write_text
+from ..storage.atomic import atomic_path, atomic_write_text
 from .config import TARGETS, TrainConfig
 
 ADAPTER_FILE = "adapters.safetensors"

@@ -20,12 +20,14 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
-from .. import __version__, hub, loader
-from ..atomic import atomic_dir
+from .. import __version__
+from ..hub import resolver as hub
+from ..models import loader
+from ..storage.atomic import atomic_dir
 from ..errors import QwenMlxError
-from ..outputs import check_target
-from ..quantize import copy_side_files, write_config
-from ..recipes import Recipe, parse_recipe
+from ..storage.outputs import check_target
+from ..quant.convert import copy_side_files, write_config
+from ..models.recipes import Recipe, parse_recipe
 
 PROMPTS = ("Write a haiku about the sea.", "What is the capital of France?",
            "Explain recursion to a child in two sentences.", "List three prime numbers.")

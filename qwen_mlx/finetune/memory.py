@@ -15,8 +15,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..errors import QwenMlxError
-from ..machine import GIB, Machine
-from ..memory_plan import RUNTIME_BYTES, Shape
+from ..system.machine import GIB, Machine
+from ..models.shapes import Shape
+from ..system.memory import RUNTIME_BYTES, training_activation_bytes
 from .config import TrainConfig
 from .loss import SLICE
 
@@ -48,24 +49,13 @@ class TrainingMemory:
                 f"logits {self.logits / GIB:.2f}) of a {self.budget / GIB:.2f} GiB budget")
 
 
-def activation_bytes(shape: Shape, batch: int, width: int, dtype_bytes: int,
-                     checkpointed: bool) -> int:
-    s = shape
-    per_token = (5 * s.hidden + 3 * s.heads * s.head_dim + 4 * s.kv_heads * s.head_dim
-                 + 4 * s.intermediate) * dtype_bytes
-    scores = batch * s.heads * width * width * 4 * 2  # scores and probabilities, float32
-    one_layer = batch * width * per_token + scores
-    if checkpointed:
-        return batch * width * s.layers * s.hidden * dtype_bytes + one_layer
-    return s.layers * one_layer
-
-
 def estimate(shape: Shape, *, weights: int, trainable: int, config: TrainConfig, width: int,
              dtype_bytes: int, machine: Machine) -> TrainingMemory:
     """``width`` is the widest batch's sequence length (after --max-seq-len)."""
     return TrainingMemory(
         weights, trainable * ADAM_BYTES,
-        activation_bytes(shape, config.batch_size, width, dtype_bytes, config.grad_checkpoint),
+        training_activation_bytes(shape, config.batch_size, width, dtype_bytes,
+                                  config.grad_checkpoint),
         min(SLICE, config.batch_size * width) * shape.vocab * 4 * LOGIT_COPIES,
         machine.budget_bytes)
 

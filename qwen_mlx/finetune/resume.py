@@ -23,7 +23,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ..atomic import atomic_dir
+from ..storage.atomic import atomic_dir
 from ..errors import QwenMlxError
 from .adapters import ADAPTER_FILE, adapter_weights
 from .config import TrainConfig

@@ -17,12 +17,14 @@ from typing import Callable, Iterator, TextIO
 
 import mlx.core as mx
 
-from .. import hub, loader
+from ..hub import resolver as hub
+from ..models import loader
 from ..errors import QwenMlxError
-from ..machine import this_machine
-from ..memory_plan import Shape, weight_bytes_of_folder
-from ..outputs import check_writable
-from ..recipes import parse_recipe
+from ..system.machine import this_machine
+from ..engine.memory_plan import weight_bytes_of_folder
+from ..models.shapes import Shape
+from ..storage.outputs import check_writable
+from ..models.recipes import parse_recipe
 from . import resume
 from .ranks import Ranks
 from .adapters import add_lora, adapter_config, save_adapter

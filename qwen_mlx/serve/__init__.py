@@ -5,6 +5,7 @@
     app = create_app(Server(load(), "Qwen/Qwen3-4B-Instruct-2507"))   # any ASGI server
 
 A browser opening the server's root gets the chat page (:mod:`qwen_mlx.serve.page`).
+Imports the public API and every layer below it, never cli.
 """
 
 import gc

@@ -16,7 +16,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import ollama, openai, page
+from . import ollama
+from . import openai
+from . import page
 from .guard import Guard
 from .server import ClientGone, RequestError, Server
 

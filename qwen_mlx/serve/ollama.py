@@ -200,7 +200,7 @@ async def generate(server: Server, request: Request) -> Response:
 def details(server: Server) -> dict:
     from math import prod
 
-    from ..checkpoint import expected_shapes
+    from ..models.shapes import expected_shapes
 
     config = server.model.config
     quant = config.get("quantization") or {}

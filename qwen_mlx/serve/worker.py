@@ -130,7 +130,8 @@ def kv_token_bytes(model: Model) -> float:
     """Bytes one cached token takes in every layer, as the model stores its KV."""
     if model.plan is not None:
         return model.plan.kv_bytes_per_token()
-    from ..memory_plan import Shape, kv_bytes_per_token
+    from ..engine.memory_plan import kv_bytes_per_token
+    from ..models.shapes import Shape
 
     return kv_bytes_per_token(Shape.of(model.config), model.kv,
                               getattr(mx, model.compute_dtype).size)

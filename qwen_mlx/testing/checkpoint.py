@@ -13,9 +13,9 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from ..checkpoint import expected_shapes
-from ..safetensors_stream import plan_shards, shard_name, tensor_nbytes
-from ..shapes import SHAPES, config_for  # noqa: F401 - SHAPES is re-exported
+from ..models.shapes import expected_shapes
+from ..storage.safetensors import plan_shards, shard_name, tensor_nbytes
+from ..models.shapes import SHAPES, config_for  # noqa: F401 - SHAPES is re-exported
 from .tokenizer import write_tokenizer
 
 GENERATION_CONFIG = {"bos_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643],
