@@ -1,0 +1,111 @@
+// The conversations in the sidebar: open, rename, delete, export, and saving the open one.
+
+import { $, button, download, showBanner } from "./dom.js";
+import { renderMessages } from "./messages.js";
+import { state } from "./state.js";
+import * as store from "./store.js";
+
+export function trySave(save) {
+  try {
+    save();
+    return true;
+  } catch (e) {
+    if (e instanceof store.StorageFull) {
+      showBanner(e.message);
+      return false;
+    }
+    throw e;
+  }
+}
+
+export function saveConv(touch = true) {
+  if (state.conv.messages.length || state.conv.title || state.conv.system) {
+    trySave(() => store.saveConversation(state.conv, touch));
+  }
+  renderSidebar();
+}
+
+export function openConversation(id) {
+  if (state.busy) return;
+  state.conv = (id && store.loadConversation(id)) || store.newConversation();
+  $("system").value = state.conv.system;
+  renderMessages();
+  renderSidebar();
+}
+
+function renderSidebar() {
+  const list = $("conversations");
+  list.replaceChildren();
+  const items = store.listConversations();
+  if (state.conv && !items.some((c) => c.id === state.conv.id)) {
+    items.unshift({ id: state.conv.id, title: store.titleOf(state.conv) });
+  }
+  for (const item of items) {
+    const li = document.createElement("li");
+    li.dataset.id = item.id;
+    li.classList.toggle("current", state.conv && item.id === state.conv.id);
+    const title = document.createElement("button");
+    title.type = "button";
+    title.className = "title";
+    title.textContent = item.title || "New chat";
+    title.addEventListener("click", () => openConversation(item.id));
+    const rename = button("✎", "rename", () => startRename(li, item));
+    rename.title = "Rename";
+    const remove = button("×", "delete", () => removeConversation(item));
+    remove.title = "Delete";
+    li.append(title, rename, remove);
+    list.append(li);
+  }
+}
+
+function startRename(li, item) {
+  const input = document.createElement("input");
+  input.className = "rename-input";
+  input.value = item.title || "";
+  li.querySelector(".title").replaceWith(input);
+  input.focus();
+  input.select();
+  let done = false;
+  const finish = (keep) => {
+    if (done) return;
+    done = true;
+    const target = item.id === state.conv.id ? state.conv : store.loadConversation(item.id);
+    if (keep && target) {
+      target.title = input.value.trim();
+      if (target === state.conv) saveConv(false);
+      else trySave(() => store.saveConversation(target, false));
+    }
+    renderSidebar();
+  };
+  input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") finish(true);
+    if (e.key === "Escape") { e.stopPropagation(); finish(false); }
+  });
+  input.addEventListener("blur", () => finish(true));
+}
+
+function removeConversation(item) {
+  if (state.busy && item.id === state.conv.id) return;
+  if (!confirm(`Delete "${item.title || "New chat"}"?`)) return;
+  store.deleteConversation(item.id);
+  if (item.id === state.conv.id) openConversation(store.listConversations()[0]?.id);
+  else renderSidebar();
+}
+
+$("new-chat").addEventListener("click", () => openConversation(null));
+
+window.addEventListener("storage", (e) => { // another tab saved: keep the list current
+  if (e.key === "qwen-mlx.conversations") renderSidebar();
+});
+
+function fileStem() {
+  return store.titleOf(state.conv).replace(/[^\p{L}\p{N}]+/gu, "-").replace(/^-|-$/g, "")
+    .slice(0, 60) || "chat";
+}
+
+$("export-json").addEventListener("click", () => {
+  download(`${fileStem()}.json`, "application/json", JSON.stringify(state.conv, null, 2) + "\n");
+});
+$("export-md").addEventListener("click", () => {
+  download(`${fileStem()}.md`, "text/markdown", store.asMarkdown(state.conv));
+});

@@ -1,0 +1,170 @@
+// Sending a message and streaming the reply: the composer, stop, and the reply's statistics.
+
+import { ApiError, Cut, Unreachable } from "./api.js";
+import { renderAttachments } from "./attachments.js";
+import { connect, withKey } from "./connection.js";
+import { saveConv } from "./conversations.js";
+import { $, hideBanner, showBanner } from "./dom.js";
+import { fillAssistant, renderMessages, setUserText } from "./messages.js";
+import { requestBody } from "./settings.js";
+import { api, state } from "./state.js";
+
+async function send() {
+  const text = $("input").value;
+  if (state.busy || (!text.trim() && !state.pendingFiles.length)) return;
+  hideBanner();
+  const m = { role: "user", files: state.pendingFiles.map((f) => f.name) };
+  // the files as `qwen-mlx chat /file` puts them: name, blank line, text; then the request
+  m.attached = state.pendingFiles.map((f) => `${f.name}:\n\n${f.text.trimEnd()}`).join("\n\n");
+  setUserText(m, text);
+  state.conv.messages.push(m);
+  $("input").value = "";
+  const files = state.pendingFiles;
+  state.pendingFiles = [];
+  renderAttachments();
+  saveConv();
+  renderMessages();
+  const ok = await run({ resend: false });
+  if (!ok) { // refused or unreachable: the message goes back into the composer
+    state.conv.messages.splice(state.conv.messages.indexOf(m), 1);
+    saveConv();
+    renderMessages();
+    if (!$("input").value) $("input").value = text;
+    if (!state.pendingFiles.length) { state.pendingFiles = files; renderAttachments(); }
+  }
+}
+
+/** Stream a reply to the conversation. False when nothing came back (the caller restores
+ * what the user typed); a reply cut or stopped midway is kept. */
+export async function run({ resend }) {
+  if (!state.model.id) { // the server was not reachable when the page loaded: try again now
+    await connect();
+    if (!state.model.id) return false;
+  }
+  let body;
+  try {
+    body = requestBody();
+  } catch (e) {
+    showBanner(e.message);
+    return false;
+  }
+  const reply = { role: "assistant", content: "" };
+  state.conv.messages.push(reply);
+  renderMessages();
+  const el = $("messages").lastElementChild;
+  const controller = new AbortController();
+  state.busy = { controller, reply };
+  setBusy(true);
+  const started = performance.now();
+  let first = null, usage = null, drawn = false;
+  const redraw = () => {
+    if (drawn) return;
+    drawn = true;
+    requestAnimationFrame(() => {
+      drawn = false;
+      fillAssistant(el, reply);
+      const box = $("messages");
+      if (box.scrollHeight - box.scrollTop - box.clientHeight < 200) box.scrollTop = box.scrollHeight;
+    });
+  };
+  let ok = true;
+  try {
+    await withKey(async () => {
+      for await (const chunk of api.chat(body, controller.signal)) {
+        if (chunk.usage) usage = chunk.usage;
+        const choice = chunk.choices?.[0];
+        if (!choice) continue;
+        const delta = choice.delta || {};
+        if (delta.content || delta.tool_calls) first ??= performance.now();
+        if (delta.content) reply.content += delta.content;
+        for (const call of delta.tool_calls ?? []) mergeCall(reply, call);
+        if (choice.finish_reason) reply.finish = choice.finish_reason;
+        redraw();
+      }
+    });
+  } catch (e) {
+    if (e.name === "AbortError") {
+      reply.stopped = true;
+    } else if (e instanceof Cut || (reply.content && e instanceof ApiError)) {
+      reply.interrupted = true;
+      showBanner(`${e.message}. What arrived is kept; Regenerate asks again.`);
+    } else {
+      ok = false;
+      showBanner(e instanceof Unreachable || e instanceof ApiError ? e.message : String(e));
+    }
+  }
+  const ended = performance.now();
+  if (usage) { // the server's counts; the times are this page's
+    const stats = { completion: usage.completion_tokens, prompt: usage.prompt_tokens,
+                    cached: usage.prompt_tokens_details?.cached_tokens ?? 0 };
+    if (first !== null) {
+      stats.ttft = (first - started) / 1000;
+      if (stats.completion > 1 && ended > first) {
+        stats.tps = (stats.completion - 1) / ((ended - first) / 1000);
+      }
+    }
+    reply.stats = stats;
+  }
+  state.busy = null;
+  setBusy(false);
+  if (!ok) {
+    state.conv.messages.splice(state.conv.messages.indexOf(reply), 1);
+    if (resend) saveConv();
+  } else {
+    saveConv();
+  }
+  renderMessages();
+  return ok || resend;
+}
+
+/** OpenAI streams a tool call in fragments by index (our server sends each whole). */
+function mergeCall(reply, call) {
+  reply.tool_calls ??= [];
+  const index = call.index ?? reply.tool_calls.length;
+  const known = reply.tool_calls[index];
+  if (!known) {
+    reply.tool_calls[index] = { id: call.id, type: "function",
+                                function: { name: call.function?.name ?? "",
+                                            arguments: call.function?.arguments ?? "" } };
+  } else {
+    known.function.name += call.function?.name ?? "";
+    known.function.arguments += call.function?.arguments ?? "";
+  }
+}
+
+function setBusy(on) {
+  $("send").hidden = on;
+  $("stop").hidden = !on;
+  document.body.classList.toggle("busy", on);
+}
+
+function stop() {
+  state.busy?.controller.abort();
+}
+
+$("stop").addEventListener("click", stop);
+$("composer").addEventListener("submit", (e) => {
+  e.preventDefault();
+  send();
+});
+$("input").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { // IME: Enter picks a character
+    e.preventDefault();
+    send();
+  }
+});
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape" && state.busy) stop();
+});
+
+let growPending = false;
+$("input").addEventListener("input", () => { // grow with the text, once per frame at most
+  if (growPending) return;
+  growPending = true;
+  requestAnimationFrame(() => {
+    growPending = false;
+    const input = $("input");
+    input.style.height = "auto";
+    input.style.height = `${Math.min(input.scrollHeight, window.innerHeight * 0.4)}px`;
+  });
+});

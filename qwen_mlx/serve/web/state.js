@@ -1,0 +1,17 @@
+// What the page holds, in one object every module shares: the API key, the model the server
+// serves, the settings, the open conversation (saved to localStorage after every change), the
+// reply being streamed and the files waiting for the next message.
+
+import { Api } from "./api.js";
+import * as store from "./store.js";
+
+export const state = {
+  apiKey: store.loadKey(),
+  model: { id: "", defaults: {}, thinking: false },
+  settings: store.loadSettings(),
+  conv: null,
+  busy: null, // {controller, reply} while a reply streams
+  pendingFiles: [], // [{name, text}] attached to the next message
+};
+
+export const api = new Api(() => state.apiKey);
