@@ -86,7 +86,7 @@ def chunks(tokens: list[int], size: int, limit: int | None = None) -> list[list[
     return [tokens[i:i + size] for i in range(0, usable - size + 1, size)]
 
 
-def _scored(net, parts: list[list[int]], progress: Progress | None
+def scored_rows(net, parts: list[list[int]], progress: Progress | None
             ) -> Iterator[tuple[int, int, mx.array, mx.array]]:
     """(chunk index, first position, float32 log-probabilities of the next token, those of
     the actual next tokens) for ROWS positions at a time, positions 0 .. len(chunk) - 2 of
@@ -115,7 +115,7 @@ def output_head(net):
 
 def candidate_pass(net, parts: list[list[int]], progress: Progress | None = None) -> Quality:
     """Perplexity of ``net`` on the chunks (no reference to compare with)."""
-    nll = [-np.array(tgt, dtype=np.float64) for _, _, _, tgt in _scored(net, parts, progress)]
+    nll = [-np.array(tgt, dtype=np.float64) for _, _, _, tgt in scored_rows(net, parts, progress)]
     nll_all = np.concatenate(nll)
     return Quality(tokens=int(nll_all.size), perplexity=math.exp(nll_all.mean()))
 

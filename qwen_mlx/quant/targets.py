@@ -12,7 +12,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from ..evaluate.quality import Progress, _scored, output_head
+from ..evaluate.quality import Progress, scored_rows, output_head
 
 TOP_K = 64
 
@@ -56,7 +56,7 @@ class Reference:
 
 def reference_pass(net, parts: list[list[int]], progress: Progress | None = None) -> Reference:
     slices: list[list[tuple]] = [[] for _ in parts]
-    for n, _, lp, tgt in _scored(net, parts, progress):
+    for n, _, lp, tgt in scored_rows(net, parts, progress):
         top = mx.argpartition(-lp, kth=TOP_K - 1, axis=-1)[:, :TOP_K]
         picked = mx.take_along_axis(lp, top, axis=-1)
         mx.eval(top, picked, tgt)
