@@ -29,7 +29,7 @@ export function openConversation(id) {
   if (state.busy) return;
   state.conv = (id && store.loadConversation(id)) || store.newConversation();
   $("system").value = state.conv.system;
-  renderMessages();
+  renderMessages(true);
   renderSidebar();
 }
 

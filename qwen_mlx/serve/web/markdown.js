@@ -93,6 +93,40 @@ export function renderMarkdown(text) {
   return DOMPurify.sanitize(marked.parse(text), PURIFY);
 }
 
+/** A cache of one text's rendered top-level blocks (paragraphs, lists, code blocks...). */
+export function blockCache() {
+  return { text: "", blocks: [], generation: 0 };
+}
+
+function renderTokens(tokens, links) {
+  const list = [...tokens];
+  list.links = links;
+  return DOMPurify.sanitize(marked.parser(list), PURIFY);
+}
+
+/** Markdown text -> {blocks, tail}: the sanitized HTML of each finished top-level block,
+ * kept in `cache` (from blockCache), and of the last block, which more text may still
+ * change. A block is finished once a later one has begun, so while a reply streams only
+ * its last block is parsed and sanitized again: a redraw costs the size of that block, not
+ * of the reply. Text that does not extend the cached text starts the cache again. */
+export function renderBlocks(text, cache) {
+  if (!text.startsWith(cache.text)) {
+    Object.assign(cache, { text: "", blocks: [], generation: cache.generation + 1 });
+  }
+  const rest = text.slice(cache.text.length);
+  const tokens = marked.lexer(rest);
+  if (tokens.map((t) => t.raw).join("") !== rest) { // a text the lexer rewrote (\r\n)
+    return { blocks: [], tail: renderMarkdown(text), generation: cache.generation };
+  }
+  for (const token of tokens.slice(0, -1)) {
+    cache.blocks.push(renderTokens([token], tokens.links));
+    cache.text += token.raw;
+  }
+  const last = tokens.at(-1);
+  return { blocks: cache.blocks, tail: last ? renderTokens([last], tokens.links) : "",
+           generation: cache.generation };
+}
+
 /** A reply's parts: the thinking (null when there is none), the answer, whether the
  * thinking is still open, and raw <tool_call> blocks the server did not parse (no tools
  * were offered) as {name, arguments} objects or text. */

@@ -3,17 +3,54 @@
 
 import { saveConv } from "./conversations.js";
 import { $, actions, button, showBanner } from "./dom.js";
-import { renderMarkdown, splitReply } from "./markdown.js";
+import { blockCache, renderBlocks, splitReply } from "./markdown.js";
 import { run } from "./reply.js";
 import { state } from "./state.js";
 
 const SHOWN_CHARS = 4000; // longer user messages are folded (a huge paste stays fast)
 
-export function renderMessages() {
+// Each assistant message's rendered blocks (thinking and answer), kept while the page is open:
+// a redraw parses only what changed, and drawing the conversation again parses nothing.
+const rendered = new WeakMap();
+
+function cachesOf(m) {
+  if (!rendered.has(m)) rendered.set(m, { thinking: blockCache(), answer: blockCache() });
+  return rendered.get(m);
+}
+
+const drawn = new WeakMap(); // element -> {generation, blocks, tail}: what drawBlocks put there
+
+/** Draw `text` into `box` block by block: blocks already in the box stay as they are (a
+ * selection in them survives), the last, still changing, one is replaced. */
+function drawBlocks(box, text, cache) {
+  const { blocks, tail, generation } = renderBlocks(text, cache);
+  let mine = drawn.get(box);
+  if (!mine || mine.generation !== generation || mine.blocks > blocks.length) {
+    box.replaceChildren();
+    mine = { generation, blocks: 0, tail: [] };
+    drawn.set(box, mine);
+  }
+  for (const node of mine.tail) node.remove();
+  if (mine.blocks < blocks.length) {
+    box.insertAdjacentHTML("beforeend", blocks.slice(mine.blocks).join(""));
+    mine.blocks = blocks.length;
+  }
+  const template = document.createElement("template");
+  template.innerHTML = tail;
+  mine.tail = [...template.content.childNodes];
+  box.append(template.content);
+}
+
+/** Draw the conversation again. The view moves to the end when `follow` (a conversation
+ * opened, a message sent) or when the reader was already there; otherwise it stays where the
+ * reader scrolled. */
+export function renderMessages(follow = false) {
   const box = $("messages");
+  const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  const top = box.scrollTop;
   const lastUser = state.conv.messages.findLastIndex((m) => m.role === "user");
   box.replaceChildren(...state.conv.messages.map((m, i) => messageElement(m, i, i === lastUser)));
-  box.scrollTop = box.scrollHeight;
+  box.scrollTop = follow || atEnd ? box.scrollHeight : top;
 }
 
 function messageElement(m, index, lastUser) {
@@ -25,10 +62,23 @@ function messageElement(m, index, lastUser) {
     if (lastUser) el.append(actions(button("Edit", "edit", () => startEdit(el, m))));
   } else {
     fillAssistant(el, m);
-    if (last) el.append(actions(button("Copy", "copy-reply", () => copy(splitReply(m.content).answer)),
-                                button("Regenerate", "regenerate", regenerate)));
+    if (last && state.busy?.reply !== m) el.append(replyActions(m));
   }
   return el;
+}
+
+/** Copy and Regenerate, for the last reply once it has ended (not while it streams). */
+function replyActions(m) {
+  return actions(button("Copy", "copy-reply", () => copy(splitReply(m.content).answer)),
+                 button("Regenerate", "regenerate", regenerate));
+}
+
+/** A streamed reply has ended: its element is completed in place, so the view and any
+ * selection in it stay. */
+export function finishReply(el, m) {
+  fillAssistant(el, m);
+  el.querySelector(":scope > .actions")?.remove();
+  el.append(replyActions(m));
 }
 
 function fillUser(el, m) {
@@ -57,6 +107,7 @@ function fillUser(el, m) {
 /** Fill (or refill, while streaming) an assistant message's element. */
 export function fillAssistant(el, m) {
   const parts = splitReply(m.content);
+  const caches = cachesOf(m);
   let thinking = el.querySelector(":scope > details.thinking");
   if (parts.thinking !== null) {
     if (!thinking) {
@@ -66,7 +117,7 @@ export function fillAssistant(el, m) {
       el.prepend(thinking);
     }
     thinking.querySelector("summary").textContent = parts.thinkingOpen ? "Thinking…" : "Thoughts";
-    thinking.querySelector("div").innerHTML = renderMarkdown(parts.thinking);
+    drawBlocks(thinking.querySelector("div"), parts.thinking, caches.thinking);
   }
   let answer = el.querySelector(":scope > .markdown");
   if (!answer) {
@@ -74,7 +125,7 @@ export function fillAssistant(el, m) {
     answer.className = "markdown";
     el.append(answer);
   }
-  answer.innerHTML = renderMarkdown(parts.answer);
+  drawBlocks(answer, parts.answer, caches.answer);
   el.querySelector(":scope > .tool-calls")?.remove();
   const calls = [...parts.calls, ...(m.tool_calls ?? []).map((c) => ({
     name: c.function?.name ?? "?", arguments: c.function?.arguments ?? "" }))];

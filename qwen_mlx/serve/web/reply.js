@@ -5,7 +5,7 @@ import { renderAttachments } from "./attachments.js";
 import { connect, withKey } from "./connection.js";
 import { saveConv } from "./conversations.js";
 import { $, hideBanner, showBanner } from "./dom.js";
-import { fillAssistant, renderMessages, setUserText } from "./messages.js";
+import { fillAssistant, finishReply, renderMessages, setUserText } from "./messages.js";
 import { requestBody } from "./settings.js";
 import { api, state } from "./state.js";
 
@@ -23,7 +23,7 @@ async function send() {
   state.pendingFiles = [];
   renderAttachments();
   saveConv();
-  renderMessages();
+  renderMessages(true);
   const ok = await run({ resend: false });
   if (!ok) { // refused or unreachable: the message goes back into the composer
     state.conv.messages.splice(state.conv.messages.indexOf(m), 1);
@@ -50,10 +50,10 @@ export async function run({ resend }) {
   }
   const reply = { role: "assistant", content: "" };
   state.conv.messages.push(reply);
-  renderMessages();
-  const el = $("messages").lastElementChild;
   const controller = new AbortController();
   state.busy = { controller, reply };
+  renderMessages(true);
+  const el = $("messages").lastElementChild;
   setBusy(true);
   const started = performance.now();
   let first = null, usage = null, drawn = false;
@@ -110,10 +110,11 @@ export async function run({ resend }) {
   if (!ok) {
     state.conv.messages.splice(state.conv.messages.indexOf(reply), 1);
     if (resend) saveConv();
+    renderMessages();
   } else {
     saveConv();
+    finishReply(el, reply);
   }
-  renderMessages();
   return ok || resend;
 }
 
