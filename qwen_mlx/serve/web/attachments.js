@@ -25,15 +25,19 @@ $("file").addEventListener("change", async (e) => {
   renderAttachments();
 });
 
+$("attach").addEventListener("click", () => $("file").click());
+
 export function renderAttachments() {
   $("attachments").replaceChildren(...state.pendingFiles.map((f, i) => {
     const chip = document.createElement("span");
     chip.className = "file-chip";
     chip.textContent = `📎 ${f.name} (${f.text.length.toLocaleString()} characters) `;
-    chip.append(button("×", "remove-file", () => {
+    const remove = button("×", "remove-file", () => {
       state.pendingFiles.splice(i, 1);
       renderAttachments();
-    }));
+    });
+    remove.setAttribute("aria-label", `Remove ${f.name}`);
+    chip.append(remove);
     return chip;
   }));
 }

@@ -31,6 +31,7 @@ export function openConversation(id) {
   $("system").value = state.conv.system;
   renderMessages(true);
   renderSidebar();
+  $("input").focus();
 }
 
 function renderSidebar() {
@@ -50,9 +51,12 @@ function renderSidebar() {
     title.textContent = item.title || "New chat";
     title.addEventListener("click", () => openConversation(item.id));
     const rename = button("✎", "rename", () => startRename(li, item));
+    const name = item.title || "New chat";
     rename.title = "Rename";
+    rename.setAttribute("aria-label", `Rename ${name}`);
     const remove = button("×", "delete", () => removeConversation(item));
     remove.title = "Delete";
+    remove.setAttribute("aria-label", `Delete ${name}`);
     li.append(title, rename, remove);
     list.append(li);
   }

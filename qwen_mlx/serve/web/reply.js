@@ -6,7 +6,7 @@ import { connect, withKey } from "./connection.js";
 import { saveConv } from "./conversations.js";
 import { $, hideBanner, showBanner } from "./dom.js";
 import { fillAssistant, finishReply, renderMessages, setUserText } from "./messages.js";
-import { requestBody } from "./settings.js";
+import { requestBody, toggleSettings } from "./settings.js";
 import { api, state } from "./state.js";
 
 async function send() {
@@ -54,6 +54,8 @@ export async function run({ resend }) {
   state.busy = { controller, reply };
   renderMessages(true);
   const el = $("messages").lastElementChild;
+  el.setAttribute("aria-busy", "true"); // a screen reader reads it once it is complete
+  $("status").textContent = "Replying…";
   setBusy(true);
   const started = performance.now();
   let first = null, usage = null, drawn = false;
@@ -107,6 +109,9 @@ export async function run({ resend }) {
   }
   state.busy = null;
   setBusy(false);
+  el.removeAttribute("aria-busy");
+  $("status").textContent = !ok ? "No reply" : reply.stopped ? "Reply stopped"
+    : reply.interrupted ? "Reply interrupted" : "Reply finished";
   if (!ok) {
     state.conv.messages.splice(state.conv.messages.indexOf(reply), 1);
     if (resend) saveConv();
@@ -154,8 +159,11 @@ $("input").addEventListener("keydown", (e) => {
     send();
   }
 });
-document.addEventListener("keydown", (e) => {
-  if (e.key === "Escape" && state.busy) stop();
+document.addEventListener("keydown", (e) => { // Esc: stop a reply, else cancel an edit,
+  if (e.key !== "Escape" || e.defaultPrevented) return; // else close the settings
+  if (state.busy) stop();
+  else if (document.querySelector(".edit-box")) renderMessages();
+  else if (!$("settings").hidden) toggleSettings(false);
 });
 
 let growPending = false;

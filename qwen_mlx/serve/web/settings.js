@@ -32,11 +32,13 @@ $("system").addEventListener("change", () => {
   saveConv();
 });
 
-$("settings-toggle").addEventListener("click", () => {
-  const open = $("settings").hidden;
+/** Open or close the settings panel (`open`: which; by default the other state). */
+export function toggleSettings(open = $("settings").hidden) {
   $("settings").hidden = !open;
   $("settings-toggle").setAttribute("aria-expanded", String(open));
-});
+}
+
+$("settings-toggle").addEventListener("click", () => toggleSettings());
 
 /** The request body for the conversation so far (throws ApiError for bad tools JSON). */
 export function requestBody() {
