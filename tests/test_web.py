@@ -18,7 +18,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from .serving import MODEL, Running
-from .webpage import (Scripted, connected, done, errors, find, find_all, fresh, js,
+from .webpage import (SHOWCASE, Scripted, connected, done, errors, find, find_all, fresh, js,
                       needs_chromium, replies, screenshot, set_setting, stored, type_message,
                       wait)
 
@@ -300,17 +300,6 @@ def test_two_tabs_chat_at_once_through_the_batch(browser, running):
     browser.switch_to.window(second)
     browser.close()
     browser.switch_to.window(first)
-
-
-SHOWCASE = (
-    "<think>\nThe user wants a comparison; a table and a short example will do.\n</think>\n\n"
-    "**MLX** keeps weights in unified memory, so a 4B model at 4 bits needs about "
-    "$2.3\\,\\text{GB}$.\n\n"
-    "| recipe | bits/weight | size |\n|---|---:|---:|\n| q8 | 8.5 | 4.3 GB |\n"
-    "| q4 | 4.5 | 2.3 GB |\n| mixed | 3.6 | 1.8 GB |\n\n"
-    "```python\nfrom qwen_mlx import load\n\nmodel = load()\n"
-    "print(model.generate(\"你好\").text)\n```\n\n"
-    "通义千问在本机运行，数据不离开你的电脑。")
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])

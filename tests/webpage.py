@@ -34,6 +34,19 @@ needs_chromium = pytest.mark.skipif(
     reason="needs Chromium and its driver: apt-get install chromium chromium-driver")
 
 
+# A reply that shows the page's rendering: thinking, math, a table, code, CJK text (the
+# README's screenshots).
+SHOWCASE = (
+    "<think>\nThe user wants a comparison; a table and a short example will do.\n</think>\n\n"
+    "**MLX** keeps weights in unified memory, so a 4B model at 4 bits needs about "
+    "$2.3\\,\\text{GB}$.\n\n"
+    "| recipe | bits/weight | size |\n|---|---:|---:|\n| q8 | 8.5 | 4.3 GB |\n"
+    "| q4 | 4.5 | 2.3 GB |\n| mixed | 3.6 | 1.8 GB |\n\n"
+    "```python\nfrom qwen_mlx import load\n\nmodel = load()\n"
+    "print(model.generate(\"你好\").text)\n```\n\n"
+    "通义千问在本机运行，数据不离开你的电脑。")
+
+
 class Scripted(Server):
     """A server whose replies are fixed: each request takes the next script from
     ``replies`` (text pieces, a ``threading.Event`` to wait for, an exception to cut the

@@ -98,6 +98,29 @@ function removeConversation(item) {
 
 $("new-chat").addEventListener("click", () => openConversation(null));
 
+/** On a phone the sidebar slides over the page: opened by the menu button, closed by a
+ * choice, a tap beside it, or Esc. */
+export function showSidebar(open) {
+  document.body.classList.toggle("sidebar-open", open);
+  $("menu").setAttribute("aria-expanded", String(open));
+  if (open) $("new-chat").focus();
+}
+
+$("menu").addEventListener("click", () => showSidebar(true));
+$("sidebar").addEventListener("click", (e) => {
+  if (e.target.closest("button.title, #new-chat")) showSidebar(false);
+});
+document.addEventListener("click", (e) => {
+  if (document.body.classList.contains("sidebar-open") && !e.target.closest("#sidebar, #menu")) {
+    showSidebar(false);
+  }
+});
+$("more").addEventListener("click", () => {
+  const open = !$("export-menu").classList.contains("open");
+  $("export-menu").classList.toggle("open", open);
+  $("more").setAttribute("aria-expanded", String(open));
+});
+
 window.addEventListener("storage", (e) => { // another tab saved: keep the list current
   if (e.key === "qwen-mlx.conversations") renderSidebar();
 });

@@ -3,7 +3,7 @@
 import { ApiError, Cut, Unreachable } from "./api.js";
 import { renderAttachments } from "./attachments.js";
 import { connect, withKey } from "./connection.js";
-import { saveConv } from "./conversations.js";
+import { saveConv, showSidebar } from "./conversations.js";
 import { $, hideBanner, showBanner } from "./dom.js";
 import { fillAssistant, finishReply, renderMessages, setUserText } from "./messages.js";
 import { requestBody, toggleSettings } from "./settings.js";
@@ -162,6 +162,7 @@ $("input").addEventListener("keydown", (e) => {
 document.addEventListener("keydown", (e) => { // Esc: stop a reply, else cancel an edit,
   if (e.key !== "Escape" || e.defaultPrevented) return; // else close the settings
   if (state.busy) stop();
+  else if (document.body.classList.contains("sidebar-open")) showSidebar(false);
   else if (document.querySelector(".edit-box")) renderMessages();
   else if (!$("settings").hidden) toggleSettings(false);
 });
