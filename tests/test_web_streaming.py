@@ -58,3 +58,25 @@ def test_the_view_stays_where_the_reader_scrolled(browser, scripted):
     wait(browser, lambda: done(browser) and len(replies(browser)) == 2)
     assert js(browser, "const b = document.getElementById('messages'); "
                        "return b.scrollHeight - b.scrollTop - b.clientHeight") < 40
+
+
+def test_waiting_code_header_and_an_empty_export(browser, scripted):
+    fresh(browser, scripted.url)
+    held = threading.Event()
+    scripted.server.replies = [[held, "```\nplain code, no language\n```\n"]]
+    type_message(browser, "Code")
+    # before the first token the reply says it is waiting, and the box is its size again
+    wait(browser, lambda: find_all(browser, ".message.assistant.waiting"))
+    assert js(browser, "return document.getElementById('input').style.height") == ""
+    held.set()
+    wait(browser, lambda: done(browser) and find_all(browser, ".message.assistant .code"))
+    assert find_all(browser, ".message.assistant.waiting") == []
+    # Copy sits in a header bar above the code, not over its first line
+    assert js(browser, "const c = document.querySelector('.copy-code').getBoundingClientRect();"
+                       "const p = document.querySelector('.code pre').getBoundingClientRect();"
+                       "return c.bottom <= p.top")
+    # an empty conversation is not exported as an empty file
+    find_all(browser, "#new-chat")[0].click()
+    find_all(browser, "#export-json")[0].click()
+    wait(browser, lambda: find_all(browser, "#banner-text")[0].text.startswith(
+        "This conversation is empty"))

@@ -130,9 +130,18 @@ function fileStem() {
     .slice(0, 60) || "chat";
 }
 
+/** Exports of an empty conversation would be empty files: say so instead. */
+function exportable() {
+  if (state.conv.messages.length) return true;
+  showBanner("This conversation is empty: there is nothing to export yet.");
+  return false;
+}
+
 $("export-json").addEventListener("click", () => {
+  if (!exportable()) return;
   download(`${fileStem()}.json`, "application/json", JSON.stringify(state.conv, null, 2) + "\n");
 });
 $("export-md").addEventListener("click", () => {
+  if (!exportable()) return;
   download(`${fileStem()}.md`, "text/markdown", store.asMarkdown(state.conv));
 });

@@ -60,7 +60,8 @@ marked.use({
         body = escapeHtml(text);
       }
       const label = language ? `<span class="lang">${escapeHtml(language)}</span>` : "";
-      return `<div class="code">${label}<button type="button" class="copy-code">Copy</button>` +
+      return `<div class="code"><div class="code-head">${label}<span class="spacer"></span>` +
+             `<button type="button" class="copy-code">Copy</button></div>` +
              `<pre><code class="hljs">${body}</code></pre></div>`;
     },
     // HTML the model writes is shown as text, as it wrote it, never parsed into the page

@@ -107,6 +107,8 @@ function fillUser(el, m) {
 /** Fill (or refill, while streaming) an assistant message's element. */
 export function fillAssistant(el, m) {
   const parts = splitReply(m.content);
+  // before the first token, the reply says it is waiting (chat.css draws the line)
+  el.classList.toggle("waiting", state.busy?.reply === m && !m.content && !m.tool_calls?.length);
   const caches = cachesOf(m);
   let thinking = el.querySelector(":scope > details.thinking");
   if (parts.thinking !== null) {
@@ -187,7 +189,7 @@ async function copy(text) {
 $("messages").addEventListener("click", (e) => {
   const target = e.target.closest(".copy-code");
   if (!target) return;
-  copy(target.parentElement.querySelector("pre").textContent);
+  copy(target.closest(".code").querySelector("pre").textContent);
   target.textContent = "Copied";
   setTimeout(() => { target.textContent = "Copy"; }, 1500);
 });

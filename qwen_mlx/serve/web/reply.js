@@ -19,6 +19,7 @@ async function send() {
   setUserText(m, text);
   state.conv.messages.push(m);
   $("input").value = "";
+  $("input").style.height = ""; // back to its size: it grew with the message
   const files = state.pendingFiles;
   state.pendingFiles = [];
   renderAttachments();
