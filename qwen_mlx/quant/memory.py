@@ -33,29 +33,25 @@ def _params(tensors: list, recipe: Recipe) -> tuple[int, int]:
     return total, quant
 
 
-def backward_bytes(config: dict, chunk: int, dtype: str) -> int:
-    """One chunk's backward pass through the model (:func:`qwen_mlx.system.memory.backward_bytes`)."""
-    return memory.backward_bytes(Shape.of(config), chunk, getattr(mx, dtype).size)
-
-
 def phases(tensors: list, config: dict, recipe: Recipe, chunk: int, *, mixed: bool,
            distilled: bool) -> dict[str, int]:
     """Peak bytes of each phase the recipe runs."""
     total, quant = _params(tensors, recipe)
     float_bytes = getattr(mx, recipe.dtype).size
     groups = quant // recipe.group_size
+    backward = memory.backward_bytes(Shape.of(config), chunk, float_bytes)  # one chunk's
     out = {"teacher pass": total * float_bytes}
     if mixed:
         out["sensitivity pass"] = (quant * (LOW + HIGH) // 8 + 4 * groups * float_bytes
                                    + (total - quant) * float_bytes
-                                   + backward_bytes(config, chunk, recipe.dtype))
+                                   + backward)
     if distilled:
         out["error-corrected rounding"] = rounding_bytes(tensors, recipe)
         bits = max(recipe.format_for(t.name.removesuffix(".weight"))[0] or 0
                    for t in tensors)
         out["distillation"] = (quant * bits // 8 + (total - quant) * float_bytes
                                + 2 * groups * (float_bytes + 16)
-                               + backward_bytes(config, chunk, recipe.dtype))
+                               + backward)
     return out
 
 
