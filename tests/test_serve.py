@@ -53,6 +53,17 @@ def test_openai_chat_stream_and_not_with_usage(model, client):
     # the same prompt again: all but its last token come from the kept cache
     assert chunks[-1].usage.prompt_tokens_details.cached_tokens == r.usage.prompt_tokens - 1
     assert [m.id for m in client.models.list().data] == [MODEL]
+    # vLLM's continuous_usage_stats: every text chunk carries the counts so far
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=10, temperature=0, stream=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True}))
+    running = [c.usage for c in chunks if c.choices and c.choices[0].delta.content]
+    assert running and all(u.prompt_tokens == r.usage.prompt_tokens for u in running)
+    counts = [u.completion_tokens for u in running]
+    assert counts == sorted(set(counts)) and 1 <= counts[0] and counts[-1] <= 10
+    with pytest.raises(openai.BadRequestError, match="continuous_usage_stats"):
+        client.chat.completions.create(model=MODEL, messages=messages, stream=True,
+                                       stream_options={"include_obfuscation": True})
 
 
 def test_stop_and_seed(model, client):

@@ -82,10 +82,16 @@ def test_stop_and_escape_cancel_the_generation_on_the_server(browser, running):
         else:
             find(browser, "body").send_keys(Keys.ESCAPE)
         wait(browser, lambda: done(browser))
-        assert "stopped" in replies(browser)[-1].find_element(By.CSS_SELECTOR, ".stats").text
+        last = replies(browser)[-1]
+        assert last.find_element(By.CSS_SELECTOR, ".end-mark.stopped").text == "Stopped"
         wait(browser, lambda: len(worker.finished) > before, timeout=10)
         job = worker.finished[-1]
         assert job["cancelled"] and job["generated"] < 990
+        # the tokens that reached the page (vLLM's continuous usage), at most those made
+        received = stored(browser)["messages"][-1]["stats"]["completion"]
+        assert 1 <= received <= job["generated"]
+        assert last.find_element(By.CSS_SELECTOR, ".stats").text.startswith(
+            f"{received} token{'s' if received > 1 else ''}")
     assert len(stored(browser)["messages"]) == 2  # the question and the last, stopped reply
 
 

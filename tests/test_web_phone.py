@@ -8,9 +8,17 @@ import pytest
 from selenium.webdriver.common.keys import Keys
 
 from .webpage import (SHOWCASE, done, errors, find, find_all, fresh, js, needs_chromium, replies,
-                      screenshot, type_message, wait)
+                      screenshot, start_browser, type_message, wait)
 
 pytestmark = needs_chromium
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """A touch screen: no hover, so Edit is shown as a phone shows it."""
+    driver = start_browser(tmp_path_factory.mktemp("downloads"), mouse=False)
+    yield driver
+    driver.quit()
 
 SMALL_CONTROLS = """
 return [...document.querySelectorAll('button, input, textarea, select, .attach')]

@@ -57,6 +57,7 @@ class Scripted(Server):
         self.replies: list[list] = []
         self.calls: list[dict] = []  # tool calls the next reply ends with
         self.asked: list[dict] = []
+        self.last_tokens: int | None = None  # keep only the prompt's last N (a long chat)
 
     def encode_chat(self, messages, tools=None, enable_thinking=None) -> list[int]:
         self.asked.append({"messages": messages, "tools": tools, "thinking": enable_thinking})
@@ -64,6 +65,8 @@ class Scripted(Server):
 
     def request(self, tokens, sampling, stop, *args, **kwargs):
         self.asked[-1]["sampling"] = sampling
+        if self.last_tokens:
+            tokens = tokens[-self.last_tokens:]
         return super().request(tokens, sampling, stop, *args, **kwargs)
 
     async def reply(self, request, *, tools, logprobs=None):
@@ -77,23 +80,30 @@ class Scripted(Server):
                 raise piece
             else:
                 made += 1
-                yield Delta(piece)
+                yield Delta(piece, generated=made)
                 await asyncio.sleep(0.01)
         calls, self.calls = self.calls, []
         yield Outcome("", calls, Stats(prompt_tokens=len(request.tokens), cached_tokens=3,
                                        generated_tokens=made, finish_reason="stop"))
 
 
-def start_browser(downloads: Path):
+# headless Chromium reports no hover and no pointer (a touch screen's media queries): these
+# make it a desktop with a mouse (ui::HoverType 2 = hover, ui::PointerType 4 = fine)
+MOUSE = "--blink-settings=primaryHoverType=2,availableHoverTypes=2,primaryPointerType=4," \
+        "availablePointerTypes=4"
+
+
+def start_browser(downloads: Path, mouse: bool = True):
     """Headless Chromium with its console log kept and downloads going to ``downloads``
-    (``driver.downloads``)."""
+    (``driver.downloads``); a desktop with a mouse, or (``mouse`` false) a touch screen's
+    media queries."""
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
     options = Options()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--window-size=1280,860", "--disable-gpu"):
+                "--window-size=1280,860", "--disable-gpu", *([MOUSE] if mouse else [])):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)

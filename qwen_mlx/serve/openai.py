@@ -122,18 +122,31 @@ def openai_calls(calls: list[dict]) -> list[dict]:
             for i, c in enumerate(calls)]
 
 
-def common(server: Server, body: dict, fields: set[str], no_ops: dict) -> tuple[bool, bool]:
+# include_usage is OpenAI's; continuous_usage_stats is vLLM's extension
+STREAM_OPTIONS = {"include_usage", "continuous_usage_stats"}
+
+
+def running_usage(prompt: int, generated: int) -> dict:
+    """vLLM's ``continuous_usage_stats``: the counts so far, on every streamed chunk (the
+    chat page shows how many tokens a reply it stopped had)."""
+    return {"prompt_tokens": prompt, "completion_tokens": generated,
+            "total_tokens": prompt + generated}
+
+
+def common(server: Server, body: dict, fields: set[str],
+           no_ops: dict) -> tuple[bool, bool, bool]:
     """What both endpoints check alike: the model, the fields they support, n, stream and
-    stream_options -> (stream, include usage)."""
+    stream_options -> (stream, include usage, usage on every chunk)."""
     server.check_model(body.get("model"))
     refuse_unsupported(body, fields, no_ops)
     if body.get("n") not in (None, 1):
         raise RequestError(400, "only n=1 is supported", param="n")
     options = body.get("stream_options") or {}
-    if not isinstance(options, dict) or set(options) - {"include_usage"}:
-        raise RequestError(400, "'stream_options' may only hold include_usage",
-                           param="stream_options")
-    return flag(body, "stream"), flag(options, "include_usage")
+    if not isinstance(options, dict) or set(options) - STREAM_OPTIONS:
+        raise RequestError(400, "'stream_options' may only hold include_usage and "
+                                "continuous_usage_stats", param="stream_options")
+    return (flag(body, "stream"), flag(options, "include_usage"),
+            flag(options, "continuous_usage_stats"))
 
 
 def chat_logprobs(body: dict) -> int | None:
@@ -163,7 +176,7 @@ async def chat_completions(server: Server, request: Request) -> Response:
     body = await read_json(request, server.max_body)
 
     def build():
-        stream, include_usage = common(server, body, SUPPORTED, NO_OPS)
+        stream, include_usage, continuous = common(server, body, SUPPORTED, NO_OPS)
         tools, forced, several = chosen_tools(body)
         logprobs = server.check_logprobs(chat_logprobs(body), "logprobs")
         wanted = openai_format(body.get("response_format"))
@@ -176,9 +189,10 @@ async def chat_completions(server: Server, request: Request) -> Response:
                              constraint_param="tool_choice" if forced else "response_format",
                              max_tokens_param="max_completion_tokens"
                              if "max_completion_tokens" in body else "max_tokens")
-        return req, tools, stream, include_usage, logprobs, several
+        return req, tools, stream, include_usage, continuous, logprobs, several
 
-    req, tools, stream, include_usage, logprobs, several = await server.validate(build)
+    req, tools, stream, include_usage, continuous, logprobs, several = \
+        await server.validate(build)
     # parallel_tool_calls false: at most one call (a forced one is one by its grammar)
     most = None if several else 1
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -209,7 +223,9 @@ async def chat_completions(server: Server, request: Request) -> Response:
         try:
             async for item in server.reply(req, tools=bool(tools), logprobs=logprobs):
                 if isinstance(item, Delta):
-                    yield chunk({"content": item.text}, entries=item.logprobs)
+                    yield chunk({"content": item.text}, entries=item.logprobs,
+                                **({"usage": running_usage(len(req.tokens), item.generated)}
+                                   if continuous else {}))
                     continue
                 if item.text:
                     yield chunk({"content": item.text})
@@ -247,14 +263,15 @@ async def completions(server: Server, request: Request) -> Response:
     body = await read_json(request, server.max_body)
 
     def build():
-        stream, include_usage = common(server, body, COMPLETION_FIELDS, COMPLETION_NO_OPS)
+        stream, include_usage, continuous = common(server, body, COMPLETION_FIELDS,
+                                                   COMPLETION_NO_OPS)
         top = server.check_logprobs(number(body, "logprobs", int, low=0, high=5), "logprobs")
         # OpenAI's default for this endpoint is 16 tokens
         req = server.request(prompt_tokens(server, body.get("prompt")), sampling(body),
                              stop_list(body.get("stop")), default_max_tokens=16)
-        return req, stream, include_usage, top
+        return req, stream, include_usage, continuous, top
 
-    req, stream, include_usage, top = await server.validate(build)
+    req, stream, include_usage, continuous, top = await server.validate(build)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
             "created": int(time.time()), "model": server.model_id}
 
@@ -274,7 +291,9 @@ async def completions(server: Server, request: Request) -> Response:
             async for item in server.reply(req, tools=False, logprobs=top):
                 if isinstance(item, Delta):
                     yield sse({**head, "choices": [choice(item.text, None, item.logprobs,
-                                                          offset)]})
+                                                          offset)],
+                               **({"usage": running_usage(len(req.tokens), item.generated)}
+                                  if continuous else {})})
                     offset += len(item.text)
                     continue
                 yield sse({**head, "choices": [choice(item.text, item.stats.finish_reason,

@@ -152,15 +152,16 @@ class Server:
         pieces = self.worker.generate(request, self.progress() if self.progress else None,
                                       logprobs)
         splitter = tool_calls.Splitter(enabled=tools)
-        stats, entries = None, []
+        stats, entries, generated = None, [], 0
         try:
             async for piece in pieces:
                 stats = piece.stats or stats
+                generated += len(piece.tokens)
                 if piece.logprob is not None:
                     entries = [self.token_text.chat(piece)]
                 text = splitter.feed(piece.text)
                 if text or entries:
-                    yield Delta(text, entries)
+                    yield Delta(text, entries, generated)
                     entries = []
         finally:
             await pieces.aclose()
@@ -216,6 +217,7 @@ class Delta:
 
     text: str
     logprobs: list[dict] = field(default_factory=list)
+    generated: int = 0  # tokens generated so far (held-back ones included)
 
 
 @dataclass

@@ -8,15 +8,15 @@ const MAX_FILE = 64 << 20; // as `qwen-mlx chat /file`
 $("file").addEventListener("change", async (e) => {
   for (const file of e.target.files) {
     if (file.size > MAX_FILE) {
-      showBanner(`${file.name} is ${(file.size / 2 ** 20).toFixed(0)} MiB; files are limited ` +
-                 `to ${MAX_FILE >> 20} MiB of text`);
+      showBanner(`The file ${file.name} is ${(file.size / 2 ** 20).toFixed(0)} MiB; files are limited ` +
+                 `to ${MAX_FILE >> 20} MiB of text.`);
       continue;
     }
     const text = await file.text();
     if (text.includes("\0")) {
-      showBanner(`${file.name} is a binary file, not text`);
+      showBanner(`The file ${file.name} is binary, not text.`);
     } else if (!text.trim()) {
-      showBanner(`${file.name} is empty`);
+      showBanner(`The file ${file.name} is empty.`);
     } else {
       state.pendingFiles.push({ name: file.name, text });
     }

@@ -7,6 +7,7 @@ import { openConversation } from "./conversations.js";
 import "./reply.js";
 import { loadSettingsIntoForm } from "./settings.js";
 import * as store from "./store.js";
+import "./transfer.js";
 
 loadSettingsIntoForm();
 openConversation(store.listConversations()[0]?.id);

@@ -1,8 +1,8 @@
 // The conversations in the sidebar: open, rename, delete, export, and saving the open one.
 
-import { $, button, download, showBanner } from "./dom.js";
+import { $, button, showBanner } from "./dom.js";
 import { renderMessages } from "./messages.js";
-import { state } from "./state.js";
+import { state, stopReply } from "./state.js";
 import * as store from "./store.js";
 
 export function trySave(save) {
@@ -25,11 +25,13 @@ export function saveConv(touch = true) {
   renderSidebar();
 }
 
-export function openConversation(id) {
-  if (state.busy) return;
+/** Open a conversation (a new one without `id`). A reply still streaming is stopped first:
+ * what arrived is kept, marked stopped, in its own conversation. */
+export async function openConversation(id) {
+  await stopReply();
   state.conv = (id && store.loadConversation(id)) || store.newConversation();
   $("system").value = state.conv.system;
-  renderMessages(true);
+  renderMessages(true, true);
   renderSidebar();
   $("input").focus();
 }
@@ -88,9 +90,9 @@ function startRename(li, item) {
   input.addEventListener("blur", () => finish(true));
 }
 
-function removeConversation(item) {
-  if (state.busy && item.id === state.conv.id) return;
+async function removeConversation(item) {
   if (!confirm(`Delete "${item.title || "New chat"}"?`)) return;
+  if (item.id === state.conv.id) await stopReply(); // its reply stops (and is saved) first
   store.deleteConversation(item.id);
   if (item.id === state.conv.id) openConversation(store.listConversations()[0]?.id);
   else renderSidebar();
@@ -123,25 +125,4 @@ $("more").addEventListener("click", () => {
 
 window.addEventListener("storage", (e) => { // another tab saved: keep the list current
   if (e.key === "qwen-mlx.conversations") renderSidebar();
-});
-
-function fileStem() {
-  return store.titleOf(state.conv).replace(/[^\p{L}\p{N}]+/gu, "-").replace(/^-|-$/g, "")
-    .slice(0, 60) || "chat";
-}
-
-/** Exports of an empty conversation would be empty files: say so instead. */
-function exportable() {
-  if (state.conv.messages.length) return true;
-  showBanner("This conversation is empty: there is nothing to export yet.");
-  return false;
-}
-
-$("export-json").addEventListener("click", () => {
-  if (!exportable()) return;
-  download(`${fileStem()}.json`, "application/json", JSON.stringify(state.conv, null, 2) + "\n");
-});
-$("export-md").addEventListener("click", () => {
-  if (!exportable()) return;
-  download(`${fileStem()}.md`, "text/markdown", store.asMarkdown(state.conv));
 });

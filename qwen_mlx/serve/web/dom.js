@@ -2,8 +2,12 @@
 
 export const $ = (id) => document.getElementById(id);
 
-export function showBanner(text) {
-  $("banner-text").textContent = text;
+/** Say what went wrong (as a sentence: the server's messages start lowercase); with
+ * `retry`, the banner offers a Retry button that calls it. */
+export function showBanner(text, retry = null) {
+  $("banner-text").textContent = text.charAt(0).toUpperCase() + text.slice(1);
+  $("banner-retry").hidden = !retry;
+  $("banner-retry").onclick = retry && (() => { hideBanner(); retry(); });
   $("banner").hidden = false;
 }
 

@@ -41,16 +41,68 @@ function drawBlocks(box, text, cache) {
   box.append(template.content);
 }
 
+// A long conversation opens with its last WINDOW messages drawn; earlier ones are drawn
+// WINDOW at a time when the reader scrolls up to them (a 500-message conversation opens as
+// fast as a short one).
+const WINDOW = 30;
+let from = 0; // the index of the first message drawn
+
 /** Draw the conversation again. The view moves to the end when `follow` (a conversation
  * opened, a message sent) or when the reader was already there; otherwise it stays where the
- * reader scrolled. */
-export function renderMessages(follow = false) {
+ * reader scrolled. `opened`: a conversation just opened, drawn from its last WINDOW. */
+export function renderMessages(follow = false, opened = false) {
   const box = $("messages");
   const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   const top = box.scrollTop;
+  const count = state.conv.messages.length;
+  from = opened ? Math.max(0, count - WINDOW) : Math.min(from, Math.max(0, count - WINDOW));
   const lastUser = state.conv.messages.findLastIndex((m) => m.role === "user");
-  box.replaceChildren(...state.conv.messages.map((m, i) => messageElement(m, i, i === lastUser)));
+  const shown = state.conv.messages.slice(from)
+    .map((m, i) => messageElement(m, from + i, from + i === lastUser));
+  box.replaceChildren(...(from ? [earlierButton()] : []), ...shown);
   box.scrollTop = follow || atEnd ? box.scrollHeight : top;
+}
+
+function earlierButton() {
+  const more = button(`Show ${Math.min(from, WINDOW)} earlier messages`, "earlier",
+                      showEarlier);
+  new IntersectionObserver((seen, observer) => { // scrolled up to it: draw them
+    if (seen.some((e) => e.isIntersecting)) { observer.disconnect(); showEarlier(); }
+  }, { root: $("messages") }).observe(more);
+  return more;
+}
+
+/** Draw the WINDOW messages before the first one drawn, keeping what the reader sees where
+ * it is. */
+function showEarlier() {
+  const box = $("messages");
+  const old = box.querySelector(":scope > .earlier");
+  if (!old || !old.isConnected) return;
+  const start = Math.max(0, from - WINDOW);
+  const lastUser = state.conv.messages.findLastIndex((m) => m.role === "user");
+  const elements = state.conv.messages.slice(start, from)
+    .map((m, i) => messageElement(m, start + i, start + i === lastUser));
+  from = start;
+  const height = box.scrollHeight;
+  old.replaceWith(...(from ? [earlierButton()] : []), ...elements);
+  box.scrollTop += box.scrollHeight - height;
+}
+
+/** Draw one message added at the end (sent, or a reply starting) without drawing the others
+ * again; a new user message takes the actions (Edit, Copy, Regenerate) from the ones before
+ * it. Returns its element. */
+export function appendMessage(m) {
+  const box = $("messages");
+  const index = state.conv.messages.indexOf(m);
+  if (m.role === "user") {
+    for (const old of box.querySelectorAll(":scope > .message > .actions, .end-mark .retry")) {
+      old.remove();
+    }
+  }
+  const el = messageElement(m, index, m.role === "user");
+  box.append(el);
+  box.scrollTop = box.scrollHeight;
+  return el;
 }
 
 function messageElement(m, index, lastUser) {
@@ -73,6 +125,20 @@ function replyActions(m) {
                  button("Regenerate", "regenerate", regenerate));
 }
 
+/** How a reply ended early, where it ended: a stopped reply says so; an interrupted one
+ * says what happened, with a Retry beside it while it is the last reply. */
+function endMark(m, last) {
+  if (!m.stopped && !m.interrupted) return null;
+  const mark = document.createElement("div");
+  mark.className = `end-mark ${m.interrupted ? "interrupted" : "stopped"}`;
+  const text = document.createElement("span");
+  text.textContent = m.interrupted ? "⚠ Interrupted: the reply ended before the model finished"
+    : "Stopped";
+  mark.append(text);
+  if (m.interrupted && last) mark.append(button("Retry", "retry", regenerate));
+  return mark;
+}
+
 /** A streamed reply has ended: its element is completed in place, so the view and any
  * selection in it stay. */
 export function finishReply(el, m) {
@@ -81,12 +147,16 @@ export function finishReply(el, m) {
   el.append(replyActions(m));
 }
 
+/** A user message is a bubble; its Edit sits below it, shown on hover or focus. */
 function fillUser(el, m) {
+  const bubble = document.createElement("div");
+  bubble.className = "bubble";
+  el.append(bubble);
   for (const file of m.files ?? []) {
     const chip = document.createElement("span");
     chip.className = "file-chip";
     chip.textContent = `📎 ${file}`;
-    el.append(chip);
+    bubble.append(chip);
   }
   const text = document.createElement("div");
   text.className = "text";
@@ -97,10 +167,10 @@ function fillUser(el, m) {
       text.textContent = shown;
       more.remove();
     });
-    el.append(text, more);
+    bubble.append(text, more);
   } else {
     text.textContent = shown;
-    el.append(text);
+    bubble.append(text);
   }
 }
 
@@ -138,13 +208,18 @@ export function fillAssistant(el, m) {
     answer.after(box);
   }
   el.querySelector(":scope > .stats")?.remove();
+  el.querySelector(":scope > .end-mark")?.remove();
   const line = statsLine(m);
+  let after = el.querySelector(":scope > .tool-calls") || answer;
   if (line) {
     const stats = document.createElement("div");
     stats.className = "stats";
     stats.textContent = line;
-    (el.querySelector(":scope > .tool-calls") || answer).after(stats);
+    after.after(stats);
+    after = stats;
   }
+  const mark = endMark(m, state.conv.messages.at(-1) === m);
+  if (mark) after.after(mark);
 }
 
 function toolCallElement(call) {
@@ -170,11 +245,9 @@ function statsLine(m) {
     notes.push(`${s.completion} token${s.completion === 1 ? "" : "s"}`);
     if (s.tps) notes.push(`${s.tps.toFixed(1)} tok/s`);
     if (s.ttft !== undefined) notes.push(`first token ${s.ttft.toFixed(2)} s`);
-    if (s.prompt !== undefined) notes.push(`${s.cached} of ${s.prompt} prompt tokens cached`);
+    if (s.cached !== undefined) notes.push(`${s.cached} of ${s.prompt} prompt tokens cached`);
   }
   if (m.finish === "length") notes.push("cut at the token limit");
-  if (m.stopped) notes.push("stopped");
-  if (m.interrupted) notes.push("interrupted");
   return notes.join(" · ");
 }
 
@@ -182,7 +255,7 @@ async function copy(text) {
   try {
     await navigator.clipboard.writeText(text);
   } catch {
-    showBanner("the browser did not allow copying to the clipboard");
+    showBanner("The browser did not allow copying to the clipboard.");
   }
 }
 
@@ -207,7 +280,7 @@ function startEdit(el, m) {
     renderMessages();
     run({ resend: true });
   });
-  const cancel = button("Cancel", "edit-cancel", renderMessages);
+  const cancel = button("Cancel", "edit-cancel", () => renderMessages());
   el.replaceChildren(editor, actions(save, cancel));
   editor.focus();
 }

@@ -5,7 +5,8 @@ import { renderAttachments } from "./attachments.js";
 import { connect, withKey } from "./connection.js";
 import { saveConv, showSidebar } from "./conversations.js";
 import { $, hideBanner, showBanner } from "./dom.js";
-import { fillAssistant, finishReply, renderMessages, setUserText } from "./messages.js";
+import { appendMessage, fillAssistant, finishReply, renderMessages, setUserText }
+  from "./messages.js";
 import { requestBody, toggleSettings } from "./settings.js";
 import { api, state } from "./state.js";
 
@@ -24,7 +25,7 @@ async function send() {
   state.pendingFiles = [];
   renderAttachments();
   saveConv();
-  renderMessages(true);
+  appendMessage(m);
   const ok = await run({ resend: false });
   if (!ok) { // refused or unreachable: the message goes back into the composer
     state.conv.messages.splice(state.conv.messages.indexOf(m), 1);
@@ -52,9 +53,9 @@ export async function run({ resend }) {
   const reply = { role: "assistant", content: "" };
   state.conv.messages.push(reply);
   const controller = new AbortController();
-  state.busy = { controller, reply };
-  renderMessages(true);
-  const el = $("messages").lastElementChild;
+  let ended;
+  state.busy = { controller, reply, done: new Promise((resolve) => { ended = resolve; }) };
+  const el = appendMessage(reply);
   el.setAttribute("aria-busy", "true"); // a screen reader reads it once it is complete
   $("status").textContent = "Replying…";
   setBusy(true);
@@ -90,20 +91,25 @@ export async function run({ resend }) {
       reply.stopped = true;
     } else if (e instanceof Cut || (reply.content && e instanceof ApiError)) {
       reply.interrupted = true;
-      showBanner(`${e.message}. What arrived is kept; Regenerate asks again.`);
+      showBanner(`${e.message}. What arrived is kept.`);
     } else {
       ok = false;
-      showBanner(e instanceof Unreachable || e instanceof ApiError ? e.message : String(e));
+      // a send that got no reply: its text is back in the composer, Retry sends it again
+      showBanner(e instanceof Unreachable || e instanceof ApiError ? e.message : String(e),
+                 resend ? () => run({ resend: true }) : () => $("composer").requestSubmit());
     }
   }
-  const ended = performance.now();
-  if (usage) { // the server's counts; the times are this page's
-    const stats = { completion: usage.completion_tokens, prompt: usage.prompt_tokens,
-                    cached: usage.prompt_tokens_details?.cached_tokens ?? 0 };
+  const finished = performance.now();
+  // the server's counts (on every chunk too, so a stopped reply has them); the times are
+  // this page's
+  if (usage) {
+    const stats = { completion: usage.completion_tokens, prompt: usage.prompt_tokens };
+    const cached = usage.prompt_tokens_details?.cached_tokens;
+    if (cached !== undefined) stats.cached = cached;
     if (first !== null) {
       stats.ttft = (first - started) / 1000;
-      if (stats.completion > 1 && ended > first) {
-        stats.tps = (stats.completion - 1) / ((ended - first) / 1000);
+      if (stats.completion > 1 && finished > first) {
+        stats.tps = (stats.completion - 1) / ((finished - first) / 1000);
       }
     }
     reply.stats = stats;
@@ -121,6 +127,7 @@ export async function run({ resend }) {
     saveConv();
     finishReply(el, reply);
   }
+  ended();
   return ok || resend;
 }
 

@@ -51,7 +51,8 @@ export function requestBody() {
     messages.push(out);
   }
   const body = { model: state.model.id, messages, stream: true,
-                 stream_options: { include_usage: true } };
+                 // the counts on every chunk: a reply stopped midway still has them
+                 stream_options: { include_usage: true, continuous_usage_stats: true } };
   for (const name of SAMPLING) {
     if (state.settings[name] !== undefined) body[name] = state.settings[name];
   }

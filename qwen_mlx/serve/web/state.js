@@ -15,3 +15,10 @@ export const state = {
 };
 
 export const api = new Api(() => state.apiKey);
+
+/** Stop the reply being streamed, if any, and wait until it is saved as it stands. */
+export async function stopReply() {
+  if (!state.busy) return;
+  state.busy.controller.abort();
+  await state.busy.done;
+}

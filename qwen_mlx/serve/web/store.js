@@ -79,16 +79,22 @@ export function saveKey(key) {
   localStorage.setItem(PREFIX + "apiKey", key);
 }
 
-/** The conversation as Markdown: a heading per turn, replies as the model wrote them. */
-export function asMarkdown(conv) {
-  const parts = [`# ${titleOf(conv)}`];
-  if (conv.system) parts.push(`## System\n\n${conv.system}`);
-  for (const m of conv.messages) {
-    let text = `## ${m.role === "user" ? "User" : "Assistant"}\n\n${m.content}`;
-    for (const call of m.tool_calls ?? []) {
-      text += `\n\n\`\`\`json\n${JSON.stringify({ tool_call: call.function }, null, 2)}\n\`\`\``;
-    }
-    parts.push(text);
+const ROLES = new Set(["user", "assistant", "tool"]);
+
+/** A conversation read from an exported JSON file, checked field by field, as a new
+ * conversation (its own id: an import never replaces one already here). Throws an Error
+ * naming what is wrong. */
+export function imported(data) {
+  if (!data || typeof data !== "object" || !Array.isArray(data.messages)) {
+    throw new Error("it has no \"messages\" list (export a conversation as JSON to get one)");
   }
-  return parts.join("\n\n") + "\n";
+  const messages = data.messages.map((m, i) => {
+    if (!m || !ROLES.has(m.role) || typeof m.content !== "string") {
+      throw new Error(`message ${i + 1} needs a role (user, assistant or tool) and a text ` +
+                      "content");
+    }
+    return m;
+  });
+  const text = (key) => (typeof data[key] === "string" ? data[key] : "");
+  return { ...newConversation(), title: text("title"), system: text("system"), messages };
 }
