@@ -11,13 +11,15 @@ from .models.recipes import Recipe, parse_recipe  # noqa: E402
 
 if TYPE_CHECKING:
     from .engine import Constraint, Piece, PromptCache, Request, SamplingParams, Stats
-    from .model import Completion, Model
+    from .model import ChatResult, Completion, Model
+    from .tools import FunctionTool, McpServers, Toolbox
 
 # The engine imports mlx-lm, which imports transformers (over a second): loaded on first use,
 # so `qwen-mlx --help` and `import qwen_mlx` stay fast.
 _LAZY = {"Constraint": "engine", "Piece": "engine", "PromptCache": "engine", "Request": "engine",
          "SamplingParams": "engine",
-         "Stats": "engine", "Completion": "model", "Model": "model"}
+         "Stats": "engine", "ChatResult": "model", "Completion": "model", "Model": "model",
+         "FunctionTool": "tools", "McpServers": "tools", "Toolbox": "tools"}
 
 
 def __getattr__(name: str):
@@ -84,5 +86,6 @@ def generate(prompt, model: "Model | str | None" = None, **kwargs) -> "Completio
     return model.generate(prompt, **kwargs)
 
 
-__all__ = ["Completion", "Model", "Piece", "PromptCache", "QwenMlxError", "Recipe", "Request",
-           "SamplingParams", "Stats", "generate", "load", "parse_recipe"]
+__all__ = ["ChatResult", "Completion", "FunctionTool", "McpServers", "Model", "Piece",
+           "PromptCache", "QwenMlxError", "Recipe", "Request", "SamplingParams", "Stats",
+           "Toolbox", "generate", "load", "parse_recipe"]

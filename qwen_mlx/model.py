@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import Iterable, Iterator, Sequence, Union
 
 from . import engine
 from .engine import KVSpec, Piece, PromptCache, SamplingParams, Stats
@@ -22,6 +22,7 @@ from .engine.documents import longest_token_bytes, refuse_oversized
 from .errors import ContextExceeded, QwenMlxError, TooManyTokens
 from .models.loader import dtype_of
 from .models.shapes import positions
+from .tools.toolbox import DEFAULT_ROUNDS, DEFAULT_TIMEOUT
 
 Message = dict
 Prompt = Union[str, Sequence[Message]]
@@ -32,6 +33,19 @@ class Completion:
     text: str
     tokens: list[int] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
+
+
+@dataclass
+class ChatResult:
+    """What :meth:`Model.chat` added to the conversation: ``messages`` (each reply, and the
+    ``tool`` messages of its calls), the last reply's ``text``, how many ``rounds`` of calls
+    ran, and each reply's ``stats`` (``prompt_tokens - cached_tokens`` is what a round
+    prefilled)."""
+
+    messages: list[dict]
+    text: str
+    rounds: int
+    stats: list[Stats]
 
 
 class Model:
@@ -99,6 +113,20 @@ class Model:
                 "refused the conversation"
             raise QwenMlxError(f"the chat template in {self.template_file} {verdict}: "
                                f"{_template_problem(e)}") from None
+
+    def as_generated(self, messages: list[dict], enable_thinking: bool | None) -> list[dict]:
+        """The history of a tool loop rendered as the model generated it. With thinking
+        off, a hybrid Qwen3's prompt ends in an empty ``<think>`` block, which its template
+        drops from earlier replies; a reply after the latest user message keeps it (as an
+        empty ``reasoning_content``), so the next round's prompt starts with the tokens the
+        KV cache holds and prefills only what is new."""
+        if enable_thinking is not False or not self.hybrid:
+            return messages
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        last = users[-1] if users else -1
+        return [{**m, "reasoning_content": "\n"} if i > last and m.get("role") == "assistant"
+                and "reasoning_content" not in m and "</think>" not in (m.get("content") or "")
+                else m for i, m in enumerate(messages)]
 
     @property
     def template_file(self) -> Path:
@@ -239,6 +267,67 @@ class Model:
                 out.stats = piece.stats
         out.text = "".join(parts)
         return out
+
+
+    def chat(self, messages: Prompt, *, tools: Iterable = (), on_call=None,
+             max_rounds: int = DEFAULT_ROUNDS, tool_timeout: float = DEFAULT_TIMEOUT,
+             tool_choice: str = "auto", cache: PromptCache | None = None,
+             enable_thinking: bool | None = None, **sampling) -> ChatResult:
+        """Reply to ``messages``, running the tools the reply calls and replying again to
+        their results, until a reply calls nothing or ``max_rounds`` rounds have run.
+
+        ``tools``: :class:`~qwen_mlx.tools.McpServers` (servers from an ``mcpServers``
+        file), :class:`~qwen_mlx.tools.FunctionTool`, or plain functions (their JSON schema
+        from their annotations). ``on_call(call)`` approves each call (True or "yes", False
+        or "no", "always"); without it every call runs. ``tool_choice``: "auto", "required"
+        (the first reply must call a tool) or a tool's name (it must call that one). One KV
+        cache is kept across rounds (pass ``cache`` to keep it across chats too), so a
+        round prefills only its tool results. Tools that are yours to stop (MCP servers)
+        stay yours: close them when done."""
+        from .tools import Toolbox
+        from .tools.calls import forced_call
+        from .tools.loop import Approvals, run_round
+
+        toolbox = tools if isinstance(tools, Toolbox) else Toolbox(tools, timeout=tool_timeout)
+        specs = toolbox.specs()
+        ask = None if on_call is None else (lambda call: _answer(on_call(call)))
+        approvals = Approvals(ask=ask)
+        history = [{"role": "user", "content": messages}] if isinstance(messages, str) \
+            else list(messages)
+        start = len(history)
+        cache = cache if cache is not None else self.new_cache()  # an empty one is falsy
+        forced = None if tool_choice == "auto" else \
+            forced_call(specs or [], None if tool_choice == "required" else tool_choice)
+        out_stats, rounds = [], 0
+        while True:
+            reply = self.generate(self.as_generated(history, enable_thinking), tools=specs,
+                                  cache=cache, constraint=forced,
+                                  enable_thinking=enable_thinking, **sampling)
+            forced = None  # only the first reply is made to call
+            history.append({"role": "assistant", "content": reply.text})
+            out_stats.append(reply.stats)
+            if rounds == max_rounds:
+                break
+            outcome = run_round(reply.text, toolbox, approvals)
+            if outcome is None:
+                break
+            history += outcome.messages
+            rounds += 1
+            if outcome.cancelled:
+                break
+        text = history[-1]["content"] if history[-1]["role"] == "assistant" else ""
+        return ChatResult(history[start:], text.rpartition("</think>")[2].strip(), rounds,
+                          out_stats)
+
+
+def _answer(value) -> str:
+    """An ``on_call`` answer: True/False, or "yes", "no", "always"."""
+    if value is True or value is False:
+        return "yes" if value else "no"
+    if value in ("yes", "no", "always"):
+        return value
+    raise QwenMlxError(f"on_call must return True, False, 'yes', 'no' or 'always', not "
+                       f"{value!r}")
 
 
 def _template_problem(e: Exception) -> str:

@@ -23,6 +23,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 def _isolated_home(tmp_path, monkeypatch):
     """No test touches the user's caches or the network."""
     monkeypatch.setenv("QWEN_MLX_HOME", str(tmp_path / "qwen-mlx-home"))
+    monkeypatch.setenv("QWEN_MLX_CONFIG", str(tmp_path / "qwen-mlx-config"))  # no mcp.json
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # convert's quality measurement takes most of a minute on this CPU (MLX's quantized

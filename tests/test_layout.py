@@ -19,6 +19,7 @@ LAYERS = [
     {"system"},  # this machine and the arithmetic of memory
     {"evaluate"},  # the exact joint reference/candidate pass, the held-out text
     {"engine"},  # generation: caches, sampling, batching, constraints, the memory plan
+    {"tools"},  # tool calls, MCP servers, Python functions, the approval loop
     {"model"},  # the Model object over the engine
     {"quant"},  # conversion, GPTQ, sensitivities, allocation, distillation (its teacher
     #             generates with the Model)

@@ -13,7 +13,8 @@ import openai
 import pytest
 
 from qwen_mlx.engine import Piece, Stats
-from qwen_mlx.serve import Server, tool_calls
+from qwen_mlx.serve import Server
+from qwen_mlx.tools import calls as tool_calls
 
 from .serving import MODEL, Running
 

@@ -5,6 +5,12 @@ reply holds (newlines included) and whether the line was a message, a command or
     {"reply": "...", "finish_reason": "stop", "stats": {...}, "notices": [...]}
     {"command": "save", "message": "saved to ..."}
     {"error": "the message is too long: ..."}
+
+With tools, the calls and their results come first, one record each, and a call that needs
+approval reads it from the next input line (y, n or a):
+
+    {"tool_call": {"name": "add", "arguments": {"a": 2, "b": 3}}}
+    {"tool_result": {"name": "add", "content": "5", "error": false}}
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ class JsonlRepl(Repl):
         return go_on
 
     def show(self, pieces: Iterator[Piece]) -> None:
+        if self._record is not None:  # a reply whose tool calls ran: out before the next
+            self._emit(self._record)
         text, stats, notices = [], None, []
         for piece in pieces:
             if piece.notice:
@@ -47,6 +55,18 @@ class JsonlRepl(Repl):
         self._record = {"reply": "".join(text),
                         "finish_reason": stats.finish_reason if stats else None,
                         "stats": stats.to_dict() if stats else None, "notices": notices}
+
+    def tool_event(self, kind, call, result) -> None:
+        """One record per call and one per result, as they happen (the answer to the
+        line comes last)."""
+        if self._record is not None:
+            self._emit(self._record)
+            self._record = None
+        if kind == "call":
+            self._emit({"tool_call": {"name": call.name, "arguments": call.arguments}})
+        else:
+            self._emit({"tool_result": {"name": call.name, "content": result.text,
+                                        "error": result.error}})
 
     def stats(self) -> None:
         st = self.session.last_stats

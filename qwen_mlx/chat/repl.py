@@ -7,6 +7,7 @@ prompt, at the prompt (like Ctrl-D) it leaves.
 
 from __future__ import annotations
 
+import json
 from typing import Callable, Iterable, Iterator
 
 from rich.console import Console
@@ -16,8 +17,13 @@ from ..engine.documents import with_document
 from ..errors import QwenMlxError, os_error_line
 from ..storage.home import home
 from ..hub.cache import describe
+from ..tools.loop import DEFAULT_ROUNDS, Approvals, Call, calls_in, run_round
+from ..tools.toolbox import ToolResult
 from . import store
 from .session import ChatSession
+
+SHOWN_RESULT = 400  # characters of a tool result the terminal shows (the model gets it all)
+ANSWERS = {"y": "yes", "yes": "yes", "n": "no", "no": "no", "a": "always", "always": "always"}
 
 HELP = """commands:
   /help            this list
@@ -31,18 +37,24 @@ HELP = """commands:
                    from the current folder, as ./talk or ../notes/talk.safetensors)
   /stats           statistics of the last reply
   /think on|off    reasoning for hybrid Qwen3 models (shown dimmed, dropped from later turns)
+  /tools           the MCP servers and their tools (with --mcp, or the default file)
   /exit            leave (Ctrl-D too)
 Esc then Enter inserts a newline; Ctrl-C stops a reply."""
 
 
 class Repl:
     def __init__(self, session: ChatSession, *, out: Console, err: Console,
-                 quiet: bool = False, progress=None) -> None:
-        """``progress``: a prefill progress callback with a ``close()`` (the CLI's bar)."""
+                 quiet: bool = False, progress=None, allowed_tools: Iterable[str] = (),
+                 max_tool_rounds: int = DEFAULT_ROUNDS) -> None:
+        """``progress``: a prefill progress callback with a ``close()`` (the CLI's bar).
+        ``allowed_tools`` run without asking; the others ask (yes, no, always)."""
         self.session = session
         self.out, self.err = out, err
         self.quiet = quiet
         self.progress = progress
+        self.approvals = Approvals(set(allowed_tools), self.ask)
+        self.max_tool_rounds = max_tool_rounds
+        self._ask_line: Callable[[str], str] = lambda label: ""
 
     def _close_progress(self) -> None:
         if self.progress is not None:
@@ -53,6 +65,8 @@ class Repl:
     def run(self, lines: Iterable[str] | None = None) -> None:
         """Read messages from ``lines`` (one per line) or, when None, from the terminal."""
         source = iter(lines) if lines is not None else self._terminal_lines()
+        if lines is not None:  # a tool call's approval is the next line
+            self._ask_line = lambda label: next(source)
         while True:
             try:
                 text = next(source)
@@ -72,6 +86,7 @@ class Repl:
             event.current_buffer.insert_text("\n")
 
         prompt = PromptSession(history=self._history(), key_bindings=keys)
+        self._ask_line = lambda label: prompt.prompt(label)
         model = self.session.model
         self.note(f"{model.path.name} ({describe(model.path)}); /help for commands, Ctrl-D to "
                   f"leave")
@@ -118,7 +133,7 @@ class Repl:
         try:
             if text.startswith("/"):
                 return self.command(text)
-            self.show(self.session.send(text, on_prefill=self.progress))
+            self.reply(self.session.send(text, on_prefill=self.progress))
         except QwenMlxError as e:
             self.error(str(e))
         except OSError as e:
@@ -137,7 +152,7 @@ class Repl:
             "reset": lambda: (s.reset(), self.note("conversation cleared")),
             "undo": lambda: (s.undo(), self.note(f"dropped the last exchange; "
                                                  f"{len(s.cache)} tokens stay cached")),
-            "retry": lambda: self.show(s.retry(on_prefill=self.progress)),
+            "retry": lambda: self.reply(s.retry(on_prefill=self.progress)),
             "system": lambda: (s.set_system(arg), self.note("system prompt " +
                                                             ("set" if arg else "cleared"))),
             "save": lambda: self.note(f"saved to {store.save(s, arg)}"),
@@ -147,6 +162,7 @@ class Repl:
             "stats": self.stats,
             "file": lambda: self.send_file(arg),
             "think": lambda: self.think(arg),
+            "tools": self.list_tools,
         }
         if name in ("exit", "quit", "bye"):
             return False
@@ -159,7 +175,7 @@ class Repl:
         path, _, request = arg.partition(" ")
         if not path:
             raise QwenMlxError("usage: /file PATH [REQUEST]")
-        self.show(self.session.send(with_document(path, request), on_prefill=self.progress))
+        self.reply(self.session.send(with_document(path, request), on_prefill=self.progress))
 
     def think(self, arg: str) -> None:
         if arg not in ("on", "off"):
@@ -169,6 +185,57 @@ class Repl:
 
     def note(self, text: str) -> None:
         self.err.print(text, style="dim", markup=False, highlight=False, soft_wrap=True)
+
+    # -- tools -------------------------------------------------------------------------
+
+    def reply(self, pieces: Iterator[Piece]) -> None:
+        """Show a reply, then run its tool calls and show the replies to their results,
+        round after round, until a reply calls nothing (or --max-tool-rounds)."""
+        self.show(pieces)
+        toolbox = self.session.tools
+        for done in range(self.max_tool_rounds + 1):
+            last = self.session.messages[-1] if self.session.messages else {}
+            if not toolbox or last.get("role") != "assistant" or last.get("cut"):
+                return
+            if done == self.max_tool_rounds:
+                if calls_in(last["content"]):
+                    self.note(f"stopped after {done} tool rounds (--max-tool-rounds); the "
+                              f"last reply's calls were not run")
+                return
+            outcome = run_round(last["content"], toolbox, self.approvals,
+                                on_event=self.tool_event)
+            if outcome is None:
+                return
+            if outcome.cancelled:
+                self.session.add_tool_results(outcome.messages)
+                self.note("[tool call cancelled; the conversation keeps it]")
+                return
+            self.show(self.session.answer_tools(outcome.messages, on_prefill=self.progress))
+
+    def ask(self, call: Call) -> str:
+        """yes, no or always, from the terminal (or the next input line); no input: no."""
+        while True:
+            try:
+                answer = self._ask_line(f"run {call.name}? [y]es / [n]o / [a]lways: ")
+            except (StopIteration, EOFError):
+                return "no"
+            if answer.strip().lower() in ANSWERS:
+                return ANSWERS[answer.strip().lower()]
+            self.note("answer y (yes), n (no) or a (always, for this tool in this chat)")
+
+    def tool_event(self, kind: str, call: Call, result: ToolResult | None) -> None:
+        if kind == "call":
+            self.note(f"tool call: {call.name} {json.dumps(call.arguments, ensure_ascii=False)}")
+            return
+        text = result.text if len(result.text) <= SHOWN_RESULT else \
+            f"{result.text[:SHOWN_RESULT]}… ({len(result.text):,} characters)"
+        self.note(f"{'tool error' if result.error else 'tool result'} ({call.name}): {text}")
+
+    def list_tools(self) -> None:
+        toolbox = self.session.tools
+        self.note("\n".join(toolbox.describe()) if toolbox else
+                  "no tools: start the chat with --mcp FILE (an mcpServers file), or put one "
+                  "in the default place (qwen-mlx chat --help says where)")
 
     # -- output ------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from ..engine.generate import PrefillProgress
 from ..engine.prompt_cache import common_prefix
 from ..errors import QwenMlxError
 from ..model import Model
+from ..tools import Toolbox
 
 MIN_REPLY_ROOM = 256  # a turn may not start with less room than this for its reply
 
@@ -25,8 +26,10 @@ class ChatSession:
 
     def __init__(self, model: Model, *, system: str | None = None,
                  thinking: bool | None = None, max_context: int | None = None,
-                 stop: tuple[str, ...] | list[str] = (), **sampling) -> None:
+                 stop: tuple[str, ...] | list[str] = (), tools: Toolbox | None = None,
+                 **sampling) -> None:
         self.model = model
+        self.tools = tools  # offered in every prompt; their calls are the REPL's to run
         self.stop = tuple(stop)
         self.system = system
         self.thinking = thinking
@@ -44,7 +47,11 @@ class ChatSession:
 
     def render(self) -> list[int]:
         """The prompt for the next reply."""
-        return self.model.encode(self.conversation(), enable_thinking=self.thinking)
+        return self.model.encode(self.model.as_generated(self.conversation(), self.thinking),
+                                 tools=self.tool_specs(), enable_thinking=self.thinking)
+
+    def tool_specs(self) -> list[dict] | None:
+        return self.tools.specs() if self.tools else None
 
     def send(self, text: str, *, on_prefill: PrefillProgress | None = None) -> Iterator[Piece]:
         """Add a user message and stream the reply (notices first, as pieces with a
@@ -57,6 +64,21 @@ class ChatSession:
         except BaseException:
             self.messages.pop()
             raise
+
+    def answer_tools(self, results: list[dict], *,
+                     on_prefill: PrefillProgress | None = None) -> Iterator[Piece]:
+        """Add the ``tool`` messages of a round and stream the model's next reply (the
+        cache holds everything before them: only they and the reply's header are new)."""
+        self.messages += results
+        try:
+            return self._reply(on_prefill)
+        except BaseException:
+            del self.messages[len(self.messages) - len(results):]
+            raise
+
+    def add_tool_results(self, results: list[dict]) -> None:
+        """Add ``tool`` messages without a reply (a round Ctrl-C stopped)."""
+        self.messages += results
 
     def retry(self, *, on_prefill: PrefillProgress | None = None) -> Iterator[Piece]:
         """Drop the last reply and generate it again."""
@@ -102,7 +124,7 @@ class ChatSession:
             self.cache.trim(0)
             return
         probe = self.model.encode(self.conversation() + [{"role": "user", "content": ""}],
-                                  enable_thinking=self.thinking)
+                                  tools=self.tool_specs(), enable_thinking=self.thinking)
         self.cache.trim(common_prefix(self.cache.tokens, probe))
 
     def _fit(self) -> tuple[list[int], list[str]]:

@@ -13,6 +13,7 @@ from . import stdin
 from .console import PrefillBar, PrefillBars, err, open_model
 from .options import (MODEL_HELP, generation_options, given, memory_kwargs, model_argument,
                       sampling_kwargs)
+from .tools import open_tools, tool_options
 
 
 @click.command(help=f"""Chat with a model. Replies stream as they are generated; the KV cache
@@ -33,10 +34,13 @@ When stdin is not a terminal, each input line is one message. {MODEL_HELP}""")
               "127.0.0.1:--port (as `qwen-mlx serve` does) and open its chat page.")
 @click.option("--port", type=click.IntRange(1, 65535), default=11434, show_default=True,
               help="With --web: the port to serve on.")
+@tool_options
 @generation_options
 def chat(model: str | None, system: str | None, think: bool | None, max_context: int | None,
          session_name: str | None, quiet: bool, jsonl: bool, web: bool, port: int,
-         adapter: Path | None, recipe: str, stop: tuple[str, ...], **options) -> None:
+         mcp_files: tuple[Path, ...], allowed_tools: tuple[str, ...], max_tool_rounds: int,
+         tool_timeout: float, adapter: Path | None, recipe: str, stop: tuple[str, ...],
+         **options) -> None:
     from ..chat import ChatSession, store
     from ..chat.jsonl import JsonlRepl
     from ..chat.repl import Repl
@@ -46,22 +50,33 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
     if given("port"):
         raise QwenMlxError("--port applies with --web (the terminal chat serves nothing)")
     llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
-    session = ChatSession(llm, system=system, thinking=think, max_context=max_context,
-                          stop=stop, **sampling_kwargs(options))
-    if session_name:
-        store.load(session, session_name)
-    interactive = sys.stdin is not None and sys.stdin.isatty() and not jsonl
-    out = Console(highlight=False, soft_wrap=True)
-    kind = JsonlRepl if jsonl else Repl
-    with PrefillBar() as bar:
-        kind(session, out=out, err=err, quiet=quiet, progress=None if jsonl else bar).run(
-            None if interactive else stdin.lines())
+    # the servers start once the model is loaded: a failed load leaves no process behind
+    toolbox = open_tools(mcp_files, allowed_tools, tool_timeout,
+                         lambda line: err.print(line, style="dim", markup=False,
+                                                highlight=False, soft_wrap=True))
+    try:
+        session = ChatSession(llm, system=system, thinking=think, max_context=max_context,
+                              stop=stop, tools=toolbox, **sampling_kwargs(options))
+        if session_name:
+            store.load(session, session_name)
+        interactive = sys.stdin is not None and sys.stdin.isatty() and not jsonl
+        out = Console(highlight=False, soft_wrap=True)
+        kind = JsonlRepl if jsonl else Repl
+        with PrefillBar() as bar:
+            kind(session, out=out, err=err, quiet=quiet, progress=None if jsonl else bar,
+                 allowed_tools=allowed_tools, max_tool_rounds=max_tool_rounds).run(
+                None if interactive else stdin.lines())
+    finally:
+        if toolbox is not None:
+            toolbox.close()
 
 
 # options of the terminal chat; the page has its own (Settings: system prompt, thinking)
 TERMINAL_ONLY = {"system": "--system", "think": "--think/--no-think",
                  "max_context": "--max-context", "session_name": "--load", "quiet": "--quiet",
-                 "jsonl": "--jsonl", "stop": "--stop"}
+                 "jsonl": "--jsonl", "stop": "--stop", "mcp_files": "--mcp",
+                 "allowed_tools": "--allow-tool", "max_tool_rounds": "--max-tool-rounds",
+                 "tool_timeout": "--tool-timeout"}
 
 
 def chat_in_browser(model: str | None, port: int, adapter: Path | None, recipe: str,

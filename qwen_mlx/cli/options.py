@@ -13,7 +13,7 @@ from ..hub.resolver import DEFAULT_MODEL
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "seed", "max_tokens")
 
 
-def _stack(*decorators: Callable) -> Callable:
+def stack_options(*decorators: Callable) -> Callable:
     def apply(f: Callable) -> Callable:
         for d in reversed(decorators):
             f = d(f)
@@ -25,7 +25,7 @@ model_argument = click.argument("model", required=False, metavar="[MODEL]")
 MODEL_HELP = (f"MODEL is a folder (Hugging Face or MLX layout), a hub repo id, or an alias "
               f"(default: {DEFAULT_MODEL}).")
 
-sampling_options = _stack(
+sampling_options = stack_options(
     click.option("--temp", "temperature", type=click.FloatRange(min=0),
                  help="Sampling temperature; 0 is greedy. Default: the model's "
                       "generation_config.json."),
@@ -40,7 +40,7 @@ sampling_options = _stack(
                  "(default 2048)."),
 )
 
-load_options = _stack(
+load_options = stack_options(
     click.option("--adapter", type=click.Path(path_type=Path),
                  help="LoRA adapter folder (from `qwen-mlx finetune`)."),
     click.option("--recipe", default="q4", show_default=True,
@@ -50,7 +50,7 @@ load_options = _stack(
 
 memory_option = click.option("--memory", help="Plan for this much RAM (12GB) instead of the "
                              "machine's, to leave room for other apps.")
-memory_options = _stack(
+memory_options = stack_options(
     click.option("--context", help="Context length to plan for: 32k, 256k, 1m or a number "
                  "(past the native 256k: YaRN). Default: the most that fits in memory."),
     click.option("--kv-bits", type=click.Choice(["8", "4"]), callback=lambda c, p, v:
@@ -118,5 +118,5 @@ stop_option = click.option("--stop", multiple=True, metavar="TEXT", callback=_st
                                 "text itself is not printed.")
 
 # Everything a command that loads a model and generates takes (generate, chat).
-generation_options = _stack(sampling_options, stop_option, load_options, memory_options,
-                            force_option)
+generation_options = stack_options(sampling_options, stop_option, load_options,
+                                   memory_options, force_option)

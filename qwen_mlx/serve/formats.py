@@ -5,10 +5,9 @@ matcher supports is checked when the request is built (a 400 naming the keyword)
 
 from __future__ import annotations
 
-import json
-
-from ..engine.constraint import JSON_STYLE, Constraint
+from ..engine.constraint import Constraint
 from ..errors import QwenMlxError
+from ..tools import calls
 from .server import RequestError
 
 
@@ -46,33 +45,14 @@ def ollama_format(value) -> Constraint | None:
 
 
 def forced_tool_call(tools: list, name: str | None, *, several: bool = False) -> Constraint:
-    """A reply that is exactly one call, in Qwen3's format (``<tool_call>`` JSON
-    ``</tool_call>``), of the named tool or of any offered one, its arguments valid under
-    the tool's parameter schema; with ``several``, one or more such calls, one per line
-    (as Qwen3's template writes parallel calls)."""
-    calls = []
-    for tool in tools:
-        fn = tool.get("function", tool) if isinstance(tool, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise RequestError(400, "each tool needs a function with a name", param="tools")
-        if name is not None and fn["name"] != name:
-            continue
-        parameters = fn.get("parameters") or {"type": "object"}
-        if not isinstance(parameters, dict):
-            raise RequestError(400, f"tool {fn['name']!r}: parameters must be a JSON schema",
-                               param="tools")
-        calls.append({"type": "object", "properties": {"name": {"const": fn["name"]},
-                                                       "arguments": parameters},
-                      "required": ["name", "arguments"], "additionalProperties": False})
-    if not calls:
-        raise RequestError(400, f"tool_choice names {name!r}, which is not in 'tools'"
-                           if name else "tool_choice 'required' needs 'tools'",
-                           param="tool_choice")
-    schema = {**(calls[0] if len(calls) == 1 else {"anyOf": calls}), "x-guidance": JSON_STYLE}
-    call = f'<tool_call> "\\n" %json {json.dumps(schema)} "\\n" </tool_call>'
-    if not several:
-        return Constraint.lark(f"start: {call}")
-    return Constraint.lark(f'start: call ("\\n" call)*\ncall: {call}')
+    """``tool_choice`` "required" or a named function: :func:`~qwen_mlx.tools.calls.
+    forced_call`, its refusals a 400 naming the field they came from."""
+    try:
+        return calls.forced_call(tools, name, several=several)
+    except QwenMlxError as e:
+        text = str(e)
+        raise RequestError(400, text, param="tool_choice" if "tool_choice" in text
+                           else "tools") from None
 
 
 def _schema(schema, param: str) -> Constraint:

@@ -20,7 +20,7 @@ from ..engine import Request, Stats
 from ..engine.constraint import Constraint
 from ..errors import ContextExceeded, QwenMlxError, TooManyTokens, UnsupportedConstraint
 from ..model import Model
-from . import tool_calls
+from ..tools import calls as tool_calls
 from .logprobs import TokenText
 from .worker import Ended, Worker
 

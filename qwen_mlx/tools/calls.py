@@ -1,4 +1,5 @@
-"""Qwen3's tool calls in generated text -> structured calls, for both APIs.
+"""Qwen3's tool calls in generated text -> structured calls (for both HTTP APIs, the chat
+and the tool loop), and the grammar that forces a reply to be calls.
 
 Qwen3 answers a tool request with blocks of ``<tool_call>\\n{"name": ..., "arguments": {...}}
 \\n</tool_call>``. While streaming, text before the first block is passed through as it comes;
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+
+from ..engine.constraint import JSON_STYLE, Constraint
+from ..errors import QwenMlxError
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
@@ -72,3 +76,38 @@ class Splitter:
             return text, []
         rest, calls = parse(text)
         return rest, calls
+
+
+def function_of(tool) -> dict:
+    """An offered tool's function: OpenAI's ``{"type": "function", "function": {...}}``, or
+    the function itself; its name checked."""
+    fn = tool.get("function", tool) if isinstance(tool, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise QwenMlxError("each tool needs a function with a name")
+    return fn
+
+
+def forced_call(tools: list, name: str | None, *, several: bool = False) -> Constraint:
+    """A reply that is exactly one call, in Qwen3's format (``<tool_call>`` JSON
+    ``</tool_call>``), of the named tool or of any offered one, its arguments valid under
+    the tool's parameter schema; with ``several``, one or more such calls, one per line
+    (as Qwen3's template writes parallel calls)."""
+    calls = []
+    for tool in tools:
+        fn = function_of(tool)
+        if name is not None and fn["name"] != name:
+            continue
+        parameters = fn.get("parameters") or {"type": "object"}
+        if not isinstance(parameters, dict):
+            raise QwenMlxError(f"tool {fn['name']!r}: parameters must be a JSON schema")
+        calls.append({"type": "object", "properties": {"name": {"const": fn["name"]},
+                                                       "arguments": parameters},
+                      "required": ["name", "arguments"], "additionalProperties": False})
+    if not calls:
+        raise QwenMlxError(f"tool_choice names {name!r}, which is not in 'tools'" if name
+                           else "tool_choice 'required' needs 'tools'")
+    schema = {**(calls[0] if len(calls) == 1 else {"anyOf": calls}), "x-guidance": JSON_STYLE}
+    call = f'<tool_call> "\\n" %json {json.dumps(schema)} "\\n" </tool_call>'
+    if not several:
+        return Constraint.lark(f"start: {call}")
+    return Constraint.lark(f'start: call ("\\n" call)*\ncall: {call}')

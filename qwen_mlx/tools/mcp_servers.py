@@ -1,0 +1,202 @@
+"""MCP servers, through the official ``mcp`` SDK's client, for a program that is not async.
+
+Each server gets a task on one event loop in a background thread: the task enters the SDK's
+``Client`` (starting a stdio server's process, or opening a streamable HTTP session), lists
+the tools, then holds the session until :meth:`McpServers.close`. A call is a coroutine on
+that loop; the caller waits on its future (so a timeout or Ctrl-C cancels it). A server that
+does not start, or stops, is one line through ``on_note``; the others go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import threading
+from contextlib import ExitStack
+from typing import Callable
+
+from ..errors import QwenMlxError
+from ..storage.home import home
+from .config import ServerSpec
+from .toolbox import ToolResult
+
+START_TIMEOUT = 30.0  # seconds a server has to start and list its tools
+CLOSE_TIMEOUT = 10.0
+
+
+class McpTool:
+    """One tool of one server, as :class:`~qwen_mlx.tools.toolbox.Toolbox` offers it."""
+
+    def __init__(self, servers: "McpServers", server: str, listed) -> None:
+        self.servers, self.source = servers, server
+        self.name = listed.name
+        self.description = listed.description or ""
+        self.parameters = listed.input_schema or {"type": "object"}
+
+    def alive(self) -> bool:
+        return self.source in self.servers.running
+
+    def start(self, arguments: dict) -> concurrent.futures.Future:
+        return self.servers.start_call(self.source, self.name, arguments)
+
+
+class McpServers:
+    """The servers of ``specs``, started at once (in parallel, each within
+    ``start_timeout``). ``tools`` are those of the servers that started; ``status`` says,
+    per server, "running", or why not. Close it (or use it in a ``with``) to stop them."""
+
+    def __init__(self, specs: list[ServerSpec], *, on_note: Callable[[str], None] | None = None,
+                 start_timeout: float = START_TIMEOUT) -> None:
+        self.note = on_note or (lambda _: None)
+        self.status: dict[str, str] = {}
+        self.clients: dict[str, object] = {}
+        self.tools: list[McpTool] = []
+        self._files = ExitStack()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="qwen-mcp",
+                                        daemon=True)
+        self._thread.start()
+        self._stop = asyncio.Event()
+        self._tasks: dict[str, concurrent.futures.Future] = {}
+        readies = {}
+        for spec in specs:
+            ready = concurrent.futures.Future()
+            readies[spec.name] = ready
+            self._tasks[spec.name] = asyncio.run_coroutine_threadsafe(
+                self._hold(spec, ready), self._loop)
+        for spec in specs:
+            try:
+                listed = readies[spec.name].result(start_timeout)
+            except concurrent.futures.TimeoutError:
+                self._tasks[spec.name].cancel()
+                self._failed(spec.name, f"did not start within {start_timeout:g} s")
+                continue
+            except Exception as e:  # noqa: BLE001 - any failure is one line, the rest go on
+                self._failed(spec.name, f"did not start: {reason(e)}")
+                continue
+            self.status[spec.name] = "running"
+            self.tools += [McpTool(self, spec.name, t) for t in listed]
+
+    @classmethod
+    def from_files(cls, paths, **kwargs) -> "McpServers":
+        from .config import read_all
+
+        return cls(read_all(list(paths)), **kwargs)
+
+    @property
+    def running(self) -> set[str]:
+        return {name for name, state in self.status.items() if state == "running"}
+
+    def _failed(self, name: str, why: str) -> None:
+        self.status[name] = why
+        self.clients.pop(name, None)
+        self.note(f"MCP server {name!r} {why}; the chat goes on without its tools")
+
+    async def _hold(self, spec: ServerSpec, ready: concurrent.futures.Future) -> None:
+        """Enter the server's client, list its tools, and keep the session until closed."""
+        try:
+            async with self._client(spec) as client:
+                tools, cursor = [], None
+                while True:
+                    page = await client.list_tools(cursor=cursor)
+                    tools += page.tools
+                    cursor = page.next_cursor
+                    if not cursor:
+                        break
+                self.clients[spec.name] = client
+                ready.set_result(tools)
+                await self._stop.wait()
+        except BaseException as e:  # noqa: BLE001 - reported, never raised into the chat
+            if not ready.done():
+                ready.set_exception(e if isinstance(e, Exception) else
+                                    QwenMlxError("cancelled"))
+            elif not self._stop.is_set() and self.status.get(spec.name) == "running":
+                self._loop.call_soon(self._failed, spec.name, f"stopped: {reason(e)}")
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+
+    def _client(self, spec: ServerSpec):
+        from mcp import Client, StdioServerParameters
+        from mcp.client.stdio import stdio_client
+
+        if spec.url:
+            import httpx2
+            from mcp.client.streamable_http import streamable_http_client
+
+            http = httpx2.AsyncClient(headers=spec.headers) if spec.headers else None
+            return Client(streamable_http_client(spec.url, http_client=http))
+        # the server's stderr goes to a log of its own, not into the chat
+        logs = home() / "mcp-logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        errlog = self._files.enter_context(open(logs / f"{spec.name}.log", "a",
+                                                encoding="utf-8"))
+        params = StdioServerParameters(command=spec.command, args=list(spec.args),
+                                       env=spec.env or None, cwd=spec.cwd)
+        return Client(stdio_client(params, errlog=errlog))
+
+    def start_call(self, server: str, name: str, arguments: dict) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(self._call(server, name, arguments),
+                                                self._loop)
+
+    async def _call(self, server: str, name: str, arguments: dict) -> ToolResult:
+        client = self.clients.get(server)
+        if client is None:
+            return ToolResult(f"error: the MCP server {server!r} is not running", True)
+        try:
+            result = await client.call_tool(name, arguments)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the model reads what went wrong
+            from mcp_types import CONNECTION_CLOSED
+
+            error = getattr(e, "error", None)
+            if self._tasks[server].done() or getattr(error, "code", None) == CONNECTION_CLOSED:
+                self._failed(server, "stopped")  # the session ended under the call
+                return ToolResult(f"error: the MCP server {server!r} stopped during the call",
+                                  True)
+            return ToolResult(f"error: {reason(e)}", True)
+        return ToolResult(text_of(result), bool(result.is_error))
+
+    def close(self) -> None:
+        """Stop every server (each task leaves its client, which ends the process)."""
+        if not self._thread.is_alive():
+            return
+        self._loop.call_soon_threadsafe(self._stop.set)
+        concurrent.futures.wait(list(self._tasks.values()), CLOSE_TIMEOUT)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(CLOSE_TIMEOUT)
+        self._files.close()
+
+    def __enter__(self) -> "McpServers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def reason(e: BaseException) -> str:
+    """An exception in one line (an exception group: its first leaf)."""
+    while getattr(e, "exceptions", None):  # an exception group (Python 3.10: the backport)
+        e = e.exceptions[0]
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def text_of(result) -> str:
+    """A call's result as text: its text blocks; other blocks named; the structured result
+    as JSON when there is no text."""
+    parts = []
+    for block in result.content or []:
+        kind = getattr(block, "type", "")
+        if kind == "text":
+            parts.append(block.text)
+        elif kind == "resource" and hasattr(block.resource, "text"):
+            parts.append(block.resource.text)
+        elif kind == "resource_link":
+            parts.append(f"[resource {block.uri}]")
+        else:
+            parts.append(f"[{kind or 'content'} {getattr(block, 'mime_type', '')}]".strip())
+    if not parts and result.structured_content is not None:
+        parts.append(json.dumps(result.structured_content, ensure_ascii=False))
+    return "\n".join(parts)

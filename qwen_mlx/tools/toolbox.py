@@ -1,0 +1,137 @@
+"""Every tool the model is offered, under one name each, from any source (MCP servers,
+Python functions), called with a timeout; a result too long for the context is cut to a
+stated size, and says so."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
+from ..errors import QwenMlxError
+
+DEFAULT_TIMEOUT = 60.0  # seconds a call may take
+DEFAULT_ROUNDS = 8  # rounds of calls after one message
+DEFAULT_RESULT_CHARS = 20_000  # about 5,000 tokens: a result longer than this is cut
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """What a call gave back, as the model will read it; ``error`` when it failed."""
+
+    text: str
+    error: bool = False
+
+
+class Tool(Protocol):
+    """A tool: its name, description and JSON-schema parameters as offered to the model,
+    where it comes from (an MCP server's name, or "python"), and ``start``, which begins a
+    call and returns a future of its :class:`ToolResult`."""
+
+    name: str
+    description: str
+    parameters: dict
+    source: str
+
+    def start(self, arguments: dict) -> concurrent.futures.Future: ...
+
+
+class Toolbox:
+    """Tools from ``sources``: :class:`~qwen_mlx.tools.mcp.McpServers`,
+    :class:`~qwen_mlx.tools.functions.FunctionTool`, or plain functions (their schema from
+    their signature). A name offered twice keeps its first tool; ``on_note`` hears which
+    one was left out."""
+
+    def __init__(self, sources: Iterable = (), *, timeout: float = DEFAULT_TIMEOUT,
+                 max_result_chars: int = DEFAULT_RESULT_CHARS,
+                 on_note: Callable[[str], None] | None = None) -> None:
+        from .functions import FunctionTool
+
+        if timeout <= 0:
+            raise QwenMlxError("the tool timeout must be above 0 seconds")
+        if max_result_chars < 100:
+            raise QwenMlxError("a tool result must be allowed at least 100 characters")
+        self.timeout, self.max_result_chars = timeout, max_result_chars
+        self.sources = []
+        self._tools: dict[str, Tool] = {}
+        self.note = on_note or (lambda _: None)
+        for source in sources:
+            if callable(source) and not hasattr(source, "tools"):
+                source = FunctionTool(source)
+            self.sources.append(source)
+            for tool in source.tools if hasattr(source, "tools") else [source]:
+                if tool.name in self._tools:
+                    self.note(f"tool {tool.name!r} of {tool.source} is not offered: "
+                              f"{self._tools[tool.name].source} has one of that name")
+                    continue
+                self._tools[tool.name] = tool
+
+    @property
+    def tools(self) -> list[Tool]:
+        """The tools offered now (an MCP server that stopped takes its tools with it)."""
+        return [t for t in self._tools.values() if getattr(t, "alive", lambda: True)()]
+
+    def specs(self) -> list[dict] | None:
+        """The tools as the chat template takes them (OpenAI's function format); None
+        when there are none, so the prompt has no tools section."""
+        return [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                                  "parameters": t.parameters}}
+                for t in self.tools] or None
+
+    def call(self, name: str, arguments) -> ToolResult:
+        """Run one call and wait for it (up to the timeout). A tool that fails, times out
+        or does not exist is an error result the model reads, never an exception; Ctrl-C
+        cancels the call and is raised on."""
+        tool = next((t for t in self.tools if t.name == name), None)
+        if tool is None:
+            known = ", ".join(t.name for t in self.tools) or "none"
+            return ToolResult(f"error: there is no tool named {name!r} (the tools: {known})",
+                              True)
+        if not isinstance(arguments, dict):
+            return ToolResult("error: the arguments must be a JSON object", True)
+        future = tool.start(arguments)
+        try:
+            result = future.result(self.timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            result = ToolResult(f"error: {name} did not answer within {self.timeout:g} s", True)
+        except KeyboardInterrupt:
+            future.cancel()
+            raise
+        except Exception as e:  # the tool's own failure is the model's to read
+            result = ToolResult(f"error: {name} failed: {type(e).__name__}: {e}", True)
+        return self.cut(result)
+
+    def describe(self) -> list[str]:
+        """One line per source: its name, its state, its tools."""
+        lines = []
+        for source in self.sources:
+            status = getattr(source, "status", None)
+            if status is None:  # a Python function
+                lines.append(f"python: {source.name}")
+                continue
+            for server, state in status.items():
+                names = [t.name for t in source.tools if t.source == server]
+                lines.append(f"{server} ({state}): {', '.join(names) or 'no tools'}"
+                             if state == "running" else f"{server}: {state}")
+        return lines or ["no tools"]
+
+    def cut(self, result: ToolResult) -> ToolResult:
+        size = len(result.text)
+        if size <= self.max_result_chars:
+            return result
+        return ToolResult(f"{result.text[:self.max_result_chars]}\n[cut: the result was "
+                          f"{size:,} characters; the first {self.max_result_chars:,} are "
+                          f"kept]", result.error)
+
+    def close(self) -> None:
+        for source in self.sources:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    def __enter__(self) -> "Toolbox":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

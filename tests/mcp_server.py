@@ -1,0 +1,55 @@
+"""A small MCP server for the tests, written with the official SDK's MCPServer (FastMCP in
+mcp 1.x), over stdio: ``python tests/mcp_server.py``. Its tools add, echo, sleep, raise,
+return a megabyte, and end the process in the middle of a call."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from mcp.server.mcpserver import MCPServer
+
+app = MCPServer("fixture")
+
+
+@app.tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@app.tool()
+def echo(text: str) -> str:
+    """Give the text back."""
+    return text
+
+
+@app.tool()
+async def sleep(seconds: float) -> str:
+    """Wait, then say so."""
+    await asyncio.sleep(seconds)
+    return f"slept {seconds:g} s"
+
+
+@app.tool()
+def fail(message: str) -> str:
+    """Raise an error."""
+    raise RuntimeError(message)
+
+
+@app.tool()
+def big() -> str:
+    """One megabyte of text."""
+    return "x" * 1_000_000
+
+
+@app.tool()
+def die() -> str:
+    """End the server's process in the middle of the call."""
+    sys.stdout.flush()
+    os._exit(3)
+
+
+if __name__ == "__main__":
+    app.run("stdio")
