@@ -1,5 +1,5 @@
 """A small MCP server for the tests, written with the official SDK's MCPServer (FastMCP in
-mcp 1.x), over stdio: ``python tests/mcp_server.py``. Its tools add, echo, sleep, raise,
+mcp 1.x), over stdio: ``python tests/mcp_server.py`` (or streamable HTTP: ``--http PORT``). Its tools add, echo, sleep, raise,
 return a megabyte, and end the process in the middle of a call."""
 
 from __future__ import annotations
@@ -51,5 +51,8 @@ def die() -> str:
     os._exit(3)
 
 
-if __name__ == "__main__":
-    app.run("stdio")
+if __name__ == "__main__":  # stdio, or streamable HTTP with: --http PORT
+    if sys.argv[1:2] == ["--http"]:
+        app.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        app.run("stdio")

@@ -136,6 +136,33 @@ def test_a_server_that_exits_mid_call_is_one_line_and_its_tools_go():
         assert box.tools == [] and box.specs() is None
 
 
+def test_a_streamable_http_server_with_headers(tmp_path):
+    import socket
+    import subprocess
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, SERVER, "--http", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+        for _ in range(600):  # until it listens (a busy machine: up to a minute)
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        with McpServers([ServerSpec("web", url=url, headers={"X-Test": "1"})]) as s:
+            assert s.status == {"web": "running"}
+            assert Toolbox([s]).call("add", {"a": 20, "b": 22}) == ToolResult("42")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 # -- the loop ------------------------------------------------------------------------------
 
 def add(a: int, b: int) -> int:
@@ -373,6 +400,15 @@ def chat_cli(model, *args, lines=("Hi",)):
                               input="".join(line + "\n" for line in lines))
 
 
+def tiny_model_reply(model, tools_file) -> str:
+    """The tiny model's greedy 4-token reply to "Hi" with the fixture server's tools."""
+    from qwen_mlx import load
+
+    with McpServers.from_files([tools_file]) as servers:
+        return load(model).generate("Hi", tools=Toolbox([servers]).specs(), temperature=0,
+                                    max_tokens=4).text
+
+
 def test_chat_mcp_options(tiny_q4_f32, tmp_path, monkeypatch):
     bad = write(tmp_path, {"mcpServers": {"a": {"command": "x", "agrs": []}}}, "bad.json")
     result = chat_cli(tiny_q4_f32, "--mcp", bad)
@@ -386,8 +422,25 @@ def test_chat_mcp_options(tiny_q4_f32, tmp_path, monkeypatch):
     from qwen_mlx.cli import main
 
     result = CliRunner().invoke(main, ["chat", str(tiny_q4_f32), "--web", "--mcp", str(bad)])
+    assert (result.exit_code, result.output) == (1, f"error: {bad}: server 'a': unknown field "
+                                                    f"agrs\n")  # read before the model loads
+    good = write(tmp_path, {"mcpServers": {"fixture": {"command": sys.executable,
+                                                       "args": [SERVER]}}}, "good.json")
+    result = CliRunner().invoke(main, ["chat", str(tiny_q4_f32), "--web", "--mcp", str(good),
+                                       "--allow-tool", "add"])
     assert result.exit_code == 1 and result.output.startswith(
-        "error: --mcp applies to the terminal chat, not --web")
+        "error: --allow-tool applies to the terminal chat, not --web")
+    result = CliRunner().invoke(main, ["generate", str(tiny_q4_f32), "-p", "Hi", "--raw",
+                                       "--mcp", str(good)])
+    assert (result.exit_code, result.output) == (
+        1, "error: --mcp needs the chat template and a free reply: drop --raw\n")
+    result = CliRunner().invoke(main, ["generate", str(tiny_q4_f32), "-p", "Hi", "--json",
+                                       "--mcp", str(good), "--max-tokens", "4", "--temp", "0"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output.splitlines()[-1])
+    assert record["tool_rounds"] == 0 and record["messages"][0] == {"role": "user",
+                                                                    "content": "Hi"}
+    assert record["text"] == tiny_model_reply(tiny_q4_f32, good)
     # the default file is read when present; a server that does not start is one line
     monkeypatch.setenv("QWEN_MLX_CONFIG", str(tmp_path / "config"))
     (tmp_path / "config").mkdir()

@@ -45,16 +45,19 @@ Esc then Enter inserts a newline; Ctrl-C stops a reply."""
 class Repl:
     def __init__(self, session: ChatSession, *, out: Console, err: Console,
                  quiet: bool = False, progress=None, allowed_tools: Iterable[str] = (),
-                 max_tool_rounds: int = DEFAULT_ROUNDS) -> None:
+                 max_tool_rounds: int = DEFAULT_ROUNDS,
+                 ask_line: Callable[[str], str] | None = None) -> None:
         """``progress``: a prefill progress callback with a ``close()`` (the CLI's bar).
-        ``allowed_tools`` run without asking; the others ask (yes, no, always)."""
+        ``allowed_tools`` run without asking; the others ask (yes, no, always) through
+        ``ask_line(question)`` (by default the terminal, or the next input line)."""
         self.session = session
         self.out, self.err = out, err
         self.quiet = quiet
         self.progress = progress
         self.approvals = Approvals(set(allowed_tools), self.ask)
         self.max_tool_rounds = max_tool_rounds
-        self._ask_line: Callable[[str], str] = lambda label: ""
+        self._ask_line: Callable[[str], str] = ask_line or (lambda label: "")
+        self._asks_given = ask_line is not None
 
     def _close_progress(self) -> None:
         if self.progress is not None:
@@ -65,7 +68,7 @@ class Repl:
     def run(self, lines: Iterable[str] | None = None) -> None:
         """Read messages from ``lines`` (one per line) or, when None, from the terminal."""
         source = iter(lines) if lines is not None else self._terminal_lines()
-        if lines is not None:  # a tool call's approval is the next line
+        if lines is not None and not self._asks_given:  # an approval is the next line
             self._ask_line = lambda label: next(source)
         while True:
             try:
@@ -86,7 +89,8 @@ class Repl:
             event.current_buffer.insert_text("\n")
 
         prompt = PromptSession(history=self._history(), key_bindings=keys)
-        self._ask_line = lambda label: prompt.prompt(label)
+        if not self._asks_given:
+            self._ask_line = lambda label: prompt.prompt(label)
         model = self.session.model
         self.note(f"{model.path.name} ({describe(model.path)}); /help for commands, Ctrl-D to "
                   f"leave")

@@ -13,7 +13,8 @@ from . import stdin
 from .console import PrefillBar, PrefillBars, err, open_model
 from .options import (MODEL_HELP, generation_options, given, memory_kwargs, model_argument,
                       sampling_kwargs)
-from .tools import open_tools, tool_options
+from .serve import note
+from .tools import open_tools, tool_options, tool_servers
 
 
 @click.command(help=f"""Chat with a model. Replies stream as they are generated; the KV cache
@@ -45,15 +46,13 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
     from ..chat.jsonl import JsonlRepl
     from ..chat.repl import Repl
 
+    specs = tool_servers(mcp_files, allowed_tools)
     if web:
-        return chat_in_browser(model, port, adapter, recipe, options)
+        return chat_in_browser(model, port, adapter, recipe, specs, tool_timeout, options)
     if given("port"):
         raise QwenMlxError("--port applies with --web (the terminal chat serves nothing)")
     llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
-    # the servers start once the model is loaded: a failed load leaves no process behind
-    toolbox = open_tools(mcp_files, allowed_tools, tool_timeout,
-                         lambda line: err.print(line, style="dim", markup=False,
-                                                highlight=False, soft_wrap=True))
+    toolbox = open_tools(specs, allowed_tools, tool_timeout, note)
     try:
         session = ChatSession(llm, system=system, thinking=think, max_context=max_context,
                               stop=stop, tools=toolbox, **sampling_kwargs(options))
@@ -74,20 +73,19 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
 # options of the terminal chat; the page has its own (Settings: system prompt, thinking)
 TERMINAL_ONLY = {"system": "--system", "think": "--think/--no-think",
                  "max_context": "--max-context", "session_name": "--load", "quiet": "--quiet",
-                 "jsonl": "--jsonl", "stop": "--stop", "mcp_files": "--mcp",
-                 "allowed_tools": "--allow-tool", "max_tool_rounds": "--max-tool-rounds",
-                 "tool_timeout": "--tool-timeout"}
+                 "jsonl": "--jsonl", "stop": "--stop",
+                 "allowed_tools": "--allow-tool", "max_tool_rounds": "--max-tool-rounds"}
 
 
 def chat_in_browser(model: str | None, port: int, adapter: Path | None, recipe: str,
-                    options: dict) -> None:
+                    specs: list, tool_timeout: float, options: dict) -> None:
     """`chat --web`: `serve` on loopback, then the browser on its page. Sampling options
     become the server's defaults, which the page shows; options of the terminal chat are
     refused by name rather than ignored."""
     import webbrowser
 
     from ..serve import Server, run
-    from .serve import check_port, served_name
+    from .serve import check_port, note, served_name
 
     for name, flag in TERMINAL_ONLY.items():
         if given(name):
@@ -97,7 +95,8 @@ def chat_in_browser(model: str | None, port: int, adapter: Path | None, recipe: 
     check_port(host, port)  # before minutes of loading, not after
     llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
     llm.defaults = llm.defaults.override(**sampling_kwargs(options))
-    server = Server(llm, served_name(model), progress=PrefillBars())
+    server = Server(llm, served_name(model), progress=PrefillBars(),
+                    page_tools=open_tools(specs, (), tool_timeout, note))
     url = f"http://{host}:{port}/"
 
     def ready() -> None:

@@ -14,6 +14,7 @@ from . import stdin
 from .console import PrefillBar, err, open_model
 from .options import (MODEL_HELP, generation_options, memory_kwargs, model_argument,
                       sampling_kwargs)
+from .tools import open_tools, tool_options, tool_servers
 
 
 @click.command(help=f"""Generate a reply to one prompt and stream it to stdout. The prompt
@@ -35,13 +36,19 @@ comes from -p or, without it, from stdin; --file puts a document before it. {MOD
               help="The reply is JSON valid under the JSON Schema in this file.")
 @click.option("--regex", help="The reply matches this regular expression.")
 @click.option("--choice", help="The reply is one of these comma-separated texts.")
+@tool_options
 @generation_options
 def generate(model: str | None, prompt: str | None, document: Path | None, system: str | None,
              raw: bool, think: bool | None, as_json: bool, quiet: bool,
              schema_file: Path | None,
-             regex: str | None, choice: str | None, adapter: Path | None, recipe: str,
-             stop: tuple[str, ...], **options) -> None:
+             regex: str | None, choice: str | None, mcp_files: tuple[Path, ...],
+             allowed_tools: tuple[str, ...], max_tool_rounds: int, tool_timeout: float,
+             adapter: Path | None, recipe: str, stop: tuple[str, ...], **options) -> None:
     constraint = structured(schema_file, regex, choice)
+    specs = tool_servers(mcp_files, allowed_tools, default=False)
+    if specs and (raw or constraint is not None):
+        raise QwenMlxError("--mcp needs the chat template and a free reply: drop " +
+                           ("--raw" if raw else "--json-schema, --regex or --choice"))
     if prompt is None:  # the request comes from stdin when it is piped, with --file too
         piped = sys.stdin is not None and not sys.stdin.isatty()
         prompt = stdin.read_text() if piped else ""
@@ -59,6 +66,9 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
     if raw and think is not None:
         raise QwenMlxError("--think/--no-think needs the chat template; drop --raw")
     llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
+    if specs:
+        return with_tools(llm, prompt, system, think, stop, specs, allowed_tools,
+                          max_tool_rounds, tool_timeout, as_json, quiet, options)
     messages = ([{"role": "system", "content": system}] if system else []) + \
         [{"role": "user", "content": prompt}]
     stats, text = None, []
@@ -84,6 +94,64 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
         err.print(f"{stats.summary()}; {llm.path.name} ({describe(llm.path)})", style="dim",
                   markup=False, soft_wrap=True)
     sys.stdout.flush()
+
+
+def with_tools(llm, prompt: str, system: str | None, think: bool | None,
+               stop: tuple[str, ...], specs: list, allowed: tuple[str, ...], rounds: int,
+               timeout: float, as_json: bool, quiet: bool, options: dict) -> None:
+    """`generate --mcp`: the chat's tool loop for one prompt. Replies stream to stdout,
+    calls and results go to stderr; a call is approved at the terminal (stdin when it is
+    one, else /dev/tty), or by --allow-tool when there is no terminal."""
+    from rich.console import Console
+
+    from ..chat import ChatSession
+    from ..chat.repl import Repl
+    from .serve import note
+
+    toolbox = open_tools(specs, allowed, timeout, note)
+    try:
+        session = ChatSession(llm, system=system, thinking=think, stop=stop, tools=toolbox,
+                              **sampling_kwargs(options))
+        repl = Repl(session, out=Console(highlight=False, soft_wrap=True), err=err,
+                    quiet=True, allowed_tools=allowed, max_tool_rounds=rounds,
+                    ask_line=terminal_question)
+        with PrefillBar() as bar:
+            repl.progress = bar
+            repl.reply(session.send(prompt, on_prefill=bar))
+    finally:
+        toolbox.close()
+    stats = session.last_stats
+    if stats is None:  # no reply (Ctrl-C before the first token)
+        return
+    if as_json:
+        messages = session.messages
+        rounds = sum(a["role"] == "assistant" and b["role"] == "tool"
+                     for a, b in zip(messages, messages[1:]))
+        record = {"model": str(llm.path), "recipe": recipe_name(llm.path),
+                  "text": messages[-1]["content"] if messages[-1]["role"] == "assistant"
+                  else "", "tool_rounds": rounds, "messages": messages, **stats.to_dict(),
+                  "peak_memory_gb": round(stats.peak_memory / 1e9, 3)}
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+    elif not quiet:
+        err.print(f"{stats.summary()}; {llm.path.name} ({describe(llm.path)})", style="dim",
+                  markup=False, soft_wrap=True)
+    sys.stdout.flush()
+
+
+def terminal_question(question: str) -> str:
+    """An answer from the terminal: stdin when it is one, else /dev/tty; no terminal at all
+    is a "no" (--allow-tool runs a tool without asking)."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        return input(question)
+    try:
+        with open("/dev/tty", "r+", encoding="utf-8") as tty:
+            tty.write(question)
+            tty.flush()
+            return tty.readline()
+    except OSError:
+        err.print("no terminal to ask: the call is not run (--allow-tool NAME runs it)",
+                  style="dim", markup=False, soft_wrap=True)
+        return "n"
 
 
 def structured(schema_file: Path | None, regex: str | None, choice: str | None):

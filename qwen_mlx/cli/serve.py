@@ -11,6 +11,7 @@ from ..errors import QwenMlxError
 from .console import PrefillBars, err, open_model
 from .options import (MODEL_HELP, force_option, load_options, memory_kwargs, memory_options,
                       model_argument)
+from .tools import open_tools, page_tool_options, tool_servers
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -48,17 +49,20 @@ history prefills only the new part. Loopback only unless --host says otherwise.
 @click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
               help="A web origin (https://app.example) whose pages may call the server, "
                    "beyond localhost pages; '*' allows every page. Repeatable.")
+@page_tool_options
 @load_options
 @memory_options
 @force_option
 def serve(model: str | None, host: str, port: int, api_key: str | None, cache_slots: int,
           parallel: int | None, max_body: str, request_timeout: float | None,
           idle_timeout: float, shutdown_timeout: float, allow_origins: tuple[str, ...],
-          adapter: Path | None, recipe: str, **options) -> None:
+          mcp_files: tuple[Path, ...], tool_timeout: float, adapter: Path | None, recipe: str,
+          **options) -> None:
     from ..serve import Server, run
     from ..units import parse_size
 
     body_limit = parse_size(max_body, "a body size")  # one-line error on a bad size
+    specs = tool_servers(mcp_files, (), default=False)
     check_port(host, port)  # before minutes of loading, not after
     if host not in LOOPBACK and not api_key:
         err.print(f"[yellow]serving on {host} without --api-key: anyone who can reach this "
@@ -69,9 +73,10 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
                            "be batched (drop --kv-bits or --parallel)")
     llm = open_model(model, recipe=recipe, adapter=adapter, **kwargs)
     model_id = served_name(model)
+    tools = open_tools(specs, (), tool_timeout, note)
     server = Server(llm, model_id, api_key=api_key, slots=cache_slots, progress=PrefillBars(),
                     host=host, allow_origins=allow_origins, max_body=body_limit,
-                    parallel=parallel, time_limit=request_timeout)
+                    parallel=parallel, time_limit=request_timeout, page_tools=tools)
     err.print(f"serving {model_id} on http://{host}:{port} (OpenAI: /v1, Ollama: /api, "
               f"chat page: /), {server.worker.parallel} at a time; Ctrl-C stops",
               soft_wrap=True)
@@ -79,6 +84,10 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
         err.print("[yellow]--allow-origin '*': every web page you visit can use the "
                   "model[/yellow]", soft_wrap=True)
     run(server, host, port, shutdown_timeout=shutdown_timeout, idle_timeout=idle_timeout)
+
+
+def note(line: str) -> None:
+    err.print(line, style="dim", markup=False, highlight=False, soft_wrap=True)
 
 
 def served_name(model: str | None) -> str:

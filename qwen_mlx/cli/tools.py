@@ -9,40 +9,59 @@ import click
 
 from ..errors import QwenMlxError
 from ..tools import McpServers, Toolbox
-from ..tools.config import default_file, read_all
+from ..tools.config import ServerSpec, default_file, read_all
 from ..tools.toolbox import DEFAULT_ROUNDS, DEFAULT_TIMEOUT
 from .options import stack_options
+
+timeout_option = click.option(
+    "--tool-timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT,
+    show_default=True, help="Seconds a tool call may take; then its result says it timed out.")
 
 tool_options = stack_options(
     click.option("--mcp", "mcp_files", multiple=True,
                  type=click.Path(path_type=Path, dir_okay=False),
                  help="An MCP servers file (Claude Desktop's and LM Studio's mcpServers "
                       "JSON; repeatable). Without it, $QWEN_MLX_CONFIG/mcp.json (else "
-                      "~/.config/qwen-mlx/mcp.json) is read when present."),
+                      "~/.config/qwen-mlx/mcp.json) is read when present. With --web, the "
+                      "page offers the tools and asks before each call."),
     click.option("--allow-tool", "allowed_tools", multiple=True, metavar="NAME",
                  help="Run this tool without asking (repeatable); other calls ask yes, no or "
                       "always."),
     click.option("--max-tool-rounds", type=click.IntRange(min=0), default=DEFAULT_ROUNDS,
                  show_default=True, help="Most rounds of tool calls after one message."),
-    click.option("--tool-timeout", type=click.FloatRange(min=0, min_open=True),
-                 default=DEFAULT_TIMEOUT, show_default=True,
-                 help="Seconds a tool call may take; then its result says it timed out."),
+    timeout_option,
+)
+
+# serve: the chat page's tools (API clients never get them)
+page_tool_options = stack_options(
+    click.option("--mcp", "mcp_files", multiple=True,
+                 type=click.Path(path_type=Path, dir_okay=False),
+                 help="An MCP servers file (mcpServers JSON; repeatable) whose tools the chat "
+                      "page offers, asking the user before each call; API clients never get "
+                      "them."),
+    timeout_option,
 )
 
 
-def open_tools(mcp_files: tuple[Path, ...], allowed: tuple[str, ...], timeout: float,
-               note: Callable[[str], None]) -> Toolbox | None:
-    """The toolbox of the given files (or of the default file, when it exists); None when
-    there are no servers. Files are checked before any server starts; a server that fails
-    is one line through ``note``."""
-    files = list(mcp_files) or ([default_file()] if default_file().is_file() else [])
+def tool_servers(mcp_files: tuple[Path, ...], allowed: tuple[str, ...], *,
+                 default: bool = True) -> list[ServerSpec]:
+    """The servers of the given files (or, with ``default``, of the default file when it
+    exists), read and checked before the model loads: a bad file is one line at once."""
+    files = list(mcp_files) or \
+        ([default_file()] if default and default_file().is_file() else [])
     specs = read_all(files)
+    if allowed and not specs:
+        raise QwenMlxError("--allow-tool needs tools: pass --mcp FILE")
+    return specs
+
+
+def open_tools(specs: list[ServerSpec], allowed: tuple[str, ...], timeout: float,
+               note: Callable[[str], None]) -> Toolbox | None:
+    """Start the servers (after the model loaded: a failed load leaves no process behind);
+    None when there are none. A server that fails is one line through ``note``."""
     if not specs:
-        if allowed:
-            raise QwenMlxError("--allow-tool needs tools: pass --mcp FILE")
         return None
-    servers = McpServers(specs, on_note=note)
-    toolbox = Toolbox([servers], timeout=timeout, on_note=note)
+    toolbox = Toolbox([McpServers(specs, on_note=note)], timeout=timeout, on_note=note)
     unknown = sorted(set(allowed) - {t.name for t in toolbox.tools})
     if unknown:
         note(f"--allow-tool {', '.join(unknown)}: no running server offers "

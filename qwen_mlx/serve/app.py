@@ -19,6 +19,7 @@ from starlette.routing import Route
 from . import ollama
 from . import openai
 from . import page
+from . import page_tools
 from .guard import Guard
 from .server import ClientGone, RequestError, Server
 
@@ -38,7 +39,9 @@ def create_app(server: Server) -> Guard:
                 return Response(status_code=499)
         return Route(path, endpoint, methods=methods)
 
-    routes = page.routes() + [
+    # the page's tools before the page's files (/web/...)
+    routes = [route("/web/tools", page_tools.tools, ["GET"], openai),
+              route("/web/tools/call", page_tools.call, ["POST"], openai)] + page.routes() + [
         Route("/health", lambda request: health(server), methods=["GET"]),
         route("/v1/models", openai.models, ["GET"], openai),
         route("/v1/models/{model:path}", openai.model, ["GET"], openai),

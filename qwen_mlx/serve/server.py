@@ -20,6 +20,7 @@ from ..engine import Request, Stats
 from ..engine.constraint import Constraint
 from ..errors import ContextExceeded, QwenMlxError, TooManyTokens, UnsupportedConstraint
 from ..model import Model
+from ..tools import Toolbox
 from ..tools import calls as tool_calls
 from .logprobs import TokenText
 from .worker import Ended, Worker
@@ -49,6 +50,7 @@ class Server:
     max_body: int = 8_000_000  # request bytes (serve --max-body 8MB); more is a 413
     parallel: int | None = None  # sequences decoded together (None: from the memory plan)
     time_limit: float | None = None  # seconds one request may generate for
+    page_tools: Toolbox | None = None  # MCP tools for the chat page only (serve --mcp)
     started: float = field(default_factory=time.time)
     worker: Worker = field(init=False)
 

@@ -5,6 +5,7 @@ import { $, hideBanner, showBanner } from "./dom.js";
 import { SAMPLING } from "./settings.js";
 import { api, state } from "./state.js";
 import * as store from "./store.js";
+import { loadTools } from "./tools.js";
 
 let keyWaiters = null;
 
@@ -59,4 +60,5 @@ export async function connect() {
     $(name).placeholder = value === undefined ? "server default" : String(value);
   }
   $("thinking-label").hidden = !state.model.thinking;
+  await loadTools();
 }

@@ -6,6 +6,7 @@ import { $, actions, button, showBanner } from "./dom.js";
 import { blockCache, renderBlocks, splitReply } from "./markdown.js";
 import { run } from "./reply.js";
 import { state } from "./state.js";
+import { toolResultElement } from "./tools.js";
 
 const SHOWN_CHARS = 4000; // longer user messages are folded (a huge paste stays fast)
 
@@ -112,6 +113,8 @@ function messageElement(m, index, lastUser) {
   if (m.role === "user") {
     fillUser(el, m);
     if (lastUser) el.append(actions(button("Edit", "edit", () => startEdit(el, m))));
+  } else if (m.role === "tool") {
+    el.append(toolResultElement(m));
   } else {
     fillAssistant(el, m);
     if (last && state.busy?.reply !== m) el.append(replyActions(m));

@@ -9,6 +9,7 @@ import { appendMessage, fillAssistant, finishReply, renderMessages, setUserText 
   from "./messages.js";
 import { requestBody, toggleSettings } from "./settings.js";
 import { api, state } from "./state.js";
+import { answerCalls } from "./tools.js";
 
 async function send() {
   const text = $("input").value;
@@ -128,6 +129,7 @@ export async function run({ resend }) {
     finishReply(el, reply);
   }
   ended();
+  if (ok && !reply.stopped && !reply.interrupted) await answerCalls(reply, el);
   return ok || resend;
 }
 

@@ -6,6 +6,7 @@ import { saveConv, trySave } from "./conversations.js";
 import { $ } from "./dom.js";
 import { state } from "./state.js";
 import * as store from "./store.js";
+import { offered } from "./tools.js";
 
 export const SAMPLING = ["temperature", "top_p", "top_k", "max_tokens"];
 
@@ -48,6 +49,7 @@ export function requestBody() {
     if (m.role === "assistant" && !m.content && !m.tool_calls?.length) continue;
     const out = { role: m.role, content: m.content };
     if (m.tool_calls?.length) out.tool_calls = m.tool_calls;
+    if (m.role === "tool" && m.tool_call_id) out.tool_call_id = m.tool_call_id;
     messages.push(out);
   }
   const body = { model: state.model.id, messages, stream: true,
@@ -69,5 +71,8 @@ export function requestBody() {
     if (!Array.isArray(tools)) throw new ApiError("the Tools setting must be a JSON list", 0);
     body.tools = tools;
   }
+  const mine = new Set((body.tools ?? []).map((t) => t.function?.name));
+  const served = offered().filter((t) => !mine.has(t.function.name));
+  if (served.length) body.tools = [...(body.tools ?? []), ...served];
   return body;
 }

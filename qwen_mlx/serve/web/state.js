@@ -12,6 +12,8 @@ export const state = {
   conv: null,
   busy: null, // {controller, reply} while a reply streams
   pendingFiles: [], // [{name, text}] attached to the next message
+  pageTools: [], // the server's tools for this page: [{name, server, description, parameters}]
+  alwaysTools: new Set(), // tools the user allowed for as long as the page is open
 };
 
 export const api = new Api(() => state.apiKey);

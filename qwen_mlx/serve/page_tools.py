@@ -1,0 +1,47 @@
+"""The chat page's tools: ``serve --mcp FILE`` (and ``chat --web --mcp``) offer MCP servers'
+tools to the page, and only to it. The API offers a model only the tools a request lists,
+and nothing here runs a call on the model's word: the page shows each call and runs it
+through ``POST /web/tools/call`` once the user allows it.
+
+These routes are behind the same Host and Origin checks as the rest and the API key when
+one is set; a call must also come from the page itself (its ``Origin`` is this server's),
+so a script or another site cannot use the user's tools through the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .server import RequestError, Server
+from .openai import read_json
+
+
+async def tools(server: Server, request: Request) -> Response:
+    """The tools the page may offer: name, server, description, parameters."""
+    box = server.page_tools
+    return JSONResponse({"tools": [
+        {"name": t.name, "server": t.source, "description": t.description,
+         "parameters": t.parameters} for t in (box.tools if box else [])]})
+
+
+async def call(server: Server, request: Request) -> Response:
+    """Run one call the user allowed in the page: {name, arguments} -> {content, error,
+    server}. A tool's failure, a timeout or a server that stopped is a result, not an
+    HTTP error."""
+    origin = request.headers.get("origin", "")
+    if origin.rstrip("/") != f"{request.url.scheme}://{request.headers.get('host', '')}":
+        raise RequestError(403, "tool calls come from the chat page of this server only")
+    body = await read_json(request, server.max_body)
+    name, arguments = body.get("name"), body.get("arguments", {})
+    if set(body) - {"name", "arguments"}:
+        raise RequestError(400, f"unknown field {sorted(set(body) - {'name', 'arguments'})[0]!r}"
+                                f" (a call has a name and arguments)")
+    box = server.page_tools
+    tool = next((t for t in box.tools if t.name == name), None) if box else None
+    if not isinstance(name, str) or tool is None:
+        raise RequestError(404, f"no tool named {name!r} is offered to the page", param="name")
+    result = await asyncio.to_thread(box.call, name, arguments)
+    return JSONResponse({"content": result.text, "error": result.error, "server": tool.source})
