@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Iterable, Iterator, Sequence, Union
 from . import engine
 from .engine import KVSpec, Piece, PromptCache, SamplingParams, Stats
 from .engine.constraint import Constraint, Grammars
-from .engine.request import Request
+from .engine.request import Request, Speculative
 from .engine.sampling import make_processors
 from .engine.documents import longest_token_bytes, refuse_oversized
 from .errors import ContextExceeded, QwenMlxError, TooManyTokens
@@ -26,6 +27,8 @@ from .tools.toolbox import DEFAULT_ROUNDS, DEFAULT_TIMEOUT
 
 Message = dict
 Prompt = Union[str, Sequence[Message]]
+DRAFT_TOKENS = 4  # proposals per step of speculative decoding, unless told
+MAX_DRAFT_TOKENS = 16
 
 
 @dataclass
@@ -74,6 +77,8 @@ class Model:
         self._grammars: Grammars | None = None
         self._hybrid: bool | None = None
         self._longest_token: int | None = None
+        self._same_vocab: dict[int, bool] = {}
+        self._draft_caches: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
     @property
     def context_length(self) -> int:
@@ -141,7 +146,8 @@ class Model:
                 tools: list | None = None, enable_thinking: bool | None = None,
                 stop: Sequence[str] = (), context: int | None = None,
                 constraint: Constraint | None = None, strict_max_tokens: bool = False,
-                **sampling) -> Request:
+                draft: "Model | None" = None, lookup: int | None = None,
+                draft_tokens: int | None = None, **sampling) -> Request:
         """Validate one generation into a :class:`Request`: the prompt rendered (text,
         messages, or token ids), ``sampling`` over the model's defaults (temperature, top_p,
         top_k, min_p, seed, max_tokens, the penalties) and the reply fitted into the context
@@ -176,7 +182,41 @@ class Model:
         if constraint is not None:
             self.grammars.compile(constraint)
             think_first = self.thinks_first(tokens)
-        return Request(tuple(tokens), params, tuple(stop), constraint, think_first)
+        speculative = self.speculative(draft, lookup, draft_tokens, constraint)
+        return Request(tuple(tokens), params, tuple(stop), constraint, think_first, speculative)
+
+    def speculative(self, draft: "Model | None", lookup: int | None, draft_tokens: int | None,
+                    constraint: Constraint | None) -> Speculative | None:
+        """Speculative decoding's settings, checked: a ``draft`` model proposing
+        ``draft_tokens`` (4) per step, or prompt ``lookup`` of that many."""
+        if draft is None and lookup is None:
+            if draft_tokens is not None:
+                raise QwenMlxError("draft_tokens needs a draft model (or use lookup)")
+            return None
+        if draft is not None and lookup is not None:
+            raise QwenMlxError("choose a draft model (--draft) or prompt lookup (--lookup), "
+                               "not both")
+        tokens = lookup if lookup is not None else (draft_tokens or DRAFT_TOKENS)
+        if not 1 <= tokens <= MAX_DRAFT_TOKENS:
+            raise QwenMlxError(f"{'lookup' if lookup is not None else 'draft_tokens'} must be "
+                               f"from 1 to {MAX_DRAFT_TOKENS}")
+        if constraint is not None:
+            raise QwenMlxError(f"speculative decoding ({'a draft' if draft else 'lookup'}) "
+                               f"cannot be combined with a {constraint.label} yet")
+        if draft is not None and not self.same_vocabulary(draft):
+            raise QwenMlxError(f"the draft {draft.path} has a different tokenizer from "
+                               f"{self.path}: speculative decoding needs the same vocabulary")
+        return Speculative(tokens, draft)
+
+    def same_vocabulary(self, other: "Model") -> bool:
+        """Whether ``other`` reads and writes the same token ids (checked once per draft)."""
+        known = self._same_vocab.get(id(other))
+        if known is None:
+            mine, theirs = self.tokenizer, other.tokenizer
+            known = mine.get_vocab() == theirs.get_vocab() and \
+                set(self.eos_ids) == set(other.eos_ids)
+            self._same_vocab[id(other)] = known
+        return known
 
     def thinks_first(self, tokens: list[int]) -> bool:
         """Whether the reply to these prompt tokens opens with a ``<think>`` block: a hybrid
@@ -233,12 +273,28 @@ class Model:
             req = prompt
         else:
             req = self.request(prompt, **request)
+        cache = self.new_cache() if cache is None else cache
         return engine.stream(self.net, self.tokenizer, list(req.tokens),
                              engine.make_sampler(req.params), max_tokens=req.params.max_tokens,
-                             cache=self.new_cache() if cache is None else cache,
-                             eos_ids=self.eos_ids, stop=req.stop, on_prefill=on_prefill,
-                             processors=self.processors(req), cut=cut,
+                             cache=cache, eos_ids=self.eos_ids, stop=req.stop,
+                             on_prefill=on_prefill, processors=self.processors(req), cut=cut,
+                             speculation=self._speculation(req, cache), params=req.params,
                              **self._chunking(prefill_step))
+
+    def _speculation(self, req: Request, cache: PromptCache):
+        """The proposer for a speculative request; a draft's cache is kept beside the
+        model's cache it follows (a chat's turns reuse both)."""
+        if req.speculative is None:
+            return None
+        from .engine.speculative import Speculation
+
+        draft = req.speculative.draft
+        if draft is None:
+            return Speculation(req.speculative.tokens)
+        caches = self._draft_caches.setdefault(cache, {})
+        if id(draft) not in caches:
+            caches[id(draft)] = draft.new_cache()
+        return Speculation(req.speculative.tokens, draft.net, caches[id(draft)])
 
     def token_steps(self, tokens: list[int], cache: PromptCache, *, max_tokens: int,
                     params: SamplingParams | None = None) -> Iterator[int]:

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..errors import QwenMlxError
 from . import stdin
-from .console import PrefillBar, PrefillBars, err, open_model
+from .console import PrefillBar, PrefillBars, err, open_model, speculative_kwargs
 from .options import (MODEL_HELP, generation_options, given, memory_kwargs, model_argument,
                       sampling_kwargs)
 from .serve import note
@@ -55,7 +55,8 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
     toolbox = open_tools(specs, allowed_tools, tool_timeout, note)
     try:
         session = ChatSession(llm, system=system, thinking=think, max_context=max_context,
-                              stop=stop, tools=toolbox, **sampling_kwargs(options))
+                              stop=stop, tools=toolbox, **sampling_kwargs(options),
+                              **speculative_kwargs(options, recipe))
         if session_name:
             store.load(session, session_name)
         interactive = sys.stdin is not None and sys.stdin.isatty() and not jsonl
@@ -74,7 +75,8 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
 TERMINAL_ONLY = {"system": "--system", "think": "--think/--no-think",
                  "max_context": "--max-context", "session_name": "--load", "quiet": "--quiet",
                  "jsonl": "--jsonl", "stop": "--stop",
-                 "allowed_tools": "--allow-tool", "max_tool_rounds": "--max-tool-rounds"}
+                 "allowed_tools": "--allow-tool", "max_tool_rounds": "--max-tool-rounds",
+                 "draft": "--draft", "draft_tokens": "--draft-tokens", "lookup": "--lookup"}
 
 
 def chat_in_browser(model: str | None, port: int, adapter: Path | None, recipe: str,

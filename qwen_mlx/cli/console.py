@@ -62,6 +62,15 @@ def open_model(spec: str | None, *, recipe: str = "q4", adapter: Path | None = N
     return model
 
 
+def speculative_kwargs(options: dict, recipe: str) -> dict:
+    """--draft (loaded here, after the model), --draft-tokens, --lookup -> the request's
+    speculative settings (checked against the model when a request is made)."""
+    out = {k: options[k] for k in ("draft_tokens", "lookup") if options.get(k) is not None}
+    if options.get("draft") is not None:
+        out["draft"] = open_model(options["draft"], recipe=recipe)
+    return out
+
+
 class TokenRate(ProgressColumn):
     def render(self, task: Task) -> Text:
         return Text(f"{task.speed:,.0f} tok/s" if task.speed else "")

@@ -11,7 +11,7 @@ import click
 from ..errors import QwenMlxError
 from ..hub.cache import describe, recipe_name
 from . import stdin
-from .console import PrefillBar, err, open_model
+from .console import PrefillBar, err, open_model, speculative_kwargs
 from .options import (MODEL_HELP, generation_options, memory_kwargs, model_argument,
                       sampling_kwargs)
 from .tools import open_tools, tool_options, tool_servers
@@ -66,6 +66,7 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
     if raw and think is not None:
         raise QwenMlxError("--think/--no-think needs the chat template; drop --raw")
     llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
+    options.update(speculative=speculative_kwargs(options, recipe))
     if specs:
         return with_tools(llm, prompt, system, think, stop, specs, allowed_tools,
                           max_tool_rounds, tool_timeout, as_json, quiet, options)
@@ -75,7 +76,7 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
     with PrefillBar() as bar:
         for piece in llm.stream(prompt if raw else messages, raw=raw, on_prefill=bar,
                                 stop=stop, constraint=constraint, enable_thinking=think,
-                                **sampling_kwargs(options)):
+                                **sampling_kwargs(options), **options["speculative"]):
             text.append(piece.text)
             sys.stdout.write(piece.text)
             sys.stdout.flush()
@@ -111,7 +112,7 @@ def with_tools(llm, prompt: str, system: str | None, think: bool | None,
     toolbox = open_tools(specs, allowed, timeout, note)
     try:
         session = ChatSession(llm, system=system, thinking=think, stop=stop, tools=toolbox,
-                              **sampling_kwargs(options))
+                              **sampling_kwargs(options), **options["speculative"])
         repl = Repl(session, out=Console(highlight=False, soft_wrap=True), err=err,
                     quiet=True, allowed_tools=allowed, max_tool_rounds=rounds,
                     ask_line=terminal_question)

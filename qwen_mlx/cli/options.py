@@ -117,6 +117,18 @@ stop_option = click.option("--stop", multiple=True, metavar="TEXT", callback=_st
                            help="End the reply where TEXT appears (repeat for several); the "
                                 "text itself is not printed.")
 
+speculative_options = stack_options(
+    click.option("--draft", metavar="MODEL", help="Speculative decoding with this draft model "
+                 "(any MODEL form; same tokenizer, e.g. Qwen/Qwen3-0.6B for Qwen3-4B): it "
+                 "proposes tokens the model checks several at a time. The text is the same."),
+    click.option("--draft-tokens", type=click.IntRange(1, 16), help="Tokens the draft "
+                 "proposes per step (default 4)."),
+    click.option("--lookup", type=click.IntRange(1, 16), metavar="N",
+                 help="Speculative decoding without a draft: propose the N tokens that "
+                      "followed the latest earlier match of the last 1 to 3 tokens (fast "
+                      "when the reply copies its input: code edits, quotes)."),
+)
+
 # Everything a command that loads a model and generates takes (generate, chat).
-generation_options = stack_options(sampling_options, stop_option, load_options,
-                                   memory_options, force_option)
+generation_options = stack_options(sampling_options, stop_option, speculative_options,
+                                   load_options, memory_options, force_option)

@@ -44,17 +44,8 @@ def generate_tokens(model, tokens: list[int], cache: list, sampler: Sampler, *,
     """
     with seam.generation_context(model) as stream:
         prompt = mx.array(tokens)
-        total, done = len(tokens), 0
-        while total - done > 1:  # all but the last prompt token: only the cache is wanted
-            step = chunk_at(cache[0].offset) if chunk_at else prefill_step
-            n = min(step, total - done - 1)
-            with seam.on(stream):
-                model(prompt[None, done:done + n], cache=cache)
-            mx.eval([c.state for c in cache])
-            mx.clear_cache()  # a chunk's activations go back before the next one's
-            done += n
-            if on_prefill:
-                on_prefill(done, total)
+        done = prefill(model, tokens, cache, stream, prefill_step=prefill_step,
+                       chunk_at=chunk_at, on_prefill=on_prefill)
 
         recent = mx.array(list(history) + list(tokens), dtype=mx.uint32) if processors else None
 
@@ -82,6 +73,25 @@ def generate_tokens(model, tokens: list[int], cache: list, sampler: Sampler, *,
                 y = next_y
 
 
+def prefill(model, tokens: list[int], cache: list, stream, *, prefill_step: int = PREFILL_STEP,
+            chunk_at: ChunkPolicy | None = None,
+            on_prefill: PrefillProgress | None = None) -> int:
+    """Compute all but the last of ``tokens`` into the cache, in chunks; returns how many."""
+    prompt = mx.array(tokens)
+    total, done = len(tokens), 0
+    while total - done > 1:  # all but the last prompt token: only the cache is wanted
+        step = chunk_at(cache[0].offset) if chunk_at else prefill_step
+        n = min(step, total - done - 1)
+        with seam.on(stream):
+            model(prompt[None, done:done + n], cache=cache)
+        mx.eval([c.state for c in cache])
+        mx.clear_cache()  # a chunk's activations go back before the next one's
+        done += n
+        if on_prefill:
+            on_prefill(done, total)
+    return done
+
+
 @dataclass
 class Stats:
     """What one generation cost. Times in seconds, memory in bytes."""
@@ -94,6 +104,10 @@ class Stats:
     decode_seconds: float = 0.0
     peak_memory: int = 0
     finish_reason: str = ""  # "stop" (eos or a stop string) or "length"
+    # speculative decoding (0 without): proposals made and kept, the model's decode forwards
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    target_forwards: int = 0
 
     @property
     def prompt_tps(self) -> float:
@@ -105,17 +119,34 @@ class Stats:
         steps = self.generated_tokens - 1
         return steps / self.decode_seconds if steps > 0 and self.decode_seconds else 0.0
 
+    @property
+    def acceptance_rate(self) -> float:
+        """Of the tokens proposed, the share kept (speculative decoding)."""
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """Tokens made per forward of the model while decoding (1 without speculation)."""
+        return self.generated_tokens / self.target_forwards if self.target_forwards else 1.0
+
     def summary(self) -> str:
         """One line for people: what was computed, how fast, and why it stopped."""
+        speculated = (f", {self.acceptance_rate:.0%} of {self.draft_tokens} proposals kept, "
+                      f"{self.tokens_per_forward:.2f} tokens per forward"
+                      if self.target_forwards else "")
         return (f"{self.prompt_tokens} prompt tokens ({self.prefill_tokens} prefilled, "
                 f"{self.cached_tokens} cached) at {self.prompt_tps:.1f} tok/s, "
                 f"{self.generated_tokens} generated at {self.generation_tps:.1f} tok/s, first "
                 f"token {self.time_to_first_token * 1000:.0f} ms, peak memory "
-                f"{self.peak_memory / 1e9:.2f} GB ({self.finish_reason})")
+                f"{self.peak_memory / 1e9:.2f} GB{speculated} ({self.finish_reason})")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "prompt_tps": round(self.prompt_tps, 3),
-                "generation_tps": round(self.generation_tps, 3)}
+        out = {**asdict(self), "prompt_tps": round(self.prompt_tps, 3),
+               "generation_tps": round(self.generation_tps, 3)}
+        if self.target_forwards:
+            out.update(acceptance_rate=round(self.acceptance_rate, 4),
+                       tokens_per_forward=round(self.tokens_per_forward, 4))
+        return out
 
 
 @dataclass
@@ -217,12 +248,15 @@ def stream(model, tokenizer, prompt: list[int], sampler: Sampler, *, max_tokens:
            chunk_at: ChunkPolicy | None = None,
            on_prefill: PrefillProgress | None = None,
            processors: list[Processor] = (),
-           cut: Callable[[], bool] | None = None) -> Iterator[Piece]:
+           cut: Callable[[], bool] | None = None,
+           speculation=None, params=None) -> Iterator[Piece]:
     """Generate a reply to ``prompt`` (token ids) as text pieces; the last carries the stats.
 
     With a ``cache`` that already holds part of the prompt, only the rest is computed; on
     return the cache holds prompt and reply (``cache.tokens`` says exactly what). ``cut``,
-    asked after each token, ends the reply early as "length" (a server's time limit).
+    asked after each token, ends the reply early as "length" (a server's time limit). With
+    a ``speculation`` (:mod:`qwen_mlx.engine.speculative`; ``params``: the sampling settings
+    it keeps exactly), proposals are checked several at a time.
     """
     if not prompt:
         raise ValueError("empty prompt")
@@ -231,17 +265,32 @@ def stream(model, tokenizer, prompt: list[int], sampler: Sampler, *, max_tokens:
     mx.reset_peak_memory()  # the stats report this reply's own peak
     reply = Reply(tokenizer, prompt_tokens=len(prompt), cached_tokens=len(prompt) - len(todo),
                   eos_ids=eos_ids, stop=stop)
+    history = prompt[:len(prompt) - len(todo)]
+    if speculation is None:
+        tokens = generate_tokens(model, todo, cache.layers, sampler, max_tokens=max_tokens,
+                                 prefill_step=prefill_step, chunk_at=chunk_at,
+                                 on_prefill=on_prefill, processors=processors, history=history)
+    else:
+        from .speculative import speculative_tokens
+
+        tokens = speculative_tokens(
+            model, todo, cache.layers, params, speculation, max_tokens=max_tokens,
+            prefill=lambda s: prefill(model, todo, cache.layers, s, prefill_step=prefill_step,
+                                      chunk_at=chunk_at, on_prefill=on_prefill),
+            processors=processors, history=history)
     try:
-        for token in generate_tokens(model, todo, cache.layers, sampler, max_tokens=max_tokens,
-                                     prefill_step=prefill_step, chunk_at=chunk_at,
-                                     on_prefill=on_prefill, processors=processors,
-                                     history=prompt[:len(prompt) - len(todo)]):
+        for token in tokens:
             piece = reply.add(token)
             if piece is not None:
                 yield piece
             if reply.done or (cut is not None and cut()):
                 break
     finally:
+        tokens.close()  # a speculative step's rows are trimmed before the cache is read
         # What the layers now hold: the prompt plus every generated token fed back so far.
         cache.tokens = (prompt + reply.generated)[:cache.offset]
+    if speculation is not None:
+        counts = speculation.counts
+        reply.stats.draft_tokens, reply.stats.accepted_tokens = counts.proposed, counts.accepted
+        reply.stats.target_forwards = counts.forwards
     yield reply.finish()

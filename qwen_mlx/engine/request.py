@@ -16,6 +16,15 @@ from .sampling import SamplingParams
 
 
 @dataclass(frozen=True)
+class Speculative:
+    """Speculative decoding for a request: ``tokens`` proposals per step, from ``draft`` (a
+    :class:`~qwen_mlx.model.Model` of the same vocabulary) or, without one, prompt lookup."""
+
+    tokens: int
+    draft: object | None = None
+
+
+@dataclass(frozen=True)
 class Request:
     """Prompt token ids, sampling (``params.max_tokens`` already within the context's
     room), stop strings (none empty), and what the reply must match (its grammar already
@@ -27,3 +36,4 @@ class Request:
     stop: tuple[str, ...] = ()
     constraint: Constraint | None = None
     think_first: bool = False
+    speculative: Speculative | None = None

@@ -91,28 +91,12 @@ def greedy(logits: mx.array) -> mx.array:
     return mx.argmax(logits, axis=-1)
 
 
-def make_sampler(params: SamplingParams) -> Sampler:
-    """Temperature, then top-k, then top-p and min-p over what is left, then a draw.
-
-    This is the order of Hugging Face's and vLLM's samplers, the ones Qwen's recommended
-    settings were chosen with: top-p and min-p are judged on the temperature-scaled
-    distribution renormalized over the top-k survivors. (mlx-lm applies top-p to the
-    unscaled full distribution and sorts all 151,936 logits per token to do it; taking the
-    top k first leaves 20 values to sort.)
-    """
-    if params.greedy:
-        return greedy
+def _narrower(params: SamplingParams):
+    """Temperature, then top-k, then top-p and min-p over what is left: logits -> (the
+    survivors' scaled logits, -inf where dropped; their ids, or None for all of them)."""
     inv_temp, k, top_p, min_p = 1.0 / params.temperature, params.top_k, params.top_p, params.min_p
-    key = None if params.seed is None else mx.random.key(params.seed)
 
-    def draw(logits: mx.array) -> mx.array:
-        nonlocal key
-        if key is None:
-            return mx.random.categorical(logits, axis=-1)
-        key, now = mx.random.split(key)
-        return mx.random.categorical(logits, axis=-1, key=now)
-
-    def sample(logits: mx.array) -> mx.array:
+    def narrow(logits: mx.array) -> tuple[mx.array, mx.array | None]:
         logits = logits.astype(mx.float32) * inv_temp
         ids = None
         if 0 < k < logits.shape[-1]:
@@ -129,9 +113,54 @@ def make_sampler(params: SamplingParams) -> Sampler:
             if min_p > 0.0:
                 keep = keep & (probs >= min_p * probs[..., :1])
             logits = mx.where(keep, logits, -mx.inf)
+        return logits, ids
+
+    return narrow
+
+
+def make_sampler(params: SamplingParams) -> Sampler:
+    """Temperature, then top-k, then top-p and min-p over what is left, then a draw.
+
+    This is the order of Hugging Face's and vLLM's samplers, the ones Qwen's recommended
+    settings were chosen with: top-p and min-p are judged on the temperature-scaled
+    distribution renormalized over the top-k survivors. (mlx-lm applies top-p to the
+    unscaled full distribution and sorts all 151,936 logits per token to do it; taking the
+    top k first leaves 20 values to sort.)
+    """
+    if params.greedy:
+        return greedy
+    narrow = _narrower(params)
+    key = None if params.seed is None else mx.random.key(params.seed)
+
+    def draw(logits: mx.array) -> mx.array:
+        nonlocal key
+        if key is None:
+            return mx.random.categorical(logits, axis=-1)
+        key, now = mx.random.split(key)
+        return mx.random.categorical(logits, axis=-1, key=now)
+
+    def sample(logits: mx.array) -> mx.array:
+        logits, ids = narrow(logits)
         choice = draw(logits)
         if ids is None:
             return choice
         return mx.take_along_axis(ids, choice[..., None], axis=-1).squeeze(-1)
 
     return sample
+
+
+def make_distribution(params: SamplingParams) -> Callable[[mx.array], mx.array]:
+    """The distribution :func:`make_sampler` draws from, over the whole vocabulary: logits
+    (rows, vocab) -> probabilities (rows, vocab), zero where top-k, top-p or min-p dropped a
+    token (speculative sampling compares it with the draft's). Not for greedy decoding."""
+    narrow = _narrower(params)
+
+    def distribution(logits: mx.array) -> mx.array:
+        kept, ids = narrow(logits)
+        probs = mx.softmax(kept, axis=-1)
+        if ids is None:
+            return probs
+        full = mx.zeros(logits.shape, dtype=mx.float32)
+        return mx.put_along_axis(full, ids, probs, axis=-1)
+
+    return distribution

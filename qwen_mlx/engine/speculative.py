@@ -1,0 +1,193 @@
+"""Speculative decoding: cheap proposals, checked by the model in one forward.
+
+A 4B model on a Mac is bound by memory bandwidth: a forward over k+1 rows reads the weights
+once, about the cost of one row. Each step, a proposer guesses the next k tokens, the model
+computes its distributions at all k+1 positions at once, and the longest acceptable prefix
+of the guess is kept, plus one token of the model's own: 1 to k+1 tokens per forward.
+
+* **Proposers**: a draft model of the same vocabulary (its own KV cache, rolled back with the
+  model's), or prompt lookup (no model: the tokens that followed the latest earlier match of
+  the context's last 1 to 3 tokens; strong when the reply copies its input).
+* **Lossless**: greedy, a proposal is kept while it is the model's argmax, so the text is
+  the text plain decoding gives. Sampling uses the standard speculative-sampling rule
+  (Leviathan et al. 2023; Chen et al. 2023): a proposal x drawn from q is kept with
+  probability min(1, p(x)/q(x)), else the token is drawn from max(0, p - q) renormalized,
+  which leaves the model's distribution p exactly as it was (prompt lookup and a greedy
+  draft propose with q a point mass). p is what the sampler draws from: penalties applied
+  with the tokens before each position, then temperature, top-k, top-p, min-p.
+* **Caches**: the rows of rejected proposals are trimmed from both caches at once
+  (mlx-lm's ``trim_prompt_cache``), so what a cache holds is always a prefix of the reply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import mlx.core as mx
+from mlx_lm.models.cache import trim_prompt_cache
+
+from ..models import mlx_lm_seam as seam
+from .prompt_cache import PromptCache
+from .sampling import Processor, SamplingParams, make_distribution
+
+MAX_NGRAM = 3  # prompt lookup matches the context's last 3, 2, then 1 tokens
+RECENT = 1024  # tokens the penalties are given (as in plain decoding)
+
+
+@dataclass
+class Counts:
+    """What speculation did in one reply: tokens proposed and kept, and the model's
+    forwards while decoding (the prompt's prefill not counted)."""
+
+    proposed: int = 0
+    accepted: int = 0
+    forwards: int = 0
+
+
+@dataclass
+class Speculation:
+    """One reply's proposer: ``draft`` (a draft model's network, with ``draft_cache``) or
+    prompt lookup, ``tokens`` proposals per step."""
+
+    tokens: int
+    draft: object | None = None
+    draft_cache: PromptCache | None = None
+    counts: Counts = field(default_factory=Counts)
+
+
+class LookupIndex:
+    """Where each 1-, 2- and 3-gram of the context last started (before the context's
+    end), kept up to date as tokens are added: a proposal is found in constant time."""
+
+    def __init__(self, context: list[int]) -> None:
+        self.context: list[int] = []
+        self.last: dict[tuple[int, ...], int] = {}
+        for token in context:
+            self.add(token)
+
+    def add(self, token: int) -> None:
+        # the n-grams ending at the previous token now have a follower: index them
+        ctx = self.context
+        for n in range(1, MAX_NGRAM + 1):
+            if len(ctx) >= n:
+                self.last[tuple(ctx[len(ctx) - n:])] = len(ctx) - n
+        ctx.append(token)
+
+    def propose(self, k: int) -> list[int]:
+        ctx = self.context
+        for n in range(MAX_NGRAM, 0, -1):
+            if len(ctx) < n:
+                continue
+            start = self.last.get(tuple(ctx[len(ctx) - n:]))
+            if start is not None:
+                return ctx[start + n:start + n + k]
+        return []
+
+
+def speculative_tokens(model, tokens: list[int], cache: list, params: SamplingParams,
+                       spec: Speculation, *, max_tokens: int,
+                       prefill: Callable[[mx.Stream | None], None],
+                       processors: list[Processor] = (),
+                       history: list[int] = ()) -> Iterator[int]:
+    """Like :func:`~qwen_mlx.engine.generate.generate_tokens`: up to ``max_tokens`` new ids
+    after ``tokens`` (the cache lacks them; ``prefill(stream)`` computes all but the last),
+    each step's proposals checked in one forward. ``spec.counts`` counts the steps."""
+    distribution = None if params.greedy else make_distribution(params)
+    key = mx.random.key(params.seed if params.seed is not None else
+                        int(mx.random.randint(0, 2**31 - 1, ()).item()))
+    context = list(history) + list(tokens)
+    lookup = LookupIndex(context) if spec.draft is None else None
+    counts = spec.counts
+
+    def draw() -> mx.array:
+        nonlocal key
+        key, now = mx.random.split(key)
+        return now
+
+    with seam.generation_context(model) as stream:
+        prefill(stream)
+        made = 0
+        while made < max_tokens:
+            k = min(spec.tokens, max_tokens - made - 1)
+            if spec.draft is not None:
+                proposals, q = draft_proposals(spec, context, k, distribution, draw, stream)
+            else:
+                proposals, q = (lookup.propose(k) if k > 0 else []), None
+            with seam.on(stream):
+                logits = model(mx.array([context[-1]] + proposals)[None], cache=cache)[0]
+                if processors:
+                    rows = []
+                    for i in range(len(proposals) + 1):
+                        row = logits[i:i + 1]
+                        recent = mx.array((context + proposals[:i])[-RECENT:], dtype=mx.uint32)
+                        for process in processors:
+                            row = process(recent, row)
+                        rows.append(row)
+                    logits = mx.concatenate(rows, axis=0)
+            counts.forwards += 1
+            counts.proposed += len(proposals)
+            kept, token = verify(logits, proposals, q, distribution, draw)
+            counts.accepted += len(kept)
+            # the model was fed context[-1] and every proposal: keep those before `token`
+            trim_prompt_cache(cache, len(proposals) - len(kept))
+            for new in kept + [token]:
+                yield new
+                made += 1
+                context.append(new)
+                if lookup is not None:
+                    lookup.add(new)
+                if made >= max_tokens:
+                    return
+
+
+def verify(logits: mx.array, proposals: list[int], q: mx.array | None, distribution,
+           draw: Callable[[], mx.array]) -> tuple[list[int], int]:
+    """(the proposals kept, the token after them). ``logits``: the model's rows at each
+    proposal and one past them; ``q``: the draft's distributions (None: point masses)."""
+    if distribution is None:  # greedy: kept while they are the argmax
+        best = mx.argmax(logits, axis=-1).tolist()
+        n = 0
+        while n < len(proposals) and proposals[n] == best[n]:
+            n += 1
+        return proposals[:n], best[n]
+    p = distribution(logits)
+    for i, x in enumerate(proposals):
+        px = p[i, x]
+        qx = q[i, x] if q is not None else mx.array(1.0)
+        if mx.random.uniform(key=draw()).item() < min(1.0, (px / qx).item()):
+            continue
+        if q is not None:
+            rest = mx.maximum(p[i] - q[i], 0.0)
+        else:
+            rest = p[i] * (mx.arange(p.shape[-1]) != x)
+        token = mx.random.categorical(mx.log(rest / rest.sum()), key=draw()).item()
+        return proposals[:i], token
+    n = len(proposals)
+    return proposals, mx.random.categorical(mx.log(p[n]), key=draw()).item()
+
+
+def draft_proposals(spec: Speculation, context: list[int], k: int, distribution,
+                    draw: Callable[[], mx.array], stream) -> tuple[list[int], mx.array | None]:
+    """The draft's next ``k`` tokens after ``context`` (its cache brought up to the context
+    first: only what it lacks is computed), and the distributions they were drawn from
+    (None when greedy)."""
+    if k <= 0:
+        return [], None
+    draft, cache = spec.draft, spec.draft_cache
+    todo = cache.reuse(context)
+    with seam.on(stream):
+        if len(todo) > 1:
+            draft(mx.array(todo[:-1])[None], cache=cache.layers)
+        y, proposals, rows = todo[-1], [], []
+        for _ in range(k):
+            logits = draft(mx.array([y])[None], cache=cache.layers)[0]
+            if distribution is None:
+                y = mx.argmax(logits, axis=-1).item()
+            else:
+                q = distribution(logits)
+                rows.append(q)
+                y = mx.random.categorical(mx.log(q), key=draw()).item()
+            proposals.append(y)
+    cache.tokens = context + proposals[:-1]  # the last proposal is not fed
+    return proposals, (mx.concatenate(rows, axis=0) if rows else None)

@@ -1,0 +1,160 @@
+"""Speculative decoding: a draft model or prompt lookup proposes, the model checks several
+tokens per forward. Greedy text is token-identical to plain decoding (with stop strings,
+penalties, quantized KV, a chat's turns); with the draft equal to the model every proposal is
+kept (N+1 tokens per forward); sampling keeps the model's distribution exactly (the rule on
+a fixed p and q, and the first token of the tiny model over 600 seeds)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import mlx.core as mx
+import pytest
+
+from qwen_mlx import load
+from qwen_mlx.chat import ChatSession
+from qwen_mlx.engine.sampling import SamplingParams, make_distribution
+from qwen_mlx.engine.speculative import LookupIndex, verify
+from qwen_mlx.errors import QwenMlxError
+
+COPY = ("Edit the code: def area(width, height): return width * height. "
+        "def area(width, height): return width * height. def area(width, height):")
+GREEDY = dict(temperature=0, max_tokens=40)
+
+
+@pytest.fixture(scope="module")
+def other(tmp_path_factory):
+    """A second tiny model (other random weights, the same tokenizer): a draft that
+    disagrees with the model."""
+    from qwen_mlx.models.recipes import Recipe
+    from qwen_mlx.quant.convert import convert
+    from qwen_mlx.testing import make_checkpoint
+
+    work = tmp_path_factory.mktemp("draft")
+    convert(make_checkpoint(work / "hf", "tiny", seed=1), work / "q4", Recipe(dtype="float32"))
+    return load(work / "q4")
+
+
+@pytest.mark.parametrize("how", ["lookup", "self", "other"])
+def test_greedy_text_is_plain_decodings(tiny_model, other, how):
+    speculate = {"lookup": dict(lookup=4), "self": dict(draft=tiny_model, draft_tokens=3),
+                 "other": dict(draft=other, draft_tokens=2)}[how]
+    for extra in [{}, dict(presence_penalty=1.5, frequency_penalty=0.5)]:
+        plain = tiny_model.generate(COPY, **GREEDY, **extra)
+        fast = tiny_model.generate(COPY, **GREEDY, **extra, **speculate)
+        assert fast.tokens == plain.tokens and fast.text == plain.text
+        assert fast.stats.target_forwards < 40 or how == "other"
+    # a stop string inside an accepted run of proposals ends the text where plain does
+    plain = tiny_model.generate(COPY, **GREEDY)
+    stop = plain.text[len(plain.text) // 2:len(plain.text) // 2 + 3]
+    cut = tiny_model.generate(COPY, **GREEDY, stop=[stop], **speculate)
+    assert cut.text == tiny_model.generate(COPY, **GREEDY, stop=[stop]).text
+    assert cut.stats.finish_reason == "stop"
+
+
+def test_a_draft_equal_to_the_model_keeps_every_proposal(tiny_model):
+    for n in (1, 3, 4):
+        out = tiny_model.generate(COPY, temperature=0, max_tokens=(n + 1) * 6, draft=tiny_model,
+                                  draft_tokens=n)
+        s = out.stats
+        assert (s.acceptance_rate, s.target_forwards, s.tokens_per_forward) == (1.0, 6, n + 1)
+        assert s.draft_tokens == s.accepted_tokens == 6 * n
+    sampled = tiny_model.generate(COPY, temperature=0.8, max_tokens=20, seed=3,
+                                  draft=tiny_model)
+    assert sampled.stats.acceptance_rate == 1.0  # p = q: every proposal is kept
+
+
+def test_quantized_kv_and_a_chats_turns(tiny_kv):
+    model = load(tiny_kv, kv_bits=8, kv_group_size=32)
+    plain = ChatSession(model, temperature=0, max_tokens=12)
+    fast = ChatSession(model, temperature=0, max_tokens=12, draft=model, draft_tokens=3)
+    looked = ChatSession(model, temperature=0, max_tokens=12, lookup=3)
+    for turn in ["Hello there", "Tell me more", "And then?"]:
+        expected = "".join(p.text for p in plain.send(turn))
+        assert "".join(p.text for p in fast.send(turn)) == expected
+        assert "".join(p.text for p in looked.send(turn)) == expected
+        # the cache is reused across turns as without speculation
+        assert fast.last_stats.cached_tokens == plain.last_stats.cached_tokens
+        assert fast.last_stats.tokens_per_forward == 4.0
+
+
+def test_refusals_name_what_is_wrong(tiny_model, other):
+    from qwen_mlx.engine.constraint import Constraint
+
+    with pytest.raises(QwenMlxError, match=r"not both"):
+        tiny_model.request("Hi", draft=other, lookup=3)
+    with pytest.raises(QwenMlxError, match=r"lookup must be from 1 to 16"):
+        tiny_model.request("Hi", lookup=17)
+    with pytest.raises(QwenMlxError, match=r"draft_tokens needs a draft model"):
+        tiny_model.request("Hi", draft_tokens=3)
+    with pytest.raises(QwenMlxError, match=r"cannot be combined with a JSON schema yet"):
+        tiny_model.request("Hi", lookup=3, constraint=Constraint.schema({"type": "object"}))
+
+    class Stranger:  # another vocabulary
+        path = "other-model"
+        eos_ids = other.eos_ids
+
+        class tokenizer:
+            @staticmethod
+            def get_vocab():
+                return {"a": 0}
+
+    with pytest.raises(QwenMlxError) as e:
+        tiny_model.request("Hi", draft=Stranger())
+    assert str(e.value) == (f"the draft other-model has a different tokenizer from "
+                            f"{tiny_model.path}: speculative decoding needs the same vocabulary")
+
+
+def test_prompt_lookup_proposes_what_followed_the_latest_match():
+    index = LookupIndex([1, 2, 3, 4, 9, 2, 3, 5, 6, 2, 3])
+    assert index.propose(2) == [5, 6]  # the latest earlier "2 3" was followed by 5 6
+    index.add(7)
+    assert index.propose(3) == []  # "3 7", "7": never seen before
+    assert LookupIndex([5, 5, 5]).propose(4) == [5]
+
+
+def test_the_rule_keeps_the_models_distribution_exactly():
+    """p and q fixed; x drawn from q, kept or redrawn by the rule: the token that comes out
+    follows p (within sampling error over 20,000 draws), and proposals are kept as often as
+    the rule says (sum of min(p, q))."""
+    params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0)
+    distribution = make_distribution(params)
+    logits = mx.array([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]] * 2)
+    p = distribution(logits)[0]
+    q = mx.array([0.05, 0.4, 0.3, 0.1, 0.1, 0.05])
+    key = mx.random.key(7)
+
+    def draw():
+        nonlocal key
+        key, now = mx.random.split(key)
+        return now
+
+    seen, kept, n = Counter(), 0, 20_000
+    for _ in range(n):
+        x = mx.random.categorical(mx.log(q), key=draw()).item()
+        accepted, token = verify(logits, [x], mx.stack([q, q]), distribution, draw)
+        seen[accepted[0] if accepted else token] += 1
+        kept += bool(accepted)
+    expected = p.tolist()
+    for t, prob in enumerate(expected):
+        sd = math.sqrt(prob * (1 - prob) / n)
+        assert abs(seen[t] / n - prob) < 5 * sd + 1e-3, (t, seen[t] / n, prob)
+    accept = sum(min(a, b) for a, b in zip(expected, q.tolist()))
+    assert abs(kept / n - accept) < 5 * math.sqrt(accept * (1 - accept) / n)
+
+
+def test_the_first_tokens_follow_plain_sampling(tiny_model, other):
+    """The tiny model's first token at temperature 1 over the top 8, 600 seeds each,
+    plain and with a draft of other weights: the two histograms agree (chi-square)."""
+    settings = dict(temperature=1.0, top_k=8, top_p=1.0, max_tokens=2)
+    prompt = tiny_model.encode("Once upon a time")  # token ids: rendered once
+    cache = tiny_model.new_cache()
+    plain, fast = Counter(), Counter()
+    for seed in range(600):
+        plain[tiny_model.generate(prompt, seed=seed, cache=cache, **settings).tokens[0]] += 1
+        fast[tiny_model.generate(prompt, seed=seed, cache=cache, draft=other, draft_tokens=1,
+                                 **settings).tokens[0]] += 1
+    assert len(plain) <= 8 and set(fast) <= set(plain) | set(fast)
+    chi2 = sum((plain[t] - fast[t]) ** 2 / (plain[t] + fast[t]) for t in set(plain) | set(fast))
+    assert chi2 < 24.3  # chi-square, 7 degrees of freedom, p = 0.001
