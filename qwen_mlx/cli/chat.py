@@ -75,8 +75,7 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
 TERMINAL_ONLY = {"system": "--system", "think": "--think/--no-think",
                  "max_context": "--max-context", "session_name": "--load", "quiet": "--quiet",
                  "jsonl": "--jsonl", "stop": "--stop",
-                 "allowed_tools": "--allow-tool", "max_tool_rounds": "--max-tool-rounds",
-                 "draft": "--draft", "draft_tokens": "--draft-tokens", "lookup": "--lookup"}
+                 "allowed_tools": "--allow-tool", "max_tool_rounds": "--max-tool-rounds"}
 
 
 def chat_in_browser(model: str | None, port: int, adapter: Path | None, recipe: str,
@@ -87,7 +86,7 @@ def chat_in_browser(model: str | None, port: int, adapter: Path | None, recipe: 
     import webbrowser
 
     from ..serve import Server, run
-    from .serve import check_port, note, served_name
+    from .serve import check_port, note, served_name, server_speculation
 
     for name, flag in TERMINAL_ONLY.items():
         if given(name):
@@ -98,7 +97,8 @@ def chat_in_browser(model: str | None, port: int, adapter: Path | None, recipe: 
     llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
     llm.defaults = llm.defaults.override(**sampling_kwargs(options))
     server = Server(llm, served_name(model), progress=PrefillBars(),
-                    page_tools=open_tools(specs, (), tool_timeout, note))
+                    page_tools=open_tools(specs, (), tool_timeout, note),
+                    speculation=server_speculation(llm, options, recipe))
     url = f"http://{host}:{port}/"
 
     def ready() -> None:

@@ -10,7 +10,7 @@ import click
 from ..errors import QwenMlxError
 from .console import PrefillBars, err, open_model
 from .options import (MODEL_HELP, force_option, load_options, memory_kwargs, memory_options,
-                      model_argument)
+                      model_argument, speculative_options)
 from .tools import open_tools, page_tool_options, tool_servers
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -49,6 +49,7 @@ history prefills only the new part. Loopback only unless --host says otherwise.
 @click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
               help="A web origin (https://app.example) whose pages may call the server, "
                    "beyond localhost pages; '*' allows every page. Repeatable.")
+@speculative_options
 @page_tool_options
 @load_options
 @memory_options
@@ -72,11 +73,13 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
         raise QwenMlxError("--parallel needs full-precision KV: quantized KV caches cannot "
                            "be batched (drop --kv-bits or --parallel)")
     llm = open_model(model, recipe=recipe, adapter=adapter, **kwargs)
+    speculation = server_speculation(llm, options, recipe)
     model_id = served_name(model)
     tools = open_tools(specs, (), tool_timeout, note)
     server = Server(llm, model_id, api_key=api_key, slots=cache_slots, progress=PrefillBars(),
                     host=host, allow_origins=allow_origins, max_body=body_limit,
-                    parallel=parallel, time_limit=request_timeout, page_tools=tools)
+                    parallel=parallel, time_limit=request_timeout, page_tools=tools,
+                    speculation=speculation)
     err.print(f"serving {model_id} on http://{host}:{port} (OpenAI: /v1, Ollama: /api, "
               f"chat page: /), {server.worker.parallel} at a time; Ctrl-C stops",
               soft_wrap=True)
@@ -84,6 +87,22 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
         err.print("[yellow]--allow-origin '*': every web page you visit can use the "
                   "model[/yellow]", soft_wrap=True)
     run(server, host, port, shutdown_timeout=shutdown_timeout, idle_timeout=idle_timeout)
+
+
+def server_speculation(llm, options: dict, recipe: str):
+    """--draft (loaded after the model, its vocabulary checked), --draft-tokens, --lookup ->
+    the server's default speculative decoding (a request's ``speculative`` field overrides
+    it)."""
+    from ..serve.speculative import Speculation
+    from .console import speculative_kwargs
+
+    kwargs = speculative_kwargs(options, recipe)
+    if not kwargs:
+        return Speculation()
+    checked = llm.speculative(kwargs.get("draft"), kwargs.get("lookup"),
+                              kwargs.get("draft_tokens"), None)
+    return Speculation("draft" if checked.draft is not None else "lookup", checked.tokens,
+                       checked.draft)
 
 
 def note(line: str) -> None:

@@ -162,6 +162,7 @@ class Piece:
     notice: str | None = None
     logprob: float | None = None  # of the token, when the request asked (serve's batch)
     top_logprobs: list[tuple[int, float]] | None = None  # the likeliest alternatives
+    forward: int = 0  # speculative decoding: which of the model's forwards made the token
 
 
 class StopStrings:
@@ -282,6 +283,8 @@ def stream(model, tokenizer, prompt: list[int], sampler: Sampler, *, max_tokens:
         for token in tokens:
             piece = reply.add(token)
             if piece is not None:
+                if speculation is not None:
+                    piece.forward = speculation.counts.forwards
                 yield piece
             if reply.done or (cut is not None and cut()):
                 break

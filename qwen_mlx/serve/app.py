@@ -66,7 +66,8 @@ def health(server: Server) -> JSONResponse:
     status = "shutting down" if server.closing else \
         "ok" if worker.state == "ok" else "engine stopped"
     return JSONResponse({"status": status, "model": server.model_id,
-                         "parallel": worker.parallel, "running": len(worker.running),
+                         "parallel": worker.parallel,
+                         "running": len(worker.running) + len(worker.lanes),
                          "waiting": worker.waiting_count,
                          "engine": {"state": worker.state, "faults": worker.faults,
                                     "last_fault": worker.fault}},

@@ -16,6 +16,7 @@ from ..engine.sampling import PENALTY_WINDOW
 from .formats import ollama_format
 from .openai import read_json
 from .server import Delta, RequestError, Server, flag, number, refuse_unsupported, stop_list
+from .speculative import usage_record
 from .worker import Ended
 
 
@@ -28,9 +29,9 @@ def now() -> str:
 
 
 CHAT_FIELDS = {"model", "messages", "stream", "options", "tools", "keep_alive", "format",
-               "think"}
+               "think", "speculative"}  # speculative: ours (serve/speculative.py)
 GENERATE_FIELDS = {"model", "prompt", "system", "stream", "options", "raw", "keep_alive",
-                   "format", "think"}
+                   "format", "think", "speculative"}
 # Fields holding their "off" value are accepted: a client's defaults are not requests.
 NO_OPS = {"images": lambda v: v in (None, []), "template": lambda v: v in (None, ""),
           "context": lambda v: v in (None, []), "suffix": lambda v: v in (None, "")}
@@ -51,9 +52,11 @@ OPTION_NO_OPS = {"repeat_last_n": lambda v: v in (None, PENALTY_WINDOW),
 def validated(server: Server, body: dict, tokens: list[int]):
     """The engine's request from a prompt, Ollama's ``options`` and its ``format``."""
     sampling, stop, num_ctx = options(body)
-    return server.request(tokens, sampling, stop, num_ctx,
-                          constraint=ollama_format(body.get("format")),
-                          constraint_param="format", max_tokens_param="options.num_predict")
+    constraint = ollama_format(body.get("format"))
+    return server.request(tokens, sampling, stop, num_ctx, constraint=constraint,
+                          constraint_param="format", max_tokens_param="options.num_predict",
+                          speculative=server.speculative(body,
+                                                         constrained=constraint is not None))
 
 
 def thinking(body: dict) -> bool | None:
@@ -103,7 +106,7 @@ def final(server: Server, stats, started: float, **fields) -> dict:
             "prompt_eval_count": stats.prompt_tokens,
             "prompt_eval_duration": int(stats.time_to_first_token * 1e9),
             "eval_count": stats.generated_tokens,
-            "eval_duration": int(stats.decode_seconds * 1e9)}
+            "eval_duration": int(stats.decode_seconds * 1e9), **usage_record(stats)}
 
 
 def ollama_calls(calls: list[dict]) -> list[dict]:

@@ -18,6 +18,7 @@ from .formats import forced_tool_call, openai_format
 from .logprobs import legacy
 from .server import (Delta, RequestError, Server, flag, number, refuse_unsupported,
                      stop_list)
+from .speculative import usage_record
 from .worker import Ended
 
 
@@ -47,11 +48,11 @@ SAMPLING = {"model", "temperature", "top_p", "top_k", "min_p", "seed", "max_toke
             "stream", "stream_options", "n", "user", "presence_penalty", "frequency_penalty"}
 SUPPORTED = SAMPLING | {"messages", "max_completion_tokens", "tools", "tool_choice",
                         "parallel_tool_calls", "logprobs", "top_logprobs", "response_format",
-                        "chat_template_kwargs"}
+                        "chat_template_kwargs", "speculative"}
 # Fields clients send with their "off" value: accepted when they hold it, refused otherwise.
 NO_OPS = {"logit_bias": lambda v: v in (None, {}), "store": lambda v: v in (None, False),
           "metadata": lambda v: v in (None, {})}
-COMPLETION_FIELDS = SAMPLING | {"prompt", "logprobs"}
+COMPLETION_FIELDS = SAMPLING | {"prompt", "logprobs", "speculative"}
 COMPLETION_NO_OPS = {"echo": lambda v: v in (None, False), "suffix": lambda v: v in (None, ""),
                      "best_of": lambda v: v in (None, 1),
                      "logit_bias": lambda v: v in (None, {})}
@@ -110,9 +111,11 @@ def thinking(body: dict) -> bool | None:
 
 
 def usage(stats) -> dict:
+    """OpenAI's usage, and ours for a reply that speculated (``speculative``)."""
     return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.generated_tokens,
             "total_tokens": stats.prompt_tokens + stats.generated_tokens,
-            "prompt_tokens_details": {"cached_tokens": stats.cached_tokens}}
+            "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
+            **usage_record(stats)}
 
 
 def openai_calls(calls: list[dict]) -> list[dict]:
@@ -188,7 +191,10 @@ async def chat_completions(server: Server, request: Request) -> Response:
                              constraint=wanted or forced,
                              constraint_param="tool_choice" if forced else "response_format",
                              max_tokens_param="max_completion_tokens"
-                             if "max_completion_tokens" in body else "max_tokens")
+                             if "max_completion_tokens" in body else "max_tokens",
+                             speculative=server.speculative(
+                                 body, constrained=(wanted or forced) is not None,
+                                 logprobs=logprobs is not None))
         return req, tools, stream, include_usage, continuous, logprobs, several
 
     req, tools, stream, include_usage, continuous, logprobs, several = \
@@ -268,7 +274,8 @@ async def completions(server: Server, request: Request) -> Response:
         top = server.check_logprobs(number(body, "logprobs", int, low=0, high=5), "logprobs")
         # OpenAI's default for this endpoint is 16 tokens
         req = server.request(prompt_tokens(server, body.get("prompt")), sampling(body),
-                             stop_list(body.get("stop")), default_max_tokens=16)
+                             stop_list(body.get("stop")), default_max_tokens=16,
+                             speculative=server.speculative(body, logprobs=top is not None))
         return req, stream, include_usage, continuous, top
 
     req, stream, include_usage, continuous, top = await server.validate(build)

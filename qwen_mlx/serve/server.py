@@ -51,16 +51,28 @@ class Server:
     parallel: int | None = None  # sequences decoded together (None: from the memory plan)
     time_limit: float | None = None  # seconds one request may generate for
     page_tools: Toolbox | None = None  # MCP tools for the chat page only (serve --mcp)
+    speculation: "Speculation | None" = None  # serve --draft/--lookup (None: off)
     started: float = field(default_factory=time.time)
     worker: Worker = field(init=False)
 
     def __post_init__(self) -> None:
-        self.worker = Worker(self.model, self.slots, self.parallel, self.time_limit)
+        from .speculative import Speculation
+
+        self.speculation = self.speculation or Speculation()
+        self.worker = Worker(self.model, self.slots, self.parallel, self.time_limit,
+                             draft=self.speculation.draft)
         self.token_text = TokenText(self.model.tokenizer)
 
     @property
     def closing(self) -> bool:
         return self.worker.closing.is_set()
+
+    def speculative(self, body: dict, *, constrained: bool = False,
+                    logprobs: bool = False) -> dict:
+        """The request's speculative decoding (its ``speculative`` field over the server's
+        default) as :meth:`request`'s ``speculative``."""
+        return self.speculation.kwargs(body.get("speculative"), constrained=constrained,
+                                       logprobs=logprobs)
 
     def check_logprobs(self, top: int | None, param: str) -> int | None:
         """Log-probabilities come from the batch; the lone engine (--parallel 1, quantized
@@ -117,15 +129,18 @@ class Server:
     def request(self, tokens: list[int], sampling: dict, stop: list[str],
                 context: int | None = None, constraint: Constraint | None = None,
                 constraint_param: str | None = None, *, max_tokens_param: str = "max_tokens",
-                default_max_tokens: int | None = None) -> Request:
+                default_max_tokens: int | None = None,
+                speculative: dict | None = None) -> Request:
         """The engine's validated request, built before anything is queued: whatever the
         engine would refuse is a 400 here, in the API's own error shape (a structured
         output's schema too: ``constraint_param`` names the field it came from). A token
         limit the client set above the context's room is refused (``max_tokens_param``
-        names its field); ``default_max_tokens``, the endpoint's own, is cut to fit."""
+        names its field); ``default_max_tokens``, the endpoint's own, is cut to fit.
+        ``speculative``: :meth:`Speculation.kwargs`'s settings."""
         try:
             req = self.model.request(tokens, stop=stop, context=context,
-                                     constraint=constraint, strict_max_tokens=True, **sampling)
+                                     constraint=constraint, strict_max_tokens=True,
+                                     **(speculative or {}), **sampling)
             if default_max_tokens is not None and "max_tokens" not in sampling:
                 req = replace(req, params=req.params.override(
                     max_tokens=min(default_max_tokens, req.params.max_tokens)))

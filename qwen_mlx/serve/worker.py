@@ -13,6 +13,11 @@ kept cache sharing the longest prefix with it, so only the new part is prefilled
 cache is kept again when it ends. With ``parallel`` 1, or a model whose caches cannot be
 batched (quantized KV), requests run one at a time through the lone engine, with the same
 cancellation, time limit and shutdown.
+
+A speculative request (``serve --draft/--lookup``, or its ``speculative`` field) runs in a
+lane beside the batch: its own cache (and its draft's), its own proposals and accepted
+length, one model forward per engine step between the batch's steps, counted in the same
+``parallel`` and KV budget. Requests without speculation keep sharing the batch.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import mlx.core as mx
 
@@ -86,6 +91,15 @@ class Job:
         return len(self.request.tokens) + self.request.params.max_tokens
 
 
+@dataclass(eq=False)
+class Lane:
+    """A speculative request's own generation beside the batch (see the module's text)."""
+
+    job: Job
+    cache: PromptCache
+    pieces: Iterator[Piece]
+
+
 class CachePool:
     """Up to ``slots`` prompt caches, most recently used first, holding together no more
     than ``budget`` bytes, measured (the least recently used are dropped first). A cache is
@@ -144,21 +158,23 @@ def default_parallel(model: Model) -> int:
 
 class Worker:
     def __init__(self, model: Model, slots: int = 4, parallel: int | None = None,
-                 time_limit: float | None = None) -> None:
+                 time_limit: float | None = None, draft: Model | None = None) -> None:
         self.model = model
         # one at a time (the lone engine, no batch bookkeeping) when asked, or when the
         # caches cannot be batched
         self.parallel = (parallel or default_parallel(model)) if batchable(model) else 1
         self.batched = self.parallel > 1
         self.time_limit = time_limit
-        self.token_bytes = kv_token_bytes(model)
+        # a draft model keeps a cache beside every cache of the model's
+        self.token_bytes = kv_token_bytes(model) + (kv_token_bytes(draft) if draft else 0)
         self.budget = int(kv_budget(model, self.parallel) * self.token_bytes)  # bytes
         self.pool = CachePool(model, slots, self.budget)
         self.batch: Batch | None = None  # made on the engine thread (MLX streams are per thread)
         self.jobs: queue.Queue[Job] = queue.Queue()
         self.waiting: deque[Job] = deque()
         self.queued: set[Job] = set()  # not yet started (in ``jobs`` or ``waiting``)
-        self.running: dict[int, Job] = {}
+        self.running: dict[int, Job] = {}  # in the batch, by its sequence id
+        self.lanes: list[Lane] = []  # speculative requests beside the batch
         self.admitting: Job | None = None  # between leaving ``waiting`` and joining the batch
         self.finished: deque[dict] = deque(maxlen=64)  # recent jobs: tokens made, cancelled
         self.faults = 0  # engine failures survived
@@ -188,7 +204,7 @@ class Worker:
         """The engine thread: steps until closed. A step that raises fails the requests it
         was running (each gets an :class:`EngineFailure` naming the cause) and the batch is
         made anew; the thread itself never ends early."""
-        while not (self.closed and not self.running and not self.waiting):
+        while not (self.closed and not self.running and not self.lanes and not self.waiting):
             try:
                 if self.batched and self.batch is None:
                     self.batch = Batch(self.model, parallel=self.parallel)
@@ -199,7 +215,7 @@ class Worker:
             self.batch.close()
 
     def _step(self) -> None:
-        self._collect(block=not self.running and not self.waiting)
+        self._collect(block=not self.running and not self.lanes and not self.waiting)
         self._drop_cancelled()
         if self.batch is None:
             if self.waiting:
@@ -208,6 +224,8 @@ class Worker:
         self._admit()
         if self.running:
             self._dispatch(self.batch.step())
+        for lane in list(self.lanes):
+            self._turn(lane)
         self._reap()
 
     def _failed(self, e: Exception) -> None:
@@ -215,8 +233,12 @@ class Worker:
         self.faults += 1
         self.fault = f"{type(e).__name__}: {e}".splitlines()[0]
         failure = EngineFailure(f"internal error: {self.fault}")
-        jobs = list(self.running.values()) + ([self.admitting] if self.admitting else [])
+        jobs = list(self.running.values()) + [lane.job for lane in self.lanes] + \
+            ([self.admitting] if self.admitting else [])
+        for lane in self.lanes:
+            _close_quietly(lane.pieces)
         self.running.clear()
+        self.lanes.clear()
         self.admitting = None
         for job in jobs:
             self._close(job, failure)
@@ -257,23 +279,57 @@ class Worker:
             self.waiting = keep
 
     def _admit(self) -> None:
-        """Start waiting jobs, oldest first, while the batch has room."""
+        """Start waiting jobs, oldest first, while there is room: at most ``parallel``
+        sequences, their KV within the budget (the batch's padded to its longest)."""
         while self.waiting:
             job = self.waiting[0]
-            if len(self.running) >= self.parallel:
+            if len(self.running) + len(self.lanes) >= self.parallel:
                 return
-            reserves = [j.reserve for j in self.running.values()] + [job.reserve]
-            need = len(reserves) * max(reserves) * self.token_bytes  # padded, as the batch is
-            if self.running and need > self.budget:
+            lane = job.request.speculative is not None
+            batch = [j.reserve for j in self.running.values()] + ([] if lane else [job.reserve])
+            tokens = len(batch) * max(batch, default=0) + \
+                sum(l.job.reserve for l in self.lanes) + (job.reserve if lane else 0)
+            need = tokens * self.token_bytes
+            if (self.running or self.lanes) and need > self.budget:
                 return  # waits for a running sequence to end
             self.admitting = self.waiting.popleft()
             self.queued.discard(job)
             cache = self.pool.take(list(job.request.tokens))
             self.pool.shrink(max(0, int(self.budget - need)))
-            uid = self.batch.add(job.request, cache, on_prefill=job.on_prefill,
-                                 top_logprobs=job.top_logprobs, time_limit=self.time_limit)
-            self.running[uid] = job
+            if lane:
+                pieces = self.model.stream(job.request, cache=cache, on_prefill=job.on_prefill,
+                                           cut=self._cut())
+                self.lanes.append(Lane(job, cache, pieces))
+            else:
+                uid = self.batch.add(job.request, cache, on_prefill=job.on_prefill,
+                                     top_logprobs=job.top_logprobs, time_limit=self.time_limit)
+                self.running[uid] = job
             self.admitting = None
+
+    def _cut(self):
+        """A request's time limit, as the lone engine's ``cut``."""
+        deadline = None if self.time_limit is None else time.monotonic() + self.time_limit
+        return lambda: deadline is not None and time.monotonic() >= deadline
+
+    def _turn(self, lane: Lane) -> None:
+        """One model forward of a speculative lane: the tokens it made go out (the first
+        token of the next forward too, which ends the turn); the lane ends with its reply."""
+        first = None
+        for piece in lane.pieces:
+            lane.job.put(piece)
+            if piece.stats is not None:
+                break
+            if first is None:
+                first = piece.forward
+            elif piece.forward != first:
+                return
+        self._end_lane(lane)
+
+    def _end_lane(self, lane: Lane, error: Exception | None = None) -> None:
+        self.lanes.remove(lane)
+        _close_quietly(lane.pieces)  # a cut reply's rows are trimmed before the cache is kept
+        self.pool.give_back(lane.cache)
+        self._close(lane.job, error)
 
     def _dispatch(self, events) -> None:
         for event in events:
@@ -286,6 +342,11 @@ class Worker:
 
     def _reap(self) -> None:
         """End the sequences whose client went away (or all, when stopping)."""
+        for lane in list(self.lanes):
+            if lane.job.cancelled.is_set():
+                self._end_lane(lane)
+            elif self.stopping.is_set():
+                self._end_lane(lane, ShuttingDown("the server is shutting down"))
         for uid, job in list(self.running.items()):
             if job.cancelled.is_set():
                 self._finish(uid, self.batch.remove(uid).cache)
@@ -321,11 +382,9 @@ class Worker:
         self.admitting = job  # an exception here reaches _failed, which ends the job
         self.queued.discard(job)
         cache = self.pool.take(list(job.request.tokens))
-        deadline = None if self.time_limit is None else time.monotonic() + self.time_limit
         error = None
-        pieces = self.model.stream(
-            job.request, cache=cache, on_prefill=job.on_prefill,
-            cut=lambda: deadline is not None and time.monotonic() >= deadline)
+        pieces = self.model.stream(job.request, cache=cache, on_prefill=job.on_prefill,
+                                   cut=self._cut())
         for piece in pieces:
             self._collect(block=False)  # queued clients that leave meanwhile end now
             self._drop_cancelled()
@@ -371,7 +430,7 @@ class Worker:
     @property
     def busy(self) -> int:
         """Requests running or waiting."""
-        return len(self.running) + self.waiting_count
+        return len(self.running) + len(self.lanes) + self.waiting_count
 
     @property
     def state(self) -> str:
@@ -379,3 +438,11 @@ class Worker:
         not while serving)."""
         return "ok" if self.alive or self.closed else "stopped"
 
+
+
+def _close_quietly(pieces: Iterator[Piece]) -> None:
+    """End a generator that may have failed already (closing it again is harmless)."""
+    try:
+        pieces.close()
+    except Exception:  # noqa: BLE001 - a generation that failed is reported elsewhere
+        log.debug("closing a failed generation", exc_info=True)

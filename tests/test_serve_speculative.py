@@ -1,0 +1,185 @@
+"""Speculative decoding in `qwen-mlx serve`: the server's default (--draft/--lookup), the
+``speculative`` field per request (refused keys and combinations named), speculative lanes
+running beside the batch with texts equal to plain decoding, and the usage extension."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from qwen_mlx.cli import main
+from qwen_mlx.serve import Server
+from qwen_mlx.serve.speculative import Speculation
+
+from .serving import MODEL, Running, free_port
+
+COPY = ("Edit the code: def area(width, height): return width * height. "
+        "def area(width, height): return width * height. def area(width, height):")
+PROMPTS = [COPY, "Tell me about the number 3.", COPY + " Please.", "Say something."]
+
+
+@pytest.fixture(scope="module")
+def drafted(model):
+    """Served with the model as its own draft, 3 proposals per step, 4 at a time."""
+    r = Running(Server(model, MODEL, parallel=4,
+                       speculation=Speculation("draft", 3, model)))
+    yield r
+    r.stop()
+
+
+def chat(url: str, content: str, **extra) -> dict:
+    r = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+        "model": MODEL, "messages": [{"role": "user", "content": content}],
+        "temperature": 0, "max_tokens": 24, **extra})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def solo(model, content: str) -> str:
+    return model.generate([{"role": "user", "content": content}], temperature=0,
+                          max_tokens=24).text
+
+
+def test_lanes_beside_the_batch_give_plain_texts(model, drafted):
+    """Speculating and plain requests at once: every text is plain decoding's, the
+    speculating ones report their proposals, and both kinds ran side by side."""
+    methods = [None, {"method": "off"}, {"method": "lookup", "tokens": 4},
+               {"method": "draft", "tokens": 2}]
+    expected = [solo(model, p) for p in PROMPTS]
+    worker = drafted.server.worker
+    seen = []
+
+    def watch():
+        for _ in range(2000):
+            seen.append((len(worker.running), len(worker.lanes)))
+            time.sleep(0.005)
+
+    async def main_() -> list[dict]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            async def one(prompt, method):
+                body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}],
+                        "temperature": 0, "max_tokens": 24,
+                        **({"speculative": method} if method else {})}
+                r = await client.post(f"{drafted.url}/v1/chat/completions", json=body)
+                assert r.status_code == 200, r.text
+                return r.json()
+            return await asyncio.gather(*(one(p, m) for p, m in zip(PROMPTS, methods)))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    outs = asyncio.run(main_())
+    watcher.join()
+    assert [o["choices"][0]["message"]["content"] for o in outs] == expected
+    default, off, lookup, draft = (o["usage"] for o in outs)
+    assert "speculative" not in off
+    for u, n in ((default, 3), (draft, 2)):  # the draft is the model: every proposal kept
+        spec = u["speculative"]
+        assert spec["acceptance_rate"] == 1.0 and spec["accepted_tokens"] == spec["draft_tokens"]
+        assert spec["target_forwards"] < u["completion_tokens"]
+    assert lookup["speculative"]["target_forwards"] <= lookup["completion_tokens"]
+    assert any(batch and lanes for batch, lanes in seen)  # a lane ran beside the batch
+    assert not worker.lanes and not worker.running
+
+
+def test_the_draft_keeps_n_plus_one_tokens_per_forward(drafted):
+    out = chat(drafted.url, COPY, max_tokens=16, speculative={"tokens": 3})
+    spec = out["usage"]["speculative"]
+    assert out["usage"]["completion_tokens"] == 16
+    assert spec == {"draft_tokens": 12, "accepted_tokens": 12, "acceptance_rate": 1.0,
+                    "target_forwards": 4, "tokens_per_forward": 4.0}
+
+
+def test_completions_and_ollama_carry_the_usage_extension(model, drafted):
+    r = httpx.post(f"{drafted.url}/v1/completions", timeout=120, json={
+        "model": MODEL, "prompt": COPY, "temperature": 0, "max_tokens": 8,
+        "speculative": {"method": "lookup", "tokens": 2}})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == model.generate(
+        COPY, raw=True, temperature=0, max_tokens=8).text
+    assert r.json()["usage"]["speculative"]["draft_tokens"] > 0
+    r = httpx.post(f"{drafted.url}/api/chat", timeout=120, json={
+        "model": MODEL, "messages": [{"role": "user", "content": COPY}], "stream": False,
+        "options": {"temperature": 0, "num_predict": 8}})
+    assert r.status_code == 200, r.text
+    assert r.json()["speculative"]["acceptance_rate"] == 1.0
+
+
+def test_a_structured_request_under_the_default_decodes_plainly(drafted):
+    out = chat(drafted.url, "Give JSON.", response_format={"type": "json_object"})
+    assert "speculative" not in out["usage"]
+
+
+@pytest.mark.parametrize("field, message, param", [
+    ([], "'speculative' must be an object", "speculative"),
+    ({"n": 3}, "'speculative.n' is not supported by qwen-mlx", "speculative.n"),
+    ({"method": "fast"}, "'speculative.method' must be", "speculative.method"),
+    ({"tokens": 0}, "from 1 to 16", "speculative.tokens"),
+    ({"tokens": 17}, "from 1 to 16", "speculative.tokens"),
+    ({"tokens": True}, "from 1 to 16", "speculative.tokens"),
+    ({"method": "off", "tokens": 2}, "needs method draft or lookup", "speculative.tokens"),
+])
+def test_bad_speculative_fields_are_refused_by_name(drafted, field, message, param):
+    r = httpx.post(f"{drafted.url}/v1/chat/completions", timeout=60, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+        "speculative": field})
+    assert r.status_code == 400
+    assert message in r.json()["error"]["message"] and r.json()["error"]["param"] == param
+
+
+def test_combinations_not_supported_yet_are_refused(drafted):
+    for extra, what in (({"response_format": {"type": "json_object"}}, "a structured output"),
+                        ({"logprobs": True}, "log-probabilities")):
+        r = httpx.post(f"{drafted.url}/v1/chat/completions", timeout=60, json={
+            "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+            "speculative": {"method": "lookup"}, **extra})
+        assert r.status_code == 400
+        assert r.json()["error"]["message"].startswith(
+            f"'speculative' cannot be combined with {what}")
+    r = httpx.post(f"{drafted.url}/api/generate", timeout=60, json={
+        "model": MODEL, "prompt": "hi", "format": "json", "speculative": {"method": "draft"}})
+    assert r.status_code == 400 and "structured output" in r.json()["error"]
+
+
+def test_a_server_without_speculation(model, running):
+    """No default: a request names its method; a draft it does not have is refused."""
+    out = chat(running.url, COPY, speculative={"method": "lookup"})
+    assert out["usage"]["speculative"]["draft_tokens"] > 0
+    assert "speculative" not in chat(running.url, COPY)["usage"]
+    for field, message in (({"tokens": 2}, "'speculative.method' is needed"),
+                           ({"method": "draft"}, "needs a server started with --draft")):
+        r = httpx.post(f"{running.url}/v1/chat/completions", timeout=60, json={
+            "model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+            "speculative": field})
+        assert r.status_code == 400 and message in r.json()["error"]["message"]
+
+
+def test_serve_refuses_conflicting_speculative_options(tiny_q4_f32):
+    for args, message in ((["--draft", str(tiny_q4_f32), "--lookup", "3"], "not both"),
+                          (["--draft-tokens", "3"], "draft_tokens needs a draft model")):
+        result = CliRunner().invoke(main, ["serve", str(tiny_q4_f32), "--port", str(free_port()), *args])
+        assert result.exit_code != 0
+        assert message in result.output
+
+
+def test_a_client_that_leaves_ends_its_lane(drafted):
+    worker = drafted.server.worker
+    body = {"model": MODEL, "messages": [{"role": "user", "content": COPY}], "stream": True,
+            "temperature": 0, "max_tokens": 400, "speculative": {"method": "lookup"}}
+    with httpx.stream("POST", f"{drafted.url}/v1/chat/completions", json=body,
+                      timeout=120) as r:
+        for line in r.iter_lines():
+            if '"content": "' in line and '"content": ""' not in line:
+                break  # the first text: the lane is running
+        assert worker.lanes
+    for _ in range(1000):  # the engine notices within a step
+        if not worker.lanes:
+            break
+        time.sleep(0.02)
+    assert not worker.lanes
+    assert worker.finished[-1]["cancelled"] and worker.finished[-1]["generated"] < 400
+    assert any(len(c.tokens) > len(COPY) // 8 for c in worker.pool.caches)  # kept for reuse
