@@ -3,9 +3,11 @@
 # backend, or the CPU): build the random Qwen3-4B-shaped checkpoint, convert it to q4, run
 # `qwen-mlx bench --compare mlx-lm` (prefill and decode at depths 0 and 2048), the
 # chat-turn benchmark and the serving benchmark (8 concurrent streams against the same 8 one
-# after another, beside mlx_lm.server), and write results JSON. About 12 minutes on a GPU,
-# where the serving check also requires 8 concurrent streams to reach >= 2.5x the
-# sequential throughput (exit 1 otherwise).
+# after another, beside mlx_lm.server), speculative decoding against plain (a draft: a
+# random tiny Qwen3 of the same vocabulary; prompt lookup on a code edit that copies its
+# input), and write results JSON. About 15 minutes on a GPU, where the serving check also
+# requires 8 concurrent streams to reach >= 2.5x the sequential throughput and prompt
+# lookup >= 1.5x plain decode (exit 1 otherwise).
 #
 #   bash bench/device_check.sh [--quick] [--out DIR] [--python PY]
 #
@@ -56,19 +58,32 @@ export QWEN_MLX_HOME="$work/home" HF_HUB_OFFLINE=1
 echo "device check: $backend, $shape shape, results in $out" >&2
 "$python" -m qwen_mlx.testing "$work/hf" --shape "$shape" >/dev/null
 "$python" -m qwen_mlx convert "$work/hf" -o "$work/q4"
+"$python" -m qwen_mlx.testing "$work/draft-hf" --shape tiny --seed 1 >/dev/null
+"$python" -m qwen_mlx convert "$work/draft-hf" -o "$work/draft"
 "$python" -m qwen_mlx bench "$work/q4" --compare mlx-lm --prompt-lengths "$lengths" \
     --depths "$depths" --gen-tokens "$gen" -n "$reps" --warmup 1 --json "$out/bench.json"
 "$python" bench/chat_turns.py --model "$work/q4" --turns "$turns" --tokens "$tokens" \
     --reply-tokens 8 --reps "$reps" --out "$out/chat_turns.json"
 "$python" bench/serve_batching.py --model "$work/q4" --clients 8 --tokens "$served" \
     --reps "$reps" --out "$out/serve_batching.json" >/dev/null
-echo "wrote $out/bench.json, $out/chat_turns.json and $out/serve_batching.json" >&2
+for how in "draft $work/draft" "lookup 4"; do
+    set -- $how
+    "$python" -m qwen_mlx bench "$work/q4" --prompt-lengths 16 --depths 0 --gen-tokens "$gen" \
+        -n "$reps" --warmup 1 "--$1" "$2" --json "$out/speculative_$1.json"
+done
+echo "wrote $out/bench.json, $out/chat_turns.json, $out/serve_batching.json," \
+    "$out/speculative_draft.json and $out/speculative_lookup.json" >&2
 if [ "$backend" != cpu ]; then  # decode is bandwidth-bound on a GPU: batching must pay
-    "$python" - "$out/serve_batching.json" <<'EOF'
+    "$python" - "$out" <<'EOF'
 import json, sys
-ratio = json.load(open(sys.argv[1]))["summary"]["qwen-mlx"]["concurrent_over_sequential"]
+out = sys.argv[1]
+ratio = json.load(open(f"{out}/serve_batching.json"))["summary"]["qwen-mlx"][
+    "concurrent_over_sequential"]
 print(f"serving: 8 concurrent streams at {ratio:.2f}x the sequential throughput (goal 2.5x)",
       file=sys.stderr)
-sys.exit(0 if ratio >= 2.5 else 1)
+lookup = json.load(open(f"{out}/speculative_lookup.json"))["results"][0]["speculative"]
+print(f"prompt lookup: decode at {lookup['speedup']:.2f}x plain, "
+      f"{lookup['acceptance_rate']:.0%} of proposals kept (goal 1.5x)", file=sys.stderr)
+sys.exit(0 if ratio >= 2.5 and lookup["speedup"] >= 1.5 else 1)
 EOF
 fi

@@ -278,33 +278,46 @@ class Model:
                              engine.make_sampler(req.params), max_tokens=req.params.max_tokens,
                              cache=cache, eos_ids=self.eos_ids, stop=req.stop,
                              on_prefill=on_prefill, processors=self.processors(req), cut=cut,
-                             speculation=self._speculation(req, cache), params=req.params,
+                             speculation=self.speculation(req.speculative, cache),
+                             params=req.params,
                              **self._chunking(prefill_step))
 
-    def _speculation(self, req: Request, cache: PromptCache):
-        """The proposer for a speculative request; a draft's cache is kept beside the
-        model's cache it follows (a chat's turns reuse both)."""
-        if req.speculative is None:
+    def speculation(self, settings: Speculative | None, cache: PromptCache):
+        """The proposer for one reply (None: plain decoding); a draft's cache is kept
+        beside the model's cache it follows (a chat's turns reuse both). Its ``counts``
+        say what it did."""
+        if settings is None:
             return None
         from .engine.speculative import Speculation
 
-        draft = req.speculative.draft
+        draft = settings.draft
         if draft is None:
-            return Speculation(req.speculative.tokens)
+            return Speculation(settings.tokens)
         caches = self._draft_caches.setdefault(cache, {})
         if id(draft) not in caches:
             caches[id(draft)] = draft.new_cache()
-        return Speculation(req.speculative.tokens, draft.net, caches[id(draft)])
+        return Speculation(settings.tokens, draft.net, caches[id(draft)])
 
     def token_steps(self, tokens: list[int], cache: PromptCache, *, max_tokens: int,
-                    params: SamplingParams | None = None) -> Iterator[int]:
+                    params: SamplingParams | None = None,
+                    speculation=None) -> Iterator[int]:
         """The loop under :meth:`stream` without text: new token ids after ``tokens`` (which
         ``cache`` lacks), with this model's KV spec and prefill chunking; greedy unless
-        ``params``. `qwen-mlx bench` measures this, so it measures what users run."""
+        ``params``; checked several at a time with a :meth:`speculation`. `qwen-mlx bench`
+        measures this, so it measures what users run."""
         params = params or SamplingParams(temperature=0.0)
-        return engine.generate_tokens(self.net, tokens, cache.layers,
-                                      engine.make_sampler(params), max_tokens=max_tokens,
-                                      **self._chunking(None))
+        if speculation is None:
+            return engine.generate_tokens(self.net, tokens, cache.layers,
+                                          engine.make_sampler(params), max_tokens=max_tokens,
+                                          **self._chunking(None))
+        from .engine.generate import prefill
+        from .engine.speculative import speculative_tokens
+
+        chunking = self._chunking(None)
+        return speculative_tokens(
+            self.net, tokens, cache.layers, params, speculation, max_tokens=max_tokens,
+            prefill=lambda stream: prefill(self.net, tokens, cache.layers, stream, **chunking),
+            processors=make_processors(params))
 
     def _chunking(self, prefill_step: int | None) -> dict:
         """Prefill chunk size, shrunk at depth as the memory plan says."""

@@ -177,3 +177,35 @@ def test_a_roofline_share_above_100_percent_is_not_shown(capsys):
     out = capsys.readouterr().out
     assert "136" not in out and "30.0 ± 0.5 (*)" in out and "30.0 ± 0.5 (41%)" in out
     assert "* faster than the roofline of the measured memory bandwidth" in out
+
+
+def test_speculative_runs_against_plain_decoding(tmp_path):
+    """--draft (random weights equal to the model's: every proposal kept) and --lookup add
+    a speculative record per model: acceptance, tokens per forward, both rates, the tokens
+    checked equal to plain decoding's."""
+    out = tmp_path / "spec.json"
+    result = run("bench", "shape:tiny", "--prompt-lengths", "16", "--depths", "0",
+                 "--gen-tokens", "8", "-n", "2", "--warmup", "0", "--draft", "shape:tiny",
+                 "--draft-tokens", "3", "--json", out)
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert record["settings"]["draft"] == "shape:tiny" and record["settings"]["draft_tokens"] == 3
+    spec = record["results"][0]["speculative"]
+    # 9 tokens, 3 proposals per step: 4 + 4 + 1 tokens from 3 forwards
+    assert (spec["method"], spec["tokens"], spec["generated"]) == ("draft", 3, 9)
+    assert spec["acceptance_rate"] == 1.0 and spec["tokens_per_forward"] == 3.0
+    assert spec["identical"] and len(spec["runs"]) == 2
+    assert spec["speedup"] == round(spec["decode_tps"] / spec["plain_decode_tps"], 3)
+    assert "draft (3 per step): 100% of proposals kept, 3.00 tokens per forward" in \
+        result.output
+    result = run("bench", "shape:tiny", "--prompt-lengths", "16", "--depths", "0",
+                 "--gen-tokens", "8", "-n", "1", "--warmup", "0", "--lookup", "2")
+    assert result.exit_code == 0, result.output
+    assert "lookup (2 per step)" in result.output and "differ" not in result.output
+
+
+def test_speculative_bench_errors():
+    for args, message in ((["--draft-tokens", "2"], "--draft-tokens needs --draft"),
+                          (["--draft", "shape:tiny", "--lookup", "2"], "not both")):
+        result = run("bench", "shape:tiny", *args)
+        assert result.exit_code == 1 and message in result.output

@@ -14,7 +14,7 @@ from ..storage.atomic import atomic_write_bytes, atomic_write_text
 from ..errors import QwenMlxError
 from ..storage.outputs import check_writable
 from .console import convert_with_progress, err
-from .options import given, memory_kwargs, memory_options
+from .options import given, memory_kwargs, memory_options, speculative_options
 
 RANDOM_DEFAULT = "shape:qwen3-4b"
 
@@ -56,6 +56,7 @@ memory before any download.""")
               help="Measured repetitions (after --warmup).")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True)
 @memory_options
+@speculative_options
 @click.option("--compare", type=click.Choice(["mlx-lm"]), help="Also run mlx-lm's own "
               "generation on the same models and print our/their ratios.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
@@ -76,6 +77,13 @@ def bench(models: tuple[str, ...], recipes: str, random_weights: bool, prompt_le
     lengths = parse_lengths(prompt_lengths, "--prompt-lengths", 1)
     depth_list = parse_lengths(depths, "--depths", 0)
     memory = memory_kwargs(options)
+    speculate = {k: options[k] for k in ("draft", "draft_tokens", "lookup")
+                 if options.get(k) is not None}
+    if speculate.get("draft") is not None and speculate.get("lookup") is not None:
+        raise QwenMlxError("choose a draft model (--draft) or prompt lookup (--lookup), "
+                           "not both")
+    if "draft_tokens" in speculate and "draft" not in speculate:
+        raise QwenMlxError("--draft-tokens needs --draft (or use --lookup N)")
     recipe_list = [parse_recipe(r.strip()) for r in recipes.split(",") if r.strip()]
     if plot_path is not None:
         _check_plotting()
@@ -105,12 +113,20 @@ def bench(models: tuple[str, ...], recipes: str, random_weights: bool, prompt_le
     settings = {"prompt_lengths": lengths, "depths": depth_list, "gen_tokens": gen_tokens,
                 "reps": reps, "warmup": warmup, "recipes": [r.name for r in recipe_list],
                 **{k: v for k, v in memory.items() if k != "force"}}
+    settings.update({k: str(v) if k == "draft" else v for k, v in speculate.items()})
     results, comparisons = [], []
+    draft = _target(speculate["draft"], recipe_list[0], memory)[0].model \
+        if "draft" in speculate else None
     for spec in specs:
         for recipe in recipe_list:
             target, folder = _target(spec, recipe, memory)
+            if draft is not None:
+                _check_draft(target.model, draft)
             results.append(_measure(target, lengths, depth_list, gen_tokens, reps, warmup,
                                     bandwidth))
+            if speculate:
+                results[-1]["speculative"] = _speculate(target.model, draft, speculate,
+                                                        gen_tokens, reps, warmup)
             if compare:  # loaded only now, so neither model's memory counts in the other's
                 theirs = benchmark.mlx_lm_target(folder, target)
                 del target
@@ -141,6 +157,28 @@ def _measure(target, lengths, depths, gen_tokens, reps, warmup, bandwidth) -> di
                                  gen_tokens=gen_tokens, reps=reps, warmup=warmup,
                                  bandwidth_gbs=bandwidth,
                                  on_step=lambda text: status.update(f"{target.name}: {text}"))
+
+
+def _speculate(model, draft, speculate: dict, gen_tokens: int, reps: int, warmup: int) -> dict:
+    """--draft/--lookup against plain decoding on one model (its draft checked first)."""
+    from ..benchmark.speculative import measure_speculative
+    from ..engine.request import Speculative
+
+    tokens = speculate.get("lookup") or speculate.get("draft_tokens") or 4
+    with err.status(f"{model.path.name}: speculative decoding against plain"):
+        return measure_speculative(model, Speculative(tokens, draft), gen_tokens=gen_tokens,
+                                   reps=reps, warmup=warmup)
+
+
+def _check_draft(model, draft) -> None:
+    """The draft reads and writes the model's token ids, or a one-line refusal (random
+    weights have no tokenizer: their vocabulary sizes are compared)."""
+    if model.tokenizer is not None and draft.tokenizer is not None:
+        model.speculative(draft, None, None, None)
+    elif draft.config["vocab_size"] != model.config["vocab_size"]:
+        raise QwenMlxError(f"the draft {draft.path} has {draft.config['vocab_size']:,} tokens, "
+                           f"{model.path} {model.config['vocab_size']:,}: speculative "
+                           f"decoding needs the same vocabulary")
 
 
 def _target(spec: str | None, recipe, memory: dict):
@@ -226,6 +264,16 @@ def _print_table(results: list[dict], comparisons: list[dict]) -> None:
                   "backend weights are reused from the processor's caches and bfloat16 is "
                   "emulated, so that bandwidth bounds nothing here and no share is shown",
                   soft_wrap=True)
+    for r in results:
+        if "speculative" in r:
+            x = r["speculative"]
+            out.print(f"{r['name']}, {x['method']} ({x['tokens']} per step): "
+                      f"{x['acceptance_rate']:.0%} of proposals kept, "
+                      f"{x['tokens_per_forward']:.2f} tokens per forward, decode "
+                      f"{x['decode_tps']:,.1f} tok/s against {x['plain_decode_tps']:,.1f} "
+                      f"plain (x{x['speedup']:.2f})"
+                      + ("" if x["identical"] else "; [red]the tokens differ from plain "
+                         "decoding[/red]"), soft_wrap=True)
     for c in comparisons:
         parts = [f"prefill {n}: x{v:.2f}" for n, v in c["prefill"].items()] + \
                 [f"decode @{d}: x{v:.2f}" for d, v in c["decode"].items()] + \
