@@ -32,7 +32,7 @@ def load(model: str | Path | None = None, *, recipe: str | Recipe = "q4",
          adapter: str | Path | None = None, dtype: str = "auto", convert=None,
          context: int | str | None = None, kv_bits: int | None = None, kv_group_size: int = 64,
          kv_start: int = 0, prefill_step: int = 512, memory: str | int | None = None,
-         force: bool = False) -> "Model":
+         force: bool = False, draft: "Model | None" = None) -> "Model":
     """Load a model by alias, hub repo id or folder; convert it into the cache if needed.
 
     ``dtype`` is the compute type: "auto" (float32 on the CPU backend, the stored type on
@@ -44,7 +44,8 @@ def load(model: str | Path | None = None, *, recipe: str | Recipe = "q4",
     with a suggestion if it will not fit, unless ``force``; without it, the context is capped
     at what fits. ``kv_bits`` 8 or 4 quantizes the KV cache (``kv_group_size`` must divide the
     head size; the first ``kv_start`` tokens stay full precision). ``memory`` plans for less
-    RAM than the machine has ("12GB").
+    RAM than the machine has ("12GB"). A ``draft`` model (loaded first, for speculative
+    decoding) is counted in the plan: its weights, and its cache beside every cache.
     """
     from .hub import resolver as hub
     from .models import loader
@@ -64,7 +65,7 @@ def load(model: str | Path | None = None, *, recipe: str | Recipe = "q4",
     compute_bytes = cast.size if cast else None
     plan = plan_for(config, weights=weight_bytes_of_folder(folder, compute_bytes),
                     compute_bytes=compute_bytes, kv=kv, prefill_step=prefill_step,
-                    memory=memory)
+                    memory=memory, draft=draft.plan if draft is not None else None)
     limit = wanted if wanted is not None else plan.largest_context()
     if not limit:  # not even the weights fit: refused (with the numbers) unless forced
         plan.check(plan.shape.positions, force)

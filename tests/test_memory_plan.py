@@ -175,3 +175,25 @@ def test_the_plan_against_the_measured_peak(tiny_q4_f32, context, low, high):
     model.generate(prompt, temperature=0, max_tokens=1)
     ratio = (mx.get_peak_memory() - others) / (model.plan.needed(context) - RUNTIME_BYTES)
     assert low <= ratio <= high, ratio
+
+
+def test_a_draft_model_is_counted_in_the_plan(tiny_q4_f32):
+    """Speculative decoding keeps a draft beside the model: its weights once, its KV per
+    token beside every token of the model's. The context that fits shrinks by exactly
+    that, and a context that no longer fits is refused with the draft's numbers."""
+    draft = load(tiny_q4_f32, memory="1GiB")
+    alone = load(tiny_q4_f32, memory="1GiB")
+    both = load(tiny_q4_f32, memory="1GiB", draft=draft)
+    plan = both.plan
+    assert plan.draft_weights == draft.plan.weights > 0
+    assert plan.draft_kv_per_token == draft.plan.kv_bytes_per_token() > 0
+    for n in (1_000, alone.context_length):  # the draft's share, added by hand
+        assert plan.needed(n) == alone.plan.needed(n) + draft.plan.weights + \
+            n * draft.plan.kv_bytes_per_token()
+    budget = plan.machine.budget_bytes
+    assert plan.needed(both.context_length) <= budget < plan.needed(both.context_length + 1)
+    assert both.context_length < alone.context_length
+    with pytest.raises(QwenMlxError, match=r"with the draft's 0\.0 GiB of weights and "
+                                           r"[\d,]+ bytes of KV per token\); the budget"):
+        load(tiny_q4_f32, memory="1GiB", draft=draft, context=alone.context_length)
+    assert any(what == "draft model" for what, _ in plan.table())

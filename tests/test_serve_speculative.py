@@ -160,7 +160,7 @@ def test_a_server_without_speculation(model, running):
 
 def test_serve_refuses_conflicting_speculative_options(tiny_q4_f32):
     for args, message in ((["--draft", str(tiny_q4_f32), "--lookup", "3"], "not both"),
-                          (["--draft-tokens", "3"], "draft_tokens needs a draft model")):
+                          (["--draft-tokens", "3"], "--draft-tokens needs --draft")):
         result = CliRunner().invoke(main, ["serve", str(tiny_q4_f32), "--port", str(free_port()), *args])
         assert result.exit_code != 0
         assert message in result.output

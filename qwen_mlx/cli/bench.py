@@ -13,7 +13,7 @@ from .. import __version__
 from ..storage.atomic import atomic_write_bytes, atomic_write_text
 from ..errors import QwenMlxError
 from ..storage.outputs import check_writable
-from .console import convert_with_progress, err
+from .console import check_speculative_options, convert_with_progress, err
 from .options import given, memory_kwargs, memory_options, speculative_options
 
 RANDOM_DEFAULT = "shape:qwen3-4b"
@@ -79,11 +79,7 @@ def bench(models: tuple[str, ...], recipes: str, random_weights: bool, prompt_le
     memory = memory_kwargs(options)
     speculate = {k: options[k] for k in ("draft", "draft_tokens", "lookup")
                  if options.get(k) is not None}
-    if speculate.get("draft") is not None and speculate.get("lookup") is not None:
-        raise QwenMlxError("choose a draft model (--draft) or prompt lookup (--lookup), "
-                           "not both")
-    if "draft_tokens" in speculate and "draft" not in speculate:
-        raise QwenMlxError("--draft-tokens needs --draft (or use --lookup N)")
+    check_speculative_options(options)
     recipe_list = [parse_recipe(r.strip()) for r in recipes.split(",") if r.strip()]
     if plot_path is not None:
         _check_plotting()

@@ -10,7 +10,8 @@ from rich.console import Console
 
 from ..errors import QwenMlxError
 from . import stdin
-from .console import PrefillBar, PrefillBars, err, open_model, speculative_kwargs
+from .console import (PrefillBar, PrefillBars, err, open_draft, open_model,
+                      speculative_kwargs)
 from .options import (MODEL_HELP, generation_options, given, memory_kwargs, model_argument,
                       sampling_kwargs)
 from .serve import note
@@ -51,12 +52,14 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
         return chat_in_browser(model, port, adapter, recipe, specs, tool_timeout, options)
     if given("port"):
         raise QwenMlxError("--port applies with --web (the terminal chat serves nothing)")
-    llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
+    draft = open_draft(options, recipe)
+    llm = open_model(model, recipe=recipe, adapter=adapter, draft=draft,
+                     **memory_kwargs(options))
     toolbox = open_tools(specs, allowed_tools, tool_timeout, note)
     try:
         session = ChatSession(llm, system=system, thinking=think, max_context=max_context,
                               stop=stop, tools=toolbox, **sampling_kwargs(options),
-                              **speculative_kwargs(options, recipe))
+                              **speculative_kwargs(options, draft))
         if session_name:
             store.load(session, session_name)
         interactive = sys.stdin is not None and sys.stdin.isatty() and not jsonl
@@ -94,11 +97,13 @@ def chat_in_browser(model: str | None, port: int, adapter: Path | None, recipe: 
                                f"sets the system prompt and thinking in Settings)")
     host = "127.0.0.1"
     check_port(host, port)  # before minutes of loading, not after
-    llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
+    draft = open_draft(options, recipe)
+    llm = open_model(model, recipe=recipe, adapter=adapter, draft=draft,
+                     **memory_kwargs(options))
     llm.defaults = llm.defaults.override(**sampling_kwargs(options))
     server = Server(llm, served_name(model), progress=PrefillBars(),
                     page_tools=open_tools(specs, (), tool_timeout, note),
-                    speculation=server_speculation(llm, options, recipe))
+                    speculation=server_speculation(llm, options, draft))
     url = f"http://{host}:{port}/"
 
     def ready() -> None:

@@ -15,6 +15,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, 
 from rich.text import Text
 
 from .. import load
+from ..errors import QwenMlxError
 from ..models.checkpoint import Checkpoint
 from ..quant.convert import ConvertReport, convert
 from ..models.recipes import Recipe
@@ -62,12 +63,30 @@ def open_model(spec: str | None, *, recipe: str = "q4", adapter: Path | None = N
     return model
 
 
-def speculative_kwargs(options: dict, recipe: str) -> dict:
-    """--draft (loaded here, after the model), --draft-tokens, --lookup -> the request's
+def check_speculative_options(options: dict) -> None:
+    """--draft with --lookup, or --draft-tokens without --draft: refused by name."""
+    if options.get("draft") is not None and options.get("lookup") is not None:
+        raise QwenMlxError("choose a draft model (--draft) or prompt lookup (--lookup), "
+                           "not both")
+    if options.get("draft") is None and options.get("draft_tokens") is not None:
+        raise QwenMlxError("--draft-tokens needs --draft (or use --lookup N)")
+
+
+def open_draft(options: dict, recipe: str) -> "Model | None":
+    """--draft MODEL, loaded before the model so that the model's memory plan counts it
+    (its options checked before any load)."""
+    check_speculative_options(options)
+    if options.get("draft") is None:
+        return None
+    return load(options["draft"], recipe=recipe, convert=convert_with_progress)
+
+
+def speculative_kwargs(options: dict, draft: "Model | None") -> dict:
+    """--draft (loaded by :func:`open_draft`), --draft-tokens, --lookup -> the request's
     speculative settings (checked against the model when a request is made)."""
     out = {k: options[k] for k in ("draft_tokens", "lookup") if options.get(k) is not None}
-    if options.get("draft") is not None:
-        out["draft"] = open_model(options["draft"], recipe=recipe)
+    if draft is not None:
+        out["draft"] = draft
     return out
 
 

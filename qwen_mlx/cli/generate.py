@@ -11,7 +11,7 @@ import click
 from ..errors import QwenMlxError
 from ..hub.cache import describe, recipe_name
 from . import stdin
-from .console import PrefillBar, err, open_model, speculative_kwargs
+from .console import PrefillBar, err, open_draft, open_model, speculative_kwargs
 from .options import (MODEL_HELP, generation_options, memory_kwargs, model_argument,
                       sampling_kwargs)
 from .tools import open_tools, tool_options, tool_servers
@@ -65,8 +65,10 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
         raise QwenMlxError("--system needs the chat template; drop --raw")
     if raw and think is not None:
         raise QwenMlxError("--think/--no-think needs the chat template; drop --raw")
-    llm = open_model(model, recipe=recipe, adapter=adapter, **memory_kwargs(options))
-    options.update(speculative=speculative_kwargs(options, recipe))
+    draft = open_draft(options, recipe)
+    llm = open_model(model, recipe=recipe, adapter=adapter, draft=draft,
+                     **memory_kwargs(options))
+    options.update(speculative=speculative_kwargs(options, draft))
     if specs:
         return with_tools(llm, prompt, system, think, stop, specs, allowed_tools,
                           max_tool_rounds, tool_timeout, as_json, quiet, options)

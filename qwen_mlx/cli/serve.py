@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import QwenMlxError
-from .console import PrefillBars, err, open_model
+from .console import PrefillBars, err, open_draft, open_model
 from .options import (MODEL_HELP, force_option, load_options, memory_kwargs, memory_options,
                       model_argument, speculative_options)
 from .tools import open_tools, page_tool_options, tool_servers
@@ -72,8 +72,9 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
     if parallel and parallel > 1 and kwargs.get("kv_bits"):
         raise QwenMlxError("--parallel needs full-precision KV: quantized KV caches cannot "
                            "be batched (drop --kv-bits or --parallel)")
-    llm = open_model(model, recipe=recipe, adapter=adapter, **kwargs)
-    speculation = server_speculation(llm, options, recipe)
+    draft = open_draft(options, recipe)
+    llm = open_model(model, recipe=recipe, adapter=adapter, draft=draft, **kwargs)
+    speculation = server_speculation(llm, options, draft)
     model_id = served_name(model)
     tools = open_tools(specs, (), tool_timeout, note)
     server = Server(llm, model_id, api_key=api_key, slots=cache_slots, progress=PrefillBars(),
@@ -89,14 +90,14 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
     run(server, host, port, shutdown_timeout=shutdown_timeout, idle_timeout=idle_timeout)
 
 
-def server_speculation(llm, options: dict, recipe: str):
-    """--draft (loaded after the model, its vocabulary checked), --draft-tokens, --lookup ->
-    the server's default speculative decoding (a request's ``speculative`` field overrides
-    it)."""
+def server_speculation(llm, options: dict, draft):
+    """--draft (loaded by ``open_draft``; its vocabulary checked here), --draft-tokens,
+    --lookup -> the server's default speculative decoding (a request's ``speculative``
+    field overrides it)."""
     from ..serve.speculative import Speculation
     from .console import speculative_kwargs
 
-    kwargs = speculative_kwargs(options, recipe)
+    kwargs = speculative_kwargs(options, draft)
     if not kwargs:
         return Speculation()
     checked = llm.speculative(kwargs.get("draft"), kwargs.get("lookup"),

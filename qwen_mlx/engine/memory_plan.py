@@ -12,6 +12,8 @@ a halt. The model (one per process) costs:
                             both SCORE_BYTES and the size of the KV cache (so memory grows
                             with the cache, not with cache x chunk)
     + context x KV bytes per token
+    + a draft model's weights and its KV per token (speculative decoding: the draft keeps a
+      cache as long as the model's)
 
 A server decoding N sequences at once (``serve --parallel N``) prefills up to N newcomers in
 one chunk and keeps N caches: activations count N times, and the KV budget (the largest
@@ -74,6 +76,8 @@ class MemoryPlan:
     prefill_step: int = 512
     fused_attention: bool = True  # Metal's fused SDPA never materialises the scores
     parallel: int = 1  # sequences decoded (and prefilled) together: serve --parallel
+    draft_weights: int = 0  # a draft model's (speculative decoding), loaded beside
+    draft_kv_per_token: float = 0.0  # its cache follows the model's, token for token
 
     # -- the parts ------------------------------------------------------------------
 
@@ -95,13 +99,15 @@ class MemoryPlan:
         return min(self.shape.heads * self.prefill_step * context * 4, SCORE_BYTES)
 
     def needed(self, context: int, kv: KVSpec | None = None) -> int:
-        return math.ceil(self.weights + RUNTIME_BYTES + self.activation_bytes()
-                         + self.score_bytes(context, kv) + context * self.kv_bytes_per_token(kv))
+        return math.ceil(self.weights + self.draft_weights + RUNTIME_BYTES
+                         + self.activation_bytes() + self.score_bytes(context, kv)
+                         + context * (self.kv_bytes_per_token(kv) + self.draft_kv_per_token))
 
     def largest_context(self, kv: KVSpec | None = None) -> int:
         """The most tokens that fit (capped at the model's positions); 0 if nothing fits."""
-        room = self.machine.budget_bytes - self.weights - RUNTIME_BYTES - self.activation_bytes()
-        per_token = self.kv_bytes_per_token(kv)
+        room = self.machine.budget_bytes - self.weights - self.draft_weights - RUNTIME_BYTES \
+            - self.activation_bytes()
+        per_token = self.kv_bytes_per_token(kv) + self.draft_kv_per_token
         if room <= 0:
             return 0
         n = room / per_token
@@ -134,8 +140,12 @@ class MemoryPlan:
         """Refuse a context that does not fit, saying what would."""
         if force or self.needed(context) <= self.machine.budget_bytes:
             return
-        head = f"{context:,} tokens of context need {self.needed(context) / GIB:.1f} GiB; the " \
-               f"budget is {self.machine.budget_bytes / GIB:.1f} GiB ({self.machine.budget_source})"
+        drafted = f" (with the draft's {self.draft_weights / GIB:.1f} GiB of weights and " \
+                  f"{self.draft_kv_per_token:,.0f} bytes of KV per token)" \
+            if self.draft_weights else ""
+        head = f"{context:,} tokens of context need {self.needed(context) / GIB:.1f} GiB" \
+               f"{drafted}; the budget is {self.machine.budget_bytes / GIB:.1f} GiB " \
+               f"({self.machine.budget_source})"
         largest = self.largest_context()
         if not largest:
             raise QwenMlxError(f"{head}: the weights alone do not fit; use a smaller recipe "
@@ -155,6 +165,9 @@ class MemoryPlan:
                 ("runtime + activations", f"{(RUNTIME_BYTES + self.activation_bytes()) / GIB:.2f}"
                                           f" GiB (prefill step {self.prefill_step})"),
                 ("KV per token", f"{self.kv_bytes_per_token():,.0f} bytes ({self.kv.label})")]
+        if self.draft_weights:
+            rows.append(("draft model", f"{self.draft_weights / GIB:.2f} GiB, "
+                                        f"{self.draft_kv_per_token:,.0f} bytes of KV per token"))
         if context:
             fits = self.needed(context) <= self.machine.budget_bytes
             rows.append((f"at {context:,} tokens", f"{self.needed(context) / GIB:.2f} GiB "
@@ -171,15 +184,17 @@ class MemoryPlan:
 
 def plan_for(config: dict, *, weights: int, compute_bytes: int | None, kv: KVSpec,
              prefill_step: int, memory: str | int | None = None,
-             parallel: int = 1) -> MemoryPlan:
+             parallel: int = 1, draft: "MemoryPlan | None" = None) -> MemoryPlan:
     """The plan on this machine (or for ``memory`` bytes of RAM) for a model with this
-    config (overrides applied) whose weights take ``weights`` bytes once loaded."""
+    config (overrides applied) whose weights take ``weights`` bytes once loaded, beside a
+    ``draft`` model (its own plan: its weights and KV per token are counted)."""
     import mlx.core as mx
 
     return MemoryPlan(Shape.of(config), weights, this_machine(memory),
                       dtype_bytes=compute_bytes or 2, kv=kv, prefill_step=prefill_step,
                       fused_attention=mx.default_device().type == mx.DeviceType.gpu,
-                      parallel=parallel)
+                      parallel=parallel, draft_weights=draft.weights if draft else 0,
+                      draft_kv_per_token=draft.kv_bytes_per_token() if draft else 0.0)
 
 
 def context_option(tokens: int) -> str:
