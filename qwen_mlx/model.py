@@ -182,11 +182,11 @@ class Model:
         if constraint is not None:
             self.grammars.compile(constraint)
             think_first = self.thinks_first(tokens)
-        speculative = self.speculative(draft, lookup, draft_tokens, constraint)
+        speculative = self.speculative(draft, lookup, draft_tokens)
         return Request(tuple(tokens), params, tuple(stop), constraint, think_first, speculative)
 
-    def speculative(self, draft: "Model | None", lookup: int | None, draft_tokens: int | None,
-                    constraint: Constraint | None) -> Speculative | None:
+    def speculative(self, draft: "Model | None", lookup: int | None,
+                    draft_tokens: int | None) -> Speculative | None:
         """Speculative decoding's settings, checked: a ``draft`` model proposing
         ``draft_tokens`` (4) per step, or prompt ``lookup`` of that many."""
         if draft is None and lookup is None:
@@ -200,9 +200,6 @@ class Model:
         if not 1 <= tokens <= MAX_DRAFT_TOKENS:
             raise QwenMlxError(f"{'lookup' if lookup is not None else 'draft_tokens'} must be "
                                f"from 1 to {MAX_DRAFT_TOKENS}")
-        if constraint is not None:
-            raise QwenMlxError(f"speculative decoding ({'a draft' if draft else 'lookup'}) "
-                               f"cannot be combined with a {constraint.label} yet")
         if draft is not None and not self.same_vocabulary(draft):
             raise QwenMlxError(f"the draft {draft.path} has a different tokenizer from "
                                f"{self.path}: speculative decoding needs the same vocabulary")

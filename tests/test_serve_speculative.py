@@ -5,6 +5,7 @@ running beside the batch with texts equal to plain decoding, and the usage exten
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 
@@ -109,9 +110,33 @@ def test_completions_and_ollama_carry_the_usage_extension(model, drafted):
     assert r.json()["speculative"]["acceptance_rate"] == 1.0
 
 
-def test_a_structured_request_under_the_default_decodes_plainly(drafted):
-    out = chat(drafted.url, "Give JSON.", response_format={"type": "json_object"})
-    assert "speculative" not in out["usage"]
+def test_structured_outputs_speculate_with_plain_texts(model, drafted):
+    """A JSON schema, and a forced tool call, under the server's draft: the texts are plain
+    decoding's and the usage says speculation ran."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0,
+                                                     "maximum": 9}}, "required": ["n"],
+              "additionalProperties": False}
+    off = {"chat_template_kwargs": {"enable_thinking": False}}  # the grammar from the start
+    out = chat(drafted.url, "Give JSON.", max_tokens=30, **off, response_format={
+        "type": "json_schema", "json_schema": {"name": "n", "schema": schema}})
+    from qwen_mlx.engine.constraint import Constraint
+
+    expected = model.generate([{"role": "user", "content": "Give JSON."}], temperature=0,
+                              max_tokens=30, constraint=Constraint.schema(schema),
+                              enable_thinking=False)
+    assert out["choices"][0]["message"]["content"] == expected.text
+    assert json.loads(expected.text)["n"] in range(10)
+    assert out["usage"]["speculative"]["target_forwards"] > 0
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer", "minimum": 0,
+                                               "maximum": 9}}, "required": ["a"]}}}]
+    plain = chat(drafted.url, "Add.", max_tokens=40, tools=tools, tool_choice="required",
+                 speculative={"method": "off"}, **off)
+    fast = chat(drafted.url, "Add.", max_tokens=40, tools=tools, tool_choice="required",
+                speculative={"method": "lookup", "tokens": 3}, **off)
+    calls = [c["function"] for c in fast["choices"][0]["message"]["tool_calls"]]
+    assert calls == [c["function"] for c in plain["choices"][0]["message"]["tool_calls"]]
+    assert "speculative" in fast["usage"] and "speculative" not in plain["usage"]
 
 
 @pytest.mark.parametrize("field, message, param", [
@@ -131,18 +156,15 @@ def test_bad_speculative_fields_are_refused_by_name(drafted, field, message, par
     assert message in r.json()["error"]["message"] and r.json()["error"]["param"] == param
 
 
-def test_combinations_not_supported_yet_are_refused(drafted):
-    for extra, what in (({"response_format": {"type": "json_object"}}, "a structured output"),
-                        ({"logprobs": True}, "log-probabilities")):
-        r = httpx.post(f"{drafted.url}/v1/chat/completions", timeout=60, json={
-            "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
-            "speculative": {"method": "lookup"}, **extra})
-        assert r.status_code == 400
-        assert r.json()["error"]["message"].startswith(
-            f"'speculative' cannot be combined with {what}")
-    r = httpx.post(f"{drafted.url}/api/generate", timeout=60, json={
-        "model": MODEL, "prompt": "hi", "format": "json", "speculative": {"method": "draft"}})
-    assert r.status_code == 400 and "structured output" in r.json()["error"]
+def test_logprobs_are_not_combined_with_speculation_yet(drafted):
+    r = httpx.post(f"{drafted.url}/v1/chat/completions", timeout=60, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+        "speculative": {"method": "lookup"}, "logprobs": True})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == \
+        "'speculative' cannot be combined with log-probabilities yet"
+    out = chat(drafted.url, "hi", max_tokens=4, logprobs=True)  # the default steps aside
+    assert "speculative" not in out["usage"] and out["choices"][0]["logprobs"]["content"]
 
 
 def test_a_server_without_speculation(model, running):

@@ -170,7 +170,7 @@ def _check_draft(model, draft) -> None:
     """The draft reads and writes the model's token ids, or a one-line refusal (random
     weights have no tokenizer: their vocabulary sizes are compared)."""
     if model.tokenizer is not None and draft.tokenizer is not None:
-        model.speculative(draft, None, None, None)
+        model.speculative(draft, None, None)
     elif draft.config["vocab_size"] != model.config["vocab_size"]:
         raise QwenMlxError(f"the draft {draft.path} has {draft.config['vocab_size']:,} tokens, "
                            f"{model.path} {model.config['vocab_size']:,}: speculative "

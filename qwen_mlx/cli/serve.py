@@ -101,7 +101,7 @@ def server_speculation(llm, options: dict, draft):
     if not kwargs:
         return Speculation()
     checked = llm.speculative(kwargs.get("draft"), kwargs.get("lookup"),
-                              kwargs.get("draft_tokens"), None)
+                              kwargs.get("draft_tokens"))
     return Speculation("draft" if checked.draft is not None else "lookup", checked.tokens,
                        checked.draft)
 

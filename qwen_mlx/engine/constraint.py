@@ -209,7 +209,19 @@ class GrammarMask:
         self.state = "first" if think else "grammar"  # then "thinking" or "grammar"
         self.started = False
         self.broken: str | None = None  # the matcher refused a token (it should not)
+        self.consumed = 0  # tokens the matcher has taken (speculation rolls some back)
         self.words = allocate_token_bitmask(1, vocab_size)
+
+    def mark(self) -> tuple:
+        """Where the mask stands now: :meth:`rewind` comes back here (speculative decoding
+        masks rows for proposals that may then be rejected)."""
+        return self.state, self.started, self.broken, self.consumed
+
+    def rewind(self, mark: tuple) -> None:
+        """Back to a :meth:`mark`: the tokens taken since are rolled back in the matcher."""
+        if self.consumed > mark[3]:
+            self.matcher.rollback(self.consumed - mark[3])
+        self.state, self.started, self.broken, self.consumed = mark
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         mx.async_eval(logits)  # the device computes the step while the mask is made here
@@ -230,7 +242,11 @@ class GrammarMask:
             if token == self.think[1]:  # thinking is over: the grammar starts fresh
                 self.state = "grammar"
             return
-        if self.broken is None and not self.matcher.consume_token(token):
+        if self.broken is not None:
+            return
+        if self.matcher.consume_token(token):
+            self.consumed += 1
+        else:
             self.broken = self.matcher.get_error() or f"token {token} refused"
             log.warning("the structured output's matcher refused a token (%s): the reply "
                         "ends here", self.broken)

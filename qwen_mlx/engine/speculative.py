@@ -116,18 +116,15 @@ def speculative_tokens(model, tokens: list[int], cache: list, params: SamplingPa
                 proposals, q = (lookup.propose(k) if k > 0 else []), None
             with seam.on(stream):
                 logits = model(mx.array([context[-1]] + proposals)[None], cache=cache)[0]
-                if processors:
-                    rows = []
-                    for i in range(len(proposals) + 1):
-                        row = logits[i:i + 1]
-                        recent = mx.array((context + proposals[:i])[-RECENT:], dtype=mx.uint32)
-                        for process in processors:
-                            row = process(recent, row)
-                        rows.append(row)
-                    logits = mx.concatenate(rows, axis=0)
+                logits, marks = processed(logits, context, proposals, processors)
             counts.forwards += 1
             counts.proposed += len(proposals)
-            kept, token = verify(logits, proposals, q, distribution, draw)
+            # a proposal a grammar forbids ends the rows: it and the rest are rejected
+            usable = len(marks) - 1 if marks else len(proposals)
+            kept, token = verify(logits, proposals[:usable],
+                                 None if q is None else q[:usable], distribution, draw)
+            for mask, mark in zip(markers(processors), marks[len(kept)] if marks else ()):
+                mask.rewind(mark)  # as if only the kept proposals had been fed
             counts.accepted += len(kept)
             # the model was fed context[-1] and every proposal: keep those before `token`
             trim_prompt_cache(cache, len(proposals) - len(kept))
@@ -139,6 +136,34 @@ def speculative_tokens(model, tokens: list[int], cache: list, params: SamplingPa
                     lookup.add(new)
                 if made >= max_tokens:
                     return
+
+
+def markers(processors) -> list:
+    """The processors with a state to rewind (a grammar's mask)."""
+    return [p for p in processors if hasattr(p, "mark")]
+
+
+def processed(logits: mx.array, context: list[int], proposals: list[int],
+              processors) -> tuple[mx.array, list]:
+    """The model's rows through the processors, each with the tokens before it (penalties
+    count them; a grammar's mask advances through them). With a grammar: the rows up to
+    the first proposal it forbids, and after each row the mask's :meth:`mark` (to rewind to
+    the row the verification ends at)."""
+    if not processors:
+        return logits, []
+    stateful = markers(processors)
+    rows, marks = [], []
+    for i in range(len(proposals) + 1):
+        row = logits[i:i + 1]
+        recent = mx.array((context + proposals[:i])[-RECENT:], dtype=mx.uint32)
+        for process in processors:
+            row = process(recent, row)
+        rows.append(row)
+        if stateful:
+            marks.append([m.mark() for m in stateful])
+            if i < len(proposals) and row[0, proposals[i]].item() == -float("inf"):
+                break
+    return mx.concatenate(rows, axis=0), marks
 
 
 def verify(logits: mx.array, proposals: list[int], q: mx.array | None, distribution,

@@ -52,11 +52,10 @@ OPTION_NO_OPS = {"repeat_last_n": lambda v: v in (None, PENALTY_WINDOW),
 def validated(server: Server, body: dict, tokens: list[int]):
     """The engine's request from a prompt, Ollama's ``options`` and its ``format``."""
     sampling, stop, num_ctx = options(body)
-    constraint = ollama_format(body.get("format"))
-    return server.request(tokens, sampling, stop, num_ctx, constraint=constraint,
+    return server.request(tokens, sampling, stop, num_ctx,
+                          constraint=ollama_format(body.get("format")),
                           constraint_param="format", max_tokens_param="options.num_predict",
-                          speculative=server.speculative(body,
-                                                         constrained=constraint is not None))
+                          speculative=server.speculative(body))
 
 
 def thinking(body: dict) -> bool | None:

@@ -192,9 +192,8 @@ async def chat_completions(server: Server, request: Request) -> Response:
                              constraint_param="tool_choice" if forced else "response_format",
                              max_tokens_param="max_completion_tokens"
                              if "max_completion_tokens" in body else "max_tokens",
-                             speculative=server.speculative(
-                                 body, constrained=(wanted or forced) is not None,
-                                 logprobs=logprobs is not None))
+                             speculative=server.speculative(body,
+                                                            logprobs=logprobs is not None))
         return req, tools, stream, include_usage, continuous, logprobs, several
 
     req, tools, stream, include_usage, continuous, logprobs, several = \

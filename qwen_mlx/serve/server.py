@@ -67,12 +67,10 @@ class Server:
     def closing(self) -> bool:
         return self.worker.closing.is_set()
 
-    def speculative(self, body: dict, *, constrained: bool = False,
-                    logprobs: bool = False) -> dict:
+    def speculative(self, body: dict, *, logprobs: bool = False) -> dict:
         """The request's speculative decoding (its ``speculative`` field over the server's
         default) as :meth:`request`'s ``speculative``."""
-        return self.speculation.kwargs(body.get("speculative"), constrained=constrained,
-                                       logprobs=logprobs)
+        return self.speculation.kwargs(body.get("speculative"), logprobs=logprobs)
 
     def check_logprobs(self, top: int | None, param: str) -> int | None:
         """Log-probabilities come from the batch; the lone engine (--parallel 1, quantized
