@@ -260,10 +260,13 @@ class Model:
     def stream(self, prompt: Prompt | list[int] | Request, *,
                cache: PromptCache | None = None,
                on_prefill: engine.generate.PrefillProgress | None = None,
-               prefill_step: int | None = None, cut=None, **request) -> Iterator[Piece]:
+               prefill_step: int | None = None, cut=None, top_logprobs: int | None = None,
+               **request) -> Iterator[Piece]:
         """Stream the reply to a :class:`Request`, or to a prompt with :meth:`request`'s
         keyword arguments. The last piece carries :class:`Stats`; ``cut()``, asked after each
-        token, ends the reply early as "length"."""
+        token, ends the reply early as "length". ``top_logprobs`` (speculative requests
+        only, as the server's lanes use it): each piece's log-probability and that many
+        alternatives."""
         if isinstance(prompt, Request):
             if request:
                 raise TypeError(f"a Request is already validated; drop {', '.join(request)}")
@@ -275,11 +278,13 @@ class Model:
                              engine.make_sampler(req.params), max_tokens=req.params.max_tokens,
                              cache=cache, eos_ids=self.eos_ids, stop=req.stop,
                              on_prefill=on_prefill, processors=self.processors(req), cut=cut,
-                             speculation=self.speculation(req.speculative, cache),
+                             speculation=self.speculation(req.speculative, cache,
+                                                          top_logprobs),
                              params=req.params,
                              **self._chunking(prefill_step))
 
-    def speculation(self, settings: Speculative | None, cache: PromptCache):
+    def speculation(self, settings: Speculative | None, cache: PromptCache,
+                    top_logprobs: int | None = None):
         """The proposer for one reply (None: plain decoding); a draft's cache is kept
         beside the model's cache it follows (a chat's turns reuse both). Its ``counts``
         say what it did."""
@@ -289,11 +294,12 @@ class Model:
 
         draft = settings.draft
         if draft is None:
-            return Speculation(settings.tokens)
+            return Speculation(settings.tokens, logprobs=top_logprobs)
         caches = self._draft_caches.setdefault(cache, {})
         if id(draft) not in caches:
             caches[id(draft)] = draft.new_cache()
-        return Speculation(settings.tokens, draft.net, caches[id(draft)])
+        return Speculation(settings.tokens, draft.net, caches[id(draft)],
+                           logprobs=top_logprobs)
 
     def token_steps(self, tokens: list[int], cache: PromptCache, *, max_tokens: int,
                     params: SamplingParams | None = None,

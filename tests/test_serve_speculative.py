@@ -156,15 +156,29 @@ def test_bad_speculative_fields_are_refused_by_name(drafted, field, message, par
     assert message in r.json()["error"]["message"] and r.json()["error"]["param"] == param
 
 
-def test_logprobs_are_not_combined_with_speculation_yet(drafted):
-    r = httpx.post(f"{drafted.url}/v1/chat/completions", timeout=60, json={
-        "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
-        "speculative": {"method": "lookup"}, "logprobs": True})
-    assert r.status_code == 400
-    assert r.json()["error"]["message"] == \
-        "'speculative' cannot be combined with log-probabilities yet"
-    out = chat(drafted.url, "hi", max_tokens=4, logprobs=True)  # the default steps aside
-    assert "speculative" not in out["usage"] and out["choices"][0]["logprobs"]["content"]
+def test_logprobs_of_a_speculating_request_are_the_batchs(drafted):
+    """The rows that verified the proposals give each token's log-probability: the same
+    tokens, values and alternatives as the batch reports without speculation."""
+    def entries(**extra):
+        out = chat(drafted.url, COPY, max_tokens=12, logprobs=True, top_logprobs=3, **extra)
+        return out["choices"][0]["logprobs"]["content"], out["usage"]
+
+    plain, usage = entries(speculative={"method": "off"})
+    assert "speculative" not in usage
+    for method in ({"method": "lookup", "tokens": 4}, {"method": "draft", "tokens": 3}):
+        fast, usage = entries(speculative=method)
+        assert usage["speculative"]["target_forwards"] < 12 or method["method"] == "lookup"
+        assert [e["token"] for e in fast] == [e["token"] for e in plain]
+        for a, b in zip(fast, plain):
+            assert a["logprob"] == pytest.approx(b["logprob"], abs=1e-4)
+            assert [t["token"] for t in a["top_logprobs"]] == \
+                [t["token"] for t in b["top_logprobs"]]
+            assert [t["logprob"] for t in a["top_logprobs"]] == \
+                pytest.approx([t["logprob"] for t in b["top_logprobs"]], abs=1e-4)
+    r = httpx.post(f"{drafted.url}/v1/completions", timeout=60, json={
+        "model": MODEL, "prompt": COPY, "max_tokens": 6, "temperature": 0, "logprobs": 2,
+        "speculative": {"method": "lookup"}})
+    assert r.status_code == 200 and len(r.json()["choices"][0]["logprobs"]["tokens"]) == 6
 
 
 def test_a_server_without_speculation(model, running):

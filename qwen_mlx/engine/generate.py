@@ -281,7 +281,8 @@ def stream(model, tokenizer, prompt: list[int], sampler: Sampler, *, max_tokens:
             processors=processors, history=history)
     try:
         for token in tokens:
-            piece = reply.add(token)
+            scored = speculation is not None and speculation.logprobs is not None
+            piece = reply.add(token, **(speculation.scores.popleft() if scored else {}))
             if piece is not None:
                 if speculation is not None:
                     piece.forward = speculation.counts.forwards

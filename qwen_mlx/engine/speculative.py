@@ -21,6 +21,7 @@ of the guess is kept, plus one token of the model's own: 1 to k+1 tokens per for
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -48,12 +49,17 @@ class Counts:
 @dataclass
 class Speculation:
     """One reply's proposer: ``draft`` (a draft model's network, with ``draft_cache``) or
-    prompt lookup, ``tokens`` proposals per step."""
+    prompt lookup, ``tokens`` proposals per step. With ``logprobs`` (how many alternatives,
+    0 for the token's own only), each yielded token's log-probability waits in ``scores``
+    (from the same processed rows the batch reports: penalties and grammar applied, before
+    temperature)."""
 
     tokens: int
     draft: object | None = None
     draft_cache: PromptCache | None = None
     counts: Counts = field(default_factory=Counts)
+    logprobs: int | None = None
+    scores: deque = field(default_factory=deque)
 
 
 class LookupIndex:
@@ -126,6 +132,8 @@ def speculative_tokens(model, tokens: list[int], cache: list, params: SamplingPa
             for mask, mark in zip(markers(processors), marks[len(kept)] if marks else ()):
                 mask.rewind(mark)  # as if only the kept proposals had been fed
             counts.accepted += len(kept)
+            if spec.logprobs is not None:
+                spec.scores.extend(scores(logits, kept + [token], spec.logprobs))
             # the model was fed context[-1] and every proposal: keep those before `token`
             trim_prompt_cache(cache, len(proposals) - len(kept))
             for new in kept + [token]:
@@ -136,6 +144,23 @@ def speculative_tokens(model, tokens: list[int], cache: list, params: SamplingPa
                     lookup.add(new)
                 if made >= max_tokens:
                     return
+
+
+def scores(logits: mx.array, tokens: list[int], top: int) -> list[dict]:
+    """Per token (row i made tokens[i]): its log-probability and the ``top`` likeliest
+    alternatives, as :class:`~qwen_mlx.engine.generate.Piece` fields."""
+    rows = logits[:len(tokens)].astype(mx.float32)
+    rows = rows - mx.logsumexp(rows, axis=-1, keepdims=True)
+    chosen = mx.take_along_axis(rows, mx.array(tokens)[:, None], axis=-1)[:, 0].tolist()
+    if not top:
+        return [{"logprob": c, "top_logprobs": []} for c in chosen]
+    ids = mx.argpartition(-rows, kth=top - 1, axis=-1)[:, :top]
+    values = mx.take_along_axis(rows, ids, axis=-1)
+    order = mx.argsort(-values, axis=-1)
+    ids = mx.take_along_axis(ids, order, axis=-1).tolist()
+    values = mx.take_along_axis(values, order, axis=-1).tolist()
+    return [{"logprob": c, "top_logprobs": list(zip(i, v))}
+            for c, i, v in zip(chosen, ids, values)]
 
 
 def markers(processors) -> list:

@@ -192,8 +192,7 @@ async def chat_completions(server: Server, request: Request) -> Response:
                              constraint_param="tool_choice" if forced else "response_format",
                              max_tokens_param="max_completion_tokens"
                              if "max_completion_tokens" in body else "max_tokens",
-                             speculative=server.speculative(body,
-                                                            logprobs=logprobs is not None))
+                             speculative=server.speculative(body))
         return req, tools, stream, include_usage, continuous, logprobs, several
 
     req, tools, stream, include_usage, continuous, logprobs, several = \
@@ -274,7 +273,7 @@ async def completions(server: Server, request: Request) -> Response:
         # OpenAI's default for this endpoint is 16 tokens
         req = server.request(prompt_tokens(server, body.get("prompt")), sampling(body),
                              stop_list(body.get("stop")), default_max_tokens=16,
-                             speculative=server.speculative(body, logprobs=top is not None))
+                             speculative=server.speculative(body))
         return req, stream, include_usage, continuous, top
 
     req, stream, include_usage, continuous, top = await server.validate(build)

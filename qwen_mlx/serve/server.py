@@ -67,10 +67,10 @@ class Server:
     def closing(self) -> bool:
         return self.worker.closing.is_set()
 
-    def speculative(self, body: dict, *, logprobs: bool = False) -> dict:
+    def speculative(self, body: dict) -> dict:
         """The request's speculative decoding (its ``speculative`` field over the server's
         default) as :meth:`request`'s ``speculative``."""
-        return self.speculation.kwargs(body.get("speculative"), logprobs=logprobs)
+        return self.speculation.kwargs(body.get("speculative"))
 
     def check_logprobs(self, top: int | None, param: str) -> int | None:
         """Log-probabilities come from the batch; the lone engine (--parallel 1, quantized

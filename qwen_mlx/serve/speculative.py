@@ -7,10 +7,8 @@ choose for itself with a field of ours, the same on the OpenAI and Ollama endpoi
 
 ``method`` defaults to the server's (a server without one needs it said), ``tokens``
 (proposals per step, 1 to 16) to the server's or 4; any other key is refused by name.
-Structured outputs speculate too (each proposal is checked against the grammar). Speculation
-does not yet compute log-probabilities: a request that asks for both is refused, and the
-server's default leaves such requests to plain decoding (their usage then has no
-``speculative`` record: nothing claims speculation that did not run).
+Structured outputs (each proposal checked against the grammar) and log-probabilities (from
+the rows that verified the proposals) work as without speculation.
 """
 
 from __future__ import annotations
@@ -34,11 +32,11 @@ class Speculation:
     tokens: int | None = None
     draft: Model | None = None
 
-    def kwargs(self, value, *, logprobs: bool) -> dict:
+    def kwargs(self, value) -> dict:
         """A request's ``speculative`` field (None: absent) -> :meth:`Model.request`'s
         keyword arguments (draft, draft_tokens, lookup), checked."""
         if value is None:
-            if self.method is None or logprobs:
+            if self.method is None:
                 return {}
             return self._chosen(self.method, self.tokens)
         if not isinstance(value, dict):
@@ -69,9 +67,6 @@ class Speculation:
         if method == "draft" and self.draft is None:
             raise RequestError(400, "'speculative.method' draft needs a server started with "
                                     "--draft MODEL", param=f"{PARAM}.method")
-        if logprobs:
-            raise RequestError(400, "'speculative' cannot be combined with log-probabilities "
-                                    "yet", param=PARAM)
         return self._chosen(method, tokens or (self.tokens if method == self.method else None))
 
     def _chosen(self, method: str, tokens: int | None) -> dict:

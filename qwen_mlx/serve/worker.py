@@ -298,7 +298,7 @@ class Worker:
             self.pool.shrink(max(0, int(self.budget - need)))
             if lane:
                 pieces = self.model.stream(job.request, cache=cache, on_prefill=job.on_prefill,
-                                           cut=self._cut())
+                                           cut=self._cut(), top_logprobs=job.top_logprobs)
                 self.lanes.append(Lane(job, cache, pieces))
             else:
                 uid = self.batch.add(job.request, cache, on_prefill=job.on_prefill,
