@@ -27,8 +27,6 @@ from .tools.toolbox import DEFAULT_ROUNDS, DEFAULT_TIMEOUT
 
 Message = dict
 Prompt = Union[str, Sequence[Message]]
-DRAFT_TOKENS = 4  # proposals per step of speculative decoding, unless told
-MAX_DRAFT_TOKENS = 16
 
 
 @dataclass
@@ -189,21 +187,14 @@ class Model:
                     draft_tokens: int | None) -> Speculative | None:
         """Speculative decoding's settings, checked: a ``draft`` model proposing
         ``draft_tokens`` (4) per step, or prompt ``lookup`` of that many."""
-        if draft is None and lookup is None:
-            if draft_tokens is not None:
-                raise QwenMlxError("draft_tokens needs a draft model (or use lookup)")
+        return Speculative.checked(draft, lookup, draft_tokens,
+                                   lambda: self._vocabulary_problem(draft))
+
+    def _vocabulary_problem(self, draft: "Model") -> str | None:
+        if self.same_vocabulary(draft):
             return None
-        if draft is not None and lookup is not None:
-            raise QwenMlxError("choose a draft model (--draft) or prompt lookup (--lookup), "
-                               "not both")
-        tokens = lookup if lookup is not None else (draft_tokens or DRAFT_TOKENS)
-        if not 1 <= tokens <= MAX_DRAFT_TOKENS:
-            raise QwenMlxError(f"{'lookup' if lookup is not None else 'draft_tokens'} must be "
-                               f"from 1 to {MAX_DRAFT_TOKENS}")
-        if draft is not None and not self.same_vocabulary(draft):
-            raise QwenMlxError(f"the draft {draft.path} has a different tokenizer from "
-                               f"{self.path}: speculative decoding needs the same vocabulary")
-        return Speculative(tokens, draft)
+        return f"the draft {draft.path} has a different tokenizer from {self.path}: " \
+               f"speculative decoding needs the same vocabulary"
 
     def same_vocabulary(self, other: "Model") -> bool:
         """Whether ``other`` reads and writes the same token ids (checked once per draft)."""

@@ -335,7 +335,7 @@ def _filled(model, n: int):
 
 def test_cache_pool_keeps_its_byte_budget(model):
     """Kept caches are budgeted by the bytes their buffers measure, not by token counts."""
-    from qwen_mlx.serve.worker import CachePool
+    from qwen_mlx.serve.kv_room import CachePool
 
     sizes = {n: _filled(model, n).nbytes for n in (200, 600, 1000)}
     assert sizes[200] < sizes[600] < sizes[1000]  # capacities of 256, 768 and 1024

@@ -8,7 +8,7 @@ mlx-lm's pieces do the work (``common_prefix_len``, ``trim_prompt_cache``, its c
 ``LRUPromptCache`` is not used: it hands out a deep copy of the cache it finds, so during a
 request a conversation's cache would exist twice, where the memory plan budgets one context
 in all; our caches are moved in and out of the server's pool instead
-(:class:`qwen_mlx.serve.worker.CachePool`). Ours also keep the full-precision prefix of a
+(:class:`qwen_mlx.serve.kv_room.CachePool`). Ours also keep the full-precision prefix of a
 quantized cache (:mod:`qwen_mlx.engine.kv_cache`).
 """
 

@@ -10,9 +10,14 @@ so a bad value is a one-line error or a 4xx at the edge, never an error deep in 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
+from ..errors import QwenMlxError
 from .constraint import Constraint
 from .sampling import SamplingParams
+
+DRAFT_TOKENS = 4  # proposals per step of speculative decoding, unless told
+MAX_DRAFT_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,27 @@ class Speculative:
 
     tokens: int
     draft: object | None = None
+
+    @classmethod
+    def checked(cls, draft, lookup: int | None, draft_tokens: int | None,
+                vocabulary_problem: Callable[[], str | None]) -> "Speculative | None":
+        """The settings from their parts (None: plain decoding), or a one-line error;
+        ``vocabulary_problem()`` says why a draft cannot propose for the model, if so."""
+        if draft is None and lookup is None:
+            if draft_tokens is not None:
+                raise QwenMlxError("draft_tokens needs a draft model (or use lookup)")
+            return None
+        if draft is not None and lookup is not None:
+            raise QwenMlxError("choose a draft model (--draft) or prompt lookup (--lookup), "
+                               "not both")
+        tokens = lookup if lookup is not None else (draft_tokens or DRAFT_TOKENS)
+        if not 1 <= tokens <= MAX_DRAFT_TOKENS:
+            raise QwenMlxError(f"{'lookup' if lookup is not None else 'draft_tokens'} must be "
+                               f"from 1 to {MAX_DRAFT_TOKENS}")
+        problem = vocabulary_problem() if draft is not None else None
+        if problem:
+            raise QwenMlxError(problem)
+        return cls(tokens, draft)
 
 
 @dataclass(frozen=True)

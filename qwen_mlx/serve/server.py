@@ -12,7 +12,7 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import AsyncIterator, Callable, TypeVar
+from typing import TYPE_CHECKING, AsyncIterator, Callable, TypeVar
 
 import anyio
 
@@ -24,6 +24,9 @@ from ..tools import Toolbox
 from ..tools import calls as tool_calls
 from .logprobs import TokenText
 from .worker import Ended, Worker
+
+if TYPE_CHECKING:
+    from .speculative import Speculation
 
 T = TypeVar("T")
 

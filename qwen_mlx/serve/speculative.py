@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..model import DRAFT_TOKENS, MAX_DRAFT_TOKENS, Model
+from ..engine.request import DRAFT_TOKENS, MAX_DRAFT_TOKENS
+from ..model import Model
 from .server import RequestError
 
 KEYS = {"method", "tokens"}

@@ -29,21 +29,19 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterator
 
 import mlx.core as mx
 
 from ..engine import Piece, PromptCache, Request
 from ..engine.batch import Batch, batchable
-from ..engine.prompt_cache import common_prefix
 from ..model import Model
+from .kv_room import CachePool, default_parallel, kv_budget, kv_token_bytes
 
 log = logging.getLogger("qwen_mlx")
 
 _DONE = object()
-MAX_PARALLEL = 8
-RESERVE = 4096  # tokens a typical request may grow to, for the default --parallel
 
 
 class Ended(Exception):
@@ -98,62 +96,6 @@ class Lane:
     job: Job
     cache: PromptCache
     pieces: Iterator[Piece]
-
-
-class CachePool:
-    """Up to ``slots`` prompt caches, most recently used first, holding together no more
-    than ``budget`` bytes, measured (the least recently used are dropped first). A cache is
-    moved out for a request and back after it, never copied (mlx-lm's LRUPromptCache copies
-    the cache it hands out, which would hold a conversation twice during its request)."""
-
-    def __init__(self, model: Model, slots: int, budget: int) -> None:
-        self.model, self.slots, self.budget = model, slots, budget
-        self.caches: list[PromptCache] = []
-
-    @property
-    def nbytes(self) -> int:
-        return sum(c.nbytes for c in self.caches)
-
-    def take(self, tokens: list[int]) -> PromptCache:
-        shared = [(common_prefix(c.tokens, tokens), c) for c in self.caches]
-        best = max(shared, key=lambda pair: pair[0], default=(0, None))
-        if best[0] == 0:
-            return self.model.new_cache()
-        self.caches.remove(best[1])
-        return best[1]
-
-    def give_back(self, cache: PromptCache) -> None:
-        self.caches = [cache, *self.caches][:self.slots]
-        self.shrink(self.budget)
-
-    def shrink(self, nbytes: int) -> None:
-        """Drop the least recently used caches until the rest hold at most ``nbytes``."""
-        while self.caches and self.nbytes > nbytes:
-            self.caches.pop()
-
-
-def kv_budget(model: Model, parallel: int) -> int:
-    """Tokens of KV the memory plan has room for with ``parallel`` sequences (their prefill
-    activations counted), shared by every sequence and kept cache; never less than one full
-    context."""
-    room = replace(model.plan, parallel=parallel).largest_context() if model.plan else 0
-    return max(room, model.context_length)
-
-
-def kv_token_bytes(model: Model) -> float:
-    """Bytes one cached token takes in every layer, as the model stores its KV."""
-    if model.plan is not None:
-        return model.plan.kv_bytes_per_token()
-    from ..engine.memory_plan import kv_bytes_per_token
-    from ..models.shapes import Shape
-
-    return kv_bytes_per_token(Shape.of(model.config), model.kv,
-                              getattr(mx, model.compute_dtype).size)
-
-
-def default_parallel(model: Model) -> int:
-    """As many sequences as the KV budget holds at RESERVE tokens each, 1 to 8."""
-    return max(1, min(MAX_PARALLEL, kv_budget(model, 1) // RESERVE))
 
 
 class Worker:
