@@ -279,9 +279,9 @@ def stream(model, tokenizer, prompt: list[int], sampler: Sampler, *, max_tokens:
             prefill=lambda s: prefill(model, todo, cache.layers, s, prefill_step=prefill_step,
                                       chunk_at=chunk_at, on_prefill=on_prefill),
             processors=processors, history=history)
+    scored = speculation is not None and speculation.logprobs is not None
     try:
         for token in tokens:
-            scored = speculation is not None and speculation.logprobs is not None
             piece = reply.add(token, **(speculation.scores.popleft() if scored else {}))
             if piece is not None:
                 if speculation is not None:
