@@ -158,9 +158,9 @@ def _measure(target, lengths, depths, gen_tokens, reps, warmup, bandwidth) -> di
 def _speculate(model, draft, speculate: dict, gen_tokens: int, reps: int, warmup: int) -> dict:
     """--draft/--lookup against plain decoding on one model (its draft checked first)."""
     from ..benchmark.speculative import measure_speculative
-    from ..engine.request import Speculative
+    from ..engine.request import DRAFT_TOKENS, Speculative
 
-    tokens = speculate.get("lookup") or speculate.get("draft_tokens") or 4
+    tokens = speculate.get("lookup") or speculate.get("draft_tokens") or DRAFT_TOKENS
     with err.status(f"{model.path.name}: speculative decoding against plain"):
         return measure_speculative(model, Speculative(tokens, draft), gen_tokens=gen_tokens,
                                    reps=reps, warmup=warmup)
