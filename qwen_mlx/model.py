@@ -272,7 +272,7 @@ class Model:
                              speculation=self.speculation(req.speculative, cache,
                                                           top_logprobs),
                              params=req.params,
-                             **self._chunking(prefill_step))
+                             **self.chunking(prefill_step))
 
     def speculation(self, settings: Speculative | None, cache: PromptCache,
                     top_logprobs: int | None = None):
@@ -303,18 +303,19 @@ class Model:
         if speculation is None:
             return engine.generate_tokens(self.net, tokens, cache.layers,
                                           engine.make_sampler(params), max_tokens=max_tokens,
-                                          **self._chunking(None))
+                                          **self.chunking(None))
         from .engine.generate import prefill
         from .engine.speculative import speculative_tokens
 
-        chunking = self._chunking(None)
+        chunking = self.chunking(None)
         return speculative_tokens(
             self.net, tokens, cache.layers, params, speculation, max_tokens=max_tokens,
             prefill=lambda stream: prefill(self.net, tokens, cache.layers, stream, **chunking),
             processors=make_processors(params))
 
-    def _chunking(self, prefill_step: int | None) -> dict:
-        """Prefill chunk size, shrunk at depth as the memory plan says."""
+    def chunking(self, prefill_step: int | None = None) -> dict:
+        """Prefill chunk size, shrunk at depth as the memory plan says (the keyword
+        arguments of :func:`~qwen_mlx.engine.generate.prefill`)."""
         step = prefill_step or self.prefill_step
         return {"prefill_step": step,
                 "chunk_at": partial(self.plan.chunk_at, cap=step) if self.plan else None}

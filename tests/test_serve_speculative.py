@@ -1,12 +1,12 @@
 """Speculative decoding in `qwen-mlx serve`: the server's default (--draft/--lookup), the
-``speculative`` field per request (refused keys and combinations named), speculative lanes
-running beside the batch with texts equal to plain decoding, and the usage extension."""
+``speculative`` field per request (refused keys and combinations named), speculating
+requests checked together in one forward beside the plain batch with texts equal to plain
+decoding, and the usage extension."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 
 import httpx
@@ -46,19 +46,32 @@ def solo(model, content: str) -> str:
                           max_tokens=24).text
 
 
-def test_lanes_beside_the_batch_give_plain_texts(model, drafted):
+def test_speculating_requests_share_forwards_beside_the_batch(model, drafted, monkeypatch):
     """Speculating and plain requests at once: every text is plain decoding's, the
-    speculating ones report their proposals, and both kinds ran side by side."""
+    speculating ones report their proposals, the plain one ran in the batch while they ran,
+    and their proposals were checked together: the speculative batch made fewer forwards
+    than their replies counted."""
     methods = [None, {"method": "off"}, {"method": "lookup", "tokens": 4},
                {"method": "draft", "tokens": 2}]
     expected = [solo(model, p) for p in PROMPTS]
     worker = drafted.server.worker
-    seen = []
+    admitted = []
+    admit = worker._admit
 
-    def watch():
-        for _ in range(2000):
-            seen.append((len(worker.running), len(worker.lanes)))
-            time.sleep(0.005)
+    def gated():  # the four requests start in one admission (whatever the HTTP timing)
+        if worker.waiting and not admitted:
+            for _ in range(6000):
+                worker._collect(block=False)
+                if len(worker.waiting) == len(PROMPTS):
+                    break
+                time.sleep(0.01)
+            admit()
+            admitted.append((len(worker.running), len(worker.speculating)))
+            return
+        admit()
+
+    monkeypatch.setattr(worker, "_admit", gated)
+    before = worker.speculative.forwards
 
     async def main_() -> list[dict]:
         async with httpx.AsyncClient(timeout=120) as client:
@@ -71,10 +84,7 @@ def test_lanes_beside_the_batch_give_plain_texts(model, drafted):
                 return r.json()
             return await asyncio.gather(*(one(p, m) for p, m in zip(PROMPTS, methods)))
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
     outs = asyncio.run(main_())
-    watcher.join()
     assert [o["choices"][0]["message"]["content"] for o in outs] == expected
     default, off, lookup, draft = (o["usage"] for o in outs)
     assert "speculative" not in off
@@ -83,8 +93,12 @@ def test_lanes_beside_the_batch_give_plain_texts(model, drafted):
         assert spec["acceptance_rate"] == 1.0 and spec["accepted_tokens"] == spec["draft_tokens"]
         assert spec["target_forwards"] < u["completion_tokens"]
     assert lookup["speculative"]["target_forwards"] <= lookup["completion_tokens"]
-    assert any(batch and lanes for batch, lanes in seen)  # a lane ran beside the batch
-    assert not worker.lanes and not worker.running
+    assert admitted == [(1, 3)]  # the plain one in the batch, three speculating beside it
+    own = [u["speculative"]["target_forwards"] for u in (default, lookup, draft)]
+    shared = worker.speculative.forwards - before
+    # they joined one step apart (a prefill chunk each), then shared every forward
+    assert max(own) <= shared <= max(own) + 2 < sum(own)
+    assert not worker.speculating and not worker.running
 
 
 def test_the_draft_keeps_n_plus_one_tokens_per_forward(drafted):
@@ -202,7 +216,7 @@ def test_serve_refuses_conflicting_speculative_options(tiny_q4_f32):
         assert message in result.output
 
 
-def test_a_client_that_leaves_ends_its_lane(drafted):
+def test_a_client_that_leaves_ends_its_speculation(drafted):
     worker = drafted.server.worker
     body = {"model": MODEL, "messages": [{"role": "user", "content": COPY}], "stream": True,
             "temperature": 0, "max_tokens": 400, "speculative": {"method": "lookup"}}
@@ -210,12 +224,12 @@ def test_a_client_that_leaves_ends_its_lane(drafted):
                       timeout=120) as r:
         for line in r.iter_lines():
             if '"content": "' in line and '"content": ""' not in line:
-                break  # the first text: the lane is running
-        assert worker.lanes
+                break  # the first text: it is speculating
+        assert worker.speculating
     for _ in range(1000):  # the engine notices within a step
-        if not worker.lanes:
+        if not worker.speculating:
             break
         time.sleep(0.02)
-    assert not worker.lanes
+    assert not worker.speculating
     assert worker.finished[-1]["cancelled"] and worker.finished[-1]["generated"] < 400
     assert any(len(c.tokens) > len(COPY) // 8 for c in worker.pool.caches)  # kept for reuse

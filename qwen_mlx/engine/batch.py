@@ -33,7 +33,7 @@ from mlx_lm.generate import BatchGenerator
 from .generate import Piece, Reply
 from .prompt_cache import PromptCache
 from .request import Request
-from .sampling import make_sampler
+from .sampling import make_sampler, top_logprobs
 
 Progress = Callable[[int, int], None]
 
@@ -172,27 +172,16 @@ class Batch:
     def _logprobs(self, made) -> list[dict]:
         """Per made token: its log-probability and the ``top_logprobs`` likeliest, from
         the normalised log-probabilities mlx-lm computed for the step, for the sequences
-        that asked; computed for all of them at once, read back in one transfer."""
+        that asked; computed for all of them at once."""
         wanted = [i for i, r in enumerate(made)
                   if self.sequences[r.uid].top_logprobs is not None]
         out = [{} for _ in made]
         if not wanted:
             return out
-        rows = mx.stack([made[i].logprobs for i in wanted])
-        tokens = mx.array([made[i].token for i in wanted])
-        chosen = mx.take_along_axis(rows, tokens[:, None], axis=-1)[:, 0]
         k = max(self.sequences[made[i].uid].top_logprobs for i in wanted)
-        ids = values = None
-        if k:
-            ids = mx.argpartition(-rows, kth=k - 1, axis=-1)[:, :k]
-            values = mx.take_along_axis(rows, ids, axis=-1)
-            order = mx.argsort(-values, axis=-1)
-            ids = mx.take_along_axis(ids, order, axis=-1)
-            values = mx.take_along_axis(values, order, axis=-1)
-        chosen, ids, values = (x.tolist() if x is not None else None
-                               for x in (chosen, ids, values))
-        for row, i in enumerate(wanted):
+        scored = top_logprobs(mx.stack([made[i].logprobs for i in wanted]),
+                              [made[i].token for i in wanted], k)
+        for i, score in zip(wanted, scored):
             n = self.sequences[made[i].uid].top_logprobs
-            top = list(zip(ids[row][:n], values[row][:n])) if n else []
-            out[i] = {"logprob": chosen[row], "top_logprobs": top}
+            out[i] = {**score, "top_logprobs": score["top_logprobs"][:n]}
         return out

@@ -77,6 +77,18 @@ def prefill(model, tokens: list[int], cache: list, stream, *, prefill_step: int 
             chunk_at: ChunkPolicy | None = None,
             on_prefill: PrefillProgress | None = None) -> int:
     """Compute all but the last of ``tokens`` into the cache, in chunks; returns how many."""
+    done = 0
+    for done in prefill_chunks(model, tokens, cache, stream, prefill_step=prefill_step,
+                               chunk_at=chunk_at, on_prefill=on_prefill):
+        pass
+    return done
+
+
+def prefill_chunks(model, tokens: list[int], cache: list, stream, *,
+                   prefill_step: int = PREFILL_STEP, chunk_at: ChunkPolicy | None = None,
+                   on_prefill: PrefillProgress | None = None) -> Iterator[int]:
+    """:func:`prefill` a chunk at a time, yielding the tokens done after each (the server
+    interleaves a newcomer's chunks with the running sequences' steps)."""
     prompt = mx.array(tokens)
     total, done = len(tokens), 0
     while total - done > 1:  # all but the last prompt token: only the cache is wanted
@@ -89,7 +101,7 @@ def prefill(model, tokens: list[int], cache: list, stream, *, prefill_step: int 
         done += n
         if on_prefill:
             on_prefill(done, total)
-    return done
+        yield done
 
 
 @dataclass
@@ -162,7 +174,6 @@ class Piece:
     notice: str | None = None
     logprob: float | None = None  # of the token, when the request asked (serve's batch)
     top_logprobs: list[tuple[int, float]] | None = None  # the likeliest alternatives
-    forward: int = 0  # speculative decoding: which of the model's forwards made the token
 
 
 class StopStrings:
@@ -284,8 +295,6 @@ def stream(model, tokenizer, prompt: list[int], sampler: Sampler, *, max_tokens:
         for token in tokens:
             piece = reply.add(token, **(speculation.scores.popleft() if scored else {}))
             if piece is not None:
-                if speculation is not None:
-                    piece.forward = speculation.counts.forwards
                 yield piece
             if reply.done or (cut is not None and cut()):
                 break

@@ -164,3 +164,21 @@ def make_distribution(params: SamplingParams) -> Callable[[mx.array], mx.array]:
         return mx.put_along_axis(full, ids, probs, axis=-1)
 
     return distribution
+
+
+def top_logprobs(rows: mx.array, tokens: list[int], k: int) -> list[dict]:
+    """Per row (normalised log-probabilities) and the token it made: that token's
+    log-probability and the ``k`` likeliest alternatives, most likely first, as
+    :class:`~qwen_mlx.engine.generate.Piece` fields; computed at once, read back in one
+    transfer. The batch and speculative decoding both report these."""
+    chosen = mx.take_along_axis(rows, mx.array(tokens)[:, None], axis=-1)[:, 0]
+    if not k:
+        return [{"logprob": c, "top_logprobs": []} for c in chosen.tolist()]
+    ids = mx.argpartition(-rows, kth=k - 1, axis=-1)[:, :k]
+    values = mx.take_along_axis(rows, ids, axis=-1)
+    order = mx.argsort(-values, axis=-1)
+    ids = mx.take_along_axis(ids, order, axis=-1)
+    values = mx.take_along_axis(values, order, axis=-1)
+    chosen, ids, values = (x.tolist() for x in (chosen, ids, values))
+    return [{"logprob": c, "top_logprobs": list(zip(i, v))}
+            for c, i, v in zip(chosen, ids, values)]

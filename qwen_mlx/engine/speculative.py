@@ -30,7 +30,7 @@ from mlx_lm.models.cache import trim_prompt_cache
 
 from ..models import mlx_lm_seam as seam
 from .prompt_cache import PromptCache
-from .sampling import Processor, SamplingParams, make_distribution
+from .sampling import Processor, SamplingParams, make_distribution, top_logprobs
 
 MAX_NGRAM = 3  # prompt lookup matches the context's last 3, 2, then 1 tokens
 RECENT = 1024  # tokens the penalties are given (as in plain decoding)
@@ -91,6 +91,74 @@ class LookupIndex:
         return []
 
 
+class Speculator:
+    """One reply's speculative decoding, apart from the model's forward: :meth:`propose`
+    the next tokens, run the model over them, :meth:`settle` on its rows. The lone
+    generator below and the server's speculative batch
+    (:mod:`qwen_mlx.engine.speculative_batch`) both drive it. ``context``: the tokens the
+    reply follows; the reply's tokens join it as they are settled."""
+
+    def __init__(self, spec: Speculation, params: SamplingParams, context: list[int], *,
+                 max_tokens: int, processors: list[Processor] = ()) -> None:
+        self.spec = spec
+        self.distribution = None if params.greedy else make_distribution(params)
+        self.key = mx.random.key(params.seed if params.seed is not None else
+                                 int(mx.random.randint(0, 2**31 - 1, ()).item()))
+        self.context = list(context)
+        self.lookup = LookupIndex(self.context) if spec.draft is None else None
+        self.processors = list(processors)
+        self.max_tokens = max_tokens
+        self.made = 0
+        self.proposals: list[int] = []
+        self.q: mx.array | None = None  # the draft's distributions for the proposals
+
+    @property
+    def done(self) -> bool:
+        return self.made >= self.max_tokens
+
+    def draw(self) -> mx.array:
+        """A key of this reply's own (a seeded reply draws the same alone or batched)."""
+        self.key, now = mx.random.split(self.key)
+        return now
+
+    def propose(self, stream) -> list[int]:
+        """This step's proposals: never more than the reply's room after one token of the
+        model's own."""
+        k = min(self.spec.tokens, self.max_tokens - self.made - 1)
+        if self.spec.draft is not None:
+            self.proposals, self.q = draft_proposals(self.spec, self.context, k,
+                                                     self.distribution, self.draw, stream)
+        else:
+            self.proposals, self.q = (self.lookup.propose(k) if k > 0 else []), None
+        return self.proposals
+
+    def settle(self, logits: mx.array) -> list[int]:
+        """The step's new tokens from the model's rows at the context's last token and at
+        each proposal: the proposals kept, then one token of the model's own. The model
+        was fed every proposal; those after the kept ones are for the caller to trim."""
+        spec, proposals, counts = self.spec, self.proposals, self.spec.counts
+        logits, marks = processed(logits, self.context, proposals, self.processors)
+        counts.forwards += 1
+        counts.proposed += len(proposals)
+        # a proposal a grammar forbids ends the rows: it and the rest are rejected
+        usable = len(marks) - 1 if marks else len(proposals)
+        kept, token = verify(logits, proposals[:usable],
+                             None if self.q is None else self.q[:usable], self.distribution,
+                             self.draw)
+        for mask, mark in zip(markers(self.processors), marks[len(kept)] if marks else ()):
+            mask.rewind(mark)  # as if only the kept proposals had been fed
+        counts.accepted += len(kept)
+        new = kept + [token]
+        if spec.logprobs is not None:
+            spec.scores.extend(scores(logits, new, spec.logprobs))
+        self.made += len(new)
+        self.context += new
+        if self.lookup is not None:
+            for t in new:
+                self.lookup.add(t)
+        return new
+
+
 def speculative_tokens(model, tokens: list[int], cache: list, params: SamplingParams,
                        spec: Speculation, *, max_tokens: int,
                        prefill: Callable[[mx.Stream | None], None],
@@ -99,68 +167,24 @@ def speculative_tokens(model, tokens: list[int], cache: list, params: SamplingPa
     """Like :func:`~qwen_mlx.engine.generate.generate_tokens`: up to ``max_tokens`` new ids
     after ``tokens`` (the cache lacks them; ``prefill(stream)`` computes all but the last),
     each step's proposals checked in one forward. ``spec.counts`` counts the steps."""
-    distribution = None if params.greedy else make_distribution(params)
-    key = mx.random.key(params.seed if params.seed is not None else
-                        int(mx.random.randint(0, 2**31 - 1, ()).item()))
-    context = list(history) + list(tokens)
-    lookup = LookupIndex(context) if spec.draft is None else None
-    counts = spec.counts
-
-    def draw() -> mx.array:
-        nonlocal key
-        key, now = mx.random.split(key)
-        return now
-
+    speculator = Speculator(spec, params, list(history) + list(tokens),
+                            max_tokens=max_tokens, processors=processors)
     with seam.generation_context(model) as stream:
         prefill(stream)
-        made = 0
-        while made < max_tokens:
-            k = min(spec.tokens, max_tokens - made - 1)
-            if spec.draft is not None:
-                proposals, q = draft_proposals(spec, context, k, distribution, draw, stream)
-            else:
-                proposals, q = (lookup.propose(k) if k > 0 else []), None
+        while not speculator.done:
+            fed = [speculator.context[-1]] + speculator.propose(stream)
             with seam.on(stream):
-                logits = model(mx.array([context[-1]] + proposals)[None], cache=cache)[0]
-                logits, marks = processed(logits, context, proposals, processors)
-            counts.forwards += 1
-            counts.proposed += len(proposals)
-            # a proposal a grammar forbids ends the rows: it and the rest are rejected
-            usable = len(marks) - 1 if marks else len(proposals)
-            kept, token = verify(logits, proposals[:usable],
-                                 None if q is None else q[:usable], distribution, draw)
-            for mask, mark in zip(markers(processors), marks[len(kept)] if marks else ()):
-                mask.rewind(mark)  # as if only the kept proposals had been fed
-            counts.accepted += len(kept)
-            if spec.logprobs is not None:
-                spec.scores.extend(scores(logits, kept + [token], spec.logprobs))
-            # the model was fed context[-1] and every proposal: keep those before `token`
-            trim_prompt_cache(cache, len(proposals) - len(kept))
-            for new in kept + [token]:
-                yield new
-                made += 1
-                context.append(new)
-                if lookup is not None:
-                    lookup.add(new)
-                if made >= max_tokens:
-                    return
+                new = speculator.settle(model(mx.array(fed)[None], cache=cache)[0])
+            # the model was fed the last token and every proposal: keep those before the last new
+            trim_prompt_cache(cache, len(fed) - len(new))
+            yield from new
 
 
 def scores(logits: mx.array, tokens: list[int], top: int) -> list[dict]:
     """Per token (row i made tokens[i]): its log-probability and the ``top`` likeliest
     alternatives, as :class:`~qwen_mlx.engine.generate.Piece` fields."""
     rows = logits[:len(tokens)].astype(mx.float32)
-    rows = rows - mx.logsumexp(rows, axis=-1, keepdims=True)
-    chosen = mx.take_along_axis(rows, mx.array(tokens)[:, None], axis=-1)[:, 0].tolist()
-    if not top:
-        return [{"logprob": c, "top_logprobs": []} for c in chosen]
-    ids = mx.argpartition(-rows, kth=top - 1, axis=-1)[:, :top]
-    values = mx.take_along_axis(rows, ids, axis=-1)
-    order = mx.argsort(-values, axis=-1)
-    ids = mx.take_along_axis(ids, order, axis=-1).tolist()
-    values = mx.take_along_axis(values, order, axis=-1).tolist()
-    return [{"logprob": c, "top_logprobs": list(zip(i, v))}
-            for c, i, v in zip(chosen, ids, values)]
+    return top_logprobs(rows - mx.logsumexp(rows, axis=-1, keepdims=True), tokens, top)
 
 
 def markers(processors) -> list:

@@ -132,19 +132,30 @@ def detokenizer(tokenizer):
 def generation_context(model) -> Iterator[mx.Stream | None]:
     """On Metal: the model's memory wired for the duration, and the dedicated stream to run
     each step on (mlx-lm's loop does both). Elsewhere (the CPU backend): nothing, None."""
-    if not (mx.metal.is_available() and mx.default_device().type == mx.DeviceType.gpu):
+    stream = decode_stream()
+    if stream is None:
         yield None
         return
-    from mlx_lm.generate import generation_stream, wired_limit
+    from mlx_lm.generate import wired_limit
 
     # wired_limit warns with print(); stdout carries the reply, so the warning goes to stderr
     with contextlib.redirect_stdout(sys.stderr):
-        limit = wired_limit(model, [generation_stream])
+        limit = wired_limit(model, [stream])
         limit.__enter__()
     try:
-        yield generation_stream
+        yield stream
     finally:
         limit.__exit__(None, None, None)
+
+
+def decode_stream() -> mx.Stream | None:
+    """mlx-lm's dedicated generation stream on Metal (where its batch runs too); None on
+    the CPU backend."""
+    if not (mx.metal.is_available() and mx.default_device().type == mx.DeviceType.gpu):
+        return None
+    from mlx_lm.generate import generation_stream
+
+    return generation_stream
 
 
 def on(stream: mx.Stream | None):

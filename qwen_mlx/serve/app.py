@@ -67,7 +67,7 @@ def health(server: Server) -> JSONResponse:
         "ok" if worker.state == "ok" else "engine stopped"
     return JSONResponse({"status": status, "model": server.model_id,
                          "parallel": worker.parallel,
-                         "running": len(worker.running) + len(worker.lanes),
+                         "running": len(worker.running) + len(worker.speculating),
                          "waiting": worker.waiting_count,
                          "engine": {"state": worker.state, "faults": worker.faults,
                                     "last_fault": worker.fault}},

@@ -14,10 +14,11 @@ cache is kept again when it ends. With ``parallel`` 1, or a model whose caches c
 batched (quantized KV), requests run one at a time through the lone engine, with the same
 cancellation, time limit and shutdown.
 
-A speculative request (``serve --draft/--lookup``, or its ``speculative`` field) runs in a
-lane beside the batch: its own cache (and its draft's), its own proposals and accepted
-length, one model forward per engine step between the batch's steps, counted in the same
-``parallel`` and KV budget. Requests without speculation keep sharing the batch.
+A speculative request (``serve --draft/--lookup``, or its ``speculative`` field) runs in
+the speculative batch (:class:`qwen_mlx.engine.speculative_batch.SpeculativeBatch`): every
+speculating sequence has its own proposals and accepted length, and one forward checks them
+all; it is stepped after the plain batch, and counted in the same ``parallel`` and KV
+budget. Requests without speculation keep sharing the plain batch.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
 import mlx.core as mx
 
 from ..engine import Piece, PromptCache, Request
 from ..engine.batch import Batch, batchable
+from ..engine.speculative_batch import SpeculativeBatch
 from ..model import Model
 from .kv_room import CachePool, default_parallel, kv_budget, kv_token_bytes
 
@@ -89,15 +91,6 @@ class Job:
         return len(self.request.tokens) + self.request.params.max_tokens
 
 
-@dataclass(eq=False)
-class Lane:
-    """A speculative request's own generation beside the batch (see the module's text)."""
-
-    job: Job
-    cache: PromptCache
-    pieces: Iterator[Piece]
-
-
 class Worker:
     def __init__(self, model: Model, slots: int = 4, parallel: int | None = None,
                  time_limit: float | None = None, draft: Model | None = None) -> None:
@@ -112,11 +105,12 @@ class Worker:
         self.budget = int(kv_budget(model, self.parallel) * self.token_bytes)  # bytes
         self.pool = CachePool(model, slots, self.budget)
         self.batch: Batch | None = None  # made on the engine thread (MLX streams are per thread)
+        self.speculative: SpeculativeBatch | None = None
         self.jobs: queue.Queue[Job] = queue.Queue()
         self.waiting: deque[Job] = deque()
         self.queued: set[Job] = set()  # not yet started (in ``jobs`` or ``waiting``)
         self.running: dict[int, Job] = {}  # in the batch, by its sequence id
-        self.lanes: list[Lane] = []  # speculative requests beside the batch
+        self.speculating: dict[int, Job] = {}  # in the speculative batch, by its id
         self.admitting: Job | None = None  # between leaving ``waiting`` and joining the batch
         self.finished: deque[dict] = deque(maxlen=64)  # recent jobs: tokens made, cancelled
         self.faults = 0  # engine failures survived
@@ -146,10 +140,12 @@ class Worker:
         """The engine thread: steps until closed. A step that raises fails the requests it
         was running (each gets an :class:`EngineFailure` naming the cause) and the batch is
         made anew; the thread itself never ends early."""
-        while not (self.closed and not self.running and not self.lanes and not self.waiting):
+        while not (self.closed and not self.running and not self.speculating and
+                   not self.waiting):
             try:
                 if self.batched and self.batch is None:
                     self.batch = Batch(self.model, parallel=self.parallel)
+                    self.speculative = SpeculativeBatch(self.model)
                 self._step()
             except Exception as e:  # noqa: BLE001 - reported to its requests; serving goes on
                 self._failed(e)
@@ -157,7 +153,7 @@ class Worker:
             self.batch.close()
 
     def _step(self) -> None:
-        self._collect(block=not self.running and not self.lanes and not self.waiting)
+        self._collect(block=not self.running and not self.speculating and not self.waiting)
         self._drop_cancelled()
         if self.batch is None:
             if self.waiting:
@@ -165,9 +161,9 @@ class Worker:
             return
         self._admit()
         if self.running:
-            self._dispatch(self.batch.step())
-        for lane in list(self.lanes):
-            self._turn(lane)
+            self._dispatch(self.batch.step(), self.running)
+        if self.speculating:
+            self._dispatch(self.speculative.step(), self.speculating)
         self._reap()
 
     def _failed(self, e: Exception) -> None:
@@ -175,12 +171,11 @@ class Worker:
         self.faults += 1
         self.fault = f"{type(e).__name__}: {e}".splitlines()[0]
         failure = EngineFailure(f"internal error: {self.fault}")
-        jobs = list(self.running.values()) + [lane.job for lane in self.lanes] + \
+        jobs = list(self.running.values()) + list(self.speculating.values()) + \
             ([self.admitting] if self.admitting else [])
-        for lane in self.lanes:
-            _close_quietly(lane.pieces)
         self.running.clear()
-        self.lanes.clear()
+        self.speculating.clear()
+        self.speculative = None  # made anew with the batch
         self.admitting = None
         for job in jobs:
             self._close(job, failure)
@@ -222,30 +217,29 @@ class Worker:
 
     def _admit(self) -> None:
         """Start waiting jobs, oldest first, while there is room: at most ``parallel``
-        sequences, their KV within the budget (the batch's padded to its longest)."""
+        sequences, their KV within the budget (each batch's padded to its longest)."""
         while self.waiting:
             job = self.waiting[0]
-            if len(self.running) + len(self.lanes) >= self.parallel:
+            if len(self.running) + len(self.speculating) >= self.parallel:
                 return
-            lane = job.request.speculative is not None
-            batch = [j.reserve for j in self.running.values()] + ([] if lane else [job.reserve])
-            tokens = len(batch) * max(batch, default=0) + \
-                sum(l.job.reserve for l in self.lanes) + (job.reserve if lane else 0)
+            speculates = job.request.speculative is not None
+            plain = [j.reserve for j in self.running.values()] + \
+                ([] if speculates else [job.reserve])
+            fast = [j.reserve for j in self.speculating.values()] + \
+                ([job.reserve] if speculates else [])
+            tokens = len(plain) * max(plain, default=0) + len(fast) * max(fast, default=0)
             need = tokens * self.token_bytes
-            if (self.running or self.lanes) and need > self.budget:
+            if (self.running or self.speculating) and need > self.budget:
                 return  # waits for a running sequence to end
             self.admitting = self.waiting.popleft()
             self.queued.discard(job)
             cache = self.pool.take(list(job.request.tokens))
             self.pool.shrink(max(0, int(self.budget - need)))
-            if lane:
-                pieces = self.model.stream(job.request, cache=cache, on_prefill=job.on_prefill,
-                                           cut=self._cut(), top_logprobs=job.top_logprobs)
-                self.lanes.append(Lane(job, cache, pieces))
-            else:
-                uid = self.batch.add(job.request, cache, on_prefill=job.on_prefill,
-                                     top_logprobs=job.top_logprobs, time_limit=self.time_limit)
-                self.running[uid] = job
+            batch, jobs = (self.speculative, self.speculating) if speculates else \
+                (self.batch, self.running)
+            uid = batch.add(job.request, cache, on_prefill=job.on_prefill,
+                            top_logprobs=job.top_logprobs, time_limit=self.time_limit)
+            jobs[uid] = job
             self.admitting = None
 
     def _cut(self):
@@ -253,51 +247,29 @@ class Worker:
         deadline = None if self.time_limit is None else time.monotonic() + self.time_limit
         return lambda: deadline is not None and time.monotonic() >= deadline
 
-    def _turn(self, lane: Lane) -> None:
-        """One model forward of a speculative lane: the tokens it made go out (the first
-        token of the next forward too, which ends the turn); the lane ends with its reply."""
-        first = None
-        for piece in lane.pieces:
-            lane.job.put(piece)
-            if piece.stats is not None:
-                break
-            if first is None:
-                first = piece.forward
-            elif piece.forward != first:
-                return
-        self._end_lane(lane)
-
-    def _end_lane(self, lane: Lane, error: Exception | None = None) -> None:
-        self.lanes.remove(lane)
-        _close_quietly(lane.pieces)  # a cut reply's rows are trimmed before the cache is kept
-        self.pool.give_back(lane.cache)
-        self._close(lane.job, error)
-
-    def _dispatch(self, events) -> None:
+    def _dispatch(self, events, jobs: dict[int, Job]) -> None:
         for event in events:
-            job = self.running.get(event.uid)
+            job = jobs.get(event.uid)
             if job is None:
                 continue
             job.put(event.piece)
             if event.last:
-                self._finish(event.uid, event.cache)
+                self._finish(jobs, event.uid, event.cache)
 
     def _reap(self) -> None:
         """End the sequences whose client went away (or all, when stopping)."""
-        for lane in list(self.lanes):
-            if lane.job.cancelled.is_set():
-                self._end_lane(lane)
-            elif self.stopping.is_set():
-                self._end_lane(lane, ShuttingDown("the server is shutting down"))
-        for uid, job in list(self.running.items()):
-            if job.cancelled.is_set():
-                self._finish(uid, self.batch.remove(uid).cache)
-            elif self.stopping.is_set():
-                self.batch.remove(uid)
-                self._finish(uid, None, error=ShuttingDown("the server is shutting down"))
+        for batch, jobs in ((self.batch, self.running), (self.speculative, self.speculating)):
+            for uid, job in list(jobs.items()):
+                if job.cancelled.is_set():
+                    self._finish(jobs, uid, batch.remove(uid).cache)
+                elif self.stopping.is_set():
+                    batch.remove(uid)
+                    self._finish(jobs, uid, None,
+                                 error=ShuttingDown("the server is shutting down"))
 
-    def _finish(self, uid: int, cache: PromptCache | None, error: Exception | None = None):
-        job = self.running.pop(uid)
+    def _finish(self, jobs: dict[int, Job], uid: int, cache: PromptCache | None,
+                error: Exception | None = None) -> None:
+        job = jobs.pop(uid)
         if cache is not None:
             self.pool.give_back(cache)
         self._close(job, error)
@@ -372,19 +344,10 @@ class Worker:
     @property
     def busy(self) -> int:
         """Requests running or waiting."""
-        return len(self.running) + len(self.lanes) + self.waiting_count
+        return len(self.running) + len(self.speculating) + self.waiting_count
 
     @property
     def state(self) -> str:
         """The engine for /health: "ok", or "stopped" once its thread has ended (it should
         not while serving)."""
         return "ok" if self.alive or self.closed else "stopped"
-
-
-
-def _close_quietly(pieces: Iterator[Piece]) -> None:
-    """End a generator that may have failed already (closing it again is harmless)."""
-    try:
-        pieces.close()
-    except Exception:  # noqa: BLE001 - a generation that failed is reported elsewhere
-        log.debug("closing a failed generation", exc_info=True)
