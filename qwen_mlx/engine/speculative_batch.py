@@ -39,6 +39,8 @@ from .prompt_cache import PromptCache
 from .request import Request
 from .speculative import Speculation, Speculator
 
+REFEED = 4  # most surplus tokens a row feeds again (a few more rows of a forward cost little)
+
 
 @dataclass
 class _Sequence:
@@ -156,22 +158,36 @@ class SpeculativeBatch:
         fed = [seq.fed + seq.speculator.propose(self.stream) for seq in seqs]
         width = max(len(f) for f in fed)
         inputs = mx.array([f + [0] * (width - len(f)) for f in fed])
-        made, keep = [], []
+        made = []
         with seam.on(self.stream):
             logits = self.model.net(inputs, cache=self.layers)
             for seq, row in zip(seqs, logits):
                 start = len(seq.fed) - 1  # the row at the last known token
-                new = seq.speculator.settle(row[start:start + len(seq.speculator.proposals)
-                                                + 1])
-                made.append(new)
-                keep.append(len(seq.fed) + len(new) - 1)  # known tokens now in the cache
+                made.append(seq.speculator.settle(
+                    row[start:start + len(seq.speculator.proposals) + 1]))
         self.forwards += 1
-        kept = min(keep)
-        for layer in self.layers:
-            layer.trim(width - kept)
-        for seq, new in zip(seqs, made):
-            seq.fed = (seq.fed + new[:-1])[kept:] + new[-1:]
+        known = [seq.fed + new[:-1] for seq, new in zip(seqs, made)]  # now in the cache
+        kept = self._trim(width, [len(k) for k in known])
+        for seq, k, n, new in zip(seqs, known, kept, made):
+            seq.fed = k[n:] + new[-1:]
         return made
+
+    def _trim(self, width: int, keep: list[int]) -> list[int]:
+        """Drop the rejected positions of the step's ``width``, ``keep[i]`` known in row i;
+        how many each row keeps. The cache has one length for all rows: the fewest kept,
+        and a row's surplus is fed again next step; once a surplus would pass ``REFEED`` (a
+        row outpacing another step after step), the most kept, and each row that kept
+        fewer moves right by the difference into its left padding (one copy of the cache,
+        as mlx-lm's batch does after a ragged prefill)."""
+        low, high = min(keep), max(keep)
+        target = low if high - low <= REFEED else high
+        shifts = [max(0, target - k) for k in keep]
+        for layer in self.layers:
+            layer.trim(width - target)
+            if any(shifts):
+                layer.prepare(right_padding=shifts)
+                layer.finalize()
+        return [min(k, target) for k in keep]
 
     def _end(self, ended: list[tuple[int, str | None]]) -> list[Event]:
         """The sequences' last events, their caches taken out of the batch."""

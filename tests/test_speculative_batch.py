@@ -1,0 +1,141 @@
+"""The speculative batch: several speculating sequences checked in one forward, each with
+its own proposals and accepted length. Greedy texts are plain decoding's whatever joins or
+leaves when; a seeded reply draws the same tokens alone or batched; a newcomer's prompt is
+prefilled a chunk per step while the others stream; a sequence leaves with a cache that
+holds exactly the tokens it names."""
+
+from __future__ import annotations
+
+import pytest
+
+from qwen_mlx import load
+from qwen_mlx.engine.speculative_batch import REFEED, SpeculativeBatch
+
+COPY = ("Edit the code: def area(width, height): return width * height. "
+        "def area(width, height): return width * height. def area(width, height):")
+PROMPTS = [COPY, "Hello there, tell me a story about a cat. " * 3, COPY + " Again.", "Hi"]
+
+
+@pytest.fixture(scope="module")
+def other(tmp_path_factory):
+    """Other random weights, the same tokenizer: a draft that mostly disagrees."""
+    from qwen_mlx.models.recipes import Recipe
+    from qwen_mlx.quant.convert import convert
+    from qwen_mlx.testing import make_checkpoint
+
+    work = tmp_path_factory.mktemp("draft")
+    convert(make_checkpoint(work / "hf", "tiny", seed=1), work / "q4", Recipe(dtype="float32"))
+    return load(work / "q4")
+
+
+def run(batch: SpeculativeBatch, joins: dict[int, list], log: list | None = None) -> dict:
+    """Step until every sequence has ended; ``joins``: requests (and their caches) to add
+    at a step. Returns each sequence's text, stats and cache, by the order added."""
+    out, uids, step = {}, {}, 0
+    while len(batch) or any(s >= step for s in joins):
+        for request, cache in joins.get(step, []):
+            uid = batch.add(request, cache, on_prefill=(
+                None if log is None else lambda d, t, n=len(uids): log.append(("prefill", n))))
+            uids[uid] = len(uids)
+            out[uids[uid]] = {"text": ""}
+        for event in batch.step():
+            n = uids[event.uid]
+            out[n]["text"] += event.piece.text
+            if log is not None and event.piece.text:
+                log.append(("piece", n))
+            if event.last:
+                out[n].update(stats=event.piece.stats, cache=event.cache)
+        step += 1
+    return out
+
+
+def test_greedy_texts_are_plain_decodings_as_sequences_join_and_leave(tiny_model, other):
+    m = tiny_model
+    asks = [dict(lookup=4, max_tokens=30), dict(draft=m, draft_tokens=3, max_tokens=17),
+            dict(draft=other, draft_tokens=2, max_tokens=30, presence_penalty=1.5),
+            dict(lookup=2, max_tokens=30, stop=["a"])]
+    expected = []
+    for prompt, ask in zip(PROMPTS, asks):
+        plain = {k: v for k, v in ask.items() if k not in ("lookup", "draft", "draft_tokens")}
+        expected.append(m.generate(prompt, temperature=0, **plain))
+    requests = [(m.request(p, temperature=0, **ask), m.new_cache())
+                for p, ask in zip(PROMPTS, asks)]
+    batch = SpeculativeBatch(m)
+    # two at once, one while they run, one after the first has left
+    out = run(batch, {0: requests[:2], 3: requests[2:3], 9: requests[3:]})
+    for n, want in enumerate(expected):
+        assert out[n]["text"] == want.text, n
+        assert out[n]["stats"].finish_reason == want.stats.finish_reason
+        assert out[n]["stats"].generated_tokens == want.stats.generated_tokens
+    own = [out[n]["stats"].target_forwards for n in range(4)]
+    assert out[1]["stats"].accepted_tokens == out[1]["stats"].draft_tokens  # the model: all kept
+    assert batch.forwards < sum(own)  # checked together
+    assert len(batch) == 0 and batch.layers is None
+    for n, prompt in enumerate(PROMPTS):
+        cache = out[n]["cache"]  # holds prompt and reply, exactly the tokens it names
+        held = m.encode(prompt) + expected[n].tokens
+        assert cache.offset == len(cache.tokens) and cache.tokens == held[:cache.offset]
+        assert cache.offset >= len(held) - 1 - REFEED  # the last few may wait to be fed
+        # and a cache to go on from: the next turn reuses it and says what a fresh one says
+        turn, had = held + m.encode("Go on.", raw=True), cache.offset
+        again = m.generate(turn, temperature=0, max_tokens=8, cache=cache)
+        assert again.stats.cached_tokens == had and \
+            again.text == m.generate(turn, temperature=0, max_tokens=8).text
+
+
+def test_a_seeded_reply_draws_the_same_alone_or_batched(tiny_model, other):
+    m = tiny_model
+    ask = dict(temperature=0.9, top_k=0, top_p=1.0, max_tokens=20)
+    alone = [m.generate(COPY, seed=5, lookup=3, **ask),
+             m.generate(PROMPTS[1], seed=8, draft=other, draft_tokens=3, **ask)]
+    requests = [(m.request(COPY, seed=5, lookup=3, **ask), m.new_cache()),
+                (m.request(PROMPTS[1], seed=8, draft=other, draft_tokens=3, **ask),
+                 m.new_cache()),
+                (m.request(PROMPTS[2], lookup=4, **ask), m.new_cache())]  # unseeded company
+    out = run(SpeculativeBatch(m), {0: requests})
+    assert [out[0]["text"], out[1]["text"]] == [a.text for a in alone]
+    assert out[1]["stats"].draft_tokens == alone[1].stats.draft_tokens
+    assert out[1]["stats"].accepted_tokens == alone[1].stats.accepted_tokens
+
+
+def test_a_newcomer_prefills_a_chunk_per_step_while_others_stream(tiny_model, monkeypatch):
+    m = tiny_model
+    monkeypatch.setattr(m, "prefill_step", 8)
+    long = " ".join(f"word{i}" for i in range(40))
+    log = []
+    out = run(SpeculativeBatch(m), {
+        0: [(m.request(COPY, temperature=0, max_tokens=40, lookup=3), m.new_cache())],
+        2: [(m.request(long, temperature=0, max_tokens=4, lookup=3), m.new_cache())]}, log)
+    chunks = [i for i, (what, n) in enumerate(log) if what == "prefill" and n == 1]
+    total = len(m.encode(long))
+    assert len(chunks) == -(-(total - 1) // 8) > 3  # its prompt in chunks of 8, one per step
+    between = [log[i] for i in range(chunks[0], chunks[-1])]
+    assert between.count(("piece", 0)) >= len(chunks) - 1  # the first streamed meanwhile
+    assert out[1]["text"] == m.generate(long, temperature=0, max_tokens=4).text
+    assert out[0]["text"] == m.generate(COPY, temperature=0, max_tokens=40).text
+
+
+def test_removed_and_timed_out_sequences_leave_with_their_caches(tiny_model):
+    m = tiny_model
+    batch = SpeculativeBatch(m)
+    keep = batch.add(m.request(COPY, temperature=0, max_tokens=30, lookup=4), m.new_cache())
+    gone = batch.add(m.request(PROMPTS[1], temperature=0, max_tokens=30, draft=m),
+                     m.new_cache())
+    late = batch.add(m.request(PROMPTS[2], temperature=0, max_tokens=30, lookup=2),
+                     m.new_cache(), time_limit=0)  # its time is up at the first step
+    texts = {keep: "", gone: ""}
+    for _ in range(3):
+        for event in batch.step():
+            if event.uid == late:
+                assert event.last and event.piece.stats.finish_reason == "length"
+                assert event.cache.tokens == m.encode(PROMPTS[2])[:event.cache.offset]
+            else:
+                texts[event.uid] += event.piece.text
+    last = batch.remove(gone)  # its client left
+    assert last.last and last.cache.offset == len(last.cache.tokens) > len(m.encode(PROMPTS[1]))
+    assert last.cache.tokens == (m.encode(PROMPTS[1]) + m.generate(
+        PROMPTS[1], temperature=0, max_tokens=30).tokens)[:last.cache.offset]
+    while len(batch):
+        for event in batch.step():
+            texts[event.uid] += event.piece.text
+    assert texts[keep] == m.generate(COPY, temperature=0, max_tokens=30).text
