@@ -16,6 +16,16 @@ yields. Cases, all greedy on one random checkpoint (float32, q4):
 
 Each case is run ``--runs`` times alternated with plain decoding; medians are recorded,
 and every speculative text is checked to be the plain one token for token.
+
+``batched`` records the server's speculative batch: four code-edit requests (different
+names to rename) decoded together, for lookup, for the model drafting for itself, and for
+two drafting for themselves beside two drafted for by other weights (rows that keep very
+different numbers of proposals). Greedy counts are exact, so one run each: the model's
+shared forwards against the forwards the four replies counted on their own (what four
+separate generations, or the former one-lane-per-request server, would run), and the rows
+those shared forwards computed per token made; and the draft's forwards, all rows at
+once, against the proposals it made (alone, each one a forward of its own: a lower bound of
+what four separate drafts would run).
 """
 
 from __future__ import annotations
@@ -74,6 +84,7 @@ def main() -> None:
         results[name]["speedup"] = round(results[name]["decode_tps"]
                                          / results[name]["plain_decode_tps"], 3)
         print(name, results[name], flush=True)
+    results["batched"] = batched(model, other, a.tokens, a.draft_tokens)
     record = {**header("bench/speculative.py", f"greedy, {a.tokens} tokens after a "
                        f"{len(prompt)}-token code-edit prompt, {a.draft_tokens} proposals per "
                        f"step, random {a.shape} checkpoints (float32, q4); medians of "
@@ -82,6 +93,44 @@ def main() -> None:
               "shape": a.shape, "results": results}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def batched(model, other, tokens: int, n: int) -> dict:
+    """The speculative batch's forwards for four requests at once (see the module's text)."""
+    from qwen_mlx.engine.speculative_batch import SpeculativeBatch
+
+    names = ("subtotal", "amount", "cost", "value")
+    prompts = [model.encode(PROMPT.replace("subtotal", name)) for name in names]
+    plain = [model.generate(p, temperature=0, max_tokens=tokens).tokens for p in prompts]
+    cases = {"lookup": [dict(lookup=n)] * 4,
+             "draft = model": [dict(draft=model, draft_tokens=n)] * 4,
+             "2 x draft = model, 2 x other weights": [dict(draft=model, draft_tokens=n)] * 2
+             + [dict(draft=other, draft_tokens=n)] * 2}
+    out = {}
+    for name, asks in cases.items():
+        batch = SpeculativeBatch(model)
+        uids = [batch.add(model.request(p, temperature=0, max_tokens=tokens, **ask),
+                          model.new_cache()) for p, ask in zip(prompts, asks)]
+        made, own, own_drafts = {u: [] for u in uids}, {}, {}
+        while len(batch):
+            for event in batch.step():
+                made[event.uid] += event.piece.tokens
+                if event.last:
+                    own[event.uid] = event.piece.stats.target_forwards
+                    # alone, a draft makes each proposal with a forward of its own (and
+                    # catches up with one more when it is behind): a lower bound of its forwards
+                    own_drafts[event.uid] = event.piece.stats.draft_tokens if "draft" in \
+                        asks[uids.index(event.uid)] else 0
+        assert [made[u] for u in uids] == plain, f"batched {name}: a text differs from plain"
+        total = sum(len(t) for t in plain)
+        drafts = sum(d.forwards for d in batch.drafts.values())
+        out[name] = {"tokens": total, "shared_forwards": batch.forwards,
+                     "own_forwards": sum(own.values()),
+                     "draft_forwards": drafts, "draft_proposals": sum(own_drafts.values()),
+                     "tokens_per_shared_forward": round(total / batch.forwards, 3),
+                     "rows_per_token": round(batch.positions / total, 3)}
+        print("batched", name, out[name], flush=True)
+    return out
 
 
 if __name__ == "__main__":

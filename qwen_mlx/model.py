@@ -256,8 +256,7 @@ class Model:
         """Stream the reply to a :class:`Request`, or to a prompt with :meth:`request`'s
         keyword arguments. The last piece carries :class:`Stats`; ``cut()``, asked after each
         token, ends the reply early as "length". ``top_logprobs`` (speculative requests
-        only, as the server's lanes use it): each piece's log-probability and that many
-        alternatives."""
+        only): each piece's log-probability and that many alternatives."""
         if isinstance(prompt, Request):
             if request:
                 raise TypeError(f"a Request is already validated; drop {', '.join(request)}")

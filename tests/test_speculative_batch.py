@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from qwen_mlx import load
-from qwen_mlx.engine.speculative_batch import REFEED, SpeculativeBatch
+from qwen_mlx.engine.ragged import REFEED
+from qwen_mlx.engine.speculative_batch import SpeculativeBatch
 
 COPY = ("Edit the code: def area(width, height): return width * height. "
         "def area(width, height): return width * height. def area(width, height):")
@@ -70,7 +71,7 @@ def test_greedy_texts_are_plain_decodings_as_sequences_join_and_leave(tiny_model
     own = [out[n]["stats"].target_forwards for n in range(4)]
     assert out[1]["stats"].accepted_tokens == out[1]["stats"].draft_tokens  # the model: all kept
     assert batch.forwards < sum(own)  # checked together
-    assert len(batch) == 0 and batch.layers is None
+    assert len(batch) == 0 and batch.rows.layers is None
     for n, prompt in enumerate(PROMPTS):
         cache = out[n]["cache"]  # holds prompt and reply, exactly the tokens it names
         held = m.encode(prompt) + expected[n].tokens
@@ -84,6 +85,8 @@ def test_greedy_texts_are_plain_decodings_as_sequences_join_and_leave(tiny_model
 
 
 def test_a_seeded_reply_draws_the_same_alone_or_batched(tiny_model, other):
+    """Seeded, sampled, one with prompt lookup and one with a draft that proposes for two
+    rows at once: each reply's tokens and counts are what it draws alone."""
     m = tiny_model
     ask = dict(temperature=0.9, top_k=0, top_p=1.0, max_tokens=20)
     alone = [m.generate(COPY, seed=5, lookup=3, **ask),
@@ -91,11 +94,15 @@ def test_a_seeded_reply_draws_the_same_alone_or_batched(tiny_model, other):
     requests = [(m.request(COPY, seed=5, lookup=3, **ask), m.new_cache()),
                 (m.request(PROMPTS[1], seed=8, draft=other, draft_tokens=3, **ask),
                  m.new_cache()),
-                (m.request(PROMPTS[2], lookup=4, **ask), m.new_cache())]  # unseeded company
-    out = run(SpeculativeBatch(m), {0: requests})
+                (m.request(PROMPTS[2], draft=other, draft_tokens=3, **ask),  # unseeded company
+                 m.new_cache())]
+    batch = SpeculativeBatch(m)
+    out = run(batch, {0: requests})
     assert [out[0]["text"], out[1]["text"]] == [a.text for a in alone]
     assert out[1]["stats"].draft_tokens == alone[1].stats.draft_tokens
     assert out[1]["stats"].accepted_tokens == alone[1].stats.accepted_tokens
+    (drafts,) = batch.drafts.values()  # one draft network, its rows proposing together
+    assert drafts.forwards < out[1]["stats"].draft_tokens + out[2]["stats"].draft_tokens
 
 
 def test_a_newcomer_prefills_a_chunk_per_step_while_others_stream(tiny_model, monkeypatch):
@@ -124,13 +131,14 @@ def test_removed_and_timed_out_sequences_leave_with_their_caches(tiny_model):
     late = batch.add(m.request(PROMPTS[2], temperature=0, max_tokens=30, lookup=2),
                      m.new_cache(), time_limit=0)  # its time is up at the first step
     texts = {keep: "", gone: ""}
-    for _ in range(3):
+    for _ in range(6):  # each has prefilled and joined (the draft's prompt a chunk after)
         for event in batch.step():
             if event.uid == late:
                 assert event.last and event.piece.stats.finish_reason == "length"
                 assert event.cache.tokens == m.encode(PROMPTS[2])[:event.cache.offset]
             else:
                 texts[event.uid] += event.piece.text
+    assert texts[gone]
     last = batch.remove(gone)  # its client left
     assert last.last and last.cache.offset == len(last.cache.tokens) > len(m.encode(PROMPTS[1]))
     assert last.cache.tokens == (m.encode(PROMPTS[1]) + m.generate(

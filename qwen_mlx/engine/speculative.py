@@ -121,10 +121,14 @@ class Speculator:
         self.key, now = mx.random.split(self.key)
         return now
 
+    @property
+    def room(self) -> int:
+        """Proposals this step may have: the reply's room after one token of the model's."""
+        return min(self.spec.tokens, self.max_tokens - self.made - 1)
+
     def propose(self, stream) -> list[int]:
-        """This step's proposals: never more than the reply's room after one token of the
-        model's own."""
-        k = min(self.spec.tokens, self.max_tokens - self.made - 1)
+        """This step's proposals (a batch of drafts sets ``proposals`` and ``q`` itself)."""
+        k = self.room
         if self.spec.draft is not None:
             self.proposals, self.q = draft_proposals(self.spec, self.context, k,
                                                      self.distribution, self.draw, stream)

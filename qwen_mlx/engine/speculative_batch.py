@@ -10,17 +10,17 @@ log-probabilities), its proposals and its accepted length, its
 One step: every sequence proposes; row i of the forward is fed the tokens its cache lacks
 and its proposals, right-padded to the longest row (padding comes after a row's real
 tokens, so the causal mask keeps it out of their view); each sequence verifies its own rows.
-mlx-lm's ``BatchKVCache`` (left-padded, one write position for all rows) is trimmed by the
-same count for every row, so the step keeps the positions every row accepted (the fewest)
-and a row that accepted more feeds its surplus again next step, ahead of its proposals:
-those tokens are known, so it costs a few rows of the next forward and never changes a
-result. Sequences that do not speculate are in the plain batch
-(:mod:`qwen_mlx.engine.batch`), stepped in turn with this one.
+Rows keep different numbers of the positions they were fed (their accepted lengths);
+:class:`~qwen_mlx.engine.ragged.RaggedRows` keeps that in mlx-lm's ``BatchKVCache``. The
+sequences of one draft model propose together too (:mod:`qwen_mlx.engine.draft_batch`: one
+draft forward per proposal, all rows at once); prompt lookup needs no forward. Sequences
+that do not speculate are in the plain batch (:mod:`qwen_mlx.engine.batch`), stepped in
+turn with this one.
 
-A newcomer prefills its prompt a chunk per step in its own cache, so running sequences
-keep streaming, then joins (``BatchKVCache.merge``/``extend``); one that ends leaves with its
-cache (``extract``), handed back in the same :class:`~qwen_mlx.engine.prompt_cache.PromptCache`
-it came in (its draft's cache stays paired with it for the conversation's next request).
+A newcomer prefills its prompt (then its draft's) a chunk per step in its own caches, so
+running sequences keep streaming, then joins; one that ends leaves with its caches, handed
+back in the same :class:`~qwen_mlx.engine.prompt_cache.PromptCache` it came in (its draft's
+cache stays paired with it for the conversation's next request).
 """
 
 from __future__ import annotations
@@ -30,16 +30,15 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import mlx.core as mx
-from mlx_lm.models.cache import BatchKVCache
 
 from ..models import mlx_lm_seam as seam
 from .batch import Event, Progress
+from .draft_batch import DraftBatch
 from .generate import Reply, prefill_chunks
 from .prompt_cache import PromptCache
+from .ragged import RaggedRows
 from .request import Request
 from .speculative import Speculation, Speculator
-
-REFEED = 4  # most surplus tokens a row feeds again (a few more rows of a forward cost little)
 
 
 @dataclass
@@ -49,8 +48,7 @@ class _Sequence:
     speculation: Speculation
     cache: PromptCache  # its layers are in the batch while the sequence runs
     deadline: float | None
-    prefilling: Iterator[int] | None  # the prompt's chunks still to compute
-    prefill_total: int  # tokens the prompt adds to the cache's (the last is fed to verify)
+    prefilling: Iterator[bool] | None  # the prompts' chunks still to compute (True: the last)
     fed: list[int] = field(default_factory=list)  # known tokens the batch's cache lacks
 
 
@@ -61,10 +59,11 @@ class SpeculativeBatch:
     def __init__(self, model) -> None:
         self.model = model
         self.stream = seam.decode_stream()
-        self.layers: list[BatchKVCache] | None = None  # rows in the order of ``rows``
-        self.rows: list[int] = []  # the joined sequences' ids
+        self.rows = RaggedRows()  # the joined sequences
+        self.drafts: dict[int, DraftBatch] = {}  # by draft network
         self.sequences: dict[int, _Sequence] = {}  # joined or prefilling
         self.forwards = 0  # the model's verifying forwards, all sequences together
+        self.positions = 0  # rows those forwards computed (sequences x width, padding too)
         self._next = 0
 
     def __len__(self) -> int:
@@ -85,25 +84,43 @@ class SpeculativeBatch:
                       cached_tokens=len(prompt) - len(todo), eos_ids=self.model.eos_ids,
                       stop=request.stop)
         reply.peak = 0  # this request's own peak, from the steps it is part of
-        chunks = prefill_chunks(self.model.net, todo, cache.layers, self.stream,
-                                on_prefill=on_prefill, **self.model.chunking())
         uid, self._next = self._next, self._next + 1
         self.sequences[uid] = _Sequence(
             reply, speculator, speculation, cache,
-            None if time_limit is None else time.monotonic() + time_limit, chunks, len(todo),
-            [todo[-1]])
+            None if time_limit is None else time.monotonic() + time_limit,
+            self._chunks(prompt, todo, cache, speculation, on_prefill), [todo[-1]])
         return uid
+
+    def _chunks(self, prompt: list[int], todo: list[int], cache: PromptCache,
+                speculation: Speculation, on_prefill: Progress | None) -> Iterator[bool]:
+        """The prompt's prefill, a chunk of the model's and one of its draft's per step
+        (each cache computes all but the last token); True after the last."""
+        chunking = self.model.chunking()
+        draft = speculation.draft_cache
+        rest = draft.reuse(prompt) if draft is not None else []
+        parts = [prefill_chunks(self.model.net, todo, cache.layers, self.stream,
+                                on_prefill=on_prefill, **chunking)]
+        if draft is not None:
+            parts.append(prefill_chunks(speculation.draft, rest, draft.layers, self.stream,
+                                        **chunking))
+        totals = [max(0, len(t) - 1) for t in (todo, rest)][:len(parts)]
+        done = [0] * len(parts)
+        while done != totals:
+            for i, part in enumerate(parts):
+                if done[i] < totals[i]:
+                    done[i] = next(part)
+            yield done == totals
 
     def step(self) -> list[Event]:
         """One prefill chunk for the oldest newcomer, then one verifying forward for the
         joined sequences: what each made, and the ends."""
         self._prefill()
         events, ended = [], []
-        if self.rows:
+        if len(self.rows):
             made = self._verify()
             peak = mx.get_peak_memory()  # of this step: every joined sequence shared it
             mx.reset_peak_memory()
-            for uid, new in zip(self.rows, made):
+            for uid, new in zip(self.rows.ids, made):
                 seq = self.sequences[uid]
                 seq.reply.peak = max(seq.reply.peak, peak)
                 for token in new:
@@ -130,91 +147,83 @@ class SpeculativeBatch:
         return event
 
     def _prefill(self) -> None:
-        """One chunk of the oldest newcomer's prompt; newcomers whose prompt is in join
+        """One chunk of the oldest newcomer's prompt; newcomers whose prompts are in join
         (one with nothing to prefill joins without a chunk, and the next one goes on)."""
         for uid, seq in self.sequences.items():
             if seq.prefilling is None:
                 continue
-            done = next(seq.prefilling, None)
-            if done is None or done >= seq.prefill_total - 1:
+            last = next(seq.prefilling, None)
+            if last is None or last:
                 seq.prefilling = None
                 self._join(uid, seq)
-            if done is not None:
+            if last is not None:
                 return
 
     def _join(self, uid: int, seq: _Sequence) -> None:
-        merged = [BatchKVCache.merge([layer]) for layer in seq.cache.layers]
-        if self.layers is None:
-            self.layers = merged
-        else:
-            for mine, new in zip(self.layers, merged):
-                mine.extend(new)
+        self.rows.join(uid, seq.cache.layers)
         seq.cache.layers = None  # moved: the batch holds them now
-        self.rows.append(uid)
+        draft = seq.speculation.draft
+        if draft is not None:
+            if id(draft) not in self.drafts:
+                self.drafts[id(draft)] = DraftBatch(draft, self.stream)
+            self.drafts[id(draft)].join(uid, seq.speculation)
 
     def _verify(self) -> list[list[int]]:
-        """One forward over every joined row; the tokens each row made."""
-        seqs = [self.sequences[uid] for uid in self.rows]
-        fed = [seq.fed + seq.speculator.propose(self.stream) for seq in seqs]
+        """One forward over every joined row (after every row's proposals); the tokens
+        each row made."""
+        seqs = [self.sequences[uid] for uid in self.rows.ids]
+        speculators = {uid: seq.speculator for uid, seq in zip(self.rows.ids, seqs)}
+        for draft in self.drafts.values():
+            if len(draft):
+                draft.propose(speculators)
+        for seq in seqs:
+            if seq.speculation.draft is None:
+                seq.speculator.propose(self.stream)
+        fed = [seq.fed + seq.speculator.proposals for seq in seqs]
         width = max(len(f) for f in fed)
         inputs = mx.array([f + [0] * (width - len(f)) for f in fed])
         made = []
         with seam.on(self.stream):
-            logits = self.model.net(inputs, cache=self.layers)
+            logits = self.model.net(inputs, cache=self.rows.layers)
             for seq, row in zip(seqs, logits):
                 start = len(seq.fed) - 1  # the row at the last known token
                 made.append(seq.speculator.settle(
                     row[start:start + len(seq.speculator.proposals) + 1]))
         self.forwards += 1
+        self.positions += inputs.size
         known = [seq.fed + new[:-1] for seq, new in zip(seqs, made)]  # now in the cache
-        kept = self._trim(width, [len(k) for k in known])
+        kept = self.rows.trim(width, [len(k) for k in known])
         for seq, k, n, new in zip(seqs, known, kept, made):
             seq.fed = k[n:] + new[-1:]
+        for draft in self.drafts.values():
+            if len(draft):
+                draft.settle(speculators)
         return made
-
-    def _trim(self, width: int, keep: list[int]) -> list[int]:
-        """Drop the rejected positions of the step's ``width``, ``keep[i]`` known in row i;
-        how many each row keeps. The cache has one length for all rows: the fewest kept,
-        and a row's surplus is fed again next step; once a surplus would pass ``REFEED`` (a
-        row outpacing another step after step), the most kept, and each row that kept
-        fewer moves right by the difference into its left padding (one copy of the cache,
-        as mlx-lm's batch does after a ragged prefill)."""
-        low, high = min(keep), max(keep)
-        target = low if high - low <= REFEED else high
-        shifts = [max(0, target - k) for k in keep]
-        for layer in self.layers:
-            layer.trim(width - target)
-            if any(shifts):
-                layer.prepare(right_padding=shifts)
-                layer.finalize()
-        return [min(k, target) for k in keep]
 
     def _end(self, ended: list[tuple[int, str | None]]) -> list[Event]:
         """The sequences' last events, their caches taken out of the batch."""
         if not ended:
             return []
         gone = {uid for uid, _ in ended}
+        layers = self.rows.leave(gone)
         events = []
         for uid, reason in ended:
             seq = self.sequences.pop(uid)
-            if seq.prefilling is not None:  # never joined: its cache is its own
+            context = seq.speculator.context
+            if seq.prefilling is not None:  # never joined: its caches are its own
                 seq.prefilling.close()
+                draft = seq.speculation.draft_cache
+                if draft is not None:
+                    draft.tokens = context[:draft.offset]
             else:
-                row = self.rows.index(uid)
-                seq.cache.layers = [layer.extract(row) for layer in self.layers]
+                seq.cache.layers = layers[uid]
+                draft = seq.speculation.draft
+                if draft is not None:
+                    self.drafts[id(draft)].leave({uid: (seq.speculation, context)})
             # what the layers hold: the prompt and the tokens settled before its last ones
-            seq.cache.tokens = seq.speculator.context[:seq.cache.offset]
+            seq.cache.tokens = context[:seq.cache.offset]
             events.append(self._last(uid, seq, reason))
-        keep = [i for i, uid in enumerate(self.rows) if uid not in gone]
-        if len(keep) < len(self.rows):
-            self.rows = [self.rows[i] for i in keep]
-            if keep:
-                for layer in self.layers:
-                    layer.filter(mx.array(keep))
-            else:
-                self.layers = None
         return events
-
     @staticmethod
     def _last(uid: int, seq: _Sequence, reason: str | None) -> Event:
         counts, stats = seq.speculation.counts, seq.reply.stats
