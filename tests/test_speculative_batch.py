@@ -30,17 +30,19 @@ def other(tmp_path_factory):
 
 
 def run(batch: SpeculativeBatch, joins: dict[int, list], log: list | None = None) -> dict:
-    """Step until every sequence has ended; ``joins``: requests (and their caches) to add
-    at a step. Returns each sequence's text, stats and cache, by the order added."""
-    out, uids, step = {}, {}, 0
+    """Step until every sequence has ended; ``joins``: at a step, requests to add (with
+    their caches, and optionally a key first). Returns each sequence's text, stats and
+    cache, by key (or by the order added)."""
+    out, keys, step = {}, {}, 0
     while len(batch) or any(s >= step for s in joins):
-        for request, cache in joins.get(step, []):
+        for join in joins.get(step, []):
+            key, request, cache = join if len(join) == 3 else (len(keys), *join)
             uid = batch.add(request, cache, on_prefill=(
-                None if log is None else lambda d, t, n=len(uids): log.append(("prefill", n))))
-            uids[uid] = len(uids)
-            out[uids[uid]] = {"text": ""}
+                None if log is None else lambda d, t, n=key: log.append(("prefill", n))))
+            keys[uid] = key
+            out[key] = {"text": ""}
         for event in batch.step():
-            n = uids[event.uid]
+            n = keys[event.uid]
             out[n]["text"] += event.piece.text
             if log is not None and event.piece.text:
                 log.append(("piece", n))
@@ -52,27 +54,30 @@ def run(batch: SpeculativeBatch, joins: dict[int, list], log: list | None = None
 
 def test_greedy_texts_are_plain_decodings_as_sequences_join_and_leave(tiny_model, other):
     m = tiny_model
-    asks = [dict(lookup=4, max_tokens=30), dict(draft=m, draft_tokens=3, max_tokens=17),
+    prompts = PROMPTS + [COPY + " Twice."]
+    asks = [dict(lookup=4, max_tokens=30), dict(draft=m, draft_tokens=3, max_tokens=40),
             dict(draft=other, draft_tokens=2, max_tokens=30, presence_penalty=1.5),
-            dict(lookup=2, max_tokens=30, stop=["a"])]
+            dict(lookup=2, max_tokens=30, stop=["a"]),
+            dict(draft=m, draft_tokens=2, max_tokens=30)]  # the model's draft, a second row
     expected = []
-    for prompt, ask in zip(PROMPTS, asks):
+    for prompt, ask in zip(prompts, asks):
         plain = {k: v for k, v in ask.items() if k not in ("lookup", "draft", "draft_tokens")}
         expected.append(m.generate(prompt, temperature=0, **plain))
-    requests = [(m.request(p, temperature=0, **ask), m.new_cache())
-                for p, ask in zip(PROMPTS, asks)]
+    requests = [(n, m.request(p, temperature=0, **ask), m.new_cache())
+                for n, (p, ask) in enumerate(zip(prompts, asks))]
     batch = SpeculativeBatch(m)
-    # two at once, one while they run, one after the first has left
-    out = run(batch, {0: requests[:2], 3: requests[2:3], 9: requests[3:]})
+    # two at once, two while they run, one after the first has left
+    out = run(batch, {0: requests[:2], 3: requests[2:3] + requests[4:], 9: requests[3:4]})
     for n, want in enumerate(expected):
         assert out[n]["text"] == want.text, n
         assert out[n]["stats"].finish_reason == want.stats.finish_reason
         assert out[n]["stats"].generated_tokens == want.stats.generated_tokens
-    own = [out[n]["stats"].target_forwards for n in range(4)]
-    assert out[1]["stats"].accepted_tokens == out[1]["stats"].draft_tokens  # the model: all kept
+    own = [out[n]["stats"].target_forwards for n in range(len(prompts))]
+    for n in (1, 4):  # the model as its own draft: every proposal kept
+        assert out[n]["stats"].accepted_tokens == out[n]["stats"].draft_tokens
     assert batch.forwards < sum(own)  # checked together
     assert len(batch) == 0 and batch.rows.layers is None
-    for n, prompt in enumerate(PROMPTS):
+    for n, prompt in enumerate(prompts):
         cache = out[n]["cache"]  # holds prompt and reply, exactly the tokens it names
         held = m.encode(prompt) + expected[n].tokens
         assert cache.offset == len(cache.tokens) and cache.tokens == held[:cache.offset]
@@ -147,3 +152,48 @@ def test_removed_and_timed_out_sequences_leave_with_their_caches(tiny_model):
         for event in batch.step():
             texts[event.uid] += event.piece.text
     assert texts[keep] == m.generate(COPY, temperature=0, max_tokens=30).text
+
+
+def test_ragged_rows_keep_each_rows_positions_in_order():
+    """Rows that keep different counts step after step (re-fed surpluses, moved rows, the
+    padding they all gain cut off): each row's cache holds exactly what it kept, in order,
+    and the cache is never longer than its longest row."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import KVCache
+
+    from qwen_mlx.engine.ragged import RaggedRows
+
+    rows, layer_count = RaggedRows(), 2
+    held, surplus, counter = {}, {}, iter(range(1, 10_000))
+    for uid, start in ((0, 3), (1, 1)):
+        layers = [KVCache() for _ in range(layer_count)]
+        values = [float(next(counter)) for _ in range(start)]
+        for layer in layers:
+            x = mx.array(values).reshape(1, 1, start, 1)
+            layer.update_and_fetch(x, x)
+        rows.join(uid, layers)
+        held[uid], surplus[uid] = values, []
+    # kept counts per step (of what each row was fed): alike, apart, then the other way
+    for keep_new in ([2, 2], [5, 1], [1, 1], [1, 5], [5, 0], [0, 5], [3, 3], [5, 1], [5, 1]):
+        fed = {uid: surplus[uid] + [float(next(counter)) for _ in range(5)]
+               for uid in rows.ids}
+        width = max(len(f) for f in fed.values())
+        batch = mx.array([f + [0.0] * (width - len(f)) for f in fed.values()])
+        for layer in rows.layers:
+            x = batch.reshape(len(rows.ids), 1, width, 1)
+            layer.update_and_fetch(x, x)
+        keep = [len(surplus[uid]) + k for uid, k in zip(rows.ids, keep_new)]
+        kept = rows.trim(width, keep)
+        for uid, k, n in zip(rows.ids, keep, kept):
+            held[uid] += fed[uid][:n]
+            surplus[uid] = fed[uid][n:k]
+        longest = max(len(v) for v in held.values())
+        assert min(rows.layers[0].left_padding.tolist()) == 0
+        assert all(layer.keys_and_values()[0].shape[2] == longest for layer in rows.layers)
+    assert max(len(s) for s in surplus.values()) <= REFEED
+    out = rows.leave({0, 1})
+    for uid in (0, 1):
+        for layer in out[uid]:
+            assert layer.keys[0, 0, :, 0].tolist() == held[uid]
+            assert layer.values[0, 0, :, 0].tolist() == held[uid]
+    assert rows.layers is None and not rows.ids

@@ -94,7 +94,11 @@ class DraftBatch:
         width = len(self.fed[ids[0]]) if ids else 0
         if not width:
             return
-        keep = [common_prefix(self.fed[uid], speculators[uid].context[self.held[uid]:])
-                for uid in ids]
+        keep = []
+        for uid in ids:
+            ahead = speculators[uid].context[self.held[uid]:]
+            # never the context's last token (a spare may equal it): the next step feeds
+            # it, for the row its first proposal comes from
+            keep.append(min(common_prefix(self.fed[uid], ahead), len(ahead) - 1))
         for uid, n in zip(ids, self.rows.trim(width, keep)):
             self.held[uid] += n

@@ -9,7 +9,8 @@ more rows of a forward, which cost little on a bandwidth-bound Mac, and never ch
 result). A row that outpaces another step after step would re-feed more and more, so once
 a surplus passes ``REFEED`` the step keeps the most any row kept instead, and each row that
 kept fewer moves right by the difference into its left padding (one copy of the cache, as
-mlx-lm's batch does after a ragged prefill).
+mlx-lm's batch does after a ragged prefill). Padding every row has is then cut off, so the
+cache stays as long as its longest row, as the server's KV budget counts it.
 """
 
 from __future__ import annotations
@@ -66,4 +67,8 @@ class RaggedRows:
             if any(shifts):
                 layer.prepare(right_padding=shifts)
                 layer.finalize()
+        if any(shifts) and min(self.layers[0].left_padding.tolist()) > 0:
+            rows = mx.arange(len(self.ids))
+            for layer in self.layers:
+                layer.filter(rows)  # keeps every row, drops the padding they all have
         return [min(k, target) for k in keep]
