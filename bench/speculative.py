@@ -23,9 +23,11 @@ two drafting for themselves beside two drafted for by other weights (rows that k
 different numbers of proposals). Greedy counts are exact, so one run each: the model's
 shared forwards against the forwards the four replies counted on their own (what four
 separate generations, or the former one-lane-per-request server, would run), and the rows
-those shared forwards computed per token made; and the draft's forwards, all rows at
-once, against the proposals it made (alone, each one a forward of its own: a lower bound of
-what four separate drafts would run).
+those shared forwards computed per token made; the draft's forwards, all rows at once,
+against the proposals it made (alone, each one a forward of its own: a lower bound of what
+four separate drafts would run); and the four replies' aggregate tok/s (prefill included)
+against the plain continuous batch's, medians of ``--runs`` alternated runs (on this CPU
+backend rows cost what they compute, so only a Mac or a GPU can show a gain).
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def main() -> None:
         results[name]["speedup"] = round(results[name]["decode_tps"]
                                          / results[name]["plain_decode_tps"], 3)
         print(name, results[name], flush=True)
-    results["batched"] = batched(model, other, a.tokens, a.draft_tokens)
+    results["batched"] = batched(model, other, a.tokens, a.draft_tokens, a.runs)
     record = {**header("bench/speculative.py", f"greedy, {a.tokens} tokens after a "
                        f"{len(prompt)}-token code-edit prompt, {a.draft_tokens} proposals per "
                        f"step, random {a.shape} checkpoints (float32, q4); medians of "
@@ -95,8 +97,12 @@ def main() -> None:
     a.out.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def batched(model, other, tokens: int, n: int) -> dict:
-    """The speculative batch's forwards for four requests at once (see the module's text)."""
+def batched(model, other, tokens: int, n: int, runs: int) -> dict:
+    """The speculative batch's forwards for four requests at once (see the module's text),
+    and its wall clock against the plain batch's (medians of alternated runs)."""
+    import time
+
+    from qwen_mlx.engine.batch import Batch
     from qwen_mlx.engine.speculative_batch import SpeculativeBatch
 
     names = ("subtotal", "amount", "cost", "value")
@@ -106,29 +112,47 @@ def batched(model, other, tokens: int, n: int) -> dict:
              "draft = model": [dict(draft=model, draft_tokens=n)] * 4,
              "2 x draft = model, 2 x other weights": [dict(draft=model, draft_tokens=n)] * 2
              + [dict(draft=other, draft_tokens=n)] * 2}
-    out = {}
-    for name, asks in cases.items():
-        batch = SpeculativeBatch(model)
+
+    def run(batch, asks) -> tuple[float, dict, dict]:
+        """Wall seconds, each request's tokens and last stats, by request."""
+        start = time.perf_counter()
         uids = [batch.add(model.request(p, temperature=0, max_tokens=tokens, **ask),
                           model.new_cache()) for p, ask in zip(prompts, asks)]
-        made, own, own_drafts = {u: [] for u in uids}, {}, {}
+        made, stats = {u: [] for u in uids}, {}
         while len(batch):
             for event in batch.step():
                 made[event.uid] += event.piece.tokens
                 if event.last:
-                    own[event.uid] = event.piece.stats.target_forwards
-                    # alone, a draft makes each proposal with a forward of its own (and
-                    # catches up with one more when it is behind): a lower bound of its forwards
-                    own_drafts[event.uid] = event.piece.stats.draft_tokens if "draft" in \
-                        asks[uids.index(event.uid)] else 0
-        assert [made[u] for u in uids] == plain, f"batched {name}: a text differs from plain"
+                    stats[event.uid] = event.piece.stats
+        seconds = time.perf_counter() - start
+        return seconds, [made[u] for u in uids], [stats[u] for u in uids]
+
+    out = {}
+    for name, asks in cases.items():
+        times = {"plain": [], "speculative": []}
+        for _ in range(runs):  # alternated: the plain batch, the speculative batch, ...
+            plain_batch = Batch(model, parallel=4)
+            seconds, texts, _ = run(plain_batch, [{}] * 4)
+            plain_batch.close()
+            assert texts == plain, "the plain batch's text differs from plain decoding"
+            times["plain"].append(seconds)
+            batch = SpeculativeBatch(model)
+            seconds, texts, stats = run(batch, asks)
+            assert texts == plain, f"batched {name}: a text differs from plain decoding"
+            times["speculative"].append(seconds)
         total = sum(len(t) for t in plain)
-        drafts = sum(d.forwards for d in batch.drafts.values())
+        # alone, a draft makes each proposal with a forward of its own (and catches up
+        # with one more when it is behind): its proposals are a lower bound of its forwards
+        proposals = sum(st.draft_tokens for st, ask in zip(stats, asks) if "draft" in ask)
         out[name] = {"tokens": total, "shared_forwards": batch.forwards,
-                     "own_forwards": sum(own.values()),
-                     "draft_forwards": drafts, "draft_proposals": sum(own_drafts.values()),
+                     "own_forwards": sum(st.target_forwards for st in stats),
+                     "draft_forwards": sum(d.forwards for d in batch.drafts.values()),
+                     "draft_proposals": proposals,
                      "tokens_per_shared_forward": round(total / batch.forwards, 3),
-                     "rows_per_token": round(batch.positions / total, 3)}
+                     "rows_per_token": round(batch.positions / total, 3),
+                     "tps": round(total / statistics.median(times["speculative"]), 3),
+                     "plain_batch_tps": round(total / statistics.median(times["plain"]), 3)}
+        out[name]["speedup"] = round(out[name]["tps"] / out[name]["plain_batch_tps"], 3)
         print("batched", name, out[name], flush=True)
     return out
 

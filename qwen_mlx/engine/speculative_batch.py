@@ -84,20 +84,21 @@ class SpeculativeBatch:
                       cached_tokens=len(prompt) - len(todo), eos_ids=self.model.eos_ids,
                       stop=request.stop)
         reply.peak = 0  # this request's own peak, from the steps it is part of
+        draft = speculation.draft_cache
+        rest = draft.reuse(prompt) if draft is not None else []  # the draft's to prefill
         uid, self._next = self._next, self._next + 1
         self.sequences[uid] = _Sequence(
             reply, speculator, speculation, cache,
             None if time_limit is None else time.monotonic() + time_limit,
-            self._chunks(prompt, todo, cache, speculation, on_prefill), [todo[-1]])
+            self._chunks(todo, cache, rest, speculation, on_prefill), [todo[-1]])
         return uid
 
-    def _chunks(self, prompt: list[int], todo: list[int], cache: PromptCache,
+    def _chunks(self, todo: list[int], cache: PromptCache, rest: list[int],
                 speculation: Speculation, on_prefill: Progress | None) -> Iterator[bool]:
         """The prompt's prefill, a chunk of the model's and one of its draft's per step
         (each cache computes all but the last token); True after the last."""
         chunking = self.model.chunking()
         draft = speculation.draft_cache
-        rest = draft.reuse(prompt) if draft is not None else []
         parts = [prefill_chunks(self.model.net, todo, cache.layers, self.stream,
                                 on_prefill=on_prefill, **chunking)]
         if draft is not None:
@@ -224,6 +225,7 @@ class SpeculativeBatch:
             seq.cache.tokens = context[:seq.cache.offset]
             events.append(self._last(uid, seq, reason))
         return events
+
     @staticmethod
     def _last(uid: int, seq: _Sequence, reason: str | None) -> Event:
         counts, stats = seq.speculation.counts, seq.reply.stats
