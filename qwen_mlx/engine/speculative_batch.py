@@ -44,8 +44,7 @@ from .speculative import Speculation, Speculator
 @dataclass
 class _Sequence:
     reply: Reply
-    speculator: Speculator
-    speculation: Speculation
+    speculator: Speculator  # its ``spec``: the proposer, its counts and scores
     cache: PromptCache  # its layers are in the batch while the sequence runs
     deadline: float | None
     prefilling: Iterator[bool] | None  # the prompts' chunks still to compute (True: the last)
@@ -88,7 +87,7 @@ class SpeculativeBatch:
         rest = draft.reuse(prompt) if draft is not None else []  # the draft's to prefill
         uid, self._next = self._next, self._next + 1
         self.sequences[uid] = _Sequence(
-            reply, speculator, speculation, cache,
+            reply, speculator, cache,
             None if time_limit is None else time.monotonic() + time_limit,
             self._chunks(todo, cache, rest, speculation, on_prefill), [todo[-1]])
         return uid
@@ -125,8 +124,8 @@ class SpeculativeBatch:
                 seq = self.sequences[uid]
                 seq.reply.peak = max(seq.reply.peak, peak)
                 for token in new:
-                    extra = seq.speculation.scores.popleft() \
-                        if seq.speculation.logprobs is not None else {}
+                    extra = seq.speculator.spec.scores.popleft() \
+                        if seq.speculator.spec.logprobs is not None else {}
                     piece = seq.reply.add(token, **extra)
                     if piece is not None:
                         events.append(Event(uid, piece))
@@ -163,11 +162,11 @@ class SpeculativeBatch:
     def _join(self, uid: int, seq: _Sequence) -> None:
         self.rows.join(uid, seq.cache.layers)
         seq.cache.layers = None  # moved: the batch holds them now
-        draft = seq.speculation.draft
+        draft = seq.speculator.spec.draft
         if draft is not None:
             if id(draft) not in self.drafts:
                 self.drafts[id(draft)] = DraftBatch(draft, self.stream)
-            self.drafts[id(draft)].join(uid, seq.speculation)
+            self.drafts[id(draft)].join(uid, seq.speculator.spec)
 
     def _verify(self) -> list[list[int]]:
         """One forward over every joined row (after every row's proposals); the tokens
@@ -178,7 +177,7 @@ class SpeculativeBatch:
             if len(draft):
                 draft.propose(speculators)
         for seq in seqs:
-            if seq.speculation.draft is None:
+            if seq.speculator.spec.draft is None:
                 seq.speculator.propose(self.stream)
         fed = [seq.fed + seq.speculator.proposals for seq in seqs]
         width = max(len(f) for f in fed)
@@ -213,14 +212,14 @@ class SpeculativeBatch:
             context = seq.speculator.context
             if seq.prefilling is not None:  # never joined: its caches are its own
                 seq.prefilling.close()
-                draft = seq.speculation.draft_cache
+                draft = seq.speculator.spec.draft_cache
                 if draft is not None:
                     draft.tokens = context[:draft.offset]
             else:
                 seq.cache.layers = layers[uid]
-                draft = seq.speculation.draft
+                draft = seq.speculator.spec.draft
                 if draft is not None:
-                    self.drafts[id(draft)].leave({uid: (seq.speculation, context)})
+                    self.drafts[id(draft)].leave({uid: (seq.speculator.spec, context)})
             # what the layers hold: the prompt and the tokens settled before its last ones
             seq.cache.tokens = context[:seq.cache.offset]
             events.append(self._last(uid, seq, reason))
@@ -228,7 +227,7 @@ class SpeculativeBatch:
 
     @staticmethod
     def _last(uid: int, seq: _Sequence, reason: str | None) -> Event:
-        counts, stats = seq.speculation.counts, seq.reply.stats
+        counts, stats = seq.speculator.spec.counts, seq.reply.stats
         stats.draft_tokens, stats.accepted_tokens = counts.proposed, counts.accepted
         stats.target_forwards = counts.forwards
         return Event(uid, seq.reply.finish(reason), last=True, cache=seq.cache)
