@@ -206,6 +206,7 @@ class SpeculativeBatch:
             return []
         gone = {uid for uid, _ in ended}
         layers = self.rows.leave(gone)
+        leaving: dict[int, dict] = {}  # by draft network: its rows out in one go
         events = []
         for uid, reason in ended:
             seq = self.sequences.pop(uid)
@@ -219,10 +220,12 @@ class SpeculativeBatch:
                 seq.cache.layers = layers[uid]
                 draft = seq.speculator.spec.draft
                 if draft is not None:
-                    self.drafts[id(draft)].leave({uid: (seq.speculator.spec, context)})
+                    leaving.setdefault(id(draft), {})[uid] = (seq.speculator.spec, context)
             # what the layers hold: the prompt and the tokens settled before its last ones
             seq.cache.tokens = context[:seq.cache.offset]
             events.append(self._last(uid, seq, reason))
+        for draft, rows in leaving.items():
+            self.drafts[draft].leave(rows)
         return events
 
     @staticmethod
