@@ -5,6 +5,7 @@ is the page's alone."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from qwen_mlx import McpServers, Toolbox
 from qwen_mlx.tools.config import ServerSpec
 from qwen_mlx.tools.loop import DENIED
 
-from .serving import MODEL, Running
+from .serving import MODEL, Running, free_port
 from .webpage import (Scripted, done, find, find_all, fresh, js, needs_chromium, replies,
                       type_message, wait)
 
@@ -76,12 +77,67 @@ def test_the_call_endpoint_is_the_pages_alone(served):
     assert refused.status_code == 403
     assert refused.json()["error"]["message"] == ("tool calls come from the chat page of this "
                                                   "server only")
-    page = httpx.post(url, json=call, headers={"Origin": served.url})
-    assert page.status_code == 200 and page.json() == {"content": "2", "error": False,
-                                                       "server": "fixture"}
     unknown = httpx.post(url, json={"name": "rm"}, headers={"Origin": served.url})
     assert unknown.status_code == 404
     # the API never offers them: a request without tools has none
     httpx.post(served.url + "/v1/chat/completions", json={
         "model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}, timeout=60)
     assert served.server.asked[-1]["tools"] is None
+
+
+def made_call(served, name: str, arguments: dict, *, stream: bool = False) -> dict:
+    """A reply of the model's that ends with this call of a page tool -> the call."""
+    served.server.calls = [{"name": name, "arguments": arguments}]
+    tools = [{"type": "function", "function": {"name": name, "parameters": {}}}]
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "tools": tools,
+            "stream": stream}
+    reply = httpx.post(served.url + "/v1/chat/completions", json=body, timeout=60)
+    if not stream:
+        return reply.json()["choices"][0]["message"]["tool_calls"][0]
+    chunks = [json.loads(line[6:]) for line in reply.text.splitlines()
+              if line.startswith("data: {")]
+    return next(c["choices"][0]["delta"]["tool_calls"][0] for c in chunks
+                if c["choices"][0]["delta"].get("tool_calls"))
+
+
+def test_a_forged_origin_runs_only_a_call_the_model_made_and_once(served):
+    """Any non-browser client can set Origin: the endpoint runs a call only when the model
+    emitted it (same id, name and arguments) in one of this server's replies, once."""
+    url, page = served.url + "/web/tools/call", {"Origin": served.url}
+    forged = httpx.post(url, json={"id": "call_0", "name": "add",
+                                   "arguments": {"a": 1, "b": 1}}, headers=page)
+    assert forged.status_code == 403
+    assert forged.json()["error"]["message"] == (
+        "the model made no such call (id, name and arguments of a call in one of this "
+        "server's replies; each runs once)")
+    for stream in (False, True):
+        call = made_call(served, "add", {"a": 2, "b": 5}, stream=stream)
+        ident = call["id"]
+        other_args = httpx.post(url, json={"id": ident, "name": "add",
+                                           "arguments": {"a": 2, "b": 6}}, headers=page)
+        other_name = httpx.post(url, json={"id": ident, "name": "echo",
+                                           "arguments": {"a": 2, "b": 5}}, headers=page)
+        assert (other_args.status_code, other_name.status_code) == (403, 403)
+        ran = httpx.post(url, json={"id": ident, "name": "add",
+                                    "arguments": json.loads(call["function"]["arguments"])},
+                         headers=page)
+        assert ran.status_code == 200 and ran.json() == {"content": "7", "error": False,
+                                                         "server": "fixture"}
+        again = httpx.post(url, json={"id": ident, "name": "add",
+                                      "arguments": {"a": 2, "b": 5}}, headers=page)
+        assert again.status_code == 403
+
+
+def test_serve_mcp_off_loopback_needs_an_api_key(tmp_path):
+    from click.testing import CliRunner
+
+    from qwen_mlx.cli import main
+
+    tools = tmp_path / "mcp.json"
+    tools.write_text(json.dumps({"mcpServers": {"fixture": {"command": sys.executable,
+                                                            "args": [SERVER]}}}))
+    result = CliRunner().invoke(main, ["serve", str(tmp_path / "absent"), "--mcp", str(tools),
+                                       "--host", "0.0.0.0", "--port", str(free_port())])
+    assert (result.exit_code, result.stderr) == (1, (
+        "error: serve --mcp on 0.0.0.0 needs --api-key: the page's tools run on this machine, "
+        "and anyone who can reach 0.0.0.0 could ask for them\n"))

@@ -13,8 +13,6 @@ from .options import (MODEL_HELP, force_option, load_options, memory_kwargs, mem
                       model_argument, speculative_options)
 from .tools import open_tools, page_tool_options, tool_servers
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
 
 @click.command(help=f"""Serve MODEL over HTTP: OpenAI's /v1/chat/completions, /v1/completions
 and /v1/models, Ollama's /api/chat, /api/generate, /api/tags, /api/ps, /api/show and
@@ -60,12 +58,16 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
           mcp_files: tuple[Path, ...], tool_timeout: float, adapter: Path | None, recipe: str,
           **options) -> None:
     from ..serve import Server, run
+    from ..serve.guard import is_local
     from ..units import parse_size
 
     body_limit = parse_size(max_body, "a body size")  # one-line error on a bad size
     specs = tool_servers(mcp_files, (), default=False)
     check_port(host, port)  # before minutes of loading, not after
-    if host not in LOOPBACK and not api_key:
+    if specs and not is_local(host) and not api_key:
+        raise QwenMlxError(f"serve --mcp on {host} needs --api-key: the page's tools run on "
+                           f"this machine, and anyone who can reach {host} could ask for them")
+    if not is_local(host) and not api_key:
         err.print(f"[yellow]serving on {host} without --api-key: anyone who can reach this "
                   f"machine can use the model[/yellow]", soft_wrap=True)
     kwargs = memory_kwargs(options)

@@ -118,11 +118,18 @@ def usage(stats) -> dict:
             **usage_record(stats)}
 
 
-def openai_calls(calls: list[dict]) -> list[dict]:
-    return [{"index": i, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-             "function": {"name": c["name"], "arguments": json.dumps(c["arguments"],
-                                                                     ensure_ascii=False)}}
-            for i, c in enumerate(calls)]
+def openai_calls(server: Server, calls: list[dict]) -> list[dict]:
+    """The model's calls in OpenAI's shape; calls of the page's tools are noted as issued,
+    the only ones the page's call endpoint will run."""
+    out = [{"index": i, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+            "function": {"name": c["name"], "arguments": json.dumps(c["arguments"],
+                                                                    ensure_ascii=False)}}
+           for i, c in enumerate(calls)]
+    offered = {t.name for t in server.page_tools.tools} if server.page_tools else set()
+    for call, c in zip(out, calls):
+        if c["name"] in offered:
+            server.issued.record(call["id"], c["name"], c["arguments"])
+    return out
 
 
 # include_usage is OpenAI's; continuous_usage_stats is vLLM's extension
@@ -210,7 +217,8 @@ async def chat_completions(server: Server, request: Request) -> Response:
         message = {"role": "assistant", "content": out.text.strip() if out.calls else out.text}
         finish = out.stats.finish_reason
         if out.calls:
-            message["tool_calls"], finish = openai_calls(out.calls[:most]), "tool_calls"
+            message["tool_calls"] = openai_calls(server, out.calls[:most])
+            finish = "tool_calls"
         message["content"] = message["content"] or None
         return JSONResponse({**head, "object": "chat.completion", "choices": [
             {"index": 0, "message": message, "finish_reason": finish,
@@ -235,7 +243,7 @@ async def chat_completions(server: Server, request: Request) -> Response:
                     yield chunk({"content": item.text})
                 finish = item.stats.finish_reason
                 if item.calls:
-                    yield chunk({"tool_calls": openai_calls(item.calls[:most])})
+                    yield chunk({"tool_calls": openai_calls(server, item.calls[:most])})
                     finish = "tool_calls"
                 yield chunk({}, finish, **({"usage": None} if include_usage else {}))
                 if include_usage:

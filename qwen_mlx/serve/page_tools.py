@@ -4,8 +4,10 @@ and nothing here runs a call on the model's word: the page shows each call and r
 through ``POST /web/tools/call`` once the user allows it.
 
 These routes are behind the same Host and Origin checks as the rest and the API key when
-one is set; a call must also come from the page itself (its ``Origin`` is this server's),
-so a script or another site cannot use the user's tools through the server.
+one is set (``serve --mcp`` off loopback requires one). A call must come from the page
+itself (its ``Origin`` is this server's), and since a script can forge that header, it must
+also be a call the model made in a reply this server gave: same id, name and arguments,
+run once (:mod:`qwen_mlx.serve.issued_calls`). Nothing runs on a caller's word alone.
 """
 
 from __future__ import annotations
@@ -27,21 +29,28 @@ async def tools(server: Server, request: Request) -> Response:
          "parameters": t.parameters} for t in (box.tools if box else [])]})
 
 
+FIELDS = {"id", "name", "arguments"}
+
+
 async def call(server: Server, request: Request) -> Response:
-    """Run one call the user allowed in the page: {name, arguments} -> {content, error,
-    server}. A tool's failure, a timeout or a server that stopped is a result, not an
-    HTTP error."""
+    """Run one call of the model's that the user allowed in the page: {id, name, arguments}
+    -> {content, error, server}. A tool's failure, a timeout or a server that stopped is a
+    result, not an HTTP error."""
     origin = request.headers.get("origin", "")
     if origin.rstrip("/") != f"{request.url.scheme}://{request.headers.get('host', '')}":
         raise RequestError(403, "tool calls come from the chat page of this server only")
     body = await read_json(request, server.max_body)
-    name, arguments = body.get("name"), body.get("arguments", {})
-    if set(body) - {"name", "arguments"}:
-        raise RequestError(400, f"unknown field {sorted(set(body) - {'name', 'arguments'})[0]!r}"
-                                f" (a call has a name and arguments)")
+    ident, name, arguments = body.get("id"), body.get("name"), body.get("arguments", {})
+    if set(body) - FIELDS:
+        raise RequestError(400, f"unknown field {sorted(set(body) - FIELDS)[0]!r} (a call has "
+                                f"an id, a name and arguments)")
     box = server.page_tools
     tool = next((t for t in box.tools if t.name == name), None) if box else None
     if not isinstance(name, str) or tool is None:
         raise RequestError(404, f"no tool named {name!r} is offered to the page", param="name")
+    if not server.issued.take(ident, name, arguments):
+        raise RequestError(403, "the model made no such call (id, name and arguments of a "
+                                "call in one of this server's replies; each runs once)",
+                           param="id")
     result = await asyncio.to_thread(box.call, name, arguments)
     return JSONResponse({"content": result.text, "error": result.error, "server": tool.source})

@@ -22,6 +22,7 @@ from ..errors import ContextExceeded, QwenMlxError, TooManyTokens, UnsupportedCo
 from ..model import Model
 from ..tools import Toolbox
 from ..tools import calls as tool_calls
+from .issued_calls import IssuedCalls
 from .logprobs import TokenText
 from .worker import Ended, Worker
 
@@ -57,6 +58,8 @@ class Server:
     speculation: "Speculation | None" = None  # serve --draft/--lookup (None: off)
     started: float = field(default_factory=time.time)
     worker: Worker = field(init=False)
+    # the page's tool calls the model made: the only ones POST /web/tools/call runs
+    issued: IssuedCalls = field(init=False, default_factory=IssuedCalls)
 
     def __post_init__(self) -> None:
         from .speculative import Speculation

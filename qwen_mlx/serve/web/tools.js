@@ -59,7 +59,7 @@ export async function answerCalls(reply, el) {
     } else {
       try {
         result = await api.json("/web/tools/call", { method: "POST", body: {
-          name, arguments: parsed(call.function.arguments) } });
+          id: call.id, name, arguments: parsed(call.function.arguments) } });
       } catch (e) {
         result = { content: `error: ${e.message}`, error: true, server: toolOf(name).server };
       }
