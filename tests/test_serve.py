@@ -217,11 +217,15 @@ def test_ollama_chat_generate_and_metadata(model, local):
 def test_disconnect_mid_stream_stops_generation(model, running, client):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Go on forever"}],
             "max_tokens": 900, "temperature": 0, "stream": True}
+    finished = running.server.worker.finished
+    before = sum(j["cancelled"] for j in finished)
     with httpx.stream("POST", f"{running.url}/v1/chat/completions", json=body) as response:
         lines = response.iter_lines()
         got = [next(lines) for _ in range(6)]
     assert got[0].startswith("data: ")
-    time.sleep(0.5)
+    deadline = time.time() + 60  # the engine notices the client has gone
+    while sum(j["cancelled"] for j in finished) == before and time.time() < deadline:
+        time.sleep(0.02)
     # served next, and correctly; the abandoned request stopped long before 900 tokens
     r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
                                        max_tokens=5, temperature=0)

@@ -217,13 +217,23 @@ def test_health_answers_while_a_huge_request_is_tokenized(running):
     order = []
     body = {"model": MODEL, "max_tokens": 1,
             "messages": [{"role": "user", "content": "lorem ipsum dolor " * 400_000}]}
+    server, tokenizing = running.server, threading.Event()
+    encode = server.encode_chat
+
+    def encode_chat(*args, **kwargs):
+        tokenizing.set()
+        return encode(*args, **kwargs)
     big = threading.Thread(target=lambda: order.append(
         ("big", httpx.post(f"{running.url}/v1/chat/completions", json=body,
                            timeout=300).status_code)))
-    big.start()
-    time.sleep(0.3)  # the body is in and being tokenized
-    order.append(("health", httpx.get(f"{running.url}/health", timeout=300).status_code))
-    big.join()
+    server.encode_chat = encode_chat
+    try:
+        big.start()
+        assert tokenizing.wait(60)  # the body is in and being tokenized
+        order.append(("health", httpx.get(f"{running.url}/health", timeout=300).status_code))
+        big.join()
+    finally:
+        del server.encode_chat
     assert order == [("health", 200), ("big", 400)]  # longer than the 1,024-token context
 
 
@@ -240,6 +250,18 @@ def started(lines) -> None:
     raise AssertionError("the stream ended before any text")
 
 
+def refused(url: str, within: float) -> bool:
+    """True once a new connection to ``url`` is refused (polled for ``within`` s)."""
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            httpx.get(url, timeout=2)
+        except httpx.TransportError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def test_sigterm_lets_replies_finish_then_cuts_them_and_exits_0(tiny_q4_f32):
     port = free_port()
     proc = _serve(tiny_q4_f32, port, "--shutdown-timeout", "1")
@@ -250,9 +272,7 @@ def test_sigterm_lets_replies_finish_then_cuts_them_and_exits_0(tiny_q4_f32):
         lines = r.iter_lines()
         started(lines)
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        with pytest.raises(httpx.TransportError):  # no new connections
-            httpx.get(f"{url}/health", timeout=2)
+        assert refused(f"{url}/health", within=1)  # no new connections during the grace
         rest = [line for line in lines if line]
     assert json.loads(rest[-2][6:])["error"]["code"] == "shutting_down"
     assert rest[-1] == "data: [DONE]"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
 import httpx
@@ -216,16 +217,30 @@ def test_serve_refuses_conflicting_speculative_options(tiny_q4_f32):
         assert message in result.output
 
 
-def test_a_client_that_leaves_ends_its_speculation(drafted):
+def test_a_client_that_leaves_ends_its_speculation(drafted, monkeypatch):
     worker = drafted.server.worker
     body = {"model": MODEL, "messages": [{"role": "user", "content": COPY}], "stream": True,
             "temperature": 0, "max_tokens": 400, "speculative": {"method": "lookup"}}
+    # the engine holds once the reply has text, until the client has gone (on a busy
+    # machine it could otherwise finish all 400 tokens before the client reads the first)
+    left, step = threading.Event(), worker.speculative.step
+
+    def held_step():
+        if any(job.made for job in worker.speculating.values()):
+            assert left.wait(120)
+        return step()
+    monkeypatch.setattr(worker.speculative, "step", held_step)
     with httpx.stream("POST", f"{drafted.url}/v1/chat/completions", json=body,
                       timeout=120) as r:
         for line in r.iter_lines():
             if '"content": "' in line and '"content": ""' not in line:
                 break  # the first text: it is speculating
         assert worker.speculating
+        job = next(iter(worker.speculating.values()))
+    deadline = time.time() + 60  # the server notices the client has gone
+    while not job.cancelled.is_set() and time.time() < deadline:
+        time.sleep(0.02)
+    left.set()
     for _ in range(1000):  # the engine notices within a step
         if not worker.speculating:
             break

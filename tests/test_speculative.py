@@ -26,16 +26,10 @@ GREEDY = dict(temperature=0, max_tokens=40)
 
 
 @pytest.fixture(scope="module")
-def other(tmp_path_factory):
+def other(other_q4_f32):
     """A second tiny model (other random weights, the same tokenizer): a draft that
     disagrees with the model."""
-    from qwen_mlx.models.recipes import Recipe
-    from qwen_mlx.quant.convert import convert
-    from qwen_mlx.testing import make_checkpoint
-
-    work = tmp_path_factory.mktemp("draft")
-    convert(make_checkpoint(work / "hf", "tiny", seed=1), work / "q4", Recipe(dtype="float32"))
-    return load(work / "q4")
+    return load(other_q4_f32)
 
 
 @pytest.mark.parametrize("how", ["lookup", "self", "other"])

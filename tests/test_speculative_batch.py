@@ -18,15 +18,9 @@ PROMPTS = [COPY, "Hello there, tell me a story about a cat. " * 3, COPY + " Agai
 
 
 @pytest.fixture(scope="module")
-def other(tmp_path_factory):
+def other(other_q4_f32):
     """Other random weights, the same tokenizer: a draft that mostly disagrees."""
-    from qwen_mlx.models.recipes import Recipe
-    from qwen_mlx.quant.convert import convert
-    from qwen_mlx.testing import make_checkpoint
-
-    work = tmp_path_factory.mktemp("draft")
-    convert(make_checkpoint(work / "hf", "tiny", seed=1), work / "q4", Recipe(dtype="float32"))
-    return load(work / "q4")
+    return load(other_q4_f32)
 
 
 def run(batch: SpeculativeBatch, joins: dict[int, list], log: list | None = None) -> dict:

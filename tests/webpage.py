@@ -93,6 +93,9 @@ MOUSE = "--blink-settings=primaryHoverType=2,availableHoverTypes=2,primaryPointe
         "availablePointerTypes=4"
 
 
+WINDOW = (1280, 860)
+
+
 def start_browser(downloads: Path, mouse: bool = True):
     """Headless Chromium with its console log kept and downloads going to ``downloads``
     (``driver.downloads``); a desktop with a mouse, or (``mouse`` false) a touch screen's
@@ -103,14 +106,20 @@ def start_browser(downloads: Path, mouse: bool = True):
     options = Options()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--window-size=1280,860", "--disable-gpu", *([MOUSE] if mouse else [])):
+                f"--window-size={WINDOW[0]},{WINDOW[1]}", "--disable-gpu",
+                *([MOUSE] if mouse else [])):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    driver.downloads = downloads
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior",
-                           {"behavior": "allow", "downloadPath": str(downloads)})
+    downloads_to(driver, downloads)
     return driver
+
+
+def downloads_to(driver, folder: Path) -> None:
+    """Downloads go to ``folder`` from now on (``driver.downloads``)."""
+    driver.downloads = folder
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior",
+                           {"behavior": "allow", "downloadPath": str(folder)})
 
 
 def wait(driver, condition, timeout: float = 60):
