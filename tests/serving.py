@@ -21,9 +21,17 @@ MODEL = "tiny-qwen3"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, of this xdist worker's own residue modulo the worker count: two
+    workers never pick the same port between choosing it and a server binding it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index, count = int(worker.removeprefix("gw")), \
+        int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port % count == index:
+            return port
 
 
 class Running:

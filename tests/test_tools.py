@@ -21,6 +21,8 @@ from qwen_mlx.tools.config import ServerSpec
 from qwen_mlx.tools.loop import DENIED, Approvals, Call, calls_in, run_round
 from qwen_mlx.tools.toolbox import ToolResult
 
+from .serving import free_port
+
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
 FIXTURE = ServerSpec("fixture", command=sys.executable, args=(SERVER,))
 
@@ -137,14 +139,11 @@ def test_a_server_that_exits_mid_call_is_one_line_and_its_tools_go():
 
 
 def test_a_streamable_http_server_with_headers(tmp_path):
-    import socket
     import subprocess
 
     import httpx
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, SERVER, "--http", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
