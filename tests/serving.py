@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -18,20 +19,24 @@ from qwen_mlx.serve import Server
 from qwen_mlx.serve.connections import uvicorn_config
 
 MODEL = "tiny-qwen3"
+PORTS = random.Random()  # its own: a test that seeds `random` does not choose ports
 
 
 def free_port() -> int:
-    """A free loopback port, of this xdist worker's own residue modulo the worker count: two
-    workers never pick the same port between choosing it and a server binding it."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    index, count = int(worker.removeprefix("gw")), \
-        int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    """A free loopback port of this xdist worker's own residue modulo the worker count, so
+    two workers never pick the same port between choosing it and a server binding it.
+    (Linux's bind to port 0 hands out even ports, so the choice is ours: below the
+    ephemeral range, where no outgoing connection takes one meanwhile.)"""
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     while True:
+        port = PORTS.randrange(20000, 32000, count) + index
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port % count == index:
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 class Running:

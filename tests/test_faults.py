@@ -1,50 +1,50 @@
-"""The fault matrix, run as a user would: the real command in a subprocess, real signals, a
-real full disk. Each case checks the exit code, that the error is one line with no
-traceback, and which files must still be there (and which must not)."""
-
+"""The fault matrix, run as a user would: the real command (in a subprocess where signals are
+sent, in-process through click otherwise), real signals, a real full disk. Each case checks
+the exit code, that the error is one line with no traceback, and which files must still be
+there (and which must not)."""
 
 from __future__ import annotations
 
-
 import hashlib
-
-
 import json
-
-
 import logging
-
-
+import os
 import signal
-
-
 import subprocess
-
-
 import sys
-
-
 import time
-
-
+import traceback
 from pathlib import Path
-
 
 import pytest
 
-
 from qwen_mlx.testing import make_checkpoint
 
-
 TIMEOUT = 120
-
-
 DEAD_PID = 999_999_999  # above any pid_max
 
 
 def cli(*args, cwd=None, input=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "qwen_mlx", *map(str, args)], cwd=cwd,
-                          input=input, capture_output=True, text=True, timeout=TIMEOUT)
+    """A qwen-mlx command run in this process (click's CliRunner) -> its exit code, stdout
+    and stderr. An exception that escaped the command goes into stderr as the traceback the
+    process would print, so every "no traceback" check holds (the signal tests here and
+    test_cli's console-script test run real processes)."""
+    from click.testing import CliRunner
+
+    from qwen_mlx.cli import main
+
+    here = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        result = CliRunner().invoke(main, list(map(str, args)), input=input)
+    finally:
+        os.chdir(here)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["qwen-mlx", *map(str, args)], result.exit_code,
+                                       result.stdout, stderr)
 
 
 def one_line_error(result, code=1) -> str:
