@@ -25,8 +25,7 @@ def env(tmp_path, tiny_hf):
         (repo / "refs").mkdir()
         (repo / "refs" / "main").write_text(COMMIT)
     return {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
-            "QWEN_MLX_HOME": str(tmp_path / "home"),
-            "COLUMNS": "250"}  # a terminal wide enough for the paths in the tables
+            "QWEN_MLX_HOME": str(tmp_path / "home")}
 
 
 def cli(env, *args):
@@ -46,7 +45,7 @@ def folder_bytes(folder: Path) -> int:
 
 def test_list_prune_rm_and_sources(env, tmp_path, tiny_hf):
     home = tmp_path / "home" / "models"
-    local = tmp_path / "local" / "tiny"
+    local = tmp_path / ("local-" + "x" * 150) / "tiny"  # listed whole, however long
     shutil.copytree(tiny_hf, local)
     assert cli(env, "convert", "qwen3-4b").returncode == 0
     assert cli(env, "convert", local, "--q8").returncode == 0

@@ -27,6 +27,9 @@ def _print_json(items) -> None:
     sys.stdout.write(json.dumps([item.to_dict() for item in items]) + "\n")
 
 
+PIPE_WIDTH = 10_000  # wider than any row: the table takes its content's width
+
+
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     table = Table(title=title, title_justify="left", box=None, pad_edge=False)
     for c in columns:
@@ -34,8 +37,8 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     for row in rows:
         table.add_row(*row)
     out = Console(highlight=False)
-    if not out.is_terminal:
-        out = Console(highlight=False, width=200)  # a pipe: do not squeeze the paths
+    if not out.is_terminal:  # a pipe or a file: rows as long as they are, no path cut short
+        out = Console(highlight=False, width=PIPE_WIDTH)
     out.print(table)
 
 
