@@ -121,8 +121,10 @@ def test_a_killed_rank_ends_the_run_with_one_error_and_it_resumes(tmp_path, tiny
     data = write_data(tmp_path / "d.jsonl", ROWS)
     out = tmp_path / "out"
     # enough steps that the kill lands mid-run (it follows the first checkpoint, at step 2,
-    # within a fraction of a second), few enough that the resumed run is quick
-    args = [tiny_f32, "--data", data, "-o", out, "--iters", 60, "--batch-size", 4,
+    # within a fraction of a second, and the 22 steps after it take seconds), few enough
+    # that the resumed run is quick
+    iters = 24
+    args = [tiny_f32, "--data", data, "-o", out, "--iters", iters, "--batch-size", 4,
             "--valid-split", 0, "--lr", 1e-3, "--save-every", 2, "--local-ranks", 2,
             "--peer-timeout", 20]
     p = launch(*args)
@@ -146,9 +148,9 @@ def test_a_killed_rank_ends_the_run_with_one_error_and_it_resumes(tmp_path, tiny
     done = launch(*args, "--resume")
     p2_out, p2_err = done.communicate(timeout=600)
     assert done.returncode == 0, p2_err
-    assert saved["step"] < 60
-    assert f"resuming at step {saved['step']} of 60" in p2_err
-    assert [s["step"] for s in steps_of(out)] == list(range(1, 61))
+    assert saved["step"] < iters
+    assert f"resuming at step {saved['step']} of {iters}" in p2_err
+    assert [s["step"] for s in steps_of(out)] == list(range(1, iters + 1))
 
 
 def test_a_rank_that_hangs_stops_the_run_at_the_peer_timeout(tmp_path, tiny_f32):
