@@ -70,6 +70,25 @@ def test_the_page_asks_runs_one_call_denies_another_and_goes_on(browser, served)
     assert sent[-3]["role"] == "assistant"
 
 
+def test_a_call_of_a_tool_no_one_offers_is_answered_not_left_hanging(browser, served):
+    """The terminal sends "no tool named ..." back to the model; the page does the same
+    (it used to wait for an approval it never asked for)."""
+    fresh(browser, served.url)
+    scripted = served.server
+    scripted.calls = [{"name": "rm", "arguments": {"path": "/"}}]
+    scripted.replies = [["Let me clean up."], ["There is no such tool."]]
+    type_message(browser, "Clean up")
+    wait(browser, lambda: done(browser) and len(replies(browser)) == 2 and
+         replies(browser)[-1].text.startswith("There is no such tool."))
+    assert not find_all(browser, ".approval")
+    said = ("error: there is no tool named 'rm' (the tools: add, echo, sleep, fail, big, "
+            "die)")
+    sent = scripted.asked[-1]["messages"]
+    assert (sent[-1]["role"], sent[-1]["content"]) == ("tool", said)
+    assert [s.text for s in find_all(browser, "details.tool-result summary")] == [
+        "tool · rm: error"]
+
+
 def test_the_call_endpoint_is_the_pages_alone(served):
     url = served.url + "/web/tools/call"
     call = {"name": "add", "arguments": {"a": 1, "b": 1}}

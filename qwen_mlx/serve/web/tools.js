@@ -33,12 +33,32 @@ export function offered() {
 
 const toolOf = (name) => state.pageTools.find((t) => t.name === name);
 
+/** The names of the tools the user listed in Settings (their calls are the user's to
+ * answer). */
+function settingsTools() {
+  try {
+    const tools = JSON.parse(state.settings.tools || "[]");
+    return new Set(Array.isArray(tools) ? tools.map((t) => t?.function?.name) : []);
+  } catch {
+    return new Set();
+  }
+}
+
+/** A call of a tool nobody offers: the model reads that it does not exist, as in the
+ * terminal, instead of the page waiting for an answer that never comes. */
+const unknown = (name) => ({
+  content: `error: there is no tool named '${name}' (the tools: ${
+    state.pageTools.map((t) => t.name).join(", ")})`, error: true });
+
 /** After a reply: if it called the server's tools, ask about each, run the allowed ones,
  * and let the model go on with the results. Calls of tools the user listed in Settings stay
- * for the user to answer, as before. */
+ * for the user to answer, as before; a call of a tool that no one offers is answered with
+ * an error. */
 export async function answerCalls(reply, el) {
   const calls = reply.tool_calls ?? [];
-  if (!calls.length || !calls.every((c) => toolOf(c.function.name))) return;
+  const mine = settingsTools();
+  if (!calls.length || !state.pageTools.length ||
+      calls.some((c) => mine.has(c.function.name))) return;
   const messages = state.conv.messages;
   const lastUser = messages.findLastIndex((m) => m.role === "user");
   const rounds = messages.slice(lastUser)
@@ -50,20 +70,8 @@ export async function answerCalls(reply, el) {
   const conv = state.conv;
   for (const call of calls) {
     const name = call.function.name;
-    const choice = state.alwaysTools.has(name) ? "always" : await ask(el, call);
-    if (state.conv !== conv) return; // another conversation was opened meanwhile
-    if (choice === "always") state.alwaysTools.add(name);
-    let result;
-    if (choice === "deny") {
-      result = { content: DENIED, error: true, server: toolOf(name).server };
-    } else {
-      try {
-        result = await api.json("/web/tools/call", { method: "POST", body: {
-          id: call.id, name, arguments: parsed(call.function.arguments) } });
-      } catch (e) {
-        result = { content: `error: ${e.message}`, error: true, server: toolOf(name).server };
-      }
-    }
+    const result = toolOf(name) ? await answer(el, call, conv) : unknown(name);
+    if (!result) return; // another conversation was opened meanwhile
     const m = { role: "tool", tool_call_id: call.id, name, server: result.server,
                 content: result.content, error: result.error };
     messages.push(m);
@@ -71,6 +79,22 @@ export async function answerCalls(reply, el) {
     appendMessage(m);
   }
   await run({ resend: true });
+}
+
+/** Ask about one call of the server's tools and run it if allowed -> its result (null when
+ * the user left for another conversation meanwhile). */
+async function answer(el, call, conv) {
+  const name = call.function.name;
+  const choice = state.alwaysTools.has(name) ? "always" : await ask(el, call);
+  if (state.conv !== conv) return null;
+  if (choice === "always") state.alwaysTools.add(name);
+  if (choice === "deny") return { content: DENIED, error: true, server: toolOf(name).server };
+  try {
+    return await api.json("/web/tools/call", { method: "POST", body: {
+      id: call.id, name, arguments: parsed(call.function.arguments) } });
+  } catch (e) {
+    return { content: `error: ${e.message}`, error: true, server: toolOf(name).server };
+  }
 }
 
 function parsed(text) {
