@@ -160,3 +160,33 @@ def test_serve_mcp_off_loopback_needs_an_api_key(tmp_path):
     assert (result.exit_code, result.stderr) == (1, (
         "error: serve --mcp on 0.0.0.0 needs --api-key: the page's tools run on this machine, "
         "and anyone who can reach 0.0.0.0 could ask for them\n"))
+
+
+def test_serve_reads_the_default_mcp_file_as_chat_web_does(tiny_q4_f32, tmp_path, monkeypatch):
+    """With no --mcp, $QWEN_MLX_CONFIG/mcp.json gives the page its tools, as `chat --web`
+    reads it; off loopback without --api-key they are not offered, and it says so."""
+    from click.testing import CliRunner
+
+    from qwen_mlx.cli import main
+
+    from .serving import serve_process
+
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "mcp.json").write_text(json.dumps({"mcpServers": {"fixture": {
+        "command": sys.executable, "args": [SERVER]}}}))
+    monkeypatch.setenv("QWEN_MLX_CONFIG", str(config))
+    port = free_port()
+    proc = serve_process(tiny_q4_f32, port)
+    try:
+        offered = httpx.get(f"http://127.0.0.1:{port}/web/tools", timeout=60).json()["tools"]
+        assert [(t["name"], t["server"]) for t in offered][:2] == [("add", "fixture"),
+                                                                  ("echo", "fixture")]
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    result = CliRunner().invoke(main, ["serve", str(tmp_path / "absent"), "--host", "0.0.0.0",
+                                       "--port", str(free_port())])
+    assert result.stderr.splitlines()[0] == (
+        f"the tools of {config / 'mcp.json'} are not offered: serving on 0.0.0.0 without "
+        f"--api-key")

@@ -11,6 +11,7 @@ from ..errors import QwenMlxError
 from .console import PrefillBars, err, open_draft, open_model
 from .options import (MODEL_HELP, force_option, load_options, memory_kwargs, memory_options,
                       model_argument, speculative_options)
+from ..tools.config import default_file
 from .tools import open_tools, page_tool_options, tool_servers
 
 
@@ -62,11 +63,16 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
     from ..units import parse_size
 
     body_limit = parse_size(max_body, "a body size")  # one-line error on a bad size
-    specs = tool_servers(mcp_files, (), default=False)
-    check_port(host, port)  # before minutes of loading, not after
-    if specs and not is_local(host) and not api_key:
+    exposed = not is_local(host) and not api_key
+    if mcp_files and exposed:
         raise QwenMlxError(f"serve --mcp on {host} needs --api-key: the page's tools run on "
                            f"this machine, and anyone who can reach {host} could ask for them")
+    # the default mcp.json, as `chat --web` reads it; never offered to a server anyone reaches
+    specs = tool_servers(mcp_files, (), default=not exposed)
+    if exposed and default_file().is_file():
+        note(f"the tools of {default_file()} are not offered: serving on {host} without "
+             f"--api-key")
+    check_port(host, port)  # before minutes of loading, not after
     if not is_local(host) and not api_key:
         err.print(f"[yellow]serving on {host} without --api-key: anyone who can reach this "
                   f"machine can use the model[/yellow]", soft_wrap=True)

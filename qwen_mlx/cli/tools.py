@@ -38,7 +38,9 @@ page_tool_options = stack_options(
                  type=click.Path(path_type=Path, dir_okay=False),
                  help="An MCP servers file (mcpServers JSON; repeatable) whose tools the chat "
                       "page offers, asking the user before each call; API clients never get "
-                      "them."),
+                      "them. Without it, $QWEN_MLX_CONFIG/mcp.json (else "
+                      "~/.config/qwen-mlx/mcp.json) is read when present, as by chat --web. "
+                      "Off loopback, tools need --api-key."),
     timeout_option,
 )
 
