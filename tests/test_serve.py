@@ -316,6 +316,25 @@ def test_tool_call_splitter_holds_back_a_partial_tag():
         ("x <tool_call>not json</tool_call>", [])
 
 
+def test_a_call_whose_arguments_hold_the_closing_tag_is_parsed():
+    """Code that writes Qwen's format has `</tool_call>` inside a string argument: the block
+    ends at the first closing tag after which its text is a call."""
+    code = 'print("<tool_call>{}</tool_call>")'
+    block = json.dumps({"name": "write", "arguments": {"path": "a.py", "text": code}})
+    text = f"Writing it.\n<tool_call>\n{block}\n</tool_call>\n<tool_call>\n" \
+           f'{{"name": "run", "arguments": {{}}}}\n</tool_call>'
+    assert tool_calls.parse(text) == ("Writing it.", [
+        {"name": "write", "arguments": {"path": "a.py", "text": code}},
+        {"name": "run", "arguments": {}}])
+    s = tool_calls.Splitter()
+    assert s.feed(text[:20]) + s.feed(text[20:]) == "Writing it.\n"
+    assert s.finish()[1] == tool_calls.parse(text)[1]
+    # a block that is no call stays text, and the next one is still read
+    assert tool_calls.parse("<tool_call>oops</tool_call> <tool_call>{\"name\": \"f\"}"
+                            "</tool_call>") == ("<tool_call>oops</tool_call>",
+                                                [{"name": "f", "arguments": {}}])
+
+
 def test_serve_command_refuses_a_taken_port(tiny_q4_f32):
     from click.testing import CliRunner
 

@@ -10,13 +10,11 @@ JSON stays text, so nothing the model wrote is lost.
 from __future__ import annotations
 
 import json
-import re
 
 from ..engine.constraint import JSON_STYLE, Constraint
 from ..errors import QwenMlxError
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
-_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 
 
 def as_object(arguments):
@@ -29,19 +27,33 @@ def as_object(arguments):
     return arguments
 
 
+def _call(block: str) -> dict | None:
+    """One block's JSON as a call, or None when it is not one."""
+    try:
+        call = json.loads(block)
+    except ValueError:
+        return None
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        return None
+    return {"name": call["name"], "arguments": as_object(call.get("arguments", {}))}
+
+
 def parse(text: str) -> tuple[str, list[dict]]:
-    """(text outside the blocks, [{"name": ..., "arguments": {...}}, ...])."""
-    calls, kept, last = [], [], 0
-    for m in _BLOCK.finditer(text):
-        try:
-            call = json.loads(m.group(1))
-        except ValueError:
+    """(text outside the blocks, [{"name": ..., "arguments": {...}}, ...]). A block ends at
+    the first ``</tool_call>`` after which its text is a call: an argument that contains the
+    closing tag itself (code that writes Qwen's format) does not cut its call short."""
+    calls, kept, last, start = [], [], 0, text.find(OPEN)
+    while start >= 0:
+        end = text.find(CLOSE, start)
+        while end >= 0 and (call := _call(text[start + len(OPEN):end])) is None:
+            end = text.find(CLOSE, end + 1)
+        if end < 0:  # no call here: its text stays text
+            start = text.find(OPEN, start + 1)
             continue
-        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-            continue
-        calls.append({"name": call["name"], "arguments": as_object(call.get("arguments", {}))})
-        kept.append(text[last:m.start()])
-        last = m.end()
+        calls.append(call)
+        kept.append(text[last:start])
+        last = end + len(CLOSE)
+        start = text.find(OPEN, last)
     kept.append(text[last:])
     return ("".join(kept).strip() if calls else text), calls
 
