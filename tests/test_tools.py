@@ -109,6 +109,26 @@ def test_servers_start_list_their_tools_and_a_missing_one_is_one_line(servers):
         f"missing: {servers.status['missing']}"]
 
 
+def test_a_servers_is_error_is_said_in_the_text_the_model_reads():
+    """A server's failure (isError, as server-filesystem answers a missing file) reaches the
+    model as text that says it failed."""
+    from mcp import types
+
+    from qwen_mlx.tools.mcp_servers import result_of
+
+    def result(text, error):
+        return types.CallToolResult(content=[types.TextContent(type="text", text=text)]
+                                    if text else [], isError=error)
+    assert result_of(result("no such file: a.txt", True)) == ToolResult(
+        "error: no such file: a.txt", True)
+    assert result_of(result("Error executing tool fail", True)) == ToolResult(
+        "Error executing tool fail", True)
+    assert result_of(result("", True)) == ToolResult(
+        "error: the tool failed and said nothing more", True)
+    assert result_of(result("no such file: a.txt", False)) == ToolResult(
+        "no such file: a.txt")
+
+
 def test_calls_errors_timeouts_and_the_size_cut(servers):
     box = Toolbox([servers], timeout=2, max_result_chars=1000)
     assert box.call("add", {"a": 2, "b": 3}) == ToolResult("5")

@@ -156,7 +156,7 @@ class McpServers:
                 return ToolResult(f"error: the MCP server {server!r} stopped during the call",
                                   True)
             return ToolResult(f"error: {reason(e)}", True)
-        return ToolResult(text_of(result), bool(result.is_error))
+        return result_of(result)
 
     def close(self) -> None:
         """Stop every server (each task leaves its client, which ends the process)."""
@@ -181,6 +181,17 @@ def reason(e: BaseException) -> str:
         e = e.exceptions[0]
     text = str(e).splitlines()[0] if str(e) else ""
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def result_of(result) -> ToolResult:
+    """A call's result as the model reads it. A server's ``isError`` is said in the text too
+    (the model reads only text): "error: " before it, unless the text already says so."""
+    text = text_of(result)
+    if not result.is_error:
+        return ToolResult(text)
+    if not text.lower().startswith("error"):
+        text = f"error: {text}" if text else "error: the tool failed and said nothing more"
+    return ToolResult(text, True)
 
 
 def text_of(result) -> str:
