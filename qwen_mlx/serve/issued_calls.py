@@ -1,8 +1,8 @@
 """The calls of the page's tools that the model emitted: what ``POST /web/tools/call`` may run.
 
 An ``Origin`` header proves nothing outside a browser (any script sets it), so the call
-endpoint runs only a call this server's model actually made: its id (random, 96 bits, sent
-only to the client whose request produced it), name and arguments must match a call in a
+endpoint runs only a call this server's model actually made: its id (about 90 random bits,
+sent only to the client whose request produced it), name and arguments must match a call in a
 reply the server gave, and each runs at most once. A client that never received the call
 cannot name it; one that did can run only what the model asked for, once.
 """
