@@ -115,3 +115,34 @@ def test_llama_cpp_tokenizer_vectors(tiny_model):
     for text, ids in zip(inputs, outputs):
         want = [int(i) for i in ids.split()]
         assert tiny_model.tokenizer.encode(text) == want, text
+
+
+def test_folders_with_the_same_tokenizer_files_share_one_tokenizer(tiny_f32, tiny_q4_f32,
+                                                                   tmp_path):
+    """A tokenizer is shared by its files' content (a load costs about a second): two
+    conversions of one source (other weights, other config.json) share one; other eos ids,
+    one merge fewer or another chat template each get their own, which says so."""
+    import shutil
+
+    from qwen_mlx.models.loader import load_tokenizer
+
+    source = load_tokenizer(tiny_f32, [151645])
+    assert load_tokenizer(tiny_q4_f32, [151645]) is source
+    assert load_tokenizer(tiny_f32, [151645, 151643]) is not source
+    unmerged = shutil.copytree(tiny_f32, tmp_path / "unmerged")
+    doc = json.loads((unmerged / "tokenizer.json").read_text())
+    doc["model"]["merges"].remove([merge for merge in doc["model"]["merges"]
+                                   if "".join(merge) == "Hello"][0])
+    (unmerged / "tokenizer.json").write_text(json.dumps(doc))
+    other = load_tokenizer(unmerged, [151645])
+    assert source.encode("Hello") == [9707] and other is not source
+    assert len(other.encode("Hello")) == 2
+    templated = shutil.copytree(tiny_f32, tmp_path / "templated")
+    config = json.loads((templated / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ messages[0]['content'] }}!"
+    (templated / "tokenizer_config.json").write_text(json.dumps(config))
+    (templated / "chat_template.jinja").unlink(missing_ok=True)
+    plain = load_tokenizer(templated, [151645])
+    assert plain.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) \
+        == "hi!"
+    assert source.encode("Hello") == [9707]

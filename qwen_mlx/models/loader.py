@@ -8,7 +8,10 @@ so float parameters are cast to float32 there. On Metal the stored types are kep
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
+import weakref
 from pathlib import Path
 
 import mlx.core as mx
@@ -95,16 +98,65 @@ def describe(config: dict) -> str:
 
 def load_tokenizer(folder: Path, eos_ids: list[int]):
     """mlx-lm's tokenizer wrapper (streaming detokenizer, chat template) stopping at every
-    eos id (:attr:`qwen_mlx.models.spec.ModelSpec.eos_ids`)."""
+    eos id (:attr:`qwen_mlx.models.spec.ModelSpec.eos_ids`).
+
+    Loading one takes about a second (Python parses the 11 MB tokenizer.json, then
+    transformers builds it) and every folder of one model family holds the same files, so
+    a tokenizer is shared by content: a folder whose tokenizer files equal those of a
+    tokenizer still in use, or of the last one loaded, gets that one (about 15 ms of
+    hashing). Nothing we run changes a loaded tokenizer; each reply makes its own
+    streaming detokenizer (``mlx_lm_seam.detokenizer``)."""
     from mlx_lm.utils import load_tokenizer as mlx_lm_tokenizer
 
     folder = Path(folder)
     if not (folder / "tokenizer.json").is_file():
         raise QwenMlxError(f"{folder} has no tokenizer (tokenizer.json is missing)")
     try:
-        return mlx_lm_tokenizer(folder, eos_token_ids=eos_ids)
+        key = _tokenizer_key(folder, eos_ids)
+        with _TOKENIZERS_LOCK:
+            shared = _TOKENIZERS.get(key)
+        if shared is not None:
+            return shared
+        tokenizer = mlx_lm_tokenizer(folder, eos_token_ids=eos_ids)
     except (OSError, ValueError) as e:
         raise QwenMlxError(f"cannot load the tokenizer of {folder}: {e}") from None
+    with _TOKENIZERS_LOCK:
+        _TOKENIZERS[key] = tokenizer
+        _LAST_TOKENIZER[:] = [tokenizer]  # kept for the next load; the rest live while used
+    return tokenizer
+
+
+# The files mlx-lm's tokenizer loading reads besides config.json (its download patterns).
+TOKENIZER_FILES = frozenset({"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                             "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
+                             "chat_template.jinja", "chat_template.json", "tokenizer.model",
+                             "tiktoken.model"})
+_TOKENIZERS: "weakref.WeakValueDictionary[str, object]" = weakref.WeakValueDictionary()
+_LAST_TOKENIZER: list = []
+_TOKENIZERS_LOCK = threading.Lock()
+
+
+def _tokenizer_key(folder: Path, eos_ids: list[int]) -> str:
+    """A digest of everything that shapes a folder's tokenizer: its tokenizer files, the
+    eos ids, and from config.json the model type (mlx-lm's per-model tokenizer defaults), or
+    all of it when tokenizer_config.json names no tokenizer class (transformers then reads
+    config.json to pick one). A converted folder's other config keys (quantization) do not
+    change its tokenizer."""
+    digest = hashlib.blake2b(repr(sorted(eos_ids)).encode(), digest_size=20)
+    for path in sorted(folder.iterdir()):
+        if path.name in TOKENIZER_FILES or path.suffix in (".py", ".tiktoken"):
+            data = path.read_bytes()
+            digest.update(f"\0{path.name}\0{len(data)}\0".encode())
+            digest.update(data)
+    config = (folder / "config.json").read_bytes() if (folder / "config.json").is_file() else b""
+    try:
+        named = "tokenizer_class" in json.loads(
+            (folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        model_type = json.loads(config or b"{}").get("model_type")
+    except (OSError, ValueError, AttributeError):
+        named, model_type = False, None
+    digest.update(b"\0config\0" + (repr(model_type).encode() if named else config))
+    return digest.hexdigest()
 
 
 def dtype_of(net: nn.Module) -> str:
