@@ -11,14 +11,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from selenium.webdriver.common.keys import Keys
 
 from qwen_mlx import McpServers, Toolbox
 from qwen_mlx.tools.config import ServerSpec
-from qwen_mlx.tools.loop import DENIED
+from qwen_mlx.tools.loop import CANCELLED, DENIED, NOT_RUN
+from qwen_mlx.tools.toolbox import ToolResult
 
 from .serving import MODEL, Running, free_port
 from .webpage import (Scripted, done, find, find_all, fresh, js, needs_chromium, replies,
-                      type_message, wait)
+                      stored, type_message, wait)
 
 pytestmark = needs_chromium
 
@@ -87,6 +89,41 @@ def test_a_call_of_a_tool_no_one_offers_is_answered_not_left_hanging(browser, se
     assert (sent[-1]["role"], sent[-1]["content"]) == ("tool", said)
     assert [s.text for s in find_all(browser, "details.tool-result summary")] == [
         "tool · rm: error"]
+
+
+def test_a_running_call_shows_keeps_send_waiting_and_esc_cancels_it(browser, served,
+                                                                    monkeypatch):
+    """While a call runs the page says so, Send waits (Enter adds nothing), and Esc cancels
+    it as Ctrl-C does in the terminal: the call is "cancelled", the next "not run" (not
+    asked about), the server cancels it too, and the model is not asked again. The page had
+    no such state: a message sent meanwhile put results after unrelated turns."""
+    fresh(browser, served.url)
+    scripted, box = served.server, served.server.page_tools
+    ran, plain = [], box.call
+    monkeypatch.setattr(box, "call", lambda *a: ran.append(plain(*a)) or ran[-1])
+    scripted.calls = [{"name": "sleep", "arguments": {"seconds": 50}},
+                      {"name": "add", "arguments": {"a": 1, "b": 2}}]
+    scripted.replies = [["Let me wait."], ["never asked"]]
+    type_message(browser, "Wait for me")
+    wait(browser, lambda: find_all(browser, ".approval"))
+    asked = len(scripted.asked)
+    assert not done(browser)  # Send waits while the user is asked, too
+    find(browser, ".approval .allow-once").click()
+    wait(browser, lambda: find_all(browser, ".tool-running"))
+    assert find(browser, ".tool-running").text == ("Running sleep (fixture)… Stop or Esc "
+                                                   "cancels it.")
+    assert not done(browser) and find(browser, "#stop").is_displayed()
+    type_message(browser, "Another message meanwhile")
+    assert len(find_all(browser, ".message.user")) == 1
+    find(browser, "body").send_keys(Keys.ESCAPE)
+    wait(browser, lambda: done(browser) and len(find_all(browser, "details.tool-result")) == 2)
+    assert not find_all(browser, ".tool-running") and not find_all(browser, ".approval")
+    assert find(browser, "#status").text == "Tool call cancelled"
+    assert [(m["role"], m.get("content")) for m in stored(browser)["messages"][-2:]] == [
+        ("tool", CANCELLED), ("tool", NOT_RUN)]
+    wait(browser, lambda: ran, timeout=30)  # the sleep would take 50 s
+    assert ran == [ToolResult(CANCELLED, True)]
+    assert len(scripted.asked) == asked
 
 
 def test_the_call_endpoint_is_the_pages_alone(served):

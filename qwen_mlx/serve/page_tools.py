@@ -13,6 +13,7 @@ run once (:mod:`qwen_mlx.serve.issued_calls`). Nothing runs on a caller's word a
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -52,5 +53,18 @@ async def call(server: Server, request: Request) -> Response:
         raise RequestError(403, "the model made no such call (id, name and arguments of a "
                                 "call in one of this server's replies; each runs once)",
                            param="id")
-    result = await asyncio.to_thread(box.call, name, arguments)
+    stop = threading.Event()
+    work = asyncio.ensure_future(asyncio.to_thread(box.call, name, arguments, stop))
+    gone = asyncio.ensure_future(disconnected(request))
+    await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if not work.done():  # the page stopped the call: so does the server
+        stop.set()
+    gone.cancel()
+    result = await work
     return JSONResponse({"content": result.text, "error": result.error, "server": tool.source})
+
+
+async def disconnected(request: Request) -> None:
+    """Returns when the client goes away (its body already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

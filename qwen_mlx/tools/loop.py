@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .calls import parse
-from .toolbox import DEFAULT_ROUNDS, Toolbox, ToolResult
+from .toolbox import CANCELLED, DEFAULT_ROUNDS, Toolbox, ToolResult
 
-__all__ = ["DEFAULT_ROUNDS", "Approvals", "Call", "Round", "calls_in", "run_round"]
+__all__ = ["CANCELLED", "DEFAULT_ROUNDS", "Approvals", "Call", "Round", "calls_in", "run_round"]
 DENIED = "the user did not allow this call"
-CANCELLED = "the user cancelled this call"
 NOT_RUN = "not run: the user stopped the calls"
 
 

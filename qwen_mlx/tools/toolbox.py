@@ -5,6 +5,8 @@ stated size, and says so."""
 from __future__ import annotations
 
 import concurrent.futures
+import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
@@ -13,6 +15,7 @@ from ..errors import QwenMlxError
 DEFAULT_TIMEOUT = 60.0  # seconds a call may take
 DEFAULT_ROUNDS = 8  # rounds of calls after one message
 DEFAULT_RESULT_CHARS = 20_000  # about 5,000 tokens: a result longer than this is cut
+CANCELLED = "the user cancelled this call"
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,11 @@ class Toolbox:
                                                   "parameters": t.parameters}}
                 for t in self.tools] or None
 
-    def call(self, name: str, arguments) -> ToolResult:
+    def call(self, name: str, arguments, cancel: threading.Event | None = None) -> ToolResult:
         """Run one call and wait for it (up to the timeout). A tool that fails, times out
         or does not exist is an error result the model reads, never an exception; Ctrl-C
-        cancels the call and is raised on."""
+        cancels the call and is raised on; ``cancel`` set (the chat page's Stop) cancels
+        it and gives :data:`CANCELLED`."""
         tool = next((t for t in self.tools if t.name == name), None)
         if tool is None:
             known = ", ".join(t.name for t in self.tools) or "none"
@@ -91,7 +95,9 @@ class Toolbox:
             return ToolResult("error: the arguments must be a JSON object", True)
         future = tool.start(arguments)
         try:
-            result = future.result(self.timeout)
+            result = wait(future, self.timeout, cancel)
+        except concurrent.futures.CancelledError:
+            result = ToolResult(CANCELLED, True)
         except concurrent.futures.TimeoutError:
             future.cancel()
             result = ToolResult(f"error: {name} did not answer within {self.timeout:g} s", True)
@@ -135,3 +141,20 @@ class Toolbox:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def wait(future: concurrent.futures.Future, timeout: float, cancel: threading.Event | None):
+    """``future.result(timeout)``, cancelled (CancelledError) as soon as ``cancel`` is set."""
+    if cancel is None:
+        return future.result(timeout)
+    deadline = time.monotonic() + timeout
+    while not cancel.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise concurrent.futures.TimeoutError
+        try:
+            return future.result(min(left, 0.05))
+        except concurrent.futures.TimeoutError:
+            continue
+    future.cancel()
+    raise concurrent.futures.CancelledError

@@ -148,7 +148,8 @@ function mergeCall(reply, call) {
   }
 }
 
-function setBusy(on) {
+/** Send hidden and Stop shown while a reply streams or a round of tool calls runs. */
+export function setBusy(on) {
   $("send").hidden = on;
   $("stop").hidden = !on;
   document.body.classList.toggle("busy", on);

@@ -10,7 +10,7 @@ export const state = {
   model: { id: "", defaults: {}, thinking: false },
   settings: store.loadSettings(),
   conv: null,
-  busy: null, // {controller, reply} while a reply streams
+  busy: null, // {controller, reply, done} while a reply streams (reply null: tool calls run)
   pendingFiles: [], // [{name, text}] attached to the next message
   pageTools: [], // the server's tools for this page: [{name, server, description, parameters}]
   alwaysTools: new Set(), // tools the user allowed for as long as the page is open
@@ -18,7 +18,8 @@ export const state = {
 
 export const api = new Api(() => state.apiKey);
 
-/** Stop the reply being streamed, if any, and wait until it is saved as it stands. */
+/** Stop the reply being streamed or the tool calls running, if any, and wait until it is
+ * saved as it stands. */
 export async function stopReply() {
   if (!state.busy) return;
   state.busy.controller.abort();

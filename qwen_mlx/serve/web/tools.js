@@ -1,16 +1,22 @@
 // Tools the server offers the page (`serve --mcp`): offered to the model with every request,
 // and each call the model makes is shown with Allow once / Always / Deny; an allowed call
 // runs on the server (POST /web/tools/call), its result goes back as a tool message and
-// the model goes on. Arguments and results are shown as text, never as HTML.
+// the model goes on. Arguments and results are shown as text, never as HTML. A round of
+// calls is busy as a reply is: Send waits, and Stop or Esc cancels the call (as Ctrl-C does
+// in the terminal, with its words).
 
 import { $, button, showBanner } from "./dom.js";
 import { appendMessage } from "./messages.js";
 import { saveConv } from "./conversations.js";
-import { run } from "./reply.js";
+import { run, setBusy } from "./reply.js";
 import { api, state } from "./state.js";
 
 const MAX_ROUNDS = 8; // rounds of calls after one message, as `qwen-mlx chat` allows
+// as qwen_mlx/tools/loop.py says them
 const DENIED = "the user did not allow this call";
+const CANCELLED = "the user cancelled this call";
+const NOT_RUN = "not run: the user stopped the calls";
+const CANCEL = Symbol("cancel");
 
 /** The server's tools for the page ([] from a server without them). */
 export async function loadTools() {
@@ -53,7 +59,9 @@ const unknown = (name) => ({
 /** After a reply: if it called the server's tools, ask about each, run the allowed ones,
  * and let the model go on with the results. Calls of tools the user listed in Settings stay
  * for the user to answer, as before; a call of a tool that no one offers is answered with
- * an error. */
+ * an error. Stop (or Esc, or opening another conversation) cancels the round: the call
+ * asked about or running is "cancelled", the rest "not run", and the model waits for the
+ * next message. */
 export async function answerCalls(reply, el) {
   const calls = reply.tool_calls ?? [];
   const mine = settingsTools();
@@ -67,49 +75,92 @@ export async function answerCalls(reply, el) {
     showBanner(`Stopped after ${MAX_ROUNDS} rounds of tool calls; send a message to go on.`);
     return;
   }
-  const conv = state.conv;
-  for (const call of calls) {
-    const name = call.function.name;
-    const result = toolOf(name) ? await answer(el, call, conv) : unknown(name);
-    if (!result) return; // another conversation was opened meanwhile
-    const m = { role: "tool", tool_call_id: call.id, name, server: result.server,
-                content: result.content, error: result.error };
-    messages.push(m);
-    saveConv();
-    appendMessage(m);
+  const controller = new AbortController();
+  let ended;
+  state.busy = { controller, reply: null, done: new Promise((resolve) => { ended = resolve; }) };
+  setBusy(true);
+  let cancelled = false;
+  try {
+    for (const call of calls) {
+      const name = call.function.name;
+      let result = cancelled ? { content: NOT_RUN, error: true }
+        : toolOf(name) ? await answer(el, call, controller.signal) : unknown(name);
+      if (result === CANCEL) {
+        cancelled = true;
+        result = { content: CANCELLED, error: true };
+      }
+      const m = { role: "tool", tool_call_id: call.id, name,
+                  server: result.server ?? toolOf(name)?.server, content: result.content,
+                  error: result.error };
+      messages.push(m);
+      saveConv();
+      appendMessage(m);
+    }
+  } finally {
+    state.busy = null;
+    setBusy(false);
+    ended();
+  }
+  if (cancelled) {
+    $("status").textContent = "Tool call cancelled";
+    return;
   }
   await run({ resend: true });
 }
 
-/** Ask about one call of the server's tools and run it if allowed -> its result (null when
- * the user left for another conversation meanwhile). */
-async function answer(el, call, conv) {
+/** Ask about one call of the server's tools and run it if allowed -> its result, or CANCEL
+ * when the round was stopped meanwhile. */
+async function answer(el, call, signal) {
   const name = call.function.name;
-  const choice = state.alwaysTools.has(name) ? "always" : await ask(el, call);
-  if (state.conv !== conv) return null;
+  const choice = state.alwaysTools.has(name) ? "always" : await ask(el, call, signal);
+  if (choice === "cancel") return CANCEL;
   if (choice === "always") state.alwaysTools.add(name);
-  if (choice === "deny") return { content: DENIED, error: true, server: toolOf(name).server };
+  if (choice === "deny") return { content: DENIED, error: true };
+  const note = running(el, call);
   try {
-    return await api.json("/web/tools/call", { method: "POST", body: {
+    return await api.json("/web/tools/call", { method: "POST", signal, body: {
       id: call.id, name, arguments: parsed(call.function.arguments) } });
   } catch (e) {
-    return { content: `error: ${e.message}`, error: true, server: toolOf(name).server };
+    if (e.name === "AbortError") return CANCEL; // the server cancels it too
+    return { content: `error: ${e.message}`, error: true };
+  } finally {
+    note.remove();
   }
+}
+
+/** "Running NAME (server)…" under the reply while a call runs. */
+function running(el, call) {
+  const note = document.createElement("div");
+  note.className = "tool-running";
+  note.setAttribute("role", "status");
+  note.textContent = `Running ${call.function.name} (${toolOf(call.function.name).server})… ` +
+    "Stop or Esc cancels it.";
+  el.append(note);
+  $("status").textContent = `Running ${call.function.name}`;
+  return note;
 }
 
 function parsed(text) {
   try { return JSON.parse(text || "{}"); } catch { return text; }
 }
 
-/** Allow once / Always / Deny, under the reply; resolves with "once", "always" or "deny". */
-function ask(el, call) {
+/** Allow once / Always / Deny, under the reply; resolves with "once", "always" or "deny",
+ * or "cancel" when the round is stopped first. */
+function ask(el, call, signal) {
   return new Promise((resolve) => {
     const box = document.createElement("div");
     box.className = "approval";
     box.setAttribute("role", "group");
     const question = document.createElement("span");
     question.textContent = `Run ${call.function.name} (${toolOf(call.function.name).server})?`;
-    const answer = (choice) => () => { box.remove(); resolve(choice); };
+    const answer = (choice) => () => {
+      signal.removeEventListener("abort", stopped);
+      box.remove();
+      resolve(choice);
+    };
+    const stopped = answer("cancel");
+    if (signal.aborted) return stopped();
+    signal.addEventListener("abort", stopped);
     box.append(question, button("Allow once", "allow-once", answer("once")),
                button("Always", "allow-always", answer("always")),
                button("Deny", "deny", answer("deny")));
