@@ -35,7 +35,10 @@ if [ "$(uname -s)" = Linux ]; then
     extra="[${QWEN_MLX_BACKEND:-cpu}]"
 fi
 echo "installing qwen-mlx$extra into $venv" >&2
-"$venv/bin/python" -m pip install -q --disable-pip-version-check "$here$extra"
+# --no-compile: pip would byte-compile every file of every package (transformers alone has
+# thousands); Python compiles what it imports, once, on first use (the install took 19 s
+# instead of 32 s on the 2-core CI machine: bench/results/install_time.json)
+"$venv/bin/python" -m pip install -q --no-compile --disable-pip-version-check "$here$extra"
 echo "installed: $venv/bin/qwen-mlx" >&2
 
 if [ "$#" -gt 0 ]; then

@@ -41,7 +41,7 @@ fi
 out=${out:-bench/results/device-$backend}
 if [ -z "$python" ]; then
     python3 -m venv .venv-device
-    .venv-device/bin/python -m pip install -q --disable-pip-version-check -e ".[$extra]"
+    .venv-device/bin/python -m pip install -q --no-compile --disable-pip-version-check -e ".[$extra]"
     python=.venv-device/bin/python
 fi
 
