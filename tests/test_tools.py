@@ -86,6 +86,131 @@ def test_a_bad_file_is_one_line_naming_the_file_and_the_server(tmp_path, data, m
     assert "\n" not in str(e.value)
 
 
+def test_the_fields_other_clients_write_and_variables(tmp_path, monkeypatch):
+    """disabled, autoApprove and alwaysAllow (Claude Desktop, Cline, Roo), timeout in seconds;
+    ${VAR}, ${env:VAR} and ${VAR:-default} in every text field."""
+    monkeypatch.setenv("NOTES_DIR", "/Users/me/notes")
+    monkeypatch.setenv("TOKEN", "s3cret")
+    monkeypatch.delenv("UNSET_VAR", raising=False)
+    files, search = config.read(write(tmp_path, {"mcpServers": {
+        "files": {"command": "${env:HOME_BIN:-npx}", "args": ["-y", "fs", "${NOTES_DIR}/a"],
+                  "env": {"TOKEN": "${TOKEN}"}, "cwd": "${NOTES_DIR}", "disabled": True,
+                  "autoApprove": ["read_file"], "alwaysAllow": ["list", "read_file"],
+                  "timeout": 90},
+        "search": {"url": "https://example.com/${UNSET_VAR:-mcp}",
+                   "headers": {"Authorization": "Bearer ${env:TOKEN}"}, "disabled": False}}}))
+    assert files == ServerSpec("files", command="npx", args=("-y", "fs", "/Users/me/notes/a"),
+                               env={"TOKEN": "s3cret"}, cwd="/Users/me/notes", disabled=True,
+                               auto_approve=("read_file", "list"), timeout=90.0)
+    assert search == ServerSpec("search", url="https://example.com/mcp",
+                                headers={"Authorization": "Bearer s3cret"})
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"command": "x", "args": ["${UNSET_VAR}"]},
+     "server 'a': args uses ${UNSET_VAR}, which is not set in the environment"),
+    ({"url": "https://h/", "headers": {"A": "${env:UNSET_VAR}"}},
+     "server 'a': headers uses ${UNSET_VAR}, which is not set in the environment"),
+    ({"command": "${UNSET_VAR:-}"}, "server 'a': command is empty once its variables are "
+                                    "replaced"),
+    ({"command": "x", "disabled": "yes"}, "server 'a': disabled must be true or false"),
+    ({"command": "x", "autoApprove": "add"}, "server 'a': autoApprove must be a list of tool "
+                                             "names"),
+    ({"command": "x", "timeout": 0}, "server 'a': timeout must be a number of seconds above 0"),
+    ({"command": "x", "timeout": 60000}, "server 'a': timeout 60000 is over an hour; it is in "
+                                         "seconds (not milliseconds)"),
+])
+def test_a_bad_new_field_or_a_missing_variable_is_one_line(tmp_path, monkeypatch, entry,
+                                                           message):
+    monkeypatch.delenv("UNSET_VAR", raising=False)
+    path = write(tmp_path, {"mcpServers": {"a": entry}})
+    with pytest.raises(QwenMlxError) as e:
+        config.read(path)
+    assert str(e.value) == f"{path}: {message}"
+
+
+def started(specs, **kwargs) -> McpServers:
+    notes = []
+    servers = McpServers(specs, on_note=notes.append, **kwargs)
+    servers.notes = notes
+    return servers
+
+
+def test_disabled_approved_timeout_and_the_users_environment(monkeypatch, tmp_path):
+    """A disabled server is not started and says so; autoApprove's tools are approved (a
+    name the server lacks is one line); a server's timeout wins over the toolbox's; a server
+    gets the user's whole environment (the SDK passes six variables)."""
+    monkeypatch.setenv("QWEN_MLX_HOME", str(tmp_path))
+    monkeypatch.setenv("QWEN_TEST_INHERITED", "yes")
+    needs_env = ("import os, runpy, sys; assert os.environ['QWEN_TEST_INHERITED'] == 'yes'; "
+                 f"sys.argv = [{SERVER!r}]; runpy.run_path({SERVER!r}, run_name='__main__')")
+    with started([ServerSpec("fixture", command=sys.executable, args=("-c", needs_env),
+                             auto_approve=("add", "nope"), timeout=0.5),
+                  ServerSpec("off", command="/nonexistent/server", disabled=True)]) as s:
+        assert s.status == {"off": 'disabled ("disabled": true in its file)',
+                            "fixture": "running"}
+        assert s.approved == {"add"}
+        assert s.notes == ["MCP server 'fixture' offers no tool named nope (its autoApprove "
+                           "names it)"]
+        box = Toolbox([s], timeout=60)
+        assert box.approved() == {"add"}
+        assert box.call("sleep", {"seconds": 30}) == ToolResult(
+            "error: sleep did not answer within 0.5 s", True)
+        assert "off: disabled" in "\n".join(box.describe())
+
+
+def test_servers_start_side_by_side_within_one_limit(tmp_path, monkeypatch):
+    """Two servers that never answer fail together at the start timeout (they were waited
+    for one after another: a slow second server passed twice the limit); a server that
+    fails says its last words and where its log is."""
+    monkeypatch.setenv("QWEN_MLX_HOME", str(tmp_path))
+    mute = ServerSpec("mute", command=sys.executable, args=("-c", "import time; time.sleep(60)"))
+    began = time.monotonic()
+    with started([mute, ServerSpec("mute2", command=mute.command, args=mute.args),
+                  ServerSpec("broken", command=sys.executable, args=(
+                      "-c", "import sys; print('starting', file=sys.stderr); "
+                            "sys.exit('error: FOO_API_KEY is not set')"))],
+                 start_timeout=3) as s:
+        took = time.monotonic() - began
+        log = tmp_path / "mcp-logs" / "broken.log"
+        for name in ("mute", "mute2"):
+            assert s.status[name] == \
+                f"did not start within 3 s (log: {tmp_path / 'mcp-logs' / name}.log)"
+        assert s.status["broken"].startswith("did not start: ")
+        assert s.status["broken"].endswith(f" (it said: starting | error: FOO_API_KEY is not "
+                                           f"set; log: {log})")
+    assert took < 5.5  # one after another: at least 6
+
+
+def test_an_http_server_that_wants_credentials_says_so(tmp_path):
+    """A 401 names its status and where credentials go."""
+    import http.server
+    import threading
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_DELETE = do_POST
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/mcp"
+        with started([ServerSpec("web", url=url)], start_timeout=30) as s:
+            assert s.status["web"].startswith("did not start: ")
+            assert s.status["web"].endswith(
+                ' (HTTP 401: the server wants credentials; give them in its "headers", e.g. '
+                '"Authorization": "Bearer ${TOKEN}")')
+    finally:
+        httpd.shutdown()
+
+
 def test_a_server_named_in_two_files_is_refused(tmp_path):
     one = write(tmp_path, {"mcpServers": {"a": {"command": "x"}}}, "one.json")
     two = write(tmp_path, {"mcpServers": {"a": {"command": "y"}}}, "two.json")

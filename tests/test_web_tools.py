@@ -31,7 +31,8 @@ SERVER = str(Path(__file__).with_name("mcp_server.py"))
 def served(model, tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:  # the MCP server's log: not the user's home
         env.setenv("QWEN_MLX_HOME", str(tmp_path_factory.mktemp("home")))
-        servers = McpServers([ServerSpec("fixture", command=sys.executable, args=(SERVER,))])
+        servers = McpServers([ServerSpec("fixture", command=sys.executable, args=(SERVER,),
+                                         auto_approve=("fail",))])
     r = Running(Scripted(model, MODEL, page_tools=Toolbox([servers])))
     yield r
     r.stop()
@@ -124,6 +125,22 @@ def test_a_running_call_shows_keeps_send_waiting_and_esc_cancels_it(browser, ser
     wait(browser, lambda: ran, timeout=30)  # the sleep would take 50 s
     assert ran == [ToolResult(CANCELLED, True)]
     assert len(scripted.asked) == asked
+
+
+def test_a_tool_its_file_approves_runs_without_asking(browser, served):
+    """autoApprove (alwaysAllow) in the servers file: the page runs the call at once."""
+    fresh(browser, served.url)
+    scripted = served.server
+    scripted.calls = [{"name": "fail", "arguments": {"message": "no disk"}}]
+    scripted.replies = [["Trying."], ["It failed."]]
+    type_message(browser, "Try it")
+    wait(browser, lambda: done(browser) and len(replies(browser)) == 2 and
+         replies(browser)[-1].text.startswith("It failed."))
+    assert not find_all(browser, ".approval")
+    assert [s.text for s in find_all(browser, "details.tool-result summary")] == [
+        "fixture · fail: error"]
+    last = scripted.asked[-1]["messages"][-1]
+    assert (last["role"], last["content"]) == ("tool", "Error executing tool fail")
 
 
 def test_the_call_endpoint_is_the_pages_alone(served):

@@ -15,7 +15,7 @@ from .console import (PrefillBar, PrefillBars, err, open_draft, open_model,
 from .options import (MODEL_HELP, generation_options, given, memory_kwargs, model_argument,
                       sampling_kwargs)
 from .serve import note
-from .tools import open_tools, tool_options, tool_servers
+from .tools import allowed_with, open_tools, tool_options, tool_servers
 
 
 @click.command(help=f"""Chat with a model. Replies stream as they are generated; the KV cache
@@ -41,7 +41,8 @@ When stdin is not a terminal, each input line is one message. {MODEL_HELP}""")
 def chat(model: str | None, system: str | None, think: bool | None, max_context: int | None,
          session_name: str | None, quiet: bool, jsonl: bool, web: bool, port: int,
          mcp_files: tuple[Path, ...], allowed_tools: tuple[str, ...], max_tool_rounds: int,
-         tool_timeout: float, adapter: Path | None, recipe: str, stop: tuple[str, ...],
+         tool_timeout: float, mcp_start_timeout: float, adapter: Path | None, recipe: str,
+         stop: tuple[str, ...],
          **options) -> None:
     from ..chat import ChatSession, store
     from ..chat.jsonl import JsonlRepl
@@ -49,13 +50,14 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
 
     specs = tool_servers(mcp_files, allowed_tools)
     if web:
-        return chat_in_browser(model, port, adapter, recipe, specs, tool_timeout, options)
+        return chat_in_browser(model, port, adapter, recipe, specs,
+                               (tool_timeout, mcp_start_timeout), options)
     if given("port"):
         raise QwenMlxError("--port applies with --web (the terminal chat serves nothing)")
     draft = open_draft(options, recipe)
     llm = open_model(model, recipe=recipe, adapter=adapter, draft=draft,
                      **memory_kwargs(options))
-    toolbox = open_tools(specs, allowed_tools, tool_timeout, note)
+    toolbox = open_tools(specs, allowed_tools, tool_timeout, note, mcp_start_timeout)
     try:
         session = ChatSession(llm, system=system, thinking=think, max_context=max_context,
                               stop=stop, tools=toolbox, **sampling_kwargs(options),
@@ -67,7 +69,8 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
         kind = JsonlRepl if jsonl else Repl
         with PrefillBar() as bar:
             kind(session, out=out, err=err, quiet=quiet, progress=None if jsonl else bar,
-                 allowed_tools=allowed_tools, max_tool_rounds=max_tool_rounds).run(
+                 allowed_tools=allowed_with(allowed_tools, toolbox),
+                 max_tool_rounds=max_tool_rounds).run(
                 None if interactive else stdin.lines())
     finally:
         if toolbox is not None:
@@ -82,7 +85,7 @@ TERMINAL_ONLY = {"system": "--system", "think": "--think/--no-think",
 
 
 def chat_in_browser(model: str | None, port: int, adapter: Path | None, recipe: str,
-                    specs: list, tool_timeout: float, options: dict) -> None:
+                    specs: list, timeouts: tuple[float, float], options: dict) -> None:
     """`chat --web`: `serve` on loopback, then the browser on its page. Sampling options
     become the server's defaults, which the page shows; options of the terminal chat are
     refused by name rather than ignored."""
@@ -102,7 +105,7 @@ def chat_in_browser(model: str | None, port: int, adapter: Path | None, recipe: 
                      **memory_kwargs(options))
     llm.defaults = llm.defaults.override(**sampling_kwargs(options))
     server = Server(llm, served_name(model), progress=PrefillBars(),
-                    page_tools=open_tools(specs, (), tool_timeout, note),
+                    page_tools=open_tools(specs, (), timeouts[0], note, timeouts[1]),
                     speculation=server_speculation(llm, options, draft))
     url = f"http://{host}:{port}/"
 

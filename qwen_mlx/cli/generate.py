@@ -14,7 +14,7 @@ from . import stdin
 from .console import PrefillBar, err, open_draft, open_model, speculative_kwargs
 from .options import (MODEL_HELP, generation_options, memory_kwargs, model_argument,
                       sampling_kwargs)
-from .tools import open_tools, tool_options, tool_servers
+from .tools import allowed_with, open_tools, tool_options, tool_servers
 
 
 @click.command(help=f"""Generate a reply to one prompt and stream it to stdout. The prompt
@@ -43,6 +43,7 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
              schema_file: Path | None,
              regex: str | None, choice: str | None, mcp_files: tuple[Path, ...],
              allowed_tools: tuple[str, ...], max_tool_rounds: int, tool_timeout: float,
+             mcp_start_timeout: float,
              adapter: Path | None, recipe: str, stop: tuple[str, ...], **options) -> None:
     constraint = structured(schema_file, regex, choice)
     specs = tool_servers(mcp_files, allowed_tools, default=False)
@@ -71,7 +72,8 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
     options.update(speculative=speculative_kwargs(options, draft))
     if specs:
         return with_tools(llm, prompt, system, think, stop, specs, allowed_tools,
-                          max_tool_rounds, tool_timeout, as_json, quiet, options)
+                          max_tool_rounds, (tool_timeout, mcp_start_timeout), as_json, quiet,
+                          options)
     messages = ([{"role": "system", "content": system}] if system else []) + \
         [{"role": "user", "content": prompt}]
     stats, text = None, []
@@ -101,7 +103,8 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
 
 def with_tools(llm, prompt: str, system: str | None, think: bool | None,
                stop: tuple[str, ...], specs: list, allowed: tuple[str, ...], rounds: int,
-               timeout: float, as_json: bool, quiet: bool, options: dict) -> None:
+               timeouts: tuple[float, float], as_json: bool, quiet: bool,
+               options: dict) -> None:
     """`generate --mcp`: the chat's tool loop for one prompt. Replies stream to stdout,
     calls and results go to stderr; a call is approved at the terminal (stdin when it is
     one, else /dev/tty), or by --allow-tool when there is no terminal."""
@@ -111,12 +114,13 @@ def with_tools(llm, prompt: str, system: str | None, think: bool | None,
     from ..chat.repl import Repl
     from .serve import note
 
-    toolbox = open_tools(specs, allowed, timeout, note)
+    toolbox = open_tools(specs, allowed, timeouts[0], note, timeouts[1])
     try:
         session = ChatSession(llm, system=system, thinking=think, stop=stop, tools=toolbox,
                               **sampling_kwargs(options), **options["speculative"])
         repl = Repl(session, out=Console(highlight=False, soft_wrap=True), err=err,
-                    quiet=True, allowed_tools=allowed, max_tool_rounds=rounds,
+                    quiet=True, allowed_tools=allowed_with(allowed, toolbox),
+                    max_tool_rounds=rounds,
                     ask_line=terminal_question)
         with PrefillBar() as bar:
             repl.progress = bar

@@ -10,12 +10,20 @@ import click
 from ..errors import QwenMlxError
 from ..tools import McpServers, Toolbox
 from ..tools.config import ServerSpec, default_file, read_all
+from ..tools.mcp_servers import START_TIMEOUT
 from ..tools.toolbox import DEFAULT_ROUNDS, DEFAULT_TIMEOUT
 from .options import stack_options
 
-timeout_option = click.option(
-    "--tool-timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT,
-    show_default=True, help="Seconds a tool call may take; then its result says it timed out.")
+timeout_option = stack_options(
+    click.option("--tool-timeout", type=click.FloatRange(min=0, min_open=True),
+                 default=DEFAULT_TIMEOUT, show_default=True,
+                 help="Seconds a tool call may take; then its result says it timed out (a "
+                      "server's \"timeout\" in its file wins)."),
+    click.option("--mcp-start-timeout", type=click.FloatRange(min=0, min_open=True),
+                 default=START_TIMEOUT, show_default=True,
+                 help="Seconds the MCP servers have to start and list their tools (they start "
+                      "side by side); one that takes longer is left out, in one line."),
+)
 
 tool_options = stack_options(
     click.option("--mcp", "mcp_files", multiple=True,
@@ -58,14 +66,21 @@ def tool_servers(mcp_files: tuple[Path, ...], allowed: tuple[str, ...], *,
 
 
 def open_tools(specs: list[ServerSpec], allowed: tuple[str, ...], timeout: float,
-               note: Callable[[str], None]) -> Toolbox | None:
+               note: Callable[[str], None], start_timeout: float = START_TIMEOUT
+               ) -> Toolbox | None:
     """Start the servers (after the model loaded: a failed load leaves no process behind);
     None when there are none. A server that fails is one line through ``note``."""
     if not specs:
         return None
-    toolbox = Toolbox([McpServers(specs, on_note=note)], timeout=timeout, on_note=note)
+    toolbox = Toolbox([McpServers(specs, on_note=note, start_timeout=start_timeout)],
+                      timeout=timeout, on_note=note)
     unknown = sorted(set(allowed) - {t.name for t in toolbox.tools})
     if unknown:
         note(f"--allow-tool {', '.join(unknown)}: no running server offers "
              f"{'it' if len(unknown) == 1 else 'them'}")
     return toolbox
+
+
+def allowed_with(allowed: tuple[str, ...], toolbox: Toolbox | None) -> tuple[str, ...]:
+    """``--allow-tool``'s tools and those the servers' files pre-approve (autoApprove)."""
+    return (*allowed, *sorted((toolbox.approved() if toolbox else set()) - set(allowed)))

@@ -23,11 +23,14 @@ from .openai import read_json
 
 
 async def tools(server: Server, request: Request) -> Response:
-    """The tools the page may offer: name, server, description, parameters."""
+    """The tools the page may offer: name, server, description, parameters, and whether
+    its server's file lets it run without asking (autoApprove)."""
     box = server.page_tools
+    approved = box.approved() if box else set()
     return JSONResponse({"tools": [
         {"name": t.name, "server": t.source, "description": t.description,
-         "parameters": t.parameters} for t in (box.tools if box else [])]})
+         "parameters": t.parameters, "approved": t.name in approved}
+        for t in (box.tools if box else [])]})
 
 
 FIELDS = {"id", "name", "arguments"}

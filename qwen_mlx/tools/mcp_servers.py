@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import os
 import threading
+import time
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Callable
 
 from ..errors import QwenMlxError
@@ -28,8 +31,9 @@ CLOSE_TIMEOUT = 10.0
 class McpTool:
     """One tool of one server, as :class:`~qwen_mlx.tools.toolbox.Toolbox` offers it."""
 
-    def __init__(self, servers: "McpServers", server: str, listed) -> None:
-        self.servers, self.source = servers, server
+    def __init__(self, servers: "McpServers", server: str, listed,
+                 timeout: float | None = None) -> None:
+        self.servers, self.source, self.timeout = servers, server, timeout
         self.name = listed.name
         self.description = listed.description or ""
         self.parameters = listed.input_schema or {"type": "object"}
@@ -42,9 +46,11 @@ class McpTool:
 
 
 class McpServers:
-    """The servers of ``specs``, started at once (in parallel, each within
-    ``start_timeout``). ``tools`` are those of the servers that started; ``status`` says,
-    per server, "running", or why not. Close it (or use it in a ``with``) to stop them."""
+    """The servers of ``specs``, started at once (in parallel, all within
+    ``start_timeout``; a disabled one not at all). ``tools`` are those of the servers that
+    started; ``status`` says, per server, "running", or why not; ``approved`` names the
+    tools their files let run without asking. Close it (or use it in a ``with``) to stop
+    them."""
 
     def __init__(self, specs: list[ServerSpec], *, on_note: Callable[[str], None] | None = None,
                  start_timeout: float = START_TIMEOUT) -> None:
@@ -59,24 +65,60 @@ class McpServers:
         self._thread.start()
         self._stop = asyncio.Event()
         self._tasks: dict[str, concurrent.futures.Future] = {}
+        self.approved: set[str] = set()
+        self._logs: dict[str, tuple[Path, int]] = {}  # a stdio server's log, where this run's begins
+        self._http_status: dict[str, int] = {}  # an HTTP server's last error status
         readies = {}
         for spec in specs:
+            if spec.disabled:
+                self.status[spec.name] = 'disabled ("disabled": true in its file)'
+                continue
             ready = concurrent.futures.Future()
             readies[spec.name] = ready
             self._tasks[spec.name] = asyncio.run_coroutine_threadsafe(
                 self._hold(spec, ready), self._loop)
+        deadline = time.monotonic() + start_timeout  # they start side by side
         for spec in specs:
+            if spec.disabled:
+                continue
             try:
-                listed = readies[spec.name].result(start_timeout)
+                listed = readies[spec.name].result(max(0.0, deadline - time.monotonic()))
             except concurrent.futures.TimeoutError:
                 self._tasks[spec.name].cancel()
-                self._failed(spec.name, f"did not start within {start_timeout:g} s")
+                self._failed(spec.name, f"did not start within {start_timeout:g} s"
+                                        f"{self._said(spec)}")
                 continue
             except Exception as e:  # noqa: BLE001 - any failure is one line, the rest go on
-                self._failed(spec.name, f"did not start: {reason(e)}")
+                self._failed(spec.name, f"did not start: {reason(e)}"
+                                        f"{hint(self._http_status.get(spec.name))}"
+                                        f"{self._said(spec)}")
                 continue
             self.status[spec.name] = "running"
-            self.tools += [McpTool(self, spec.name, t) for t in listed]
+            self.tools += [McpTool(self, spec.name, t, spec.timeout) for t in listed]
+            offered = {t.name for t in listed}
+            self.approved |= set(spec.auto_approve) & offered
+            missing = [n for n in spec.auto_approve if n not in offered]
+            if missing:
+                self.note(f"MCP server {spec.name!r} offers no tool named "
+                          f"{', '.join(missing)} (its autoApprove names "
+                          f"{'it' if len(missing) == 1 else 'them'})")
+
+    def _said(self, spec: ServerSpec) -> str:
+        """What a stdio server wrote to its log this time, its last lines, and where the
+        log is: the why of a failed start is usually there."""
+        if spec.name not in self._logs:
+            return ""
+        path, start = self._logs[spec.name]
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                f.seek(start)
+                lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+        except OSError:
+            lines = []
+        tail = " | ".join(lines[-3:])
+        if len(tail) > 300:
+            tail = "…" + tail[-299:]
+        return f" (it said: {tail}; log: {path})" if tail else f" (log: {path})"
 
     @classmethod
     def from_files(cls, paths, **kwargs) -> "McpServers":
@@ -121,18 +163,26 @@ class McpServers:
         from mcp.client.stdio import stdio_client
 
         if spec.url:
-            import httpx2
             from mcp.client.streamable_http import streamable_http_client
+            from mcp.shared._httpx_utils import create_mcp_http_client
 
-            http = httpx2.AsyncClient(headers=spec.headers) if spec.headers else None
+            async def seen(response) -> None:  # the SDK says "an error response", not which
+                if response.status_code >= 400:
+                    self._http_status[spec.name] = response.status_code
+
+            http = create_mcp_http_client(headers=spec.headers or None)
+            http.event_hooks = {"response": [seen]}
             return Client(streamable_http_client(spec.url, http_client=http))
         # the server's stderr goes to a log of its own, not into the chat
         logs = home() / "mcp-logs"
         logs.mkdir(parents=True, exist_ok=True)
         errlog = self._files.enter_context(open(logs / f"{spec.name}.log", "a",
                                                 encoding="utf-8"))
+        self._logs[spec.name] = (Path(errlog.name), errlog.tell())
+        # the user's whole environment, as Cursor, VS Code and LM Studio pass it (the SDK's
+        # default is HOME, LOGNAME, PATH, SHELL, TERM and USER only), then the file's env
         params = StdioServerParameters(command=spec.command, args=list(spec.args),
-                                       env=spec.env or None, cwd=spec.cwd)
+                                       env={**os.environ, **spec.env}, cwd=spec.cwd)
         return Client(stdio_client(params, errlog=errlog))
 
     def start_call(self, server: str, name: str, arguments: dict) -> concurrent.futures.Future:
@@ -173,6 +223,14 @@ class McpServers:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def hint(status: int | None) -> str:
+    """An HTTP server's refusal: its status, and where credentials go."""
+    if status in (401, 403):
+        return (f" (HTTP {status}: the server wants credentials; give them in its "
+                f"\"headers\", e.g. \"Authorization\": \"Bearer ${{TOKEN}}\")")
+    return f" (HTTP {status})" if status else ""
 
 
 def reason(e: BaseException) -> str:

@@ -93,20 +93,25 @@ class Toolbox:
                               True)
         if not isinstance(arguments, dict):
             return ToolResult("error: the arguments must be a JSON object", True)
+        timeout = getattr(tool, "timeout", None) or self.timeout  # its server's, if set
         future = tool.start(arguments)
         try:
-            result = wait(future, self.timeout, cancel)
+            result = wait(future, timeout, cancel)
         except concurrent.futures.CancelledError:
             result = ToolResult(CANCELLED, True)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            result = ToolResult(f"error: {name} did not answer within {self.timeout:g} s", True)
+            result = ToolResult(f"error: {name} did not answer within {timeout:g} s", True)
         except KeyboardInterrupt:
             future.cancel()
             raise
         except Exception as e:  # the tool's own failure is the model's to read
             result = ToolResult(f"error: {name} failed: {type(e).__name__}: {e}", True)
         return self.cut(result)
+
+    def approved(self) -> set[str]:
+        """The tools their sources let run without asking (an MCP file's autoApprove)."""
+        return set().union(*(getattr(s, "approved", set()) for s in self.sources))
 
     def describe(self) -> list[str]:
         """One line per source: its name, its state, its tools."""
