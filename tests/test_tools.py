@@ -182,6 +182,23 @@ def test_servers_start_side_by_side_within_one_limit(tmp_path, monkeypatch):
     assert took < 5.5  # one after another: at least 6
 
 
+def test_a_server_that_prints_junk_on_stdout_is_one_line(tmp_path, monkeypatch, capfd):
+    """Lines that are not MCP on a server's stdout (a banner, a print) are skipped and kept
+    in its log, and said once; the SDK printed a traceback for each."""
+    monkeypatch.setenv("QWEN_MLX_HOME", str(tmp_path))
+    code = ("import runpy, sys; [print('banner', i, flush=True) for i in range(20)]; "
+            f"sys.argv = [{SERVER!r}]; runpy.run_path({SERVER!r}, run_name='__main__')")
+    with started([ServerSpec("junky", command=sys.executable, args=("-c", code))]) as s:
+        assert s.status["junky"] == "running"
+        assert Toolbox([s]).call("add", {"a": 1, "b": 2}) == ToolResult("3")
+    log = tmp_path / "mcp-logs" / "junky.log"
+    assert s.notes == [f"MCP server 'junky' wrote a line that is not MCP on its stdout "
+                       f"('banner 0'); such lines are skipped and kept in its log {log}"]
+    assert [line for line in log.read_text().splitlines() if "not MCP" in line] == [
+        f"[qwen-mlx] not MCP, on stdout: banner {i}" for i in range(20)]
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_an_http_server_that_wants_credentials_says_so(tmp_path):
     """A 401 names its status and where credentials go."""
     import http.server

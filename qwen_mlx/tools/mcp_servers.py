@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import json
+import logging
 import os
+import re
 import threading
 import time
 from contextlib import ExitStack
@@ -68,6 +71,7 @@ class McpServers:
         self.approved: set[str] = set()
         self._logs: dict[str, tuple[Path, int]] = {}  # a stdio server's log, where this run's begins
         self._http_status: dict[str, int] = {}  # an HTTP server's last error status
+        self._junked: set[str] = set()  # servers that wrote lines that are not MCP
         readies = {}
         for spec in specs:
             if spec.disabled:
@@ -103,6 +107,22 @@ class McpServers:
                           f"{', '.join(missing)} (its autoApprove names "
                           f"{'it' if len(missing) == 1 else 'them'})")
 
+    def _junk(self, name: str, record: logging.LogRecord) -> None:
+        """A line on a server's stdout that is not MCP (the SDK logs each with a traceback):
+        one note the first time, then each goes to the server's log."""
+        what = str(record.exc_info[1]) if record.exc_info else record.getMessage()
+        found = re.search(r"input_value='(.*?)', input_type", what)
+        line = found[1] if found else what.splitlines()[0]
+        path = self._logs.get(name, (None, 0))[0]
+        if name not in self._junked:
+            self._junked.add(name)
+            self.note(f"MCP server {name!r} wrote a line that is not MCP on its stdout "
+                      f"({line[:80]!r}); such lines are skipped"
+                      + (f" and kept in its log {path}" if path else ""))
+        if path:
+            with open(path, "a", encoding="utf-8") as log:
+                log.write(f"[qwen-mlx] not MCP, on stdout: {line}\n")
+
     def _said(self, spec: ServerSpec) -> str:
         """What a stdio server wrote to its log this time, its last lines, and where the
         log is: the why of a failed start is usually there."""
@@ -137,6 +157,7 @@ class McpServers:
 
     async def _hold(self, spec: ServerSpec, ready: concurrent.futures.Future) -> None:
         """Enter the server's client, list its tools, and keep the session until closed."""
+        _SERVER.set((self, spec.name))  # the SDK's tasks for this server inherit it
         try:
             async with self._client(spec) as client:
                 tools, cursor = [], None
@@ -223,6 +244,25 @@ class McpServers:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_SERVER: contextvars.ContextVar = contextvars.ContextVar("qwen_mlx_mcp_server", default=None)
+
+
+class _NotMcp(logging.Filter):
+    """Routes the SDK's "Failed to parse JSONRPC message" records (one traceback per stdout
+    line that is not MCP) to the server that wrote the line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        owner = _SERVER.get()
+        if owner is None or not record.getMessage().startswith("Failed to parse JSONRPC"):
+            return True
+        servers, name = owner
+        servers._junk(name, record)
+        return False
+
+
+logging.getLogger("mcp.client.stdio").addFilter(_NotMcp())
 
 
 def hint(status: int | None) -> str:
