@@ -5,7 +5,8 @@
 
 ``suite`` runs the README's test command's pytest (``python -m pytest -p no:random_order
 --durations=0``) with this interpreter, or with ``--clone`` the whole of ``.ci/run`` in a
-fresh ``git clone`` of this checkout (its venv and install included, as CI runs it), and
+fresh ``git clone`` of this checkout's last commit (its venv and install included, and
+``../shared`` beside it when there is one, as CI runs it), and
 records the wall time, pytest's own time, the count of tests and the 20 slowest tests.
 ``install`` times what `install.sh` and `bench/device_check.sh` do, a fresh virtual
 environment and a pip install of the package from this checkout (from pip's cache), with
@@ -39,6 +40,8 @@ def suite(clone: bool) -> dict:
         if clone:
             repo = Path(tmp) / "clone"
             subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+            if (ROOT.parent / "shared").is_dir():  # beside the clone, as CI has it
+                os.symlink(ROOT.parent / "shared", Path(tmp) / "shared")
             cmd = ["bash", ".ci/run"]
             cwd, env = repo, {**os.environ, "CI": "true"}
         else:
