@@ -199,6 +199,44 @@ def test_a_server_that_prints_junk_on_stdout_is_one_line(tmp_path, monkeypatch, 
     assert "Traceback" not in capfd.readouterr().err
 
 
+def server_processes() -> list:
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True)
+            if SERVER in " ".join(p.cmdline())]
+
+
+def test_a_server_that_dies_while_idle_is_said_and_the_next_call_restarts_it(tmp_path,
+                                                                            monkeypatch):
+    """Killed between calls: found within seconds and said in one line (it showed as
+    running until a call failed); its tools stay offered, and the next call restarts it and
+    runs. /tools restart restarts a running one."""
+    monkeypatch.setenv("QWEN_MLX_HOME", str(tmp_path))
+    with started([FIXTURE]) as s:
+        box = Toolbox([s])
+        (first,) = server_processes()
+        first.kill()
+        deadline = time.monotonic() + 60
+        while s.status["fixture"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert s.status["fixture"] == "stopped while idle; it restarts on its next call"
+        assert s.notes == [f"MCP server 'fixture' stopped while idle (log: "
+                           f"{tmp_path / 'mcp-logs' / 'fixture.log'}); it restarts when the "
+                           f"model calls one of its tools (/tools restart fixture restarts it "
+                           f"now)"]
+        assert [t.name for t in box.tools][:2] == ["add", "echo"]
+        assert box.call("add", {"a": 1, "b": 2}) == ToolResult("3")
+        assert s.status["fixture"] == "running"
+        (second,) = server_processes()
+        assert box.restart("fixture") == "running"
+        (third,) = server_processes()
+        assert len({first.pid, second.pid, third.pid}) == 3
+        assert box.call("add", {"a": 2, "b": 2}) == ToolResult("4")
+        with pytest.raises(QwenMlxError, match=r"^there is no MCP server named 'nope' \(the "
+                                               r"servers: fixture\)$"):
+            box.restart("nope")
+
+
 def test_an_http_server_that_wants_credentials_says_so(tmp_path):
     """A 401 names its status and where credentials go."""
     import http.server

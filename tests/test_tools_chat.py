@@ -184,3 +184,9 @@ def test_chat_mcp_options(tiny_q4_f32, tmp_path, monkeypatch):
     assert lines[0].endswith("; the chat goes on without its tools")
     assert lines[1] == "--allow-tool add: no running server offers it"
     assert lines[-1].startswith("gone: did not start: FileNotFoundError")
+    result = chat_cli(tiny_q4_f32, "--mcp", good, lines=["/tools restart fixture",
+                                                          "/tools restart", "/tools"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "fixture restarted", "error: usage: /tools, or /tools restart NAME",
+        "fixture (running): add, echo, sleep, fail, big, die"]

@@ -37,7 +37,8 @@ HELP = """commands:
                    from the current folder, as ./talk or ../notes/talk.safetensors)
   /stats           statistics of the last reply
   /think on|off    reasoning for hybrid Qwen3 models (shown dimmed, dropped from later turns)
-  /tools           the MCP servers and their tools (with --mcp, or the default file)
+  /tools           the MCP servers and their tools (with --mcp, or the default file);
+                   /tools restart NAME restarts one
   /exit            leave (Ctrl-D too)
 Esc then Enter inserts a newline; Ctrl-C stops a reply."""
 
@@ -166,7 +167,7 @@ class Repl:
             "stats": self.stats,
             "file": lambda: self.send_file(arg),
             "think": lambda: self.think(arg),
-            "tools": self.list_tools,
+            "tools": lambda: self.list_tools(arg),
         }
         if name in ("exit", "quit", "bye"):
             return False
@@ -235,11 +236,22 @@ class Repl:
             f"{result.text[:SHOWN_RESULT]}… ({len(result.text):,} characters)"
         self.note(f"{'tool error' if result.error else 'tool result'} ({call.name}): {text}")
 
-    def list_tools(self) -> None:
+    def list_tools(self, arg: str = "") -> None:
+        """/tools: the servers and their tools; /tools restart NAME: restart one."""
         toolbox = self.session.tools
-        self.note("\n".join(toolbox.describe()) if toolbox else
-                  "no tools: start the chat with --mcp FILE (an mcpServers file), or put one "
-                  "in the default place (qwen-mlx chat --help says where)")
+        if not toolbox:
+            self.note("no tools: start the chat with --mcp FILE (an mcpServers file), or put "
+                      "one in the default place (qwen-mlx chat --help says where)")
+            return
+        if arg:
+            verb, _, server = arg.partition(" ")
+            if verb != "restart" or not server.strip():
+                raise QwenMlxError("usage: /tools, or /tools restart NAME")
+            state = toolbox.restart(server.strip())
+            if state == "running":
+                self.note(f"{server.strip()} restarted")
+            return
+        self.note("\n".join(toolbox.describe()))
 
     # -- output ------------------------------------------------------------------------
 

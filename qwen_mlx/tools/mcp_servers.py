@@ -29,6 +29,9 @@ from .toolbox import ToolResult
 
 START_TIMEOUT = 30.0  # seconds a server has to start and list its tools
 CLOSE_TIMEOUT = 10.0
+WATCH_STDIO, WATCH_HTTP = 2.0, 30.0  # seconds between checks that a server is there
+CHECK_TIMEOUT = 10.0
+IDLE_STOPPED = "stopped while idle"
 
 
 class McpTool:
@@ -42,9 +45,12 @@ class McpTool:
         self.parameters = listed.input_schema or {"type": "object"}
 
     def alive(self) -> bool:
-        return self.source in self.servers.running
+        """Offered while its server runs, or stopped while idle (the call restarts it)."""
+        return self.source in self.servers.running or self.servers.idle_stopped(self.source)
 
     def start(self, arguments: dict) -> concurrent.futures.Future:
+        if self.servers.idle_stopped(self.source):
+            self.servers.restart(self.source)
         return self.servers.start_call(self.source, self.name, arguments)
 
 
@@ -67,20 +73,22 @@ class McpServers:
                                         daemon=True)
         self._thread.start()
         self._stop = asyncio.Event()
+        self._specs = {spec.name: spec for spec in specs}
+        self.start_timeout = start_timeout
+        self._stops: dict[str, asyncio.Event] = {}  # one server's (its restart)
+        self._restarting = threading.Lock()
         self._tasks: dict[str, concurrent.futures.Future] = {}
         self.approved: set[str] = set()
         self._logs: dict[str, tuple[Path, int]] = {}  # a stdio server's log, where this run's begins
         self._http_status: dict[str, int] = {}  # an HTTP server's last error status
         self._junked: set[str] = set()  # servers that wrote lines that are not MCP
+        self._in_call: dict[str, int] = {}  # calls running, per server
         readies = {}
         for spec in specs:
             if spec.disabled:
                 self.status[spec.name] = 'disabled ("disabled": true in its file)'
                 continue
-            ready = concurrent.futures.Future()
-            readies[spec.name] = ready
-            self._tasks[spec.name] = asyncio.run_coroutine_threadsafe(
-                self._hold(spec, ready), self._loop)
+            readies[spec.name] = self._begin(spec)
         deadline = time.monotonic() + start_timeout  # they start side by side
         for spec in specs:
             if spec.disabled:
@@ -150,6 +158,48 @@ class McpServers:
     def running(self) -> set[str]:
         return {name for name, state in self.status.items() if state == "running"}
 
+    def idle_stopped(self, name: str) -> bool:
+        return self.status.get(name, "").startswith(IDLE_STOPPED)
+
+    def _begin(self, spec: ServerSpec) -> concurrent.futures.Future:
+        """Start holding a server's session -> the future of its listed tools."""
+        ready = concurrent.futures.Future()
+        self._stops[spec.name] = asyncio.Event()
+        self._tasks[spec.name] = asyncio.run_coroutine_threadsafe(self._hold(spec, ready),
+                                                                  self._loop)
+        return ready
+
+    def restart(self, name: str) -> str:
+        """Stop a server if it runs and start it again (``/tools restart NAME``, or the next
+        call of a server that stopped while idle) -> its status; a failure is one line."""
+        spec = self._specs.get(name)
+        if spec is None:
+            known = ", ".join(self._specs) or "none"
+            raise QwenMlxError(f"there is no MCP server named {name!r} (the servers: {known})")
+        if spec.disabled:
+            raise QwenMlxError(f"MCP server {name!r} is disabled in its file")
+        with self._restarting:
+            if self.status.get(name) == "running" and not self.idle_stopped(name):
+                self._loop.call_soon_threadsafe(self._stops[name].set)
+                concurrent.futures.wait([self._tasks[name]], CLOSE_TIMEOUT)
+            self.clients.pop(name, None)
+            self.status[name] = "restarting"
+            try:
+                listed = self._begin(spec).result(self.start_timeout)
+            except concurrent.futures.TimeoutError:
+                self._tasks[name].cancel()
+                self._failed(name, f"did not restart within {self.start_timeout:g} s"
+                                   f"{self._said(spec)}")
+                return self.status[name]
+            except Exception as e:  # noqa: BLE001 - one line, the chat goes on
+                self._failed(name, f"did not restart: {reason(e)}{self._said(spec)}")
+                return self.status[name]
+            self.status[name] = "running"
+            known = {t.name for t in self.tools if t.source == name}
+            self.tools += [McpTool(self, name, t, spec.timeout) for t in listed
+                           if t.name not in known]
+            return "running"
+
     def _failed(self, name: str, why: str) -> None:
         self.status[name] = why
         self.clients.pop(name, None)
@@ -169,15 +219,51 @@ class McpServers:
                         break
                 self.clients[spec.name] = client
                 ready.set_result(tools)
-                await self._stop.wait()
+                if not await self._watch(spec, client) and \
+                        self.status.get(spec.name) == "running":
+                    self.clients.pop(spec.name, None)
+                    self.status[spec.name] = f"{IDLE_STOPPED}; it restarts on its next call"
+                    self.note(f"MCP server {spec.name!r} stopped while idle{self._said(spec)};"
+                              f" it restarts when the model calls one of its tools "
+                              f"(/tools restart {spec.name} restarts it now)")
         except BaseException as e:  # noqa: BLE001 - reported, never raised into the chat
             if not ready.done():
                 ready.set_exception(e if isinstance(e, Exception) else
                                     QwenMlxError("cancelled"))
-            elif not self._stop.is_set() and self.status.get(spec.name) == "running":
+            elif not self._stopping(spec.name) and self.status.get(spec.name) == "running":
                 self._loop.call_soon(self._failed, spec.name, f"stopped: {reason(e)}")
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
+
+    def _stopping(self, name: str) -> bool:
+        return self._stop.is_set() or self._stops[name].is_set()
+
+    async def _watch(self, spec: ServerSpec, client) -> bool:
+        """Hold the session until closed (True), or until the server is found gone (False):
+        every few seconds a tools/list (ping would do, but the 2026 protocol drops it, and
+        every server here lists tools) that fails with the connection closed. One that
+        times out is a busy server, not a gone one."""
+        from mcp_types import CONNECTION_CLOSED
+
+        every = WATCH_HTTP if spec.url else WATCH_STDIO
+        while True:
+            stop = asyncio.ensure_future(self._stops[spec.name].wait())
+            closed = asyncio.ensure_future(self._stop.wait())
+            done, pending = await asyncio.wait({stop, closed}, timeout=every,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            if done:
+                return True
+            if self._in_call.get(spec.name):  # a call is running: it sees a closed session
+                continue
+            try:
+                await asyncio.wait_for(client.list_tools(), CHECK_TIMEOUT)
+            except asyncio.TimeoutError:
+                continue
+            except Exception as e:  # noqa: BLE001 - only a closed connection means gone
+                if getattr(getattr(e, "error", None), "code", None) == CONNECTION_CLOSED:
+                    return False
 
     def _client(self, spec: ServerSpec):
         from mcp import Client, StdioServerParameters
@@ -214,6 +300,7 @@ class McpServers:
         client = self.clients.get(server)
         if client is None:
             return ToolResult(f"error: the MCP server {server!r} is not running", True)
+        self._in_call[server] = self._in_call.get(server, 0) + 1  # not idle: unwatched
         try:
             result = await client.call_tool(name, arguments)
         except asyncio.CancelledError:
@@ -227,6 +314,8 @@ class McpServers:
                 return ToolResult(f"error: the MCP server {server!r} stopped during the call",
                                   True)
             return ToolResult(f"error: {reason(e)}", True)
+        finally:
+            self._in_call[server] -= 1
         return result_of(result)
 
     def close(self) -> None:

@@ -113,6 +113,15 @@ class Toolbox:
         """The tools their sources let run without asking (an MCP file's autoApprove)."""
         return set().union(*(getattr(s, "approved", set()) for s in self.sources))
 
+    def restart(self, server: str) -> str:
+        """Restart one MCP server by name -> its status (a QwenMlxError names the servers
+        when there is no such one)."""
+        for source in self.sources:
+            if server in getattr(source, "status", {}):
+                return source.restart(server)
+        known = ", ".join(n for s in self.sources for n in getattr(s, "status", {})) or "none"
+        raise QwenMlxError(f"there is no MCP server named {server!r} (the servers: {known})")
+
     def describe(self) -> list[str]:
         """One line per source: its name, its state, its tools."""
         lines = []
