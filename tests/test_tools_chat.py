@@ -190,3 +190,53 @@ def test_chat_mcp_options(tiny_q4_f32, tmp_path, monkeypatch):
     assert result.output.splitlines() == [
         "fixture restarted", "error: usage: /tools, or /tools restart NAME",
         "fixture (running): add, echo, sleep, fail, big, die"]
+
+
+def test_tool_choice_makes_the_first_reply_a_call_end_to_end(tiny_q4_f32, tmp_path,
+                                                             monkeypatch):
+    """generate --mcp --tool-choice NAME: a random model's reply to the message is that
+    call (a grammar), it runs on the real server, its result (cut at 20,000 characters)
+    goes back, and the reply to it is free. required/NAME need tools; a name no server
+    offers is one line; none offers no tools; --web refuses it."""
+    from click.testing import CliRunner
+
+    from qwen_mlx import load
+    from qwen_mlx.chat import ChatSession
+    from qwen_mlx.cli import main
+
+    monkeypatch.setenv("QWEN_MLX_HOME", str(tmp_path / "home"))
+    good = write(tmp_path, {"mcpServers": {"fixture": {"command": sys.executable,
+                                                       "args": [SERVER]}}}, "good.json")
+    common = ["generate", str(tiny_q4_f32), "-p", "Go", "--no-think", "--temp", "0",
+              "--max-tokens", "24", "--json"]
+    result = CliRunner().invoke(main, [*common, "--mcp", str(good), "--tool-choice", "big",
+                                       "--allow-tool", "big"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.splitlines()[-1])
+    assert record["tool_rounds"] == 1
+    user, call, tool, reply = record["messages"]
+    assert call == {"role": "assistant", "content": '<tool_call>\n{"name": "big", '
+                                                    '"arguments": {}}\n</tool_call>'}
+    assert tool["role"] == "tool" and tool["content"].startswith("x" * 20_000 + "\n[cut: ")
+    assert reply["role"] == "assistant" and "<tool_call>" not in reply["content"]
+    for args, said in [
+        (["--tool-choice", "required"], "--tool-choice required needs tools: pass --mcp FILE"),
+        (["--mcp", str(good), "--tool-choice", "nope"],
+         "--tool-choice nope: no running server offers a tool of that name (the tools: add, "
+         "echo, sleep, fail, big, die)")]:
+        result = CliRunner().invoke(main, [*common, *args])
+        assert (result.exit_code, result.output.splitlines()[-1]) == (1, f"error: {said}")
+    result = CliRunner().invoke(main, ["chat", str(tiny_q4_f32), "--web", "--mcp", str(good),
+                                       "--tool-choice", "none"])
+    assert result.exit_code == 1 and result.output.startswith(
+        "error: --tool-choice applies to the terminal chat, not --web")
+    with McpServers.from_files([good]) as servers:
+        box, model = Toolbox([servers]), load(tiny_q4_f32)
+
+        def prompt(**kwargs) -> list[int]:
+            session = ChatSession(model, **kwargs)
+            session.messages.append({"role": "user", "content": "Hi"})
+            return session.render()
+
+        assert '"name": "big"' in model.tokenizer.decode(prompt(tools=box))
+        assert prompt(tools=box, tool_choice="none") == prompt()

@@ -27,9 +27,13 @@ class ChatSession:
     def __init__(self, model: Model, *, system: str | None = None,
                  thinking: bool | None = None, max_context: int | None = None,
                  stop: tuple[str, ...] | list[str] = (), tools: Toolbox | None = None,
-                 **sampling) -> None:
+                 tool_choice: str = "auto", **sampling) -> None:
+        """``tool_choice``: "auto" (the model decides), "none" (tools not offered),
+        "required" or a tool's name (the reply to each message is one call: of any tool,
+        or of that one; the replies to tool results are free)."""
         self.model = model
         self.tools = tools  # offered in every prompt; their calls are the REPL's to run
+        self.tool_choice = tool_choice
         self.stop = tuple(stop)
         self.system = system
         self.thinking = thinking
@@ -51,7 +55,16 @@ class ChatSession:
                                  tools=self.tool_specs(), enable_thinking=self.thinking)
 
     def tool_specs(self) -> list[dict] | None:
-        return self.tools.specs() if self.tools else None
+        return self.tools.specs() if self.tools and self.tool_choice != "none" else None
+
+    def forced(self):
+        """The constraint that makes a reply a call, as ``tool_choice`` says (None: free)."""
+        if self.tool_choice in ("auto", "none"):
+            return None
+        from ..tools.calls import forced_call
+
+        return forced_call(self.tool_specs() or [], None if self.tool_choice == "required"
+                           else self.tool_choice)
 
     def send(self, text: str, *, on_prefill: PrefillProgress | None = None) -> Iterator[Piece]:
         """Add a user message and stream the reply (notices first, as pieces with a
@@ -60,7 +73,7 @@ class ChatSession:
             raise QwenMlxError("empty message")
         self.messages.append({"role": "user", "content": text})
         try:
-            return self._reply(on_prefill)
+            return self._reply(on_prefill, self.forced())
         except BaseException:
             self.messages.pop()
             raise
@@ -86,7 +99,8 @@ class ChatSession:
             raise QwenMlxError("nothing to retry yet")
         removed = self.messages.pop()
         try:
-            return self._reply(on_prefill)
+            after_user = self.messages and self.messages[-1]["role"] == "user"
+            return self._reply(on_prefill, self.forced() if after_user else None)
         except BaseException:
             self.messages.append(removed)
             raise
@@ -143,10 +157,10 @@ class ChatSession:
                            f"({before - len(tokens):,} tokens); the system prompt stays")
         return tokens, notices
 
-    def _reply(self, on_prefill: PrefillProgress | None) -> Iterator[Piece]:
+    def _reply(self, on_prefill: PrefillProgress | None, constraint=None) -> Iterator[Piece]:
         tokens, notices = self._fit()
         request = self.model.request(tokens, stop=self.stop, context=self.max_context,
-                                     **self.sampling)
+                                     constraint=constraint, **self.sampling)
         pieces = self.model.stream(request, cache=self.cache, on_prefill=on_prefill)
         return self._record(pieces, notices)
 

@@ -15,7 +15,7 @@ from .console import (PrefillBar, PrefillBars, err, open_draft, open_model,
 from .options import (MODEL_HELP, generation_options, given, memory_kwargs, model_argument,
                       sampling_kwargs)
 from .serve import note
-from .tools import allowed_with, open_tools, tool_options, tool_servers
+from .tools import allowed_with, check_tool_choice, open_tools, tool_options, tool_servers
 
 
 @click.command(help=f"""Chat with a model. Replies stream as they are generated; the KV cache
@@ -41,6 +41,7 @@ When stdin is not a terminal, each input line is one message. {MODEL_HELP}""")
 def chat(model: str | None, system: str | None, think: bool | None, max_context: int | None,
          session_name: str | None, quiet: bool, jsonl: bool, web: bool, port: int,
          mcp_files: tuple[Path, ...], allowed_tools: tuple[str, ...], max_tool_rounds: int,
+         tool_choice: str,
          tool_timeout: float, mcp_start_timeout: float, adapter: Path | None, recipe: str,
          stop: tuple[str, ...],
          **options) -> None:
@@ -48,7 +49,7 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
     from ..chat.jsonl import JsonlRepl
     from ..chat.repl import Repl
 
-    specs = tool_servers(mcp_files, allowed_tools)
+    specs = tool_servers(mcp_files, allowed_tools, tool_choice=tool_choice)
     if web:
         return chat_in_browser(model, port, adapter, recipe, specs,
                                (tool_timeout, mcp_start_timeout), options)
@@ -59,8 +60,10 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
                      **memory_kwargs(options))
     toolbox = open_tools(specs, allowed_tools, tool_timeout, note, mcp_start_timeout)
     try:
+        check_tool_choice(tool_choice, toolbox)
         session = ChatSession(llm, system=system, thinking=think, max_context=max_context,
-                              stop=stop, tools=toolbox, **sampling_kwargs(options),
+                              stop=stop, tools=toolbox, tool_choice=tool_choice,
+                              **sampling_kwargs(options),
                               **speculative_kwargs(options, draft))
         if session_name:
             store.load(session, session_name)
@@ -81,7 +84,8 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
 TERMINAL_ONLY = {"system": "--system", "think": "--think/--no-think",
                  "max_context": "--max-context", "session_name": "--load", "quiet": "--quiet",
                  "jsonl": "--jsonl", "stop": "--stop",
-                 "allowed_tools": "--allow-tool", "max_tool_rounds": "--max-tool-rounds"}
+                 "allowed_tools": "--allow-tool", "max_tool_rounds": "--max-tool-rounds",
+                 "tool_choice": "--tool-choice"}
 
 
 def chat_in_browser(model: str | None, port: int, adapter: Path | None, recipe: str,

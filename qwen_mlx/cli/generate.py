@@ -14,7 +14,7 @@ from . import stdin
 from .console import PrefillBar, err, open_draft, open_model, speculative_kwargs
 from .options import (MODEL_HELP, generation_options, memory_kwargs, model_argument,
                       sampling_kwargs)
-from .tools import allowed_with, open_tools, tool_options, tool_servers
+from .tools import allowed_with, check_tool_choice, open_tools, tool_options, tool_servers
 
 
 @click.command(help=f"""Generate a reply to one prompt and stream it to stdout. The prompt
@@ -43,10 +43,10 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
              schema_file: Path | None,
              regex: str | None, choice: str | None, mcp_files: tuple[Path, ...],
              allowed_tools: tuple[str, ...], max_tool_rounds: int, tool_timeout: float,
-             mcp_start_timeout: float,
+             mcp_start_timeout: float, tool_choice: str,
              adapter: Path | None, recipe: str, stop: tuple[str, ...], **options) -> None:
     constraint = structured(schema_file, regex, choice)
-    specs = tool_servers(mcp_files, allowed_tools, default=False)
+    specs = tool_servers(mcp_files, allowed_tools, default=False, tool_choice=tool_choice)
     if specs and (raw or constraint is not None):
         raise QwenMlxError("--mcp needs the chat template and a free reply: drop " +
                            ("--raw" if raw else "--json-schema, --regex or --choice"))
@@ -73,7 +73,7 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
     if specs:
         return with_tools(llm, prompt, system, think, stop, specs, allowed_tools,
                           max_tool_rounds, (tool_timeout, mcp_start_timeout), as_json, quiet,
-                          options)
+                          options, tool_choice)
     messages = ([{"role": "system", "content": system}] if system else []) + \
         [{"role": "user", "content": prompt}]
     stats, text = None, []
@@ -104,7 +104,7 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
 def with_tools(llm, prompt: str, system: str | None, think: bool | None,
                stop: tuple[str, ...], specs: list, allowed: tuple[str, ...], rounds: int,
                timeouts: tuple[float, float], as_json: bool, quiet: bool,
-               options: dict) -> None:
+               options: dict, tool_choice: str = "auto") -> None:
     """`generate --mcp`: the chat's tool loop for one prompt. Replies stream to stdout,
     calls and results go to stderr; a call is approved at the terminal (stdin when it is
     one, else /dev/tty), or by --allow-tool when there is no terminal."""
@@ -116,7 +116,9 @@ def with_tools(llm, prompt: str, system: str | None, think: bool | None,
 
     toolbox = open_tools(specs, allowed, timeouts[0], note, timeouts[1])
     try:
+        check_tool_choice(tool_choice, toolbox)
         session = ChatSession(llm, system=system, thinking=think, stop=stop, tools=toolbox,
+                              tool_choice=tool_choice,
                               **sampling_kwargs(options), **options["speculative"])
         repl = Repl(session, out=Console(highlight=False, soft_wrap=True), err=err,
                     quiet=True, allowed_tools=allowed_with(allowed, toolbox),

@@ -37,6 +37,12 @@ tool_options = stack_options(
                       "always."),
     click.option("--max-tool-rounds", type=click.IntRange(min=0), default=DEFAULT_ROUNDS,
                  show_default=True, help="Most rounds of tool calls after one message."),
+    click.option("--tool-choice", default="auto", show_default=True,
+                 metavar="auto|required|none|NAME",
+                 help="auto: the model decides whether to call; none: the tools are not "
+                      "offered; required, or a tool's name: the reply to each message is a "
+                      "call (of any tool, or of that one; a grammar makes it one), and the "
+                      "replies to its results are free."),
     timeout_option,
 )
 
@@ -54,7 +60,7 @@ page_tool_options = stack_options(
 
 
 def tool_servers(mcp_files: tuple[Path, ...], allowed: tuple[str, ...], *,
-                 default: bool = True) -> list[ServerSpec]:
+                 default: bool = True, tool_choice: str = "auto") -> list[ServerSpec]:
     """The servers of the given files (or, with ``default``, of the default file when it
     exists), read and checked before the model loads: a bad file is one line at once."""
     files = list(mcp_files) or \
@@ -62,7 +68,22 @@ def tool_servers(mcp_files: tuple[Path, ...], allowed: tuple[str, ...], *,
     specs = read_all(files)
     if allowed and not specs:
         raise QwenMlxError("--allow-tool needs tools: pass --mcp FILE")
+    if not tool_choice:
+        raise QwenMlxError("--tool-choice needs auto, required, none or a tool's name")
+    if tool_choice not in ("auto", "none") and not specs:
+        raise QwenMlxError(f"--tool-choice {tool_choice} needs tools: pass --mcp FILE")
     return specs
+
+
+def check_tool_choice(tool_choice: str, toolbox: Toolbox | None) -> None:
+    """A named --tool-choice must be a tool a running server offers (known once they
+    started)."""
+    if tool_choice in ("auto", "none", "required") or toolbox is None:
+        return
+    names = [t.name for t in toolbox.tools]
+    if tool_choice not in names:
+        raise QwenMlxError(f"--tool-choice {tool_choice}: no running server offers a tool of "
+                           f"that name (the tools: {', '.join(names) or 'none'})")
 
 
 def open_tools(specs: list[ServerSpec], allowed: tuple[str, ...], timeout: float,
