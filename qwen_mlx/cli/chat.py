@@ -42,7 +42,8 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
          session_name: str | None, quiet: bool, jsonl: bool, web: bool, port: int,
          mcp_files: tuple[Path, ...], allowed_tools: tuple[str, ...], max_tool_rounds: int,
          tool_choice: str,
-         tool_timeout: float, mcp_start_timeout: float, adapter: Path | None, recipe: str,
+         tool_timeout: float, mcp_roots: tuple[Path, ...], mcp_start_timeout: float,
+         adapter: Path | None, recipe: str,
          stop: tuple[str, ...],
          **options) -> None:
     from ..chat import ChatSession, store
@@ -52,13 +53,14 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
     specs = tool_servers(mcp_files, allowed_tools, tool_choice=tool_choice)
     if web:
         return chat_in_browser(model, port, adapter, recipe, specs,
-                               (tool_timeout, mcp_start_timeout), options)
+                               (tool_timeout, mcp_start_timeout), options, list(mcp_roots))
     if given("port"):
         raise QwenMlxError("--port applies with --web (the terminal chat serves nothing)")
     draft = open_draft(options, recipe)
     llm = open_model(model, recipe=recipe, adapter=adapter, draft=draft,
                      **memory_kwargs(options))
-    toolbox = open_tools(specs, allowed_tools, tool_timeout, note, mcp_start_timeout)
+    toolbox = open_tools(specs, allowed_tools, tool_timeout, note, mcp_start_timeout,
+                         roots=list(mcp_roots) or [Path.cwd()])
     try:
         check_tool_choice(tool_choice, toolbox)
         session = ChatSession(llm, system=system, thinking=think, max_context=max_context,
@@ -89,7 +91,8 @@ TERMINAL_ONLY = {"system": "--system", "think": "--think/--no-think",
 
 
 def chat_in_browser(model: str | None, port: int, adapter: Path | None, recipe: str,
-                    specs: list, timeouts: tuple[float, float], options: dict) -> None:
+                    specs: list, timeouts: tuple[float, float], options: dict,
+                    roots: list[Path]) -> None:
     """`chat --web`: `serve` on loopback, then the browser on its page. Sampling options
     become the server's defaults, which the page shows; options of the terminal chat are
     refused by name rather than ignored."""
@@ -109,7 +112,7 @@ def chat_in_browser(model: str | None, port: int, adapter: Path | None, recipe: 
                      **memory_kwargs(options))
     llm.defaults = llm.defaults.override(**sampling_kwargs(options))
     server = Server(llm, served_name(model), progress=PrefillBars(),
-                    page_tools=open_tools(specs, (), timeouts[0], note, timeouts[1]),
+                    page_tools=open_tools(specs, (), timeouts[0], note, timeouts[1], roots),
                     speculation=server_speculation(llm, options, draft))
     url = f"http://{host}:{port}/"
 

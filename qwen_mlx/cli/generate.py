@@ -43,7 +43,7 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
              schema_file: Path | None,
              regex: str | None, choice: str | None, mcp_files: tuple[Path, ...],
              allowed_tools: tuple[str, ...], max_tool_rounds: int, tool_timeout: float,
-             mcp_start_timeout: float, tool_choice: str,
+             mcp_roots: tuple[Path, ...], mcp_start_timeout: float, tool_choice: str,
              adapter: Path | None, recipe: str, stop: tuple[str, ...], **options) -> None:
     constraint = structured(schema_file, regex, choice)
     specs = tool_servers(mcp_files, allowed_tools, default=False, tool_choice=tool_choice)
@@ -73,7 +73,7 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
     if specs:
         return with_tools(llm, prompt, system, think, stop, specs, allowed_tools,
                           max_tool_rounds, (tool_timeout, mcp_start_timeout), as_json, quiet,
-                          options, tool_choice)
+                          options, tool_choice, list(mcp_roots) or [Path.cwd()])
     messages = ([{"role": "system", "content": system}] if system else []) + \
         [{"role": "user", "content": prompt}]
     stats, text = None, []
@@ -104,7 +104,8 @@ def generate(model: str | None, prompt: str | None, document: Path | None, syste
 def with_tools(llm, prompt: str, system: str | None, think: bool | None,
                stop: tuple[str, ...], specs: list, allowed: tuple[str, ...], rounds: int,
                timeouts: tuple[float, float], as_json: bool, quiet: bool,
-               options: dict, tool_choice: str = "auto") -> None:
+               options: dict, tool_choice: str = "auto",
+               roots: list[Path] | None = None) -> None:
     """`generate --mcp`: the chat's tool loop for one prompt. Replies stream to stdout,
     calls and results go to stderr; a call is approved at the terminal (stdin when it is
     one, else /dev/tty), or by --allow-tool when there is no terminal."""
@@ -114,7 +115,7 @@ def with_tools(llm, prompt: str, system: str | None, think: bool | None,
     from ..chat.repl import Repl
     from .serve import note
 
-    toolbox = open_tools(specs, allowed, timeouts[0], note, timeouts[1])
+    toolbox = open_tools(specs, allowed, timeouts[0], note, timeouts[1], roots)
     try:
         check_tool_choice(tool_choice, toolbox)
         session = ChatSession(llm, system=system, thinking=think, stop=stop, tools=toolbox,

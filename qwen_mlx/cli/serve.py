@@ -56,7 +56,8 @@ history prefills only the new part. Loopback only unless --host says otherwise.
 def serve(model: str | None, host: str, port: int, api_key: str | None, cache_slots: int,
           parallel: int | None, max_body: str, request_timeout: float | None,
           idle_timeout: float, shutdown_timeout: float, allow_origins: tuple[str, ...],
-          mcp_files: tuple[Path, ...], tool_timeout: float, mcp_start_timeout: float,
+          mcp_files: tuple[Path, ...], tool_timeout: float, mcp_roots: tuple[Path, ...],
+          mcp_start_timeout: float,
           adapter: Path | None, recipe: str,
           **options) -> None:
     from ..serve import Server, run
@@ -85,7 +86,7 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
     llm = open_model(model, recipe=recipe, adapter=adapter, draft=draft, **kwargs)
     speculation = server_speculation(llm, options, draft)
     model_id = served_name(model)
-    tools = open_tools(specs, (), tool_timeout, note, mcp_start_timeout)
+    tools = open_tools(specs, (), tool_timeout, note, mcp_start_timeout, list(mcp_roots))
     server = Server(llm, model_id, api_key=api_key, slots=cache_slots, progress=PrefillBars(),
                     host=host, allow_origins=allow_origins, max_body=body_limit,
                     parallel=parallel, time_limit=request_timeout, page_tools=tools,

@@ -19,6 +19,11 @@ timeout_option = stack_options(
                  default=DEFAULT_TIMEOUT, show_default=True,
                  help="Seconds a tool call may take; then its result says it timed out (a "
                       "server's \"timeout\" in its file wins)."),
+    click.option("--mcp-root", "mcp_roots", multiple=True,
+                 type=click.Path(path_type=Path, file_okay=False, exists=True),
+                 help="A folder the MCP servers are told they may work in (MCP's roots; "
+                      "repeatable). Default: the current folder for the terminal chat and "
+                      "generate, none for the chat page."),
     click.option("--mcp-start-timeout", type=click.FloatRange(min=0, min_open=True),
                  default=START_TIMEOUT, show_default=True,
                  help="Seconds the MCP servers have to start and list their tools (they start "
@@ -87,14 +92,14 @@ def check_tool_choice(tool_choice: str, toolbox: Toolbox | None) -> None:
 
 
 def open_tools(specs: list[ServerSpec], allowed: tuple[str, ...], timeout: float,
-               note: Callable[[str], None], start_timeout: float = START_TIMEOUT
-               ) -> Toolbox | None:
+               note: Callable[[str], None], start_timeout: float = START_TIMEOUT,
+               roots: list[Path] | None = None) -> Toolbox | None:
     """Start the servers (after the model loaded: a failed load leaves no process behind);
     None when there are none. A server that fails is one line through ``note``."""
     if not specs:
         return None
-    toolbox = Toolbox([McpServers(specs, on_note=note, start_timeout=start_timeout)],
-                      timeout=timeout, on_note=note)
+    toolbox = Toolbox([McpServers(specs, on_note=note, start_timeout=start_timeout,
+                                  roots=roots)], timeout=timeout, on_note=note)
     unknown = sorted(set(allowed) - {t.name for t in toolbox.tools})
     if unknown:
         note(f"--allow-tool {', '.join(unknown)}: no running server offers "

@@ -32,6 +32,8 @@ CLOSE_TIMEOUT = 10.0
 WATCH_STDIO, WATCH_HTTP = 2.0, 30.0  # seconds between checks that a server is there
 CHECK_TIMEOUT = 10.0
 IDLE_STOPPED = "stopped while idle"
+LOG_LEVELS = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
+LOG_NOTE_EVERY = 5.0  # seconds: a server's warnings are a line at most this often
 
 
 class McpTool:
@@ -62,8 +64,12 @@ class McpServers:
     them."""
 
     def __init__(self, specs: list[ServerSpec], *, on_note: Callable[[str], None] | None = None,
-                 start_timeout: float = START_TIMEOUT) -> None:
+                 start_timeout: float = START_TIMEOUT, roots: list[Path] | None = None) -> None:
+        """``roots``: the folders the servers are told they may work in (MCP's roots; the
+        terminal gives the current folder, the page none); None or [] declares none."""
         self.note = on_note or (lambda _: None)
+        self.roots = [Path(r).resolve() for r in roots or []]
+        self._said_at: dict[str, float] = {}  # when a server's last log line was a note
         self.status: dict[str, str] = {}
         self.clients: dict[str, object] = {}
         self.tools: list[McpTool] = []
@@ -279,7 +285,8 @@ class McpServers:
 
             http = create_mcp_http_client(headers=spec.headers or None)
             http.event_hooks = {"response": [seen]}
-            return Client(streamable_http_client(spec.url, http_client=http))
+            return Client(streamable_http_client(spec.url, http_client=http),
+                          **self._capabilities(spec))
         # the server's stderr goes to a log of its own, not into the chat
         logs = home() / "mcp-logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -290,7 +297,45 @@ class McpServers:
         # default is HOME, LOGNAME, PATH, SHELL, TERM and USER only), then the file's env
         params = StdioServerParameters(command=spec.command, args=list(spec.args),
                                        env={**os.environ, **spec.env}, cwd=spec.cwd)
-        return Client(stdio_client(params, errlog=errlog))
+        return Client(stdio_client(params, errlog=errlog), **self._capabilities(spec))
+
+    def _capabilities(self, spec: ServerSpec) -> dict:
+        """What this client offers a server: its roots (when there are any), and its log
+        messages (to the server's log file; warnings and worse also as a line)."""
+        import mcp.types as types
+
+        async def list_roots(context) -> types.ListRootsResult:
+            return types.ListRootsResult(roots=[types.Root(uri=root.as_uri(), name=root.name)
+                                                for root in self.roots])
+
+        async def logged(params: types.LoggingMessageNotificationParams) -> None:
+            self._logged(spec, params.level, params.logger, params.data)
+
+        return {"list_roots_callback": list_roots if self.roots else None,
+                "logging_callback": logged, "log_level": "info"}
+
+    def _logged(self, spec: ServerSpec, level: str, logger: str | None, data) -> None:
+        """A server's log message: into its log file (an HTTP server's too); at warning or
+        worse also one line, at most one every few seconds per server (the rest: the log)."""
+        text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+        line = f"[{level}]{f' {logger}:' if logger else ''} {text}"
+        path = self._logs[spec.name][0] if spec.name in self._logs else \
+            home() / "mcp-logs" / f"{spec.name}.log"
+        try:
+            with open(path, "a", encoding="utf-8") as log:
+                log.write(f"[qwen-mlx] log message {line}\n")
+        except OSError:
+            pass
+        if LOG_LEVELS.index(level) < LOG_LEVELS.index("warning") if level in LOG_LEVELS \
+                else True:
+            return
+        now = time.monotonic()
+        if now - self._said_at.get(spec.name, -LOG_NOTE_EVERY) < LOG_NOTE_EVERY:
+            return
+        self._said_at[spec.name] = now
+        short = " ".join(text.split())
+        self.note(f"MCP server {spec.name!r} ({level}): "
+                  f"{short[:200] + '…' if len(short) > 200 else short} (its log: {path})")
 
     def start_call(self, server: str, name: str, arguments: dict) -> concurrent.futures.Future:
         return asyncio.run_coroutine_threadsafe(self._call(server, name, arguments),
@@ -382,19 +427,35 @@ def result_of(result) -> ToolResult:
 
 
 def text_of(result) -> str:
-    """A call's result as text: its text blocks; other blocks named; the structured result
-    as JSON when there is no text."""
+    """A call's result as text: its text blocks; every other block described (what it is,
+    its type, its URI and size: the model reads only text, and an empty "[resource ]"
+    told it nothing); the structured result as JSON when there is no text."""
     parts = []
     for block in result.content or []:
         kind = getattr(block, "type", "")
         if kind == "text":
             parts.append(block.text)
-        elif kind == "resource" and hasattr(block.resource, "text"):
+        elif kind == "resource" and isinstance(getattr(block.resource, "text", None), str):
             parts.append(block.resource.text)
-        elif kind == "resource_link":
-            parts.append(f"[resource {block.uri}]")
         else:
-            parts.append(f"[{kind or 'content'} {getattr(block, 'mime_type', '')}]".strip())
+            parts.append(described(block))
     if not parts and result.structured_content is not None:
         parts.append(json.dumps(result.structured_content, ensure_ascii=False))
     return "\n".join(parts)
+
+
+def described(block) -> str:
+    """A block that is not text, in words: "[image: image/png, 1,234 bytes]",
+    "[resource link: Resource 1 (demo://r/1, text/plain)]", "[resource: demo://b/1,
+    application/octet-stream, 512 bytes]"."""
+    kind = getattr(block, "type", "") or "content"
+    item = getattr(block, "resource", None) or block
+    uri, mime = getattr(item, "uri", None), getattr(item, "mime_type", None)
+    data = getattr(item, "blob", None) or getattr(item, "data", None)
+    size = f"{len(data) * 3 // 4:,} bytes" if isinstance(data, str) else None  # base64
+    if kind == "resource_link":
+        name = getattr(block, "name", None) or getattr(block, "title", None)
+        where = ", ".join(str(x) for x in (uri, mime) if x)
+        return f"[resource link: {name} ({where})]" if name else f"[resource link: {where}]"
+    what = {"image": "image", "audio": "audio", "resource": "resource"}.get(kind, kind)
+    return f"[{what}: {', '.join(str(x) for x in (uri, mime, size) if x) or 'no details'}]"

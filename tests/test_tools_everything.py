@@ -1,0 +1,103 @@
+"""The reference MCP server, `@modelcontextprotocol/server-everything` from the npm registry
+(run by npx, as its users run it), against our client: the capabilities it tests (roots,
+log messages), content that is not text (images, resource links), and the terminal chat's
+roots. Skipped, with the reason, where Node's npx is missing
+or the registry cannot be reached."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from qwen_mlx import McpServers, Toolbox
+from qwen_mlx.tools.config import ServerSpec
+
+PACKAGE = "@modelcontextprotocol/server-everything"
+EVERYTHING = ServerSpec("everything", command="npx", args=("-y", PACKAGE))
+
+
+@pytest.fixture(scope="module")
+def npx_ready():
+    """npx present and the package fetched once (into npm's cache)."""
+    if shutil.which("npx") is None:
+        pytest.skip("Node's npx is not installed (server-everything runs with it)")
+    try:
+        got = subprocess.run(["npm", "view", PACKAGE, "version"], capture_output=True,
+                             text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"the npm registry cannot be reached: {e}")
+    if got.returncode != 0:
+        pytest.skip(f"the npm registry cannot be reached: {got.stderr.strip()[:200]}")
+
+
+@pytest.fixture(scope="module")
+def everything(npx_ready, tmp_path_factory):
+    home, root = tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("root")
+    notes = []
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("QWEN_MLX_HOME", str(home))
+        servers = McpServers([EVERYTHING], on_note=notes.append, start_timeout=300,
+                             roots=[root])
+    with servers as s:
+        s.notes, s.home, s.root = notes, home, root
+        yield s
+
+
+def test_its_tools_its_roots_and_content_that_is_not_text(everything):
+    """The roots capability is declared, so it offers get-roots-list and gets our folder;
+    images and resource links reach the model described (type, URI, size), not as an empty
+    '[resource ]'."""
+    assert everything.status == {"everything": "running"}
+    box = Toolbox([everything])
+    names = [t.name for t in box.tools]
+    assert {"echo", "get-sum", "get-roots-list", "get-tiny-image"} <= set(names)
+    assert box.call("get-sum", {"a": 2, "b": 3}).text == "The sum of 2 and 3 is 5."
+    roots = box.call("get-roots-list", {}).text
+    assert f"URI: {everything.root.resolve().as_uri()}" in roots
+    image = box.call("get-tiny-image", {}).text
+    assert "[image: image/png, " in image and " bytes]" in image
+    links = box.call("get-resource-links", {"count": 2}).text
+    assert "[resource link: Blob Resource 1 (demo://resource/dynamic/blob/1, " in links
+
+
+def test_its_log_messages_go_to_its_log(everything):
+    """notifications/message: every one into the server's log; a warning or worse also as
+    one line, at most one every 5 s."""
+    box = Toolbox([everything])
+    assert box.call("toggle-simulated-logging", {}).text.startswith("Started simulated")
+    log = everything.home / "mcp-logs" / "everything.log"
+    deadline = time.monotonic() + 60
+    while "[qwen-mlx] log message [" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "[qwen-mlx] log message [" in log.read_text()
+    box.call("toggle-simulated-logging", {})
+    for note in everything.notes:
+        assert note.startswith("MCP server 'everything' (") and note.endswith(
+            f"(its log: {log})")
+
+
+def test_the_terminal_chat_gives_it_roots(npx_ready, tiny_q4_f32, tmp_path, monkeypatch):
+    """chat --mcp-root DIR declares roots (the terminal's default is the current folder), so
+    the server offers its roots tool; the page's default is none."""
+    from click.testing import CliRunner
+
+    from qwen_mlx.cli import main
+
+    monkeypatch.setenv("QWEN_MLX_HOME", str(tmp_path / "home"))
+    servers = tmp_path / "mcp.json"
+    servers.write_text(json.dumps({"mcpServers": {"everything": {
+        "command": "npx", "args": ["-y", PACKAGE]}}}))
+    result = CliRunner().invoke(main, [
+        "chat", str(tiny_q4_f32), "-q", "--mcp", str(servers), "--mcp-start-timeout", "300",
+        "--mcp-root", str(tmp_path)], input="/tools\n")
+    assert result.exit_code == 0, result.output
+    (listed,) = [line for line in result.output.splitlines()
+                 if line.startswith("everything (running): ")]
+    assert "get-roots-list" in listed.split(": ", 1)[1].split(", ")
+    with McpServers([EVERYTHING], start_timeout=300) as page:  # no roots
+        assert page.status == {"everything": "running"}
+        assert "get-roots-list" not in [t.name for t in page.tools]
