@@ -25,7 +25,7 @@ class ScriptedSession:
         from qwen_mlx.engine import Piece
 
         class Session(ChatSession):
-            def _reply(self, on_prefill):
+            def _reply(self, on_prefill, constraint=None):
                 self.prompts.append(self.conversation())
                 return self._record((p for p in [Piece(self.replies.pop(0))]), [])
 

@@ -64,6 +64,32 @@ def test_its_tools_its_roots_and_content_that_is_not_text(everything):
     assert "[resource link: Blob Resource 1 (demo://resource/dynamic/blob/1, " in links
 
 
+def test_a_long_calls_progress_is_heard_and_shown(everything, tiny_model):
+    """We send a progress token with every call: the long-running operation's steps come
+    back, and the chat shows them (a line each off a terminal, at most one a second and
+    the last)."""
+    import io
+
+    from rich.console import Console
+
+    from qwen_mlx.chat import ChatSession
+    from qwen_mlx.chat.repl import Repl
+
+    box, heard = Toolbox([everything]), []
+    box.watch_progress(lambda *report: heard.append(report))
+    result = box.call("trigger-long-running-operation", {"duration": 2, "steps": 4})
+    assert not result.error, result.text
+    assert heard == [("everything", "trigger-long-running-operation", float(n), 4.0, None)
+                     for n in (1, 2, 3, 4)]
+    shown = io.StringIO()
+    repl = Repl(ChatSession(tiny_model, tools=box), out=Console(file=io.StringIO()),
+                err=Console(file=shown, width=200))
+    for n in (1, 2, 4):
+        repl.tool_progress("everything", "slow", float(n), 4.0, None)
+    assert shown.getvalue().splitlines() == ["tool progress (slow): 1/4",
+                                             "tool progress (slow): 4/4"]
+
+
 def test_its_log_messages_go_to_its_log(everything):
     """notifications/message: every one into the server's log; a warning or worse also as
     one line, at most one every 5 s."""

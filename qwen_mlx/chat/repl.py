@@ -8,6 +8,7 @@ prompt, at the prompt (like Ctrl-D) it leaves.
 from __future__ import annotations
 
 import json
+import time
 from typing import Callable, Iterable, Iterator
 
 from rich.console import Console
@@ -56,6 +57,7 @@ class Repl:
         self.quiet = quiet
         self.progress = progress
         self.approvals = Approvals(set(allowed_tools), self.ask)
+        self._progress_shown, self._progress_at = False, float("-inf")
         self.max_tool_rounds = max_tool_rounds
         self._ask_line: Callable[[str], str] = ask_line or (lambda label: "")
         self._asks_given = ask_line is not None
@@ -231,10 +233,31 @@ class Repl:
     def tool_event(self, kind: str, call: Call, result: ToolResult | None) -> None:
         if kind == "call":
             self.note(f"tool call: {call.name} {json.dumps(call.arguments, ensure_ascii=False)}")
+            if self.session.tools:
+                self.session.tools.watch_progress(self.tool_progress)
             return
+        if self._progress_shown:  # the updating line goes; the result takes its place
+            self.err.file.write("\r\x1b[2K")
+            self._progress_shown = False
         text = result.text if len(result.text) <= SHOWN_RESULT else \
             f"{result.text[:SHOWN_RESULT]}… ({len(result.text):,} characters)"
         self.note(f"{'tool error' if result.error else 'tool result'} ({call.name}): {text}")
+
+    def tool_progress(self, server: str, tool: str, progress: float, total: float | None,
+                      message: str | None) -> None:
+        """A call's progress: one updating line on a terminal; elsewhere a line each, at
+        most one a second (and the last)."""
+        done = f"{progress:g}/{total:g}" if total else f"{progress:g}"
+        line = f"tool progress ({tool}): {done}{f' {message}' if message else ''}"
+        if self.err.is_terminal:
+            self.err.file.write(f"\r\x1b[2K{line[:self.err.width - 1]}")
+            self.err.file.flush()
+            self._progress_shown = True
+            return
+        now = time.monotonic()
+        if now - self._progress_at >= 1.0 or (total and progress >= total):
+            self._progress_at = now
+            self.note(line)
 
     def list_tools(self, arg: str = "") -> None:
         """/tools: the servers and their tools; /tools restart NAME: restart one."""

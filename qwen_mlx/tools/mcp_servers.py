@@ -68,6 +68,10 @@ class McpServers:
         """``roots``: the folders the servers are told they may work in (MCP's roots; the
         terminal gives the current folder, the page none); None or [] declares none."""
         self.note = on_note or (lambda _: None)
+        # on_progress(server, tool, progress, total, message): a call's progress, as the
+        # server reports it (we send a progress token with every call)
+        self.on_progress: Callable[[str, str, float, float | None, str | None], None] | None \
+            = None
         self.roots = [Path(r).resolve() for r in roots or []]
         self._said_at: dict[str, float] = {}  # when a server's last log line was a note
         self.status: dict[str, str] = {}
@@ -347,7 +351,12 @@ class McpServers:
             return ToolResult(f"error: the MCP server {server!r} is not running", True)
         self._in_call[server] = self._in_call.get(server, 0) + 1  # not idle: unwatched
         try:
-            result = await client.call_tool(name, arguments)
+            async def progressed(progress: float, total: float | None,
+                                 message: str | None) -> None:
+                if self.on_progress is not None:
+                    self.on_progress(server, name, progress, total, message)
+
+            result = await client.call_tool(name, arguments, progress_callback=progressed)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the model reads what went wrong

@@ -113,6 +113,13 @@ class Toolbox:
         """The tools their sources let run without asking (an MCP file's autoApprove)."""
         return set().union(*(getattr(s, "approved", set()) for s in self.sources))
 
+    def watch_progress(self, report: Callable[[str, str, float, float | None, str | None],
+                                              None]) -> None:
+        """``report(server, tool, progress, total, message)`` hears the calls' progress."""
+        for source in self.sources:
+            if hasattr(source, "on_progress"):
+                source.on_progress = report
+
     def restart(self, server: str) -> str:
         """Restart one MCP server by name -> its status (a QwenMlxError names the servers
         when there is no such one)."""
