@@ -90,6 +90,41 @@ def test_a_long_calls_progress_is_heard_and_shown(everything, tiny_model):
                                              "tool progress (slow): 4/4"]
 
 
+def test_its_resources_and_prompts_in_the_chat(everything, tiny_model):
+    """/resources and /prompts list them; /resource URI attaches one to the next message
+    (as /file puts a file); /prompt NAME KEY=VALUE sends the filled prompt; a name that
+    no server has is one line."""
+    import io
+
+    from rich.console import Console
+
+    from qwen_mlx.chat import ChatSession
+    from qwen_mlx.chat.repl import Repl
+
+    err = io.StringIO()
+    session = ChatSession(tiny_model, tools=Toolbox([everything]), max_tokens=2,
+                          temperature=0)
+    doc = "demo://resource/static/document/architecture.md"
+    Repl(session, out=Console(file=io.StringIO()), err=Console(file=err, width=300),
+         quiet=True).run(["/resources", "/prompts", f"/resource {doc}", "Summarize it",
+                          "/prompt args-prompt city=Paris", "/resource demo://nope",
+                          "/prompt nope", "/prompt"])
+    said = err.getvalue().splitlines()
+    assert f"everything: {doc}  architecture.md (text/markdown)" in said
+    assert "everything: args-prompt(city, state?)  A prompt with two arguments, one " \
+           "required and one optional" in said
+    attached = [line for line in said if line.startswith("attached ")]
+    assert len(attached) == 1 and attached[0].startswith(f"attached {doc} (")
+    assert said[-3:] == [
+        "error: no running MCP server lists the resource 'demo://nope' (/resources lists "
+        "them)",
+        "error: no running MCP server offers a prompt named 'nope' (/prompts lists them)",
+        "error: usage: /prompt NAME [KEY=VALUE ...] (/prompts lists them)"]
+    users = [m["content"] for m in session.messages if m["role"] == "user"]
+    assert users[0].startswith(f"{doc}:\n\n# ") and users[0].endswith("\n\nSummarize it")
+    assert users[1] == "What's weather in Paris?"
+
+
 def test_its_log_messages_go_to_its_log(everything):
     """notifications/message: every one into the server's log; a warning or worse also as
     one line, at most one every 5 s."""

@@ -40,6 +40,8 @@ HELP = """commands:
   /think on|off    reasoning for hybrid Qwen3 models (shown dimmed, dropped from later turns)
   /tools           the MCP servers and their tools (with --mcp, or the default file);
                    /tools restart NAME restarts one
+  /resources       the servers' resources;  /resource URI  attach one to your next message
+  /prompts         the servers' prompts;  /prompt NAME [KEY=VALUE ...]  send one
   /exit            leave (Ctrl-D too)
 Esc then Enter inserts a newline; Ctrl-C stops a reply."""
 
@@ -58,6 +60,7 @@ class Repl:
         self.progress = progress
         self.approvals = Approvals(set(allowed_tools), self.ask)
         self._progress_shown, self._progress_at = False, float("-inf")
+        self.attached: list[tuple[str, str]] = []  # (uri, text): resources for the next message
         self.max_tool_rounds = max_tool_rounds
         self._ask_line: Callable[[str], str] = ask_line or (lambda label: "")
         self._asks_given = ask_line is not None
@@ -140,7 +143,7 @@ class Repl:
         try:
             if text.startswith("/"):
                 return self.command(text)
-            self.reply(self.session.send(text, on_prefill=self.progress))
+            self.send(text)
         except QwenMlxError as e:
             self.error(str(e))
         except OSError as e:
@@ -170,6 +173,10 @@ class Repl:
             "file": lambda: self.send_file(arg),
             "think": lambda: self.think(arg),
             "tools": lambda: self.list_tools(arg),
+            "resources": self.list_resources,
+            "resource": lambda: self.attach_resource(arg),
+            "prompts": self.list_prompts,
+            "prompt": lambda: self.use_prompt(arg),
         }
         if name in ("exit", "quit", "bye"):
             return False
@@ -242,6 +249,62 @@ class Repl:
         text = result.text if len(result.text) <= SHOWN_RESULT else \
             f"{result.text[:SHOWN_RESULT]}… ({len(result.text):,} characters)"
         self.note(f"{'tool error' if result.error else 'tool result'} ({call.name}): {text}")
+
+    def _servers(self) -> list:
+        servers = self.session.tools.servers() if self.session.tools else []
+        if not servers:
+            raise QwenMlxError("no MCP servers: start the chat with --mcp FILE")
+        return servers
+
+    def list_resources(self) -> None:
+        listed = [(name, r) for s in self._servers() for name, r in s.resources()]
+        self.note("\n".join(f"{name}: {r.uri}  {r.name}"
+                            f"{f' ({r.mime_type})' if r.mime_type else ''}"
+                            for name, r in listed) or "no resources")
+
+    def attach_resource(self, uri: str) -> None:
+        """/resource URI: its text goes with the next message (as /file puts a file)."""
+        if not uri:
+            raise QwenMlxError("usage: /resource URI (/resources lists them)")
+        for servers in self._servers():
+            if any(str(r.uri) == uri for _, r in servers.resources()):
+                text = servers.read_resource(uri)
+                self.attached.append((uri, text))
+                self.note(f"attached {uri} ({len(text):,} characters) to your next message")
+                return
+        raise QwenMlxError(f"no running MCP server lists the resource {uri!r} (/resources "
+                           f"lists them)")
+
+    def send(self, text: str) -> None:
+        """A message, after the resources attached to it, and its reply."""
+        message = "\n\n".join([f"{uri}:\n\n{body.rstrip()}" for uri, body in self.attached]
+                              + [text])
+        self.reply(self.session.send(message, on_prefill=self.progress))
+        self.attached.clear()
+
+    def list_prompts(self) -> None:
+        listed = [(name, p) for s in self._servers() for name, p in s.prompts()]
+
+        def args(p) -> str:
+            return ", ".join(f"{a.name}{'' if a.required else '?'}" for a in p.arguments or [])
+        self.note("\n".join(f"{name}: {p.name}({args(p)})"
+                            f"{f'  {p.description}' if p.description else ''}"
+                            for name, p in listed) or "no prompts")
+
+    def use_prompt(self, arg: str) -> None:
+        """/prompt NAME [KEY=VALUE ...]: the server's prompt, filled in, sent as a message."""
+        if not arg.split():
+            raise QwenMlxError("usage: /prompt NAME [KEY=VALUE ...] (/prompts lists them)")
+        name, *pairs = arg.split()
+        if any("=" not in p for p in pairs):
+            raise QwenMlxError("a prompt's arguments are KEY=VALUE")
+        arguments = dict(p.split("=", 1) for p in pairs)
+        for servers in self._servers():
+            if any(p.name == name for _, p in servers.prompts()):
+                self.send(servers.prompt(name, arguments))
+                return
+        raise QwenMlxError(f"no running MCP server offers a prompt named {name!r} (/prompts "
+                           f"lists them)")
 
     def tool_progress(self, server: str, tool: str, progress: float, total: float | None,
                       message: str | None) -> None:

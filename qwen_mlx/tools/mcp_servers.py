@@ -31,6 +31,7 @@ START_TIMEOUT = 30.0  # seconds a server has to start and list its tools
 CLOSE_TIMEOUT = 10.0
 WATCH_STDIO, WATCH_HTTP = 2.0, 30.0  # seconds between checks that a server is there
 CHECK_TIMEOUT = 10.0
+LIST_TIMEOUT = 30.0  # seconds a server has to list or read its resources and prompts
 IDLE_STOPPED = "stopped while idle"
 LOG_LEVELS = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
 LOG_NOTE_EVERY = 5.0  # seconds: a server's warnings are a line at most this often
@@ -372,6 +373,69 @@ class McpServers:
             self._in_call[server] -= 1
         return result_of(result)
 
+    # -- resources and prompts (the chat's /resources, /resource, /prompts, /prompt) -----
+
+    def _ask(self, server: str, request, timeout: float = LIST_TIMEOUT):
+        """Run one request of a running server's client on the servers' loop, and wait."""
+        client = self.clients.get(server)
+        if client is None:
+            raise QwenMlxError(f"the MCP server {server!r} is not running")
+        return asyncio.run_coroutine_threadsafe(request(client), self._loop).result(timeout)
+
+    def _listed(self, kind: str) -> list[tuple[str, object]]:
+        """(server, item) of every running server's resources or prompts (a server that
+        offers none answers with an error: it has none)."""
+        out = []
+        for server in sorted(self.running):
+            async def every(client):
+                items, cursor = [], None
+                while True:
+                    page = await getattr(client, f"list_{kind}")(cursor=cursor)
+                    items += getattr(page, kind)
+                    cursor = page.next_cursor
+                    if not cursor:
+                        return items
+            try:
+                out += [(server, item) for item in self._ask(server, every)]
+            except Exception:  # noqa: BLE001 - no such capability, or it failed: none
+                continue
+        return out
+
+    def resources(self) -> list[tuple[str, object]]:
+        return self._listed("resources")
+
+    def prompts(self) -> list[tuple[str, object]]:
+        return self._listed("prompts")
+
+    def read_resource(self, uri: str) -> str:
+        """A resource's contents as text (a blob described: type, URI, size)."""
+        offered = [server for server, r in self.resources() if str(r.uri) == uri]
+        if not offered:
+            raise QwenMlxError(f"no running MCP server lists the resource {uri!r} "
+                               f"(/resources lists them)")
+        try:
+            read = self._ask(offered[0], lambda client: client.read_resource(uri))
+        except QwenMlxError:
+            raise
+        except Exception as e:  # noqa: BLE001 - one line
+            raise QwenMlxError(f"cannot read {uri}: {reason(e)}") from None
+        return "\n".join(item.text if isinstance(getattr(item, "text", None), str)
+                         else described(item, "resource")
+                         for item in read.contents)
+
+    def prompt(self, name: str, arguments: dict[str, str]) -> str:
+        """A server's prompt filled with ``arguments``, as the text of a message."""
+        offered = [server for server, p in self.prompts() if p.name == name]
+        if not offered:
+            raise QwenMlxError(f"no running MCP server offers a prompt named {name!r} "
+                               f"(/prompts lists them)")
+        try:
+            got = self._ask(offered[0], lambda client: client.get_prompt(name, arguments))
+        except Exception as e:  # noqa: BLE001 - a missing argument, say: one line
+            raise QwenMlxError(f"the prompt {name} failed: {reason(e)}") from None
+        return "\n\n".join(m.content.text if getattr(m.content, "type", "") == "text"
+                           else described(m.content) for m in got.messages)
+
     def close(self) -> None:
         """Stop every server (each task leaves its client, which ends the process)."""
         if not self._thread.is_alive():
@@ -453,11 +517,12 @@ def text_of(result) -> str:
     return "\n".join(parts)
 
 
-def described(block) -> str:
+def described(block, kind: str | None = None) -> str:
     """A block that is not text, in words: "[image: image/png, 1,234 bytes]",
     "[resource link: Resource 1 (demo://r/1, text/plain)]", "[resource: demo://b/1,
-    application/octet-stream, 512 bytes]"."""
-    kind = getattr(block, "type", "") or "content"
+    application/octet-stream, 512 bytes]". ``kind``: for contents that carry no type (a
+    read resource's)."""
+    kind = kind or getattr(block, "type", "") or "content"
     item = getattr(block, "resource", None) or block
     uri, mime = getattr(item, "uri", None), getattr(item, "mime_type", None)
     data = getattr(item, "blob", None) or getattr(item, "data", None)

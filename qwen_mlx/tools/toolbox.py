@@ -120,6 +120,10 @@ class Toolbox:
             if hasattr(source, "on_progress"):
                 source.on_progress = report
 
+    def servers(self) -> list:
+        """The MCP sources (their resources and prompts are the chat's to show)."""
+        return [s for s in self.sources if hasattr(s, "resources")]
+
     def restart(self, server: str) -> str:
         """Restart one MCP server by name -> its status (a QwenMlxError names the servers
         when there is no such one)."""
