@@ -15,6 +15,7 @@ import pytest
 
 from qwen_mlx import McpServers, Toolbox
 from qwen_mlx.tools.config import ServerSpec
+from qwen_mlx.tools.toolbox import ToolResult
 
 PACKAGE = "@modelcontextprotocol/server-everything"
 EVERYTHING = ServerSpec("everything", command="npx", args=("-y", PACKAGE))
@@ -41,7 +42,7 @@ def everything(npx_ready, tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("QWEN_MLX_HOME", str(home))
         servers = McpServers([EVERYTHING], on_note=notes.append, start_timeout=300,
-                             roots=[root])
+                             roots=[root], sampling=True)
     with servers as s:
         s.notes, s.home, s.root = notes, home, root
         yield s
@@ -123,6 +124,37 @@ def test_its_resources_and_prompts_in_the_chat(everything, tiny_model):
     users = [m["content"] for m in session.messages if m["role"] == "user"]
     assert users[0].startswith(f"{doc}:\n\n# ") and users[0].endswith("\n\nSummarize it")
     assert users[1] == "What's weather in Paris?"
+
+
+def test_its_sampling_request_is_asked_and_answered_by_our_model(everything, tiny_model):
+    """sampling/createMessage: shown, asked like a tool call, answered by the chat's model
+    within the server's token limit (5 here: the reply stops at maxTokens); a "no" is an
+    error the server reads."""
+    import io
+
+    from rich.console import Console
+
+    from qwen_mlx.chat import ChatSession
+    from qwen_mlx.chat.repl import Repl
+
+    box, err = Toolbox([everything]), io.StringIO()
+    assert "trigger-sampling-request" in [t.name for t in box.tools]  # declared: offered
+    repl = Repl(ChatSession(tiny_model, tools=box), out=Console(file=io.StringIO()),
+                err=Console(file=err, width=300), quiet=True)
+    answers = iter(["maybe", "y", "n"])
+    repl._ask_line = lambda label: next(answers)
+    first = box.call("trigger-sampling-request", {"prompt": "Say hi", "maxTokens": 5})
+    second = box.call("trigger-sampling-request", {"prompt": "Say hi", "maxTokens": 5})
+    sampled = json.loads(first.text.split("\n", 1)[1])
+    assert (sampled["model"], sampled["stopReason"]) == ("qwen-mlx", "maxTokens")
+    said = err.getvalue().splitlines()
+    asked = ("MCP server everything asks the model for a reply (1 message, up to 5 tokens): "
+             "Resource trigger-sampling-request context: Say hi")
+    assert said[:3] == [asked, "answer y (yes), n (no) or a (always, for this server)",
+                        f"reply for everything: {' '.join(sampled['content']['text'].split())}"]
+    assert said[3] == asked
+    assert second == ToolResult("error: MCP error -32600: the user declined the sampling "
+                                "request", True)
 
 
 def test_its_log_messages_go_to_its_log(everything):

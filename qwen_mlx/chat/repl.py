@@ -61,6 +61,9 @@ class Repl:
         self.approvals = Approvals(set(allowed_tools), self.ask)
         self._progress_shown, self._progress_at = False, float("-inf")
         self.attached: list[tuple[str, str]] = []  # (uri, text): resources for the next message
+        self.sampling_allowed: set[str] = set()  # servers whose sampling the user always allows
+        for servers in (session.tools.servers() if session.tools else []):
+            servers.sampler = self.sample
         self.max_tool_rounds = max_tool_rounds
         self._ask_line: Callable[[str], str] = ask_line or (lambda label: "")
         self._asks_given = ask_line is not None
@@ -228,14 +231,20 @@ class Repl:
 
     def ask(self, call: Call) -> str:
         """yes, no or always, from the terminal (or the next input line); no input: no."""
+        return self.answer(f"run {call.name}? [y]es / [n]o / [a]lways: ",
+                           "answer y (yes), n (no) or a (always, for this tool in this chat)")
+
+    def answer(self, label: str, hint: str) -> str:
+        """yes, no or always from the next answer (asked again until it is one of them);
+        no input: no."""
         while True:
             try:
-                answer = self._ask_line(f"run {call.name}? [y]es / [n]o / [a]lways: ")
+                answer = self._ask_line(label)
             except (StopIteration, EOFError):
                 return "no"
             if answer.strip().lower() in ANSWERS:
                 return ANSWERS[answer.strip().lower()]
-            self.note("answer y (yes), n (no) or a (always, for this tool in this chat)")
+            self.note(hint)
 
     def tool_event(self, kind: str, call: Call, result: ToolResult | None) -> None:
         if kind == "call":
@@ -305,6 +314,32 @@ class Repl:
                 return
         raise QwenMlxError(f"no running MCP server offers a prompt named {name!r} (/prompts "
                            f"lists them)")
+
+    def sample(self, server: str, messages: list[dict], system: str | None, max_tokens: int,
+               temperature: float | None, stop: list[str]) -> tuple[str, str]:
+        """An MCP server's sampling request, answered by this chat's model once the user
+        allows it (as a tool call is): its messages, up to its token limit, without
+        thinking -> (text, MCP's stop reason)."""
+        last = " ".join(str(messages[-1]["content"]).split()) if messages else ""
+        self.note(f"MCP server {server} asks the model for a reply ({len(messages)} message"
+                  f"{'s' if len(messages) != 1 else ''}, up to {max_tokens} tokens): "
+                  f"{last[:200]}")
+        if server not in self.sampling_allowed:
+            answer = self.answer("let it? [y]es / [n]o / [a]lways: ",
+                                 "answer y (yes), n (no) or a (always, for this server)")
+            if answer == "always":
+                self.sampling_allowed.add(server)
+            elif answer != "yes":
+                raise QwenMlxError("the user declined the sampling request")
+        prompt = ([{"role": "system", "content": system}] if system else []) + messages
+        model = self.session.model
+        done = model.generate(prompt, max_tokens=max(1, min(max_tokens, 4096)), stop=stop,
+                              enable_thinking=False,
+                              **({"temperature": temperature} if temperature is not None
+                                 else {}))
+        reason = done.stats.finish_reason if done.stats else ""
+        self.note(f"reply for {server}: {' '.join(done.text.split())[:200]}")
+        return done.text, {"length": "maxTokens"}.get(reason, "endTurn")
 
     def tool_progress(self, server: str, tool: str, progress: float, total: float | None,
                       message: str | None) -> None:

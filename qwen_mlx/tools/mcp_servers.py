@@ -65,7 +65,8 @@ class McpServers:
     them."""
 
     def __init__(self, specs: list[ServerSpec], *, on_note: Callable[[str], None] | None = None,
-                 start_timeout: float = START_TIMEOUT, roots: list[Path] | None = None) -> None:
+                 start_timeout: float = START_TIMEOUT, roots: list[Path] | None = None,
+                 sampling: bool = False) -> None:
         """``roots``: the folders the servers are told they may work in (MCP's roots; the
         terminal gives the current folder, the page none); None or [] declares none."""
         self.note = on_note or (lambda _: None)
@@ -74,6 +75,12 @@ class McpServers:
         self.on_progress: Callable[[str, str, float, float | None, str | None], None] | None \
             = None
         self.roots = [Path(r).resolve() for r in roots or []]
+        # sampler(server, messages, system, max_tokens, temperature, stop) -> (text, stop
+        # reason): the model answers a server's sampling request; its approval is the
+        # sampler's. Set by the chat once it has a model; the capability is declared when
+        # ``sampling`` is given (before the servers connect)
+        self.sampler: Callable[..., tuple[str, str]] | None = None
+        self.sampling = sampling
         self._said_at: dict[str, float] = {}  # when a server's last log line was a note
         self.status: dict[str, str] = {}
         self.clients: dict[str, object] = {}
@@ -316,8 +323,33 @@ class McpServers:
         async def logged(params: types.LoggingMessageNotificationParams) -> None:
             self._logged(spec, params.level, params.logger, params.data)
 
+        async def sampled(context, params: types.CreateMessageRequestParams):
+            return await self._sample(spec, params)
+
         return {"list_roots_callback": list_roots if self.roots else None,
-                "logging_callback": logged, "log_level": "info"}
+                "logging_callback": logged, "log_level": "info",
+                "sampling_callback": sampled if self.sampling else None}
+
+    async def _sample(self, spec: ServerSpec, params):
+        """A server's sampling/createMessage: the conversation it sends (text; other
+        content described), answered by the chat's model through ``sampler``, which asks
+        the user first; a refusal or a failure is an MCP error the server reads."""
+        import mcp.types as types
+
+        if self.sampler is None:
+            return types.ErrorData(code=types.INVALID_REQUEST,
+                                   message="this client has no model to sample from now")
+        messages = [{"role": m.role, "content": m.content.text
+                     if getattr(m.content, "type", "") == "text" else described(m.content)}
+                    for m in params.messages]
+        try:
+            text, stop = await asyncio.to_thread(
+                self.sampler, spec.name, messages, params.system_prompt, params.max_tokens,
+                params.temperature, list(params.stop_sequences or []))
+        except QwenMlxError as e:
+            return types.ErrorData(code=types.INVALID_REQUEST, message=str(e))
+        return types.CreateMessageResult(role="assistant", model="qwen-mlx", stop_reason=stop,
+                                         content=types.TextContent(type="text", text=text))
 
     def _logged(self, spec: ServerSpec, level: str, logger: str | None, data) -> None:
         """A server's log message: into its log file (an HTTP server's too); at warning or
