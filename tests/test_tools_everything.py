@@ -157,6 +157,39 @@ def test_its_sampling_request_is_asked_and_answered_by_our_model(everything, tin
                                 "request", True)
 
 
+def test_its_form_is_asked_field_by_field_declined_and_cancelled(everything, tiny_model):
+    """elicitation/create: each field asked with its type or choices, a wrong answer asked
+    again with what is expected, an empty answer skips an optional field; /decline and
+    /cancel answer the form as such."""
+    import io
+
+    from rich.console import Console
+
+    from qwen_mlx.chat import ChatSession
+    from qwen_mlx.chat.repl import Repl
+
+    box, err = Toolbox([everything]), io.StringIO()
+    repl = Repl(ChatSession(tiny_model, tools=box), out=Console(file=io.StringIO()),
+                err=Console(file=err, width=300), quiet=True)
+    answers = iter(["Ada", "maybe", "yes", "", "", "", "", "x", "7", "5000", "12.5", "Bob",
+                    "Joey", "Guitar, Nope", "Guitar", "", "", "", "/decline", "/cancel"])
+    asked = []
+    repl._ask_line = lambda label: asked.append(label) or next(answers)
+    results = [box.call("trigger-elicitation-request", {}) for _ in range(3)]
+    accepted = json.loads(results[0].text.split("Raw result: ", 1)[1])
+    assert accepted == {"action": "accept", "content": {
+        "name": "Ada", "check": True, "integer": 7, "number": 12.5,
+        "untitledSingleSelectEnum": "Joey", "untitledMultipleSelectEnum": ["Guitar"]}}
+    assert results[1].text.endswith('"action": "decline"\n}')
+    assert results[2].text.endswith('"action": "cancel"\n}')
+    assert asked[0] == "  String (string): "
+    assert asked[1] == "  Boolean (boolean, optional: empty skips it): "
+    assert [line for line in err.getvalue().splitlines() if line.startswith("answer ")] == [
+        "answer yes or no", "answer a whole number", "answer a number from 0 to 1000",
+        "answer one of Monica, Rachel, Joey, Chandler, Ross, Phoebe",
+        "answer some of Guitar, Piano, Violin, Drums, Bass, separated by commas"]
+
+
 def test_its_log_messages_go_to_its_log(everything):
     """notifications/message: every one into the server's log; a warning or worse also as
     one line, at most one every 5 s."""

@@ -63,7 +63,7 @@ class Repl:
         self.attached: list[tuple[str, str]] = []  # (uri, text): resources for the next message
         self.sampling_allowed: set[str] = set()  # servers whose sampling the user always allows
         for servers in (session.tools.servers() if session.tools else []):
-            servers.sampler = self.sample
+            servers.sampler, servers.elicitor = self.sample, self.elicit
         self.max_tool_rounds = max_tool_rounds
         self._ask_line: Callable[[str], str] = ask_line or (lambda label: "")
         self._asks_given = ask_line is not None
@@ -233,6 +233,32 @@ class Repl:
         """yes, no or always, from the terminal (or the next input line); no input: no."""
         return self.answer(f"run {call.name}? [y]es / [n]o / [a]lways: ",
                            "answer y (yes), n (no) or a (always, for this tool in this chat)")
+
+    def elicit(self, server: str, message: str, schema: dict) -> tuple[str, dict | None]:
+        """An MCP server's question (elicitation): its message, then each field of its
+        schema asked in turn, checked against its type; an empty answer leaves an optional
+        field out; /decline declines, /cancel (or no input) cancels."""
+        self.note(f"MCP server {server} asks: {message} (/decline to say no, /cancel to "
+                  f"cancel)")
+        required = set(schema.get("required") or [])
+        content: dict = {}
+        for name, field in (schema.get("properties") or {}).items():
+            while True:
+                try:
+                    text = self._ask_line(f"  {field_label(name, field, name in required)}: ")
+                except (StopIteration, EOFError):
+                    return "cancel", None
+                text = text.strip()
+                if text in ("/decline", "/cancel"):
+                    return text[1:], None
+                if not text and name not in required:
+                    break
+                try:
+                    content[name] = field_value(text, field)
+                    break
+                except ValueError as e:
+                    self.note(str(e))
+        return "accept", content
 
     def answer(self, label: str, hint: str) -> str:
         """yes, no or always from the next answer (asked again until it is one of them);
@@ -413,3 +439,57 @@ class Repl:
             return
         self.note(st.summary())
 
+
+def choices(field: dict) -> list[str] | None:
+    """A field's allowed values: ``enum``, or the consts of ``oneOf``/``anyOf`` (titled
+    choices); for an array, its items'."""
+    field = field.get("items", field) if field.get("type") == "array" else field
+    if field.get("enum"):
+        return [str(v) for v in field["enum"]]
+    listed = field.get("oneOf") or field.get("anyOf")
+    if isinstance(listed, list) and all(isinstance(o, dict) and "const" in o for o in listed):
+        return [str(o["const"]) for o in listed]
+    return None
+
+
+def field_label(name: str, field: dict, required: bool) -> str:
+    """How a form field is asked: its title, its type or choices, whether it may be left
+    empty."""
+    allowed = choices(field)
+    many = field.get("type") == "array"
+    kind = (f"{'some' if many else 'one'} of {', '.join(allowed)}"
+            f"{', separated by commas' if many else ''}") if allowed \
+        else field.get("type", "text")
+    default = f", default {field['default']}" if "default" in field else ""
+    return (f"{field.get('title') or name} ({kind}{default}"
+            f"{'' if required else ', optional: empty skips it'})")
+
+
+def field_value(text: str, field: dict):
+    """A typed answer to a form field (MCP's elicitation schemas are flat: string, number,
+    integer, boolean, single and multiple choices); a ValueError says what is expected."""
+    kind, allowed = field.get("type", "string"), choices(field)
+    if kind == "array":
+        picked = [part.strip() for part in text.split(",") if part.strip()]
+        if allowed and any(p not in allowed for p in picked):
+            raise ValueError(f"answer some of {', '.join(allowed)}, separated by commas")
+        return picked
+    if allowed and text not in allowed:
+        raise ValueError(f"answer one of {', '.join(allowed)}")
+    if kind == "boolean":
+        if text.lower() in ("y", "yes", "true"):
+            return True
+        if text.lower() in ("n", "no", "false"):
+            return False
+        raise ValueError("answer yes or no")
+    if kind in ("integer", "number"):
+        try:
+            value = int(text) if kind == "integer" else float(text)
+        except ValueError:
+            raise ValueError(f"answer {'a whole number' if kind == 'integer' else 'a number'}"
+                             ) from None
+        low, high = field.get("minimum"), field.get("maximum")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(f"answer a number from {low} to {high}")
+        return value
+    return text

@@ -81,6 +81,10 @@ class McpServers:
         # ``sampling`` is given (before the servers connect)
         self.sampler: Callable[..., tuple[str, str]] | None = None
         self.sampling = sampling
+        # elicitor(server, message, schema) -> ("accept", {field: value}) or ("decline" |
+        # "cancel", None): the user answers a server's question (a form). Declared with
+        # ``sampling`` (both need someone at a terminal), set by the chat
+        self.elicitor: Callable[[str, str, dict], tuple[str, dict | None]] | None = None
         self._said_at: dict[str, float] = {}  # when a server's last log line was a note
         self.status: dict[str, str] = {}
         self.clients: dict[str, object] = {}
@@ -326,9 +330,26 @@ class McpServers:
         async def sampled(context, params: types.CreateMessageRequestParams):
             return await self._sample(spec, params)
 
+        async def elicited(context, params):
+            return await self._elicit(spec, params)
+
         return {"list_roots_callback": list_roots if self.roots else None,
                 "logging_callback": logged, "log_level": "info",
-                "sampling_callback": sampled if self.sampling else None}
+                "sampling_callback": sampled if self.sampling else None,
+                "elicitation_callback": elicited if self.sampling else None}
+
+    async def _elicit(self, spec: ServerSpec, params):
+        """A server's elicitation/create (a form: a message and a flat schema), answered by
+        the user through ``elicitor``: accepted with the fields, declined, or cancelled."""
+        import mcp.types as types
+
+        schema = getattr(params, "requested_schema", None)
+        if self.elicitor is None or not isinstance(schema, dict):
+            return types.ErrorData(code=types.INVALID_REQUEST,
+                                   message="this client can answer forms only in its terminal")
+        action, content = await asyncio.to_thread(self.elicitor, spec.name, params.message,
+                                                  schema)
+        return types.ElicitResult(action=action, content=content)
 
     async def _sample(self, spec: ServerSpec, params):
         """A server's sampling/createMessage: the conversation it sends (text; other
