@@ -73,17 +73,25 @@ def test_the_page_asks_runs_one_call_denies_another_and_goes_on(browser, served)
     assert sent[-3]["role"] == "assistant"
 
 
+def unasked_round(browser, served, call: dict, then: str) -> Scripted:
+    """A message whose reply makes ``call``, answered with no approval asked, and the
+    model's next reply ``then``."""
+    fresh(browser, served.url)
+    scripted = served.server
+    scripted.calls = [call]
+    scripted.replies = [["Let me see."], [then]]
+    type_message(browser, "Go")
+    wait(browser, lambda: done(browser) and len(replies(browser)) == 2 and
+         replies(browser)[-1].text.startswith(then))
+    assert not find_all(browser, ".approval")
+    return scripted
+
+
 def test_a_call_of_a_tool_no_one_offers_is_answered_not_left_hanging(browser, served):
     """The terminal sends "no tool named ..." back to the model; the page does the same
     (it used to wait for an approval it never asked for)."""
-    fresh(browser, served.url)
-    scripted = served.server
-    scripted.calls = [{"name": "rm", "arguments": {"path": "/"}}]
-    scripted.replies = [["Let me clean up."], ["There is no such tool."]]
-    type_message(browser, "Clean up")
-    wait(browser, lambda: done(browser) and len(replies(browser)) == 2 and
-         replies(browser)[-1].text.startswith("There is no such tool."))
-    assert not find_all(browser, ".approval")
+    scripted = unasked_round(browser, served, {"name": "rm", "arguments": {"path": "/"}},
+                             "There is no such tool.")
     said = ("error: there is no tool named 'rm' (the tools: add, echo, sleep, fail, big, "
             "die)")
     sent = scripted.asked[-1]["messages"]
@@ -129,14 +137,8 @@ def test_a_running_call_shows_keeps_send_waiting_and_esc_cancels_it(browser, ser
 
 def test_a_tool_its_file_approves_runs_without_asking(browser, served):
     """autoApprove (alwaysAllow) in the servers file: the page runs the call at once."""
-    fresh(browser, served.url)
-    scripted = served.server
-    scripted.calls = [{"name": "fail", "arguments": {"message": "no disk"}}]
-    scripted.replies = [["Trying."], ["It failed."]]
-    type_message(browser, "Try it")
-    wait(browser, lambda: done(browser) and len(replies(browser)) == 2 and
-         replies(browser)[-1].text.startswith("It failed."))
-    assert not find_all(browser, ".approval")
+    scripted = unasked_round(browser, served, {"name": "fail", "arguments": {"message": "x"}},
+                             "It failed.")
     assert [s.text for s in find_all(browser, "details.tool-result summary")] == [
         "fixture · fail: error"]
     last = scripted.asked[-1]["messages"][-1]
