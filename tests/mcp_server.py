@@ -8,7 +8,7 @@ import asyncio
 import os
 import sys
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 app = MCPServer("fixture")
 
@@ -26,9 +26,13 @@ def echo(text: str) -> str:
 
 
 @app.tool()
-async def sleep(seconds: float) -> str:
-    """Wait, then say so."""
-    await asyncio.sleep(seconds)
+async def sleep(seconds: float, ctx: Context) -> str:
+    """Wait, then say so (reporting progress each second, to a client that asked)."""
+    whole = int(seconds)
+    for second in range(whole):
+        await asyncio.sleep(1)
+        await ctx.report_progress(second + 1, whole, f"{second + 1} s")
+    await asyncio.sleep(seconds - whole)
     return f"slept {seconds:g} s"
 
 

@@ -145,6 +145,28 @@ def test_a_tool_its_file_approves_runs_without_asking(browser, served):
     assert (last["role"], last["content"]) == ("tool", "Error executing tool fail")
 
 
+def test_a_running_calls_progress_shows_in_the_page(browser, served):
+    """The server's progress reports (the fixture's sleep: one a second) reach the page's
+    running note while the call runs; then its result."""
+    import re
+
+    fresh(browser, served.url)
+    scripted = served.server
+    scripted.calls = [{"name": "sleep", "arguments": {"seconds": 4}}]
+    scripted.replies = [["Waiting."], ["Done waiting."]]
+    type_message(browser, "Wait four seconds")
+    wait(browser, lambda: find_all(browser, ".approval"))
+    find(browser, ".approval .allow-once").click()
+    shown = []
+    wait(browser, lambda: shown.append(js(
+        browser, "return document.querySelector('.tool-running')?.textContent ?? ''")) or
+        re.fullmatch(r"Running sleep \(fixture\): [1-3]/4 [1-3] s… Stop or Esc cancels it\.",
+                     shown[-1]))
+    wait(browser, lambda: done(browser) and len(replies(browser)) == 2)
+    sent = scripted.asked[-1]["messages"]
+    assert (sent[-1]["role"], sent[-1]["content"]) == ("tool", "slept 4 s")
+
+
 def test_the_call_endpoint_is_the_pages_alone(served):
     url = served.url + "/web/tools/call"
     call = {"name": "add", "arguments": {"a": 1, "b": 1}}

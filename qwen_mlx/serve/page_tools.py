@@ -13,10 +13,12 @@ run once (:mod:`qwen_mlx.serve.issued_calls`). Nothing runs on a caller's word a
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+from typing import AsyncIterator
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .server import RequestError, Server
 from .openai import read_json
@@ -38,8 +40,8 @@ FIELDS = {"id", "name", "arguments"}
 
 async def call(server: Server, request: Request) -> Response:
     """Run one call of the model's that the user allowed in the page: {id, name, arguments}
-    -> {content, error, server}. A tool's failure, a timeout or a server that stopped is a
-    result, not an HTTP error."""
+    -> lines of JSON: its progress, then {content, error, server}. A tool's failure, a
+    timeout or a server that stopped is a result, not an HTTP error."""
     origin = request.headers.get("origin", "")
     if origin.rstrip("/") != f"{request.url.scheme}://{request.headers.get('host', '')}":
         raise RequestError(403, "tool calls come from the chat page of this server only")
@@ -56,18 +58,34 @@ async def call(server: Server, request: Request) -> Response:
         raise RequestError(403, "the model made no such call (id, name and arguments of a "
                                 "call in one of this server's replies; each runs once)",
                            param="id")
+    return StreamingResponse(running(box, tool, name, arguments),
+                             media_type="application/x-ndjson")
+
+
+async def running(box, tool, name: str, arguments) -> AsyncIterator[str]:
+    """The call's lines: {"progress", "total", "message"} as its server reports them, then
+    its result {content, error, server}. A client that goes away (the page's Stop) ends
+    this generator, and that cancels the call on its server."""
+    loop, heard = asyncio.get_running_loop(), asyncio.Queue()
     stop = threading.Event()
-    work = asyncio.ensure_future(asyncio.to_thread(box.call, name, arguments, stop))
-    gone = asyncio.ensure_future(disconnected(request))
-    await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-    if not work.done():  # the page stopped the call: so does the server
-        stop.set()
-    gone.cancel()
-    result = await work
-    return JSONResponse({"content": result.text, "error": result.error, "server": tool.source})
 
+    def progressed(progress: float, total: float | None, message: str | None) -> None:
+        loop.call_soon_threadsafe(heard.put_nowait, {"progress": progress, "total": total,
+                                                     "message": message})
 
-async def disconnected(request: Request) -> None:
-    """Returns when the client goes away (its body already read)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    work = asyncio.ensure_future(asyncio.to_thread(box.call, name, arguments, stop,
+                                                   progressed))
+    try:
+        while not work.done():
+            news = asyncio.ensure_future(heard.get())
+            await asyncio.wait({work, news}, return_when=asyncio.FIRST_COMPLETED)
+            if news.done():
+                yield json.dumps(news.result()) + "\n"
+            else:
+                news.cancel()
+        result = work.result()
+        yield json.dumps({"content": result.text, "error": result.error,
+                          "server": tool.source}) + "\n"
+    finally:
+        if not work.done():  # the page stopped the call: so does the server
+            stop.set()

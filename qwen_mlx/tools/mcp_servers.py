@@ -52,10 +52,12 @@ class McpTool:
         """Offered while its server runs, or stopped while idle (the call restarts it)."""
         return self.source in self.servers.running or self.servers.idle_stopped(self.source)
 
-    def start(self, arguments: dict) -> concurrent.futures.Future:
+    def start(self, arguments: dict, on_progress=None) -> concurrent.futures.Future:
+        """Begin a call; ``on_progress(progress, total, message)`` hears this call's
+        progress (besides the servers' ``on_progress``)."""
         if self.servers.idle_stopped(self.source):
             self.servers.restart(self.source)
-        return self.servers.start_call(self.source, self.name, arguments)
+        return self.servers.start_call(self.source, self.name, arguments, on_progress)
 
 
 class McpServers:
@@ -396,11 +398,13 @@ class McpServers:
         self.note(f"MCP server {spec.name!r} ({level}): "
                   f"{short[:200] + '…' if len(short) > 200 else short} (its log: {path})")
 
-    def start_call(self, server: str, name: str, arguments: dict) -> concurrent.futures.Future:
-        return asyncio.run_coroutine_threadsafe(self._call(server, name, arguments),
-                                                self._loop)
+    def start_call(self, server: str, name: str, arguments: dict,
+                   on_progress=None) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(
+            self._call(server, name, arguments, on_progress), self._loop)
 
-    async def _call(self, server: str, name: str, arguments: dict) -> ToolResult:
+    async def _call(self, server: str, name: str, arguments: dict,
+                    on_progress=None) -> ToolResult:
         client = self.clients.get(server)
         if client is None:
             return ToolResult(f"error: the MCP server {server!r} is not running", True)
@@ -410,6 +414,8 @@ class McpServers:
                                  message: str | None) -> None:
                 if self.on_progress is not None:
                     self.on_progress(server, name, progress, total, message)
+                if on_progress is not None:
+                    on_progress(progress, total, message)
 
             result = await client.call_tool(name, arguments, progress_callback=progressed)
         except asyncio.CancelledError:

@@ -81,11 +81,14 @@ class Toolbox:
                                                   "parameters": t.parameters}}
                 for t in self.tools] or None
 
-    def call(self, name: str, arguments, cancel: threading.Event | None = None) -> ToolResult:
+    def call(self, name: str, arguments, cancel: threading.Event | None = None,
+             on_progress: Callable[[float, float | None, str | None], None] | None = None
+             ) -> ToolResult:
         """Run one call and wait for it (up to the timeout). A tool that fails, times out
         or does not exist is an error result the model reads, never an exception; Ctrl-C
         cancels the call and is raised on; ``cancel`` set (the chat page's Stop) cancels
-        it and gives :data:`CANCELLED`."""
+        it and gives :data:`CANCELLED`; ``on_progress(progress, total, message)`` hears
+        this call's progress (an MCP server's)."""
         tool = next((t for t in self.tools if t.name == name), None)
         if tool is None:
             known = ", ".join(t.name for t in self.tools) or "none"
@@ -94,7 +97,7 @@ class Toolbox:
         if not isinstance(arguments, dict):
             return ToolResult("error: the arguments must be a JSON object", True)
         timeout = getattr(tool, "timeout", None) or self.timeout  # its server's, if set
-        future = tool.start(arguments)
+        future = tool.start(arguments, on_progress) if on_progress else tool.start(arguments)
         try:
             result = wait(future, timeout, cancel)
         except concurrent.futures.CancelledError:

@@ -121,14 +121,46 @@ async function answer(el, call, signal) {
   if (choice === "deny") return { content: DENIED, error: true };
   const note = running(el, call);
   try {
-    return await api.json("/web/tools/call", { method: "POST", signal, body: {
+    const response = await api.request("/web/tools/call", { method: "POST", signal, body: {
       id: call.id, name, arguments: parsed(call.function.arguments) } });
+    let result = null;
+    for await (const line of lines(response)) { // its progress, then its result
+      if (line.progress === undefined) result = line;
+      else showProgress(note, call, line);
+    }
+    return result ?? { content: "error: the server ended the call without a result",
+                       error: true };
   } catch (e) {
     if (e.name === "AbortError") return CANCEL; // the server cancels it too
     return { content: `error: ${e.message}`, error: true };
   } finally {
     note.remove();
   }
+}
+
+/** The JSON lines of a response, as they arrive. */
+async function* lines(response) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n")) >= 0) {
+      const line = buffer.slice(0, end).trim();
+      buffer = buffer.slice(end + 1);
+      if (line) yield JSON.parse(line);
+    }
+  }
+  if (buffer.trim()) yield JSON.parse(buffer);
+}
+
+/** A running call's progress, as its server reports it: "3/10" and its message. */
+function showProgress(note, call, { progress, total, message }) {
+  const done = total ? `${progress}/${total}` : `${progress}`;
+  note.textContent = `Running ${call.function.name} (${toolOf(call.function.name).server}): ` +
+    `${done}${message ? ` ${message}` : ""}… Stop or Esc cancels it.`;
 }
 
 /** "Running NAME (server)…" under the reply while a call runs. */
