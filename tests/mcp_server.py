@@ -1,5 +1,5 @@
 """A small MCP server for the tests, written with the official SDK's MCPServer (FastMCP in
-mcp 1.x), over stdio: ``python tests/mcp_server.py`` (or streamable HTTP: ``--http PORT``). Its tools add, echo, sleep, raise,
+mcp 1.x), over stdio: ``python tests/mcp_server.py`` (or streamable HTTP: ``--http PORT``). Its tools add, echo, sleep, ask (a form), raise,
 return a megabyte, and end the process in the middle of a call."""
 
 from __future__ import annotations
@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from typing import Annotated
 
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, Elicit, ElicitationResult, MCPServer, Resolve
+from pydantic import BaseModel, Field
 
 app = MCPServer("fixture")
 
@@ -34,6 +36,23 @@ async def sleep(seconds: float, ctx: Context) -> str:
         await ctx.report_progress(second + 1, whole, f"{second + 1} s")
     await asyncio.sleep(seconds - whole)
     return f"slept {seconds:g} s"
+
+
+class Person(BaseModel):
+    name: str = Field(description="Your name")
+    age: int | None = Field(default=None, description="Your age")
+
+
+def who() -> Elicit[Person]:
+    return Elicit("Who are you?", Person)
+
+
+@app.tool()
+async def ask(answer: Annotated[ElicitationResult[Person], Resolve(who)]) -> str:
+    """Ask the user for their name and age (an elicitation form), and say the answer."""
+    if answer.action != "accept":
+        return answer.action
+    return f"name={answer.data.name} age={answer.data.age}"
 
 
 @app.tool()

@@ -277,7 +277,7 @@ def test_a_server_named_in_two_files_is_refused(tmp_path):
 
 def test_servers_start_list_their_tools_and_a_missing_one_is_one_line(servers):
     assert servers.status["fixture"] == "running"
-    assert [t.name for t in servers.tools] == ["add", "echo", "sleep", "fail", "big", "die"]
+    assert [t.name for t in servers.tools] == ["add", "echo", "sleep", "ask", "fail", "big", "die"]
     add = servers.tools[0]
     assert add.description == "Add two integers."
     assert add.parameters["properties"]["a"]["type"] == "integer"
@@ -285,7 +285,7 @@ def test_servers_start_list_their_tools_and_a_missing_one_is_one_line(servers):
     assert servers.notes == [f"MCP server 'missing' {servers.status['missing']}; the chat "
                              f"goes on without its tools"]
     assert Toolbox([servers]).describe()[:2] == [
-        "fixture (running): add, echo, sleep, fail, big, die",
+        "fixture (running): add, echo, sleep, ask, fail, big, die",
         f"missing: {servers.status['missing']}"]
 
 
@@ -322,7 +322,7 @@ def test_calls_errors_timeouts_and_the_size_cut(servers):
     assert cut.text == "x" * 1000 + ("\n[cut: the result was 1,000,000 characters; the first "
                                      "1,000 are kept]")
     assert box.call("nothing", {}) == ToolResult(
-        "error: there is no tool named 'nothing' (the tools: add, echo, sleep, fail, big, die)",
+        "error: there is no tool named 'nothing' (the tools: add, echo, sleep, ask, fail, big, die)",
         True)
     assert box.call("add", "[1, 2]") == ToolResult("error: the arguments must be a JSON object",
                                                    True)

@@ -86,7 +86,7 @@ def test_always_allow_tool_and_the_round_limit(tiny_model):
 
 def test_tools_command_and_no_tools(tiny_model, servers):
     _, err = terminal(ScriptedSession(tiny_model, [], tools=Toolbox([servers])), ["/tools"])
-    assert err.splitlines()[0] == "fixture (running): add, echo, sleep, fail, big, die"
+    assert err.splitlines()[0] == "fixture (running): add, echo, sleep, ask, fail, big, die"
     _, err = terminal(ScriptedSession(tiny_model, []), ["/tools"])
     assert err.startswith("no tools: start the chat with --mcp FILE")
 
@@ -189,7 +189,7 @@ def test_chat_mcp_options(tiny_q4_f32, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
         "fixture restarted", "error: usage: /tools, or /tools restart NAME",
-        "fixture (running): add, echo, sleep, fail, big, die"]
+        "fixture (running): add, echo, sleep, ask, fail, big, die"]
 
 
 def test_tool_choice_makes_the_first_reply_a_call_end_to_end(tiny_q4_f32, tmp_path,
@@ -223,7 +223,7 @@ def test_tool_choice_makes_the_first_reply_a_call_end_to_end(tiny_q4_f32, tmp_pa
         (["--tool-choice", "required"], "--tool-choice required needs tools: pass --mcp FILE"),
         (["--mcp", str(good), "--tool-choice", "nope"],
          "--tool-choice nope: no running server offers a tool of that name (the tools: add, "
-         "echo, sleep, fail, big, die)")]:
+         "echo, sleep, ask, fail, big, die)")]:
         result = CliRunner().invoke(main, [*common, *args])
         assert (result.exit_code, result.output.splitlines()[-1]) == (1, f"error: {said}")
     result = CliRunner().invoke(main, ["chat", str(tiny_q4_f32), "--web", "--mcp", str(good),

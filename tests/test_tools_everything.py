@@ -42,7 +42,7 @@ def everything(npx_ready, tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("QWEN_MLX_HOME", str(home))
         servers = McpServers([EVERYTHING], on_note=notes.append, start_timeout=300,
-                             roots=[root], sampling=True)
+                             roots=[root], sampling=True, forms=True)
     with servers as s:
         s.notes, s.home, s.root = notes, home, root
         yield s

@@ -32,7 +32,7 @@ def served(model, tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:  # the MCP server's log: not the user's home
         env.setenv("QWEN_MLX_HOME", str(tmp_path_factory.mktemp("home")))
         servers = McpServers([ServerSpec("fixture", command=sys.executable, args=(SERVER,),
-                                         auto_approve=("fail",))])
+                                         auto_approve=("fail",))], forms=True)
     r = Running(Scripted(model, MODEL, page_tools=Toolbox([servers])))
     yield r
     r.stop()
@@ -53,7 +53,7 @@ def test_the_page_asks_runs_one_call_denies_another_and_goes_on(browser, served)
     assert find(browser, ".approval span").text == "Run add (fixture)?"
     # the offered tools went with the request
     assert [t["function"]["name"] for t in scripted.asked[-1]["tools"]] == [
-        "add", "echo", "sleep", "fail", "big", "die"]
+        "add", "echo", "sleep", "ask", "fail", "big", "die"]
     find(browser, ".approval .allow-once").click()
     wait(browser, lambda: find_all(browser, ".approval") and
          find(browser, ".approval span").text == "Run echo (fixture)?")
@@ -92,7 +92,7 @@ def test_a_call_of_a_tool_no_one_offers_is_answered_not_left_hanging(browser, se
     (it used to wait for an approval it never asked for)."""
     scripted = unasked_round(browser, served, {"name": "rm", "arguments": {"path": "/"}},
                              "There is no such tool.")
-    said = ("error: there is no tool named 'rm' (the tools: add, echo, sleep, fail, big, "
+    said = ("error: there is no tool named 'rm' (the tools: add, echo, sleep, ask, fail, big, "
             "die)")
     sent = scripted.asked[-1]["messages"]
     assert (sent[-1]["role"], sent[-1]["content"]) == ("tool", said)
@@ -165,6 +165,62 @@ def test_a_running_calls_progress_shows_in_the_page(browser, served):
     wait(browser, lambda: done(browser) and len(replies(browser)) == 2)
     sent = scripted.asked[-1]["messages"]
     assert (sent[-1]["role"], sent[-1]["content"]) == ("tool", "slept 4 s")
+
+
+def test_a_servers_form_is_asked_in_the_page(browser, served):
+    """elicitation: the server's question shows as a small form under the reply; Submit
+    sends the typed fields, Decline declines; each answer is what the server gets."""
+    fresh(browser, served.url)
+    scripted = served.server
+    for answer, result in (("submit", "name=Ada age=36"), ("decline", "decline")):
+        scripted.calls = [{"name": "ask", "arguments": {}}]
+        scripted.replies = [["Let me ask."], ["Thanks."]]
+        before = len(replies(browser))
+        type_message(browser, "Ask me")
+        wait(browser, lambda: find_all(browser, ".approval"))
+        find(browser, ".approval .allow-once").click()
+        wait(browser, lambda: find_all(browser, ".tool-form"))
+        assert find(browser, ".tool-form p").text == "fixture asks: Who are you?"
+        assert [label.text for label in find_all(browser, ".tool-form label")] == [
+            "Name", "Age (optional)"]
+        if answer == "submit":
+            find(browser, ".tool-form [name=name]").send_keys("Ada")
+            find(browser, ".tool-form [name=age]").send_keys("36")
+        find(browser, f".tool-form .form-{answer}").click()
+        wait(browser, lambda: done(browser) and len(replies(browser)) == before + 2)
+        assert not find_all(browser, ".tool-form")
+        sent = scripted.asked[-1]["messages"]
+        assert (sent[-1]["role"], sent[-1]["content"]) == ("tool", result)
+
+
+def test_the_form_endpoint_is_the_pages_and_takes_only_a_waiting_form(served):
+    """POST /web/tools/form: the page's origin only, known fields only, and only the id of
+    a form that waits; fuzzed bodies on both tool routes never get a 5xx."""
+    import random
+
+    url = served.url
+    page = {"Origin": url}
+    r = httpx.post(f"{url}/web/tools/form", json={"id": "x", "action": "accept"})
+    assert r.status_code == 403
+    r = httpx.post(f"{url}/web/tools/form", json={"id": "x", "action": "accept",
+                                                  "content": {}}, headers=page)
+    assert (r.status_code, r.json()["error"]["message"]) == (
+        404, "no form with that id is waiting for an answer")
+    r = httpx.post(f"{url}/web/tools/form", json={"id": "x", "action": "maybe"}, headers=page)
+    assert r.status_code == 400 and "'action' must be one of accept, decline, cancel" in \
+        r.json()["error"]["message"]
+    r = httpx.post(f"{url}/web/tools/form", json={"id": "x", "what": 1}, headers=page)
+    assert r.status_code == 400 and "unknown field 'what'" in r.json()["error"]["message"]
+    rng = random.Random(0)
+    values = [None, True, 0, -1, 1e308, "", "x" * 10_000, [], {}, [None], {"a": [1]},
+              {"name": {"deep": []}}, "accept", "decline"]
+    for _ in range(100):
+        path = rng.choice(["/web/tools/form", "/web/tools/call"])
+        body = {k: rng.choice(values) for k in rng.sample(
+            ["id", "action", "content", "name", "arguments", "extra"], rng.randint(0, 4))}
+        r = httpx.post(f"{url}{path}", json=body, headers=page)
+        assert r.status_code < 500, (path, body, r.text)
+    assert httpx.get(f"{url}/health").status_code == 200
 
 
 def test_the_call_endpoint_is_the_pages_alone(served):

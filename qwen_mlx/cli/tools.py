@@ -97,12 +97,13 @@ def open_tools(specs: list[ServerSpec], allowed: tuple[str, ...], timeout: float
     """Start the servers (after the model loaded: a failed load leaves no process behind);
     None when there are none. A server that fails is one line through ``note``.
     ``sampling``: servers may ask the model for replies (the terminal, which asks the user
-    first; the page cannot ask yet, so it declares no sampling)."""
+    first; the page cannot ask yet, so it declares no sampling). Forms (elicitation) are
+    answered in both."""
     if not specs:
         return None
     toolbox = Toolbox([McpServers(specs, on_note=note, start_timeout=start_timeout,
-                                  roots=roots, sampling=sampling)], timeout=timeout,
-                      on_note=note)
+                                  roots=roots, sampling=sampling, forms=True)],
+                      timeout=timeout, on_note=note)
     unknown = sorted(set(allowed) - {t.name for t in toolbox.tools})
     if unknown:
         note(f"--allow-tool {', '.join(unknown)}: no running server offers "

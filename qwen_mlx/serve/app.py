@@ -41,7 +41,8 @@ def create_app(server: Server) -> Guard:
 
     # the page's tools before the page's files (/web/...)
     routes = [route("/web/tools", page_tools.tools, ["GET"], openai),
-              route("/web/tools/call", page_tools.call, ["POST"], openai)] + page.routes() + [
+              route("/web/tools/call", page_tools.call, ["POST"], openai),
+              route("/web/tools/form", page_tools.form, ["POST"], openai)] + page.routes() + [
         Route("/health", lambda request: health(server), methods=["GET"]),
         route("/v1/models", openai.models, ["GET"], openai),
         route("/v1/models/{model:path}", openai.model, ["GET"], openai),

@@ -42,9 +42,7 @@ async def call(server: Server, request: Request) -> Response:
     """Run one call of the model's that the user allowed in the page: {id, name, arguments}
     -> lines of JSON: its progress, then {content, error, server}. A tool's failure, a
     timeout or a server that stopped is a result, not an HTTP error."""
-    origin = request.headers.get("origin", "")
-    if origin.rstrip("/") != f"{request.url.scheme}://{request.headers.get('host', '')}":
-        raise RequestError(403, "tool calls come from the chat page of this server only")
+    from_the_page(request, "tool calls come")
     body = await read_json(request, server.max_body)
     ident, name, arguments = body.get("id"), body.get("name"), body.get("arguments", {})
     if set(body) - FIELDS:
@@ -58,34 +56,62 @@ async def call(server: Server, request: Request) -> Response:
         raise RequestError(403, "the model made no such call (id, name and arguments of a "
                                 "call in one of this server's replies; each runs once)",
                            param="id")
-    return StreamingResponse(running(box, tool, name, arguments),
+    return StreamingResponse(running(server, tool, name, arguments),
                              media_type="application/x-ndjson")
 
 
-async def running(box, tool, name: str, arguments) -> AsyncIterator[str]:
-    """The call's lines: {"progress", "total", "message"} as its server reports them, then
-    its result {content, error, server}. A client that goes away (the page's Stop) ends
-    this generator, and that cancels the call on its server."""
+async def running(server: Server, tool, name: str, arguments) -> AsyncIterator[str]:
+    """The call's lines: {"progress", "total", "message"} as its server reports them, and
+    {"form": ...} for each question it asks the user (:mod:`.page_forms`), then its result
+    {content, error, server}. A client that goes away (the page's Stop) ends this
+    generator, and that cancels the call on its server (and its unanswered forms)."""
     loop, heard = asyncio.get_running_loop(), asyncio.Queue()
     stop = threading.Event()
 
-    def progressed(progress: float, total: float | None, message: str | None) -> None:
-        loop.call_soon_threadsafe(heard.put_nowait, {"progress": progress, "total": total,
-                                                     "message": message})
+    def send(line: dict) -> None:
+        loop.call_soon_threadsafe(heard.put_nowait, line)
 
-    work = asyncio.ensure_future(asyncio.to_thread(box.call, name, arguments, stop,
-                                                   progressed))
-    try:
-        while not work.done():
-            news = asyncio.ensure_future(heard.get())
-            await asyncio.wait({work, news}, return_when=asyncio.FIRST_COMPLETED)
-            if news.done():
-                yield json.dumps(news.result()) + "\n"
-            else:
-                news.cancel()
-        result = work.result()
-        yield json.dumps({"content": result.text, "error": result.error,
-                          "server": tool.source}) + "\n"
-    finally:
-        if not work.done():  # the page stopped the call: so does the server
-            stop.set()
+    def progressed(progress: float, total: float | None, message: str | None) -> None:
+        send({"progress": progress, "total": total, "message": message})
+
+    with server.forms.carried(tool.source, send):
+        work = asyncio.ensure_future(asyncio.to_thread(server.page_tools.call, name,
+                                                       arguments, stop, progressed))
+        try:
+            while not work.done():
+                news = asyncio.ensure_future(heard.get())
+                await asyncio.wait({work, news}, return_when=asyncio.FIRST_COMPLETED)
+                if news.done():
+                    yield json.dumps(news.result()) + "\n"
+                else:
+                    news.cancel()
+            result = work.result()
+            yield json.dumps({"content": result.text, "error": result.error,
+                              "server": tool.source}) + "\n"
+        finally:
+            if not work.done():  # the page stopped the call: so does the server
+                stop.set()
+
+
+FORM_FIELDS = {"id", "action", "content"}
+
+
+async def form(server: Server, request: Request) -> Response:
+    """The page's answer to an MCP server's question: {id, action, content} -> {}."""
+    from_the_page(request, "forms are answered")
+    body = await read_json(request, server.max_body)
+    if set(body) - FORM_FIELDS:
+        raise RequestError(400, f"unknown field {sorted(set(body) - FORM_FIELDS)[0]!r} (an "
+                                f"answer has an id, an action and content)")
+    wrong = server.forms.answer(body.get("id"), body.get("action"), body.get("content"))
+    if wrong:
+        raise RequestError(404 if wrong.startswith("no form") else 400, wrong)
+    return JSONResponse({})
+
+
+def from_the_page(request: Request, what: str) -> None:
+    """Only this server's own page may call (its Origin); a forged Origin is caught by
+    what each route checks beside it (a call the model made, a form that is waiting)."""
+    origin = request.headers.get("origin", "")
+    if origin.rstrip("/") != f"{request.url.scheme}://{request.headers.get('host', '')}":
+        raise RequestError(403, f"{what} from the chat page of this server only")

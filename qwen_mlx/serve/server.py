@@ -23,6 +23,7 @@ from ..model import Model
 from ..tools import Toolbox
 from ..tools import calls as tool_calls
 from .issued_calls import IssuedCalls
+from .page_forms import PageForms
 from .logprobs import TokenText
 from .worker import Ended, Worker
 
@@ -60,9 +61,14 @@ class Server:
     worker: Worker = field(init=False)
     # the page's tool calls the model made: the only ones POST /web/tools/call runs
     issued: IssuedCalls = field(init=False, default_factory=IssuedCalls)
+    # the MCP servers' questions to the page's user, carried by its running calls
+    forms: PageForms = field(init=False, default_factory=PageForms)
 
     def __post_init__(self) -> None:
         from .speculative import Speculation
+
+        for servers in (self.page_tools.servers() if self.page_tools else []):
+            servers.elicitor = self.forms.ask
 
         self.speculation = self.speculation or Speculation()
         self.worker = Worker(self.model, self.slots, self.parallel, self.time_limit,

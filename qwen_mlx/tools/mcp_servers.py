@@ -69,7 +69,7 @@ class McpServers:
 
     def __init__(self, specs: list[ServerSpec], *, on_note: Callable[[str], None] | None = None,
                  start_timeout: float = START_TIMEOUT, roots: list[Path] | None = None,
-                 sampling: bool = False) -> None:
+                 sampling: bool = False, forms: bool = False) -> None:
         """``roots``: the folders the servers are told they may work in (MCP's roots; the
         terminal gives the current folder, the page none); None or [] declares none."""
         self.note = on_note or (lambda _: None)
@@ -85,9 +85,10 @@ class McpServers:
         self.sampler: Callable[..., tuple[str, str]] | None = None
         self.sampling = sampling
         # elicitor(server, message, schema) -> ("accept", {field: value}) or ("decline" |
-        # "cancel", None): the user answers a server's question (a form). Declared with
-        # ``sampling`` (both need someone at a terminal), set by the chat
+        # "cancel", None): the user answers a server's question (a form), in the terminal
+        # or the page, whichever set it; the capability is declared when ``forms`` is given
         self.elicitor: Callable[[str, str, dict], tuple[str, dict | None]] | None = None
+        self.forms = forms
         self._said_at: dict[str, float] = {}  # when a server's last log line was a note
         self.status: dict[str, str] = {}
         self.clients: dict[str, object] = {}
@@ -339,7 +340,7 @@ class McpServers:
         return {"list_roots_callback": list_roots if self.roots else None,
                 "logging_callback": logged, "log_level": "info",
                 "sampling_callback": sampled if self.sampling else None,
-                "elicitation_callback": elicited if self.sampling else None}
+                "elicitation_callback": elicited if self.forms else None}
 
     async def _elicit(self, spec: ServerSpec, params):
         """A server's elicitation/create (a form: a message and a flat schema), answered by
@@ -349,7 +350,7 @@ class McpServers:
         schema = getattr(params, "requested_schema", None)
         if self.elicitor is None or not isinstance(schema, dict):
             return types.ErrorData(code=types.INVALID_REQUEST,
-                                   message="this client can answer forms only in its terminal")
+                                   message="nobody is here to answer the form")
         action, content = await asyncio.to_thread(self.elicitor, spec.name, params.message,
                                                   schema)
         return types.ElicitResult(action=action, content=content)

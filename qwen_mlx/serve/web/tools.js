@@ -124,10 +124,12 @@ async function answer(el, call, signal) {
     const response = await api.request("/web/tools/call", { method: "POST", signal, body: {
       id: call.id, name, arguments: parsed(call.function.arguments) } });
     let result = null;
-    for await (const line of lines(response)) { // its progress, then its result
-      if (line.progress === undefined) result = line;
-      else showProgress(note, call, line);
+    for await (const line of lines(response)) { // progress and forms, then its result
+      if (line.form) note.before(formElement(line.form));
+      else if (line.progress !== undefined) showProgress(note, call, line);
+      else result = line;
     }
+    el.querySelectorAll(".tool-form").forEach((f) => f.remove()); // the call ended: gone
     return result ?? { content: "error: the server ended the call without a result",
                        error: true };
   } catch (e) {
@@ -202,6 +204,77 @@ function ask(el, call, signal) {
     el.append(box);
     box.querySelector(".allow-once").focus();
   });
+}
+
+/** An MCP server's question (elicitation) as a small form: a field per property of its
+ * flat schema (text, number, yes/no, one or several choices), Submit / Decline / Cancel;
+ * the answer goes back through POST /web/tools/form. Text is set as text, never HTML. */
+function formElement(form) {
+  const box = document.createElement("form");
+  box.className = "tool-form";
+  const question = document.createElement("p");
+  question.textContent = `${form.server} asks: ${form.message}`;
+  box.append(question);
+  const required = new Set(form.schema?.required ?? []);
+  const fields = Object.entries(form.schema?.properties ?? {});
+  for (const [name, field] of fields) {
+    const label = document.createElement("label");
+    label.textContent = `${field.title ?? name}${required.has(name) ? "" : " (optional)"} `;
+    label.append(input(name, field, required.has(name)));
+    box.append(label);
+  }
+  const answer = (action) => {
+    box.remove();
+    const content = action === "accept" ? values(box, fields) : undefined;
+    api.json("/web/tools/form", { method: "POST", body: { id: form.id, action, content } })
+      .catch((e) => showBanner(`The form's answer did not reach the server: ${e.message}`));
+  };
+  const submit = button("Submit", "form-submit", () => {});
+  submit.type = "submit";
+  box.append(submit, button("Decline", "form-decline", () => answer("decline")),
+             button("Cancel", "form-cancel", () => answer("cancel")));
+  box.addEventListener("submit", (e) => { e.preventDefault(); answer("accept"); });
+  return box;
+}
+
+const choicesOf = (field) => {
+  const item = field.type === "array" ? field.items ?? {} : field;
+  return item.enum ?? (item.oneOf ?? item.anyOf)?.map((o) => o.const);
+};
+
+function input(name, field, required) {
+  const choices = choicesOf(field);
+  let el;
+  if (choices) {
+    el = document.createElement("select");
+    el.multiple = field.type === "array";
+    if (!required && !el.multiple) el.append(new Option("", ""));
+    for (const c of choices) el.append(new Option(String(c), String(c)));
+  } else {
+    el = document.createElement("input");
+    el.type = field.type === "boolean" ? "checkbox"
+      : ["number", "integer"].includes(field.type) ? "number" : "text";
+    if (field.type === "integer") el.step = "1";
+    if (field.minimum !== undefined) el.min = field.minimum;
+    if (field.maximum !== undefined) el.max = field.maximum;
+  }
+  el.name = name;
+  el.required = required && field.type !== "boolean";
+  return el;
+}
+
+/** The form's answers, typed as its schema says; an empty optional field is left out. */
+function values(box, fields) {
+  const out = {};
+  for (const [name, field] of fields) {
+    const el = box.querySelector(`[name="${CSS.escape(name)}"]`);
+    if (field.type === "boolean") out[name] = el.checked;
+    else if (el.multiple) out[name] = [...el.selectedOptions].map((o) => o.value);
+    else if (el.value === "") continue;
+    else if (["number", "integer"].includes(field.type)) out[name] = Number(el.value);
+    else out[name] = el.value;
+  }
+  return out;
 }
 
 /** A tool message: a collapsible block naming its server and tool, its text as text. */
