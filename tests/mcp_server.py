@@ -74,6 +74,18 @@ def die() -> str:
     os._exit(3)
 
 
+@app.resource("note://hello", name="hello", mime_type="text/plain")
+def hello() -> str:
+    """A short note."""
+    return "Hello from the fixture."
+
+
+@app.prompt()
+def greet(name: str) -> str:
+    """Greet someone by name."""
+    return f"Please greet {name} warmly."
+
+
 if __name__ == "__main__":  # stdio, or streamable HTTP with: --http PORT
     if sys.argv[1:2] == ["--http"]:
         app.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))

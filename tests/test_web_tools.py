@@ -195,7 +195,7 @@ def test_a_servers_form_is_asked_in_the_page(browser, served):
 
 def test_the_form_endpoint_is_the_pages_and_takes_only_a_waiting_form(served):
     """POST /web/tools/form: the page's origin only, known fields only, and only the id of
-    a form that waits; fuzzed bodies on both tool routes never get a 5xx."""
+    a form that waits; fuzzed bodies on the page's tool routes never get a 5xx."""
     import random
 
     url = served.url
@@ -215,12 +215,47 @@ def test_the_form_endpoint_is_the_pages_and_takes_only_a_waiting_form(served):
     values = [None, True, 0, -1, 1e308, "", "x" * 10_000, [], {}, [None], {"a": [1]},
               {"name": {"deep": []}}, "accept", "decline"]
     for _ in range(100):
-        path = rng.choice(["/web/tools/form", "/web/tools/call"])
+        path = rng.choice(["/web/tools/form", "/web/tools/call", "/web/tools/read",
+                           "/web/tools/prompt"])
         body = {k: rng.choice(values) for k in rng.sample(
-            ["id", "action", "content", "name", "arguments", "extra"], rng.randint(0, 4))}
+            ["id", "action", "content", "name", "arguments", "uri", "extra"],
+            rng.randint(0, 4))}
         r = httpx.post(f"{url}{path}", json=body, headers=page)
         assert r.status_code < 500, (path, body, r.text)
     assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_resources_attach_and_prompts_fill_the_composer(browser, served):
+    """The servers' resources and prompts in one picker: a resource becomes an attachment
+    of the next message, as a file does; a prompt's arguments are asked in a small form and
+    the filled prompt goes into the composer."""
+    from selenium.webdriver.support.ui import Select
+
+    fresh(browser, served.url)
+    wait(browser, lambda: find(browser, "#mcp-pick").is_displayed())
+    pick = Select(find(browser, "#mcp-pick"))
+    assert [o.text for o in pick.options] == [
+        "Resources and prompts…", "hello (fixture: note://hello)",
+        "greet (fixture): Greet someone by name."]
+    pick.select_by_visible_text("hello (fixture: note://hello)")
+    wait(browser, lambda: find_all(browser, ".file-chip"))
+    assert find(browser, ".file-chip").text.startswith("📎 note://hello (23 characters)")
+    scripted = served.server
+    scripted.replies = [["Noted."]]
+    type_message(browser, "Read it")
+    wait(browser, lambda: done(browser) and len(replies(browser)) == 1)
+    assert scripted.asked[-1]["messages"][-1]["content"] == \
+        "note://hello:\n\nHello from the fixture.\n\nRead it"
+    Select(find(browser, "#mcp-pick")).select_by_visible_text(
+        "greet (fixture): Greet someone by name.")
+    wait(browser, lambda: find_all(browser, ".tool-form"))
+    assert find(browser, ".tool-form p").text == "The prompt greet (fixture)"
+    find(browser, ".tool-form [name=name]").send_keys("Ada")
+    find(browser, ".tool-form .form-submit").click()
+    wait(browser, lambda: find(browser, "#input").get_attribute("value") ==
+         "Please greet Ada warmly.")
+    r = httpx.post(f"{served.url}/web/tools/read", json={"uri": "note://hello"})
+    assert r.status_code == 403
 
 
 def test_the_call_endpoint_is_the_pages_alone(served):

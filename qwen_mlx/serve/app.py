@@ -42,7 +42,11 @@ def create_app(server: Server) -> Guard:
     # the page's tools before the page's files (/web/...)
     routes = [route("/web/tools", page_tools.tools, ["GET"], openai),
               route("/web/tools/call", page_tools.call, ["POST"], openai),
-              route("/web/tools/form", page_tools.form, ["POST"], openai)] + page.routes() + [
+              route("/web/tools/form", page_tools.form, ["POST"], openai),
+              route("/web/tools/extras", page_tools.extras, ["GET"], openai),
+              route("/web/tools/read", page_tools.read, ["POST"], openai),
+              route("/web/tools/prompt", page_tools.prompt, ["POST"], openai)] + \
+        page.routes() + [
         Route("/health", lambda request: health(server), methods=["GET"]),
         route("/v1/models", openai.models, ["GET"], openai),
         route("/v1/models/{model:path}", openai.model, ["GET"], openai),

@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from ..errors import QwenMlxError
 from .server import RequestError, Server
 from .openai import read_json
 
@@ -115,3 +116,59 @@ def from_the_page(request: Request, what: str) -> None:
     origin = request.headers.get("origin", "")
     if origin.rstrip("/") != f"{request.url.scheme}://{request.headers.get('host', '')}":
         raise RequestError(403, f"{what} from the chat page of this server only")
+
+
+async def extras(server: Server, request: Request) -> Response:
+    """The page's servers' resources and prompts (the terminal's /resources and /prompts):
+    {resources: [{server, uri, name, mime}], prompts: [{server, name, description,
+    arguments: [{name, description, required}]}]}."""
+    boxes = server.page_tools.servers() if server.page_tools else []
+
+    def listed() -> dict:
+        return {"resources": [{"server": name, "uri": str(r.uri), "name": r.name,
+                               "mime": r.mime_type} for b in boxes for name, r in b.resources()],
+                "prompts": [{"server": name, "name": p.name, "description": p.description,
+                             "arguments": [{"name": a.name, "description": a.description,
+                                            "required": bool(a.required)}
+                                           for a in p.arguments or []]}
+                            for b in boxes for name, p in b.prompts()]}
+    return JSONResponse(await asyncio.to_thread(listed))
+
+
+async def read(server: Server, request: Request) -> Response:
+    """A resource's text, to attach to the next message: {uri} -> {text}."""
+    from_the_page(request, "resources are read")
+    body = await read_json(request, server.max_body)
+    if set(body) != {"uri"} or not isinstance(body["uri"], str):
+        raise RequestError(400, "a resource is read by its 'uri' (text), and nothing else")
+    return JSONResponse({"text": await asyncio.to_thread(
+        one_of(server, lambda b: b.read_resource(body["uri"])))})
+
+
+async def prompt(server: Server, request: Request) -> Response:
+    """A prompt filled in, for the composer: {name, arguments} -> {text}."""
+    from_the_page(request, "prompts are filled")
+    body = await read_json(request, server.max_body)
+    name, arguments = body.get("name"), body.get("arguments", {})
+    if set(body) - {"name", "arguments"} or not isinstance(name, str) or \
+            not isinstance(arguments, dict) or \
+            not all(isinstance(v, str) for v in arguments.values()):
+        raise RequestError(400, "a prompt is filled by its 'name' and 'arguments' (names to "
+                                "text), and nothing else")
+    return JSONResponse({"text": await asyncio.to_thread(
+        one_of(server, lambda b: b.prompt(name, arguments)))})
+
+
+def one_of(server: Server, ask) -> Callable[[], str]:
+    """``ask`` of the first of the page's MCP sources that has it; what none has, or a
+    server's failure, is a 404 naming it."""
+    def run() -> str:
+        boxes = server.page_tools.servers() if server.page_tools else []
+        problem = "the page has no MCP servers"
+        for box in boxes:
+            try:
+                return ask(box)
+            except QwenMlxError as e:
+                problem = str(e)
+        raise RequestError(404, problem)
+    return run

@@ -5,6 +5,7 @@
 // calls is busy as a reply is: Send waits, and Stop or Esc cancels the call (as Ctrl-C does
 // in the terminal, with its words).
 
+import { renderAttachments } from "./attachments.js";
 import { $, button, showBanner } from "./dom.js";
 import { appendMessage } from "./messages.js";
 import { saveConv } from "./conversations.js";
@@ -28,11 +29,69 @@ export async function loadTools() {
   for (const t of state.pageTools) { // its server's file lets it run without asking
     if (t.approved) state.alwaysTools.add(t.name);
   }
+  if (state.pageTools.length) await loadExtras();
   $("tools-note").hidden = !state.pageTools.length;
   $("tools-note").textContent = state.pageTools.length
     ? `Tools from the server (each call asks first): ${state.pageTools
       .map((t) => `${t.name} (${t.server})`).join(", ")}` : "";
 }
+
+/** The servers' resources (attached to the next message, as a file is) and prompts (put
+ * in the composer, their arguments asked in a small form), in one picker. */
+async function loadExtras() {
+  let extras = { resources: [], prompts: [] };
+  try {
+    extras = await api.json("/web/tools/extras");
+  } catch {
+    // a server without tools, or without the route: no picker
+  }
+  const pick = $("mcp-pick");
+  pick.replaceChildren(new Option("Resources and prompts…", ""));
+  const group = (label, items, value, text) => {
+    if (!items.length) return;
+    const g = document.createElement("optgroup");
+    g.label = label;
+    for (const item of items) g.append(new Option(text(item), value(item)));
+    pick.append(g);
+  };
+  group("Attach a resource", extras.resources, (r) => `resource:${r.uri}`,
+        (r) => `${r.name} (${r.server}: ${r.uri})`);
+  group("Use a prompt", extras.prompts, (p) => `prompt:${p.name}`,
+        (p) => `${p.name} (${p.server})${p.description ? `: ${p.description}` : ""}`);
+  pick.hidden = !extras.resources.length && !extras.prompts.length;
+  state.mcpPrompts = extras.prompts;
+}
+
+$("mcp-pick").addEventListener("change", async (e) => {
+  const [kind, ...rest] = e.target.value.split(":");
+  const value = rest.join(":");
+  e.target.value = "";
+  try {
+    if (kind === "resource") {
+      const { text } = await api.json("/web/tools/read", { method: "POST", body: { uri: value } });
+      state.pendingFiles.push({ name: value, text });
+      renderAttachments();
+    } else if (kind === "prompt") {
+      const p = state.mcpPrompts.find((x) => x.name === value);
+      const fill = async (args) => {
+        const { text } = await api.json("/web/tools/prompt", { method: "POST",
+                                                               body: { name: value, arguments: args } });
+        $("input").value = text;
+        $("input").focus();
+      };
+      if (!p.arguments.length) return await fill({});
+      const schema = { properties: Object.fromEntries(p.arguments.map((a) => [a.name,
+        { type: "string", title: a.name, description: a.description }])),
+                       required: p.arguments.filter((a) => a.required).map((a) => a.name) };
+      $("composer").before(formElement({ heading: `The prompt ${p.name} (${p.server})`,
+                                         schema }, (action, args) => {
+        if (action === "accept") fill(args).catch((err) => showBanner(err.message));
+      }));
+    }
+  } catch (err) {
+    showBanner(err.message);
+  }
+});
 
 /** The page's tools in OpenAI's function format, for a request. */
 export function offered() {
@@ -125,7 +184,9 @@ async function answer(el, call, signal) {
       id: call.id, name, arguments: parsed(call.function.arguments) } });
     let result = null;
     for await (const line of lines(response)) { // progress and forms, then its result
-      if (line.form) note.before(formElement(line.form));
+      if (line.form) note.before(formElement(line.form, (action, content) =>
+        api.json("/web/tools/form", { method: "POST", body: { id: line.form.id, action, content } })
+          .catch((e) => showBanner(`The form's answer did not reach the server: ${e.message}`))));
       else if (line.progress !== undefined) showProgress(note, call, line);
       else result = line;
     }
@@ -206,14 +267,15 @@ function ask(el, call, signal) {
   });
 }
 
-/** An MCP server's question (elicitation) as a small form: a field per property of its
- * flat schema (text, number, yes/no, one or several choices), Submit / Decline / Cancel;
- * the answer goes back through POST /web/tools/form. Text is set as text, never HTML. */
-function formElement(form) {
+/** An MCP server's question (elicitation), or a prompt's arguments, as a small form: a
+ * field per property of its flat schema (text, number, yes/no, one or several choices),
+ * Submit / Decline / Cancel; ``onAnswer(action, content)`` gets the answer. Text is set as
+ * text, never HTML. */
+function formElement(form, onAnswer) {
   const box = document.createElement("form");
   box.className = "tool-form";
   const question = document.createElement("p");
-  question.textContent = `${form.server} asks: ${form.message}`;
+  question.textContent = form.heading ?? `${form.server} asks: ${form.message}`;
   box.append(question);
   const required = new Set(form.schema?.required ?? []);
   const fields = Object.entries(form.schema?.properties ?? {});
@@ -225,9 +287,7 @@ function formElement(form) {
   }
   const answer = (action) => {
     box.remove();
-    const content = action === "accept" ? values(box, fields) : undefined;
-    api.json("/web/tools/form", { method: "POST", body: { id: form.id, action, content } })
-      .catch((e) => showBanner(`The form's answer did not reach the server: ${e.message}`));
+    onAnswer(action, action === "accept" ? values(box, fields) : undefined);
   };
   const submit = button("Submit", "form-submit", () => {});
   submit.type = "submit";
