@@ -43,8 +43,9 @@ def _isolated_home(tmp_path, monkeypatch):
 # first, so that no long module is left for the end while the other worker idles.
 HEAVIEST = ["test_device_check", "test_install", "test_speculative", "test_fitted_recipes",
             "test_quality", "test_finetune_ranks", "test_serve_shutdown", "test_finetune",
-            "test_structured", "test_long_context", "test_fuse", "test_bench",
-            "test_serve_safety", "test_faults_input", "test_web", "test_speculative_batch",
+            "test_structured", "test_tools", "test_web_tools", "test_long_context",
+            "test_fuse", "test_bench", "test_tools_everything", "test_serve_safety",
+            "test_tools_chat", "test_faults_input", "test_web", "test_speculative_batch",
             "test_models_cache", "test_chat", "test_serve_batching"]
 
 
