@@ -5,6 +5,7 @@ that does not split, and a killed rank that ends the run with one error and resu
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -164,9 +165,12 @@ def test_a_killed_rank_ends_the_run_with_one_error_and_it_resumes(tmp_path, tiny
     assert "[ring]" not in err
     saved = json.loads(next((out / "checkpoints").glob("step-*/state.json")).read_text())
     assert saved["step"] >= 2
-    done = launch(*args, "--resume")
+    temp = tmp_path / "temp"  # where the ranks make their temporary folders
+    temp.mkdir()
+    done = launch(*args, "--resume", env={**os.environ, "TMPDIR": str(temp)})
     p2_out, p2_err = done.communicate(timeout=600)
     assert done.returncode == 0, p2_err
+    assert not list(temp.glob("qwen-mlx-resume-*"))  # rank 1's copy of the checkpoint went
     assert saved["step"] < iters
     assert f"resuming at step {saved['step']} of {iters}" in p2_err
     assert [s["step"] for s in steps_of(out)] == list(range(1, iters + 1))

@@ -234,16 +234,21 @@ def split_over(batch_size: int, ranks: int) -> None:
 
 def _checkpoint(output: Path, ranks: Ranks) -> Path:
     """The checkpoint a resume starts from: rank 0's newest, sent to the other ranks (their
-    machines need not hold the output folder)."""
+    machines need not hold the output folder) into a temporary folder that goes when the
+    process ends (it was left behind, a copy of the adapters and optimizer state per
+    resume and rank)."""
     latest = resume.latest(output) if ranks.leader else None
     if ranks.leader and latest is None:
         raise QwenMlxError(f"nothing to resume in {output} (no checkpoint)")
-    if ranks.size == 1:
-        return latest
+    if ranks.size == 1 or ranks.leader:
+        return ranks.send_files(latest, list(resume.FILES), Path())  # rank 0: sends
+    import atexit
+    import shutil
     import tempfile
 
-    into = Path(tempfile.mkdtemp(prefix="qwen-mlx-resume-")) / "checkpoint"
-    return ranks.send_files(latest, list(resume.FILES), into)
+    into = Path(tempfile.mkdtemp(prefix="qwen-mlx-resume-"))
+    atexit.register(shutil.rmtree, into, True)
+    return ranks.send_files(latest, list(resume.FILES), into / "checkpoint")
 
 
 def _encode(dataset: Dataset, tokenizer, config: TrainConfig) \
