@@ -15,6 +15,7 @@ import pytest
 
 from qwen_mlx import McpServers, Toolbox
 from qwen_mlx.tools.config import ServerSpec
+from qwen_mlx.tools.loop import Call
 from qwen_mlx.tools.toolbox import ToolResult
 
 PACKAGE = "@modelcontextprotocol/server-everything"
@@ -77,16 +78,15 @@ def test_a_long_calls_progress_is_heard_and_shown(everything, tiny_model):
     from qwen_mlx.chat.repl import Repl
 
     box, heard = Toolbox([everything]), []
-    box.watch_progress(lambda *report: heard.append(report))
-    result = box.call("trigger-long-running-operation", {"duration": 2, "steps": 4})
+    result = box.call("trigger-long-running-operation", {"duration": 2, "steps": 4},
+                      on_progress=lambda *report: heard.append(report))
     assert not result.error, result.text
-    assert heard == [("everything", "trigger-long-running-operation", float(n), 4.0, None)
-                     for n in (1, 2, 3, 4)]
+    assert heard == [(float(n), 4.0, None) for n in (1, 2, 3, 4)]
     shown = io.StringIO()
     repl = Repl(ChatSession(tiny_model, tools=box), out=Console(file=io.StringIO()),
                 err=Console(file=shown, width=200))
     for n in (1, 2, 4):
-        repl.tool_progress("everything", "slow", float(n), 4.0, None)
+        repl.tool_progress(Call("slow", {}), float(n), 4.0, None)
     assert shown.getvalue().splitlines() == ["tool progress (slow): 1/4",
                                              "tool progress (slow): 4/4"]
 

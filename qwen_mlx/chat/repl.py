@@ -221,7 +221,7 @@ class Repl:
                               f"last reply's calls were not run")
                 return
             outcome = run_round(last["content"], toolbox, self.approvals,
-                                on_event=self.tool_event)
+                                on_event=self.tool_event, on_progress=self.tool_progress)
             if outcome is None:
                 return
             if outcome.cancelled:
@@ -276,8 +276,6 @@ class Repl:
     def tool_event(self, kind: str, call: Call, result: ToolResult | None) -> None:
         if kind == "call":
             self.note(f"tool call: {call.name} {json.dumps(call.arguments, ensure_ascii=False)}")
-            if self.session.tools:
-                self.session.tools.watch_progress(self.tool_progress)
             return
         if self._progress_shown:  # the updating line goes; the result takes its place
             self.err.file.write("\r\x1b[2K")
@@ -302,14 +300,10 @@ class Repl:
         """/resource URI: its text goes with the next message (as /file puts a file)."""
         if not uri:
             raise QwenMlxError("usage: /resource URI (/resources lists them)")
-        for servers in self._servers():
-            if any(str(r.uri) == uri for _, r in servers.resources()):
-                text = servers.read_resource(uri)
-                self.attached.append((uri, text))
-                self.note(f"attached {uri} ({len(text):,} characters) to your next message")
-                return
-        raise QwenMlxError(f"no running MCP server lists the resource {uri!r} (/resources "
-                           f"lists them)")
+        self._servers()
+        text = self.session.tools.read_resource(uri)
+        self.attached.append((uri, text))
+        self.note(f"attached {uri} ({len(text):,} characters) to your next message")
 
     def send(self, text: str) -> None:
         """A message, after the resources attached to it, and its reply."""
@@ -335,12 +329,8 @@ class Repl:
         if any("=" not in p for p in pairs):
             raise QwenMlxError("a prompt's arguments are KEY=VALUE")
         arguments = dict(p.split("=", 1) for p in pairs)
-        for servers in self._servers():
-            if any(p.name == name for _, p in servers.prompts()):
-                self.send(servers.prompt(name, arguments))
-                return
-        raise QwenMlxError(f"no running MCP server offers a prompt named {name!r} (/prompts "
-                           f"lists them)")
+        self._servers()
+        self.send(self.session.tools.prompt(name, arguments))
 
     def sample(self, server: str, messages: list[dict], system: str | None, max_tokens: int,
                temperature: float | None, stop: list[str]) -> tuple[str, str]:
@@ -368,12 +358,12 @@ class Repl:
         self.note(f"reply for {server}: {' '.join(done.text.split())[:200]}")
         return done.text, {"length": "maxTokens"}.get(reason, "endTurn")
 
-    def tool_progress(self, server: str, tool: str, progress: float, total: float | None,
+    def tool_progress(self, call: Call, progress: float, total: float | None,
                       message: str | None) -> None:
         """A call's progress: one updating line on a terminal; elsewhere a line each, at
         most one a second (and the last)."""
         done = f"{progress:g}/{total:g}" if total else f"{progress:g}"
-        line = f"tool progress ({tool}): {done}{f' {message}' if message else ''}"
+        line = f"tool progress ({call.name}): {done}{f' {message}' if message else ''}"
         if self.err.is_terminal:
             self.err.file.write(f"\r\x1b[2K{line[:self.err.width - 1]}")
             self.err.file.flush()

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import QwenMlxError
+from ..tools import Toolbox
 from .server import RequestError, Server
 from .openai import read_json
 
@@ -141,8 +142,8 @@ async def read(server: Server, request: Request) -> Response:
     body = await read_json(request, server.max_body)
     if set(body) != {"uri"} or not isinstance(body["uri"], str):
         raise RequestError(400, "a resource is read by its 'uri' (text), and nothing else")
-    return JSONResponse({"text": await asyncio.to_thread(
-        one_of(server, lambda b: b.read_resource(body["uri"])))})
+    return JSONResponse({"text": await from_servers(
+        server, lambda box: box.read_resource(body["uri"]))})
 
 
 async def prompt(server: Server, request: Request) -> Response:
@@ -155,20 +156,16 @@ async def prompt(server: Server, request: Request) -> Response:
             not all(isinstance(v, str) for v in arguments.values()):
         raise RequestError(400, "a prompt is filled by its 'name' and 'arguments' (names to "
                                 "text), and nothing else")
-    return JSONResponse({"text": await asyncio.to_thread(
-        one_of(server, lambda b: b.prompt(name, arguments)))})
+    return JSONResponse({"text": await from_servers(
+        server, lambda box: box.prompt(name, arguments))})
 
 
-def one_of(server: Server, ask) -> Callable[[], str]:
-    """``ask`` of the first of the page's MCP sources that has it; what none has, or a
-    server's failure, is a 404 naming it."""
-    def run() -> str:
-        boxes = server.page_tools.servers() if server.page_tools else []
-        problem = "the page has no MCP servers"
-        for box in boxes:
-            try:
-                return ask(box)
-            except QwenMlxError as e:
-                problem = str(e)
-        raise RequestError(404, problem)
-    return run
+async def from_servers(server: Server, ask: Callable[[Toolbox], str]) -> str:
+    """``ask`` of the page's toolbox (in a thread: it waits on the servers); what no server
+    has, or a server's failure, is a 404 naming it."""
+    if not (server.page_tools and server.page_tools.servers()):
+        raise RequestError(404, "the page has no MCP servers")
+    try:
+        return await asyncio.to_thread(ask, server.page_tools)
+    except QwenMlxError as e:
+        raise RequestError(404, str(e)) from None

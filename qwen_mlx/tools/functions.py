@@ -38,7 +38,8 @@ class FunctionTool:
             doc.split("\n\n")[0].replace("\n", " ")
         self.parameters = parameters if parameters is not None else schema_of(fn)
 
-    def start(self, arguments: dict) -> concurrent.futures.Future:
+    def start(self, arguments: dict, on_progress=None) -> concurrent.futures.Future:
+        """Run the function in the pool (it reports no progress)."""
         return _POOL.submit(self._run, arguments)
 
     def _run(self, arguments: dict) -> ToolResult:

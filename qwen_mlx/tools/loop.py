@@ -62,10 +62,12 @@ class Round:
 
 
 def run_round(reply: str, toolbox: Toolbox, approvals: Approvals, *,
-              on_event: Callable[[str, Call, ToolResult | None], None] = lambda *_: None
-              ) -> Round | None:
+              on_event: Callable[[str, Call, ToolResult | None], None] = lambda *_: None,
+              on_progress: Callable[[Call, float, float | None, str | None], None] | None
+              = None) -> Round | None:
     """Run the calls of ``reply``; None when it has none. ``on_event("call", call, None)``
-    before each, ``on_event("result", call, result)`` after. Ctrl-C during a call cancels
+    before each, ``on_event("result", call, result)`` after; ``on_progress(call, progress,
+    total, message)`` while one runs, as its server reports. Ctrl-C during a call cancels
     it and the rest, and ends the round (the conversation keeps every message)."""
     calls = calls_in(reply)
     if not calls:
@@ -77,8 +79,10 @@ def run_round(reply: str, toolbox: Toolbox, approvals: Approvals, *,
         else:
             on_event("call", call, None)
             try:
-                result = toolbox.call(call.name, call.arguments) if approvals.allow(call) \
-                    else ToolResult(DENIED, True)
+                heard = None if on_progress is None else \
+                    (lambda p, t, m, call=call: on_progress(call, p, t, m))
+                result = toolbox.call(call.name, call.arguments, on_progress=heard) \
+                    if approvals.allow(call) else ToolResult(DENIED, True)
             except KeyboardInterrupt:
                 out.cancelled, result = True, ToolResult(CANCELLED, True)
             on_event("result", call, result)

@@ -23,18 +23,21 @@ def text_of(result) -> str:
     """A call's result as text: its text blocks; every other block described (what it is,
     its type, its URI and size: the model reads only text, and an empty "[resource ]"
     told it nothing); the structured result as JSON when there is no text."""
-    parts = []
-    for block in result.content or []:
-        kind = getattr(block, "type", "")
-        if kind == "text":
-            parts.append(block.text)
-        elif kind == "resource" and isinstance(getattr(block.resource, "text", None), str):
-            parts.append(block.resource.text)
-        else:
-            parts.append(described(block))
+    parts = [block_text(block) for block in result.content or []]
     if not parts and result.structured_content is not None:
         parts.append(json.dumps(result.structured_content, ensure_ascii=False))
     return "\n".join(parts)
+
+
+def block_text(block) -> str:
+    """One content block (of a result, a prompt's message, a sampling request) as text: a
+    text block's text, an embedded text resource's, any other block described."""
+    kind = getattr(block, "type", "")
+    if kind == "text":
+        return block.text
+    if kind == "resource" and isinstance(getattr(block.resource, "text", None), str):
+        return block.resource.text
+    return described(block)
 
 
 def described(block, kind: str | None = None) -> str:

@@ -25,7 +25,7 @@ from typing import Callable
 from ..errors import QwenMlxError
 from ..storage.home import home
 from .config import ServerSpec
-from .mcp_content import described, result_of
+from .mcp_content import block_text, described, result_of
 from .toolbox import ToolResult
 
 START_TIMEOUT = 30.0  # seconds a server has to start and list its tools
@@ -54,7 +54,7 @@ class McpTool:
 
     def start(self, arguments: dict, on_progress=None) -> concurrent.futures.Future:
         """Begin a call; ``on_progress(progress, total, message)`` hears this call's
-        progress (besides the servers' ``on_progress``)."""
+        progress."""
         if self.servers.idle_stopped(self.source):
             self.servers.restart(self.source)
         return self.servers.start_call(self.source, self.name, arguments, on_progress)
@@ -73,10 +73,6 @@ class McpServers:
         """``roots``: the folders the servers are told they may work in (MCP's roots; the
         terminal gives the current folder, the page none); None or [] declares none."""
         self.note = on_note or (lambda _: None)
-        # on_progress(server, tool, progress, total, message): a call's progress, as the
-        # server reports it (we send a progress token with every call)
-        self.on_progress: Callable[[str, str, float, float | None, str | None], None] | None \
-            = None
         self.roots = [Path(r).resolve() for r in roots or []]
         # sampler(server, messages, system, max_tokens, temperature, stop) -> (text, stop
         # reason): the model answers a server's sampling request; its approval is the
@@ -119,17 +115,9 @@ class McpServers:
         for spec in specs:
             if spec.disabled:
                 continue
-            try:
-                listed = readies[spec.name].result(max(0.0, deadline - time.monotonic()))
-            except concurrent.futures.TimeoutError:
-                self._tasks[spec.name].cancel()
-                self._failed(spec.name, f"did not start within {start_timeout:g} s"
-                                        f"{self._said(spec)}")
-                continue
-            except Exception as e:  # noqa: BLE001 - any failure is one line, the rest go on
-                self._failed(spec.name, f"did not start: {reason(e)}"
-                                        f"{hint(self._http_status.get(spec.name))}"
-                                        f"{self._said(spec)}")
+            listed = self._started(spec, readies[spec.name],
+                                   max(0.0, deadline - time.monotonic()), "start")
+            if listed is None:
                 continue
             self.status[spec.name] = "running"
             self.tools += [McpTool(self, spec.name, t, spec.timeout) for t in listed]
@@ -210,21 +198,30 @@ class McpServers:
                 concurrent.futures.wait([self._tasks[name]], CLOSE_TIMEOUT)
             self.clients.pop(name, None)
             self.status[name] = "restarting"
-            try:
-                listed = self._begin(spec).result(self.start_timeout)
-            except concurrent.futures.TimeoutError:
-                self._tasks[name].cancel()
-                self._failed(name, f"did not restart within {self.start_timeout:g} s"
-                                   f"{self._said(spec)}")
-                return self.status[name]
-            except Exception as e:  # noqa: BLE001 - one line, the chat goes on
-                self._failed(name, f"did not restart: {reason(e)}{self._said(spec)}")
+            listed = self._started(spec, self._begin(spec), self.start_timeout, "restart")
+            if listed is None:
                 return self.status[name]
             self.status[name] = "running"
             known = {t.name for t in self.tools if t.source == name}
             self.tools += [McpTool(self, name, t, spec.timeout) for t in listed
                            if t.name not in known]
             return "running"
+
+    def _started(self, spec: ServerSpec, ready: concurrent.futures.Future, timeout: float,
+                 verb: str) -> list | None:
+        """A server's listed tools once it is up within ``timeout``; else None, and why in
+        one line (its last words, its log, an HTTP status): the rest go on."""
+        try:
+            return ready.result(timeout)
+        except concurrent.futures.TimeoutError:
+            self._tasks[spec.name].cancel()
+            self._failed(spec.name, f"did not {verb} within {self.start_timeout:g} s"
+                                    f"{self._said(spec)}")
+        except Exception as e:  # noqa: BLE001 - any failure is one line
+            self._failed(spec.name, f"did not {verb}: {reason(e)}"
+                                    f"{hint(self._http_status.get(spec.name))}"
+                                    f"{self._said(spec)}")
+        return None
 
     def _failed(self, name: str, why: str) -> None:
         self.status[name] = why
@@ -308,10 +305,9 @@ class McpServers:
             return Client(streamable_http_client(spec.url, http_client=http),
                           **self._capabilities(spec))
         # the server's stderr goes to a log of its own, not into the chat
-        logs = home() / "mcp-logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        errlog = self._files.enter_context(open(logs / f"{spec.name}.log", "a",
-                                                encoding="utf-8"))
+        path = log_path(spec.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        errlog = self._files.enter_context(open(path, "a", encoding="utf-8"))
         self._logs[spec.name] = (Path(errlog.name), errlog.tell())
         # the user's whole environment, as Cursor, VS Code and LM Studio pass it (the SDK's
         # default is HOME, LOGNAME, PATH, SHELL, TERM and USER only), then the file's env
@@ -364,8 +360,7 @@ class McpServers:
         if self.sampler is None:
             return types.ErrorData(code=types.INVALID_REQUEST,
                                    message="this client has no model to sample from now")
-        messages = [{"role": m.role, "content": m.content.text
-                     if getattr(m.content, "type", "") == "text" else described(m.content)}
+        messages = [{"role": m.role, "content": block_text(m.content)}
                     for m in params.messages]
         try:
             text, stop = await asyncio.to_thread(
@@ -381,15 +376,15 @@ class McpServers:
         worse also one line, at most one every few seconds per server (the rest: the log)."""
         text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
         line = f"[{level}]{f' {logger}:' if logger else ''} {text}"
-        path = self._logs[spec.name][0] if spec.name in self._logs else \
-            home() / "mcp-logs" / f"{spec.name}.log"
+        # the log the server was started with (home() may have moved since); an HTTP
+        # server has none open: where it would be
+        path = self._logs[spec.name][0] if spec.name in self._logs else log_path(spec.name)
         try:
             with open(path, "a", encoding="utf-8") as log:
                 log.write(f"[qwen-mlx] log message {line}\n")
         except OSError:
             pass
-        if LOG_LEVELS.index(level) < LOG_LEVELS.index("warning") if level in LOG_LEVELS \
-                else True:
+        if level not in LOG_LEVELS[LOG_LEVELS.index("warning"):]:
             return
         now = time.monotonic()
         if now - self._said_at.get(spec.name, -LOG_NOTE_EVERY) < LOG_NOTE_EVERY:
@@ -413,11 +408,11 @@ class McpServers:
         try:
             async def progressed(progress: float, total: float | None,
                                  message: str | None) -> None:
-                if self.on_progress is not None:
-                    self.on_progress(server, name, progress, total, message)
                 if on_progress is not None:
                     on_progress(progress, total, message)
 
+            # a progress token with every call: the server may report (the terminal shows
+            # it on one line, the page in the call's note)
             result = await client.call_tool(name, arguments, progress_callback=progressed)
         except asyncio.CancelledError:
             raise
@@ -494,8 +489,7 @@ class McpServers:
             got = self._ask(offered[0], lambda client: client.get_prompt(name, arguments))
         except Exception as e:  # noqa: BLE001 - a missing argument, say: one line
             raise QwenMlxError(f"the prompt {name} failed: {reason(e)}") from None
-        return "\n\n".join(m.content.text if getattr(m.content, "type", "") == "text"
-                           else described(m.content) for m in got.messages)
+        return "\n\n".join(block_text(m.content) for m in got.messages)
 
     def close(self) -> None:
         """Stop every server (each task leaves its client, which ends the process)."""
@@ -531,6 +525,12 @@ class _NotMcp(logging.Filter):
 
 
 logging.getLogger("mcp.client.stdio").addFilter(_NotMcp())
+
+
+def log_path(server: str) -> Path:
+    """Where a server's stderr and our notes about it go (an HTTP server's log messages
+    too)."""
+    return home() / "mcp-logs" / f"{server}.log"
 
 
 def hint(status: int | None) -> str:

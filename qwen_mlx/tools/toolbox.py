@@ -29,14 +29,17 @@ class ToolResult:
 class Tool(Protocol):
     """A tool: its name, description and JSON-schema parameters as offered to the model,
     where it comes from (an MCP server's name, or "python"), and ``start``, which begins a
-    call and returns a future of its :class:`ToolResult`."""
+    call and returns a future of its :class:`ToolResult` (``on_progress(progress, total,
+    message)`` hears the progress it reports, if any)."""
 
     name: str
     description: str
     parameters: dict
     source: str
 
-    def start(self, arguments: dict) -> concurrent.futures.Future: ...
+    def start(self, arguments: dict,
+              on_progress: Callable[[float, float | None, str | None], None] | None = None
+              ) -> concurrent.futures.Future: ...
 
 
 class Toolbox:
@@ -97,7 +100,7 @@ class Toolbox:
         if not isinstance(arguments, dict):
             return ToolResult("error: the arguments must be a JSON object", True)
         timeout = getattr(tool, "timeout", None) or self.timeout  # its server's, if set
-        future = tool.start(arguments, on_progress) if on_progress else tool.start(arguments)
+        future = tool.start(arguments, on_progress)
         try:
             result = wait(future, timeout, cancel)
         except concurrent.futures.CancelledError:
@@ -116,16 +119,27 @@ class Toolbox:
         """The tools their sources let run without asking (an MCP file's autoApprove)."""
         return set().union(*(getattr(s, "approved", set()) for s in self.sources))
 
-    def watch_progress(self, report: Callable[[str, str, float, float | None, str | None],
-                                              None]) -> None:
-        """``report(server, tool, progress, total, message)`` hears the calls' progress."""
-        for source in self.sources:
-            if hasattr(source, "on_progress"):
-                source.on_progress = report
-
     def servers(self) -> list:
         """The MCP sources (their resources and prompts are the chat's to show)."""
         return [s for s in self.sources if hasattr(s, "resources")]
+
+    def read_resource(self, uri: str) -> str:
+        """A resource's text, from the MCP source that lists it (the chat's /resource, the
+        page's picker); a QwenMlxError says none does."""
+        return self._first(lambda servers: servers.read_resource(uri))
+
+    def prompt(self, name: str, arguments: dict[str, str]) -> str:
+        """A prompt filled in, from the MCP source that offers it."""
+        return self._first(lambda servers: servers.prompt(name, arguments))
+
+    def _first(self, ask: Callable[[object], str]) -> str:
+        problem = "there are no MCP servers"
+        for servers in self.servers():
+            try:
+                return ask(servers)
+            except QwenMlxError as e:  # not this source's: the next one's, maybe
+                problem = str(e)
+        raise QwenMlxError(problem)
 
     def restart(self, server: str) -> str:
         """Restart one MCP server by name -> its status (a QwenMlxError names the servers
