@@ -59,10 +59,11 @@ class Running:
         self.server.worker.close()
 
 
-def serve_process(folder: Path, port: int, *extra: str, command: str = "serve") -> subprocess.Popen:
+def serve_process(folder: Path, port: int, *extra: str, command: str = "serve",
+                  env: dict | None = None) -> subprocess.Popen:
     """`qwen-mlx serve FOLDER` (or `chat --web` with ``command="chat"``) as a process,
-    returned once /health answers 200; its stderr is a text pipe."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "BROWSER": "true"}
+    returned once /health answers 200; its stderr is a text pipe; ``env`` adds variables."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "BROWSER": "true", **(env or {})}
     args = ["serve", str(folder), "--port", str(port), "--context", "2048"] \
         if command == "serve" else ["chat", str(folder), "--web", "--port", str(port)]
     proc = subprocess.Popen([sys.executable, "-m", "qwen_mlx", *args, *extra],

@@ -7,7 +7,10 @@ another thread during finalization, and the signal handler started a thread itse
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
+import time
 
 import httpx
 import pytest
@@ -81,3 +84,43 @@ def test_chat_web_exits_0_on_ctrl_c_after_a_reply(small_q4_f32):
                        json={**stream_body(small_q4_f32, 4), "stream": False}, timeout=120)
         assert r.status_code == 200
         assert stop(proc, signal.SIGINT) == 0, proc.stderr.read()
+
+
+def slow_compiler_probe(folder) -> tuple[dict, object]:
+    """A ``g++`` first on PATH that logs MLX's compiler probe (``g++ --version``) and makes
+    it last 3 s, then runs the real compiler: the window in which ``system()`` ignores
+    SIGINT, widened so that a signal lands in it every time."""
+    real = shutil.which("g++")
+    if real is None:
+        pytest.skip("no g++: MLX's CPU backend then compiles nothing and probes nothing")
+    folder.mkdir()
+    log = folder / "probes.log"
+    fake = folder / "g++"
+    fake.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then echo probe >> "{log}"; '
+                    f'sleep 3; fi\nexec "{real}" "$@"\n')
+    fake.chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}, log
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_a_signal_during_the_first_decode_is_not_lost(small_q4_f32, tmp_path, sig):
+    """MLX's compiler probe runs while the model loads, so no signal can fall into the window
+    where system() ignores SIGINT (before: the first decode ran it, the signal was lost, the
+    reply streamed to its end and the server stayed up)."""
+    env, log = slow_compiler_probe(tmp_path / "bin")
+    port = free_port()
+    proc = serve_process(small_q4_f32, port, "--shutdown-timeout", "1", env=env)
+    assert log.read_text() == "probe\n"  # already done by the time /health answers
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    with httpx.stream("POST", url, json=stream_body(small_q4_f32), timeout=120) as r:
+        lines = (line for line in r.iter_lines() if line)
+        assert next(lines).startswith("data: ")  # the first event, before the first decode
+        deadline = time.monotonic() + 60  # before: the probe starts now, on the first decode
+        while not log.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        rest = list(lines)
+    assert proc.wait(60) == 0, proc.stderr.read()[-500:]
+    assert rest[-1] == "data: [DONE]"
+    assert json.loads(rest[-2][6:])["error"]["code"] == "shutting_down"
+    assert log.read_text() == "probe\n"

@@ -40,9 +40,10 @@ def load_weights(folder: Path, *, adapter: Path | None = None, dtype: str = "aut
     no weight until it is used (a recipe that replaces layers one by one)."""
     from mlx_lm.utils import load_adapters, load_model
 
-    from . import mlx_lm_seam
+    from . import backend, mlx_lm_seam
 
     mlx_lm_seam.check()  # an mlx-lm that moved what we rely on fails here, in one line
+    backend.warm_up()  # before any signal handler matters (see backend.py)
     folder = Path(folder)
     config = read_config(folder)
     check_architecture(config, folder)
