@@ -76,6 +76,7 @@ class Model:
         self._hybrid: bool | None = None
         self._longest_token: int | None = None
         self._same_vocab: dict[int, bool] = {}
+        self._draft_nets: dict[int, object] = {}
         self._draft_caches: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
     @property
@@ -288,8 +289,20 @@ class Model:
         caches = self._draft_caches.setdefault(cache, {})
         if id(draft) not in caches:
             caches[id(draft)] = draft.new_cache()
-        return Speculation(settings.tokens, draft.net, caches[id(draft)],
+        return Speculation(settings.tokens, self._draft_net(draft), caches[id(draft)],
                            logprobs=top_logprobs)
+
+    def _draft_net(self, draft: "Model"):
+        """The draft's network with this model's output rows (one object per draft: the
+        batch keeps a draft's rows by its identity)."""
+        from .engine.speculative import RowsFitted
+
+        own, rows = draft.config["vocab_size"], self.config["vocab_size"]
+        if own == rows:
+            return draft.net
+        if id(draft) not in self._draft_nets:
+            self._draft_nets[id(draft)] = RowsFitted(draft.net, own, rows)
+        return self._draft_nets[id(draft)]
 
     def token_steps(self, tokens: list[int], cache: PromptCache, *, max_tokens: int,
                     params: SamplingParams | None = None,

@@ -17,8 +17,12 @@ import pytest
 from qwen_mlx import load
 from qwen_mlx.chat import ChatSession
 from qwen_mlx.engine.sampling import SamplingParams, make_distribution
-from qwen_mlx.engine.speculative import LookupIndex, verify
+from qwen_mlx.engine.speculative import LookupIndex, RowsFitted, verify
+from qwen_mlx.engine.speculative_batch import SpeculativeBatch
 from qwen_mlx.errors import QwenMlxError
+from qwen_mlx.models.recipes import Recipe
+from qwen_mlx.quant.convert import convert
+from qwen_mlx.testing import make_checkpoint
 
 COPY = ("Edit the code: def area(width, height): return width * height. "
         "def area(width, height): return width * height. def area(width, height):")
@@ -47,6 +51,57 @@ def test_greedy_text_is_plain_decodings(tiny_model, other, how):
     cut = tiny_model.generate(COPY, **GREEDY, stop=[stop], **speculate)
     assert cut.text == tiny_model.generate(COPY, **GREEDY, stop=[stop]).text
     assert cut.stats.finish_reason == "stop"
+
+
+@pytest.fixture(scope="module")
+def other_rows(tmp_path_factory, tokenizer_bytes):
+    """Drafts with the tokenizer's own 151,669 rows and with 160,000, against the model's
+    151,936 (checkpoints pad their output rows differently)."""
+    drafts = {}
+    for rows in (151_669, 160_000):
+        hf = make_checkpoint(tmp_path_factory.mktemp(f"hf-{rows}"), "tiny", seed=1,
+                             config_overrides={"vocab_size": rows},
+                             tokenizer_json_bytes=tokenizer_bytes)
+        out = tmp_path_factory.mktemp(f"q4-{rows}") / "model"
+        convert(hf, out, Recipe(dtype="float32"))
+        drafts[rows] = load(out)
+    return drafts
+
+
+@pytest.mark.parametrize("rows", [151_669, 160_000])
+def test_a_draft_with_other_vocabulary_rows_proposes_over_the_models(tiny_model, other_rows,
+                                                                       rows):
+    """Before, the draft's logits met the model's in a [broadcast_shapes] error (generate
+    died, serve answered every request with a 500)."""
+    draft = other_rows[rows]
+    assert tiny_model.config["vocab_size"] == 151_936
+    plain = tiny_model.generate(COPY, **GREEDY)
+    fast = tiny_model.generate(COPY, **GREEDY, draft=draft, draft_tokens=2)
+    assert fast.tokens == plain.tokens and fast.stats.draft_tokens > 0
+    sampled = dict(temperature=0.9, max_tokens=12, seed=5)
+    assert tiny_model.generate(COPY, **sampled, draft=draft).stats.generated_tokens == 12
+    batch = SpeculativeBatch(tiny_model)  # the server's path: two rows of that draft
+    uids = [batch.add(tiny_model.request(COPY, temperature=0, max_tokens=40, draft=draft),
+                      tiny_model.new_cache()) for _ in range(2)]
+    texts = dict.fromkeys(uids, "")
+    while len(batch):
+        for event in batch.step():
+            texts[event.uid] += event.piece.text
+    assert list(texts.values()) == [plain.text, plain.text]
+
+
+def test_rows_fitted_cuts_pads_and_clamps():
+    seen = []
+
+    def net(inputs, cache=None):
+        seen.append(inputs.tolist())
+        return mx.zeros((*inputs.shape, 5))
+
+    wide = RowsFitted(net, own=5, rows=3)(mx.array([[4]]))
+    assert wide.shape == (1, 1, 3) and seen[-1] == [[4]]
+    narrow = RowsFitted(net, own=5, rows=7)(mx.array([[6, 2]]))
+    assert narrow[0, 0].tolist() == [0] * 5 + [-math.inf] * 2
+    assert seen[-1] == [[4, 2]]  # an id past the draft's rows is read as its last
 
 
 def test_a_draft_equal_to_the_model_keeps_every_proposal(tiny_model):

@@ -15,6 +15,10 @@ of the guess is kept, plus one token of the model's own: 1 to k+1 tokens per for
   which leaves the model's distribution p exactly as it was (prompt lookup and a greedy
   draft propose with q a point mass). p is what the sampler draws from: penalties applied
   with the tokens before each position, then temperature, top-k, top-p, min-p.
+* **Vocabulary rows**: a draft with the same tokenizer may have another number of output
+  rows (the padding past the tokenizer's tokens differs between checkpoints); its logits
+  are cut or padded with -inf to the model's rows (:class:`RowsFitted`), so q and p are
+  distributions over the same ids and the rule above stays exact.
 * **Caches**: the rows of rejected proposals are trimmed from both caches at once
   (mlx-lm's ``trim_prompt_cache``), so what a cache holds is always a prefix of the reply.
 """
@@ -60,6 +64,26 @@ class Speculation:
     counts: Counts = field(default_factory=Counts)
     logprobs: int | None = None
     scores: deque = field(default_factory=deque)
+
+
+class RowsFitted:
+    """A draft network whose logits have ``rows`` columns, the model's: its own rows past
+    that are cut (the model has no such ids), the ones it lacks are -inf (it never proposes
+    them; p keeps its mass there through the residual max(0, p - q)). An id past the draft's
+    own rows (a padding id the model produced) is read as its last row: what the draft sees
+    changes only how good its guesses are, never the text."""
+
+    def __init__(self, net, own: int, rows: int) -> None:
+        self.net, self.own, self.rows = net, own, rows
+
+    def __call__(self, inputs: mx.array, cache=None) -> mx.array:
+        if self.own < self.rows:
+            inputs = mx.minimum(inputs, self.own - 1)
+        logits = self.net(inputs, cache=cache)
+        if self.own > self.rows:
+            return logits[..., :self.rows]
+        missing = mx.full((*logits.shape[:-1], self.rows - self.own), -mx.inf, logits.dtype)
+        return mx.concatenate([logits, missing], axis=-1)
 
 
 class LookupIndex:
