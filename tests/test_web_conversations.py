@@ -12,7 +12,7 @@ import threading
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
-from .webpage import (connected, done, find, find_all, fresh, js, needs_chromium, replies,
+from .webpage import (connected, done, errors, find, find_all, fresh, js, needs_chromium, replies,
                       start_browser, stored, type_message, wait)
 
 pytestmark = needs_chromium
@@ -143,3 +143,59 @@ def test_markdown_export_has_no_raw_tags_and_json_imports(browser, scripted, tmp
         "Cannot import notes.json: message 1 needs a role (user, assistant or tool) "
         "and a text content.")
     assert len(find_all(browser, "#conversations .title")) == 2
+
+
+BAD = [{"role": "user", "content": "Hi", "files": 5},
+       {"role": "assistant", "content": "Calling", "tool_calls": "notalist"},
+       {"role": "assistant", "content": "x", "tool_calls": [None]},
+       {"role": "assistant", "content": "Fast", "stats": {"tps": "fast"}},
+       None,
+       {"role": "user", "content": "Still here"},
+       {"role": "assistant", "content": "Fine."}]
+
+
+def test_wrong_field_types_are_refused_on_import_and_drawn_as_damaged(browser, scripted,
+                                                                      tmp_path):
+    """Before, drawing threw a TypeError on each of these, and a stored conversation holding
+    one showed an empty sidebar on every reload."""
+    fresh(browser, scripted.url)
+    titles = [e.text for e in find_all(browser, "#conversations .title")]  # the new chat
+    for n, message in enumerate(BAD[:5]):
+        bad = tmp_path / f"bad{n}.json"
+        bad.write_text(json.dumps({"messages": [{"role": "user", "content": "ok"}, message]}))
+        find(browser, "#import-file").send_keys(str(bad))
+        wait(browser, lambda: find(browser, "#banner").is_displayed())
+        why = {0: 'has a "files" that is not a list of file names',
+               1: 'has a "tool_calls" that is not a list of function calls ({id, type, '
+                  'function: {name, arguments}})',
+               2: 'has a "tool_calls" that is not a list of function calls ({id, type, '
+                  'function: {name, arguments}})',
+               3: 'has a "stats" that is not counts and times as numbers (completion, '
+                  'prompt, cached, ttft, tps)',
+               4: "needs a role (user, assistant or tool) and a text content"}[n]
+        assert find(browser, "#banner-text").text == \
+            f"Cannot import bad{n}.json: message 2 {why}."
+        js(browser, "document.getElementById('banner').hidden = true")
+    assert [e.text for e in find_all(browser, "#conversations .title")] == titles  # no import
+    # already in storage (an older page imported it): drawn, each bad one as damaged
+    seed(browser, scripted.url, BAD, title="Damaged")
+    assert [e.text for e in find_all(browser, "#conversations .title")] == ["Damaged"]
+    drawn = find_all(browser, "#messages > .message")
+    assert [e.get_attribute("class") for e in drawn] == \
+        ["message damaged"] * 5 + ["message user", "message assistant"]
+    assert drawn[4].text == ("⚠ Message 5 cannot be shown: it needs a role (user, assistant or "
+                             "tool) and a text content. It is kept as stored and not sent to "
+                             "the model.")
+    assert errors(browser) == []
+    # and the conversation goes on: what is sent holds only the messages that can be read
+    scripted.server.replies = [["Sure."]]
+    type_message(browser, "Go on")
+    wait(browser, lambda: done(browser) and len(replies(browser)) == 2)
+    sent = scripted.server.asked[-1]["messages"]
+    assert [(m["role"], m["content"]) for m in sent] == \
+        [("user", "Still here"), ("assistant", "Fine."), ("user", "Go on")]
+    # the sidebar survives a reload with this conversation the newest
+    browser.get(scripted.url + "/")
+    connected(browser)
+    assert [e.text for e in find_all(browser, "#conversations .title")] == ["Damaged"]
+    assert len(find_all(browser, "#messages > .message.damaged")) == 5

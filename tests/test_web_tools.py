@@ -41,8 +41,9 @@ def served(model, tmp_path_factory):
 
 def test_the_page_asks_runs_one_call_denies_another_and_goes_on(browser, served):
     fresh(browser, served.url)
-    assert "add (fixture)" in js(browser, "return document.getElementById('tools-note')"
-                                          ".textContent")
+    # the page asks for the tools once connected
+    wait(browser, lambda: "add (fixture)" in js(
+        browser, "return document.getElementById('tools-note').textContent"))
     scripted = served.server
     hostile = "<img src=x onerror=window.pwned=1>"
     scripted.calls = [{"name": "add", "arguments": {"a": 2, "b": 3}},

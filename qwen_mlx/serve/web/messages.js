@@ -6,6 +6,7 @@ import { $, actions, button, showBanner } from "./dom.js";
 import { blockCache, renderBlocks, splitReply } from "./markdown.js";
 import { run } from "./reply.js";
 import { state } from "./state.js";
+import { messageProblem } from "./store.js";
 import { toolResultElement } from "./tools.js";
 
 const SHOWN_CHARS = 4000; // longer user messages are folded (a huge paste stays fast)
@@ -57,7 +58,7 @@ export function renderMessages(follow = false, opened = false) {
   const top = box.scrollTop;
   const count = state.conv.messages.length;
   from = opened ? Math.max(0, count - WINDOW) : Math.min(from, Math.max(0, count - WINDOW));
-  const lastUser = state.conv.messages.findLastIndex((m) => m.role === "user");
+  const lastUser = state.conv.messages.findLastIndex((m) => m?.role === "user");
   const shown = state.conv.messages.slice(from)
     .map((m, i) => messageElement(m, from + i, from + i === lastUser));
   box.replaceChildren(...(from ? [earlierButton()] : []), ...shown);
@@ -80,7 +81,7 @@ function showEarlier() {
   const old = box.querySelector(":scope > .earlier");
   if (!old || !old.isConnected) return;
   const start = Math.max(0, from - WINDOW);
-  const lastUser = state.conv.messages.findLastIndex((m) => m.role === "user");
+  const lastUser = state.conv.messages.findLastIndex((m) => m?.role === "user");
   const elements = state.conv.messages.slice(start, from)
     .map((m, i) => messageElement(m, start + i, start + i === lastUser));
   from = start;
@@ -107,6 +108,8 @@ export function appendMessage(m) {
 }
 
 function messageElement(m, index, lastUser) {
+  const why = messageProblem(m);
+  if (why) return damagedElement(index, why);
   const el = document.createElement("div");
   el.className = `message ${m.role}`;
   const last = index === state.conv.messages.length - 1;
@@ -119,6 +122,17 @@ function messageElement(m, index, lastUser) {
     fillAssistant(el, m);
     if (last && state.busy?.reply !== m) el.append(replyActions(m));
   }
+  return el;
+}
+
+/** A stored message the page cannot use (written by hand or by another program): shown as
+ * such, in its place, and never sent; the rest of the conversation stays usable. */
+function damagedElement(index, why) {
+  const el = document.createElement("div");
+  el.className = "message damaged";
+  el.setAttribute("role", "note");
+  el.textContent = `⚠ Message ${index + 1} cannot be shown: it ${why}. It is kept as ` +
+    "stored and not sent to the model.";
   return el;
 }
 

@@ -46,6 +46,7 @@ export function requestBody() {
   const messages = [];
   if (state.conv.system.trim()) messages.push({ role: "system", content: state.conv.system });
   for (const m of state.conv.messages) {
+    if (store.messageProblem(m)) continue; // drawn as damaged, never sent
     if (m.role === "assistant" && !m.content && !m.tool_calls?.length) continue;
     const out = { role: m.role, content: m.content };
     if (m.tool_calls?.length) out.tool_calls = m.tool_calls;

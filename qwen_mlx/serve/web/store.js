@@ -27,13 +27,24 @@ function read(key, fallback) {
   }
 }
 
-/** The conversations' summaries, newest first: [{id, title, updated}]. */
+/** The conversations' summaries, newest first: [{id, title, updated}] (entries that are
+ * not such summaries are passed over: the sidebar is never blank). */
 export function listConversations() {
-  return read(INDEX, []).sort((a, b) => b.updated - a.updated);
+  const index = read(INDEX, []);
+  return (Array.isArray(index) ? index : [])
+    .filter((c) => c && typeof c.id === "string")
+    .sort((a, b) => (b.updated || 0) - (a.updated || 0));
 }
 
+/** A stored conversation, or null when there is none or it is not one. Its messages are
+ * kept as stored; one that fails `messageProblem` is drawn as damaged and never sent. */
 export function loadConversation(id) {
-  return read(PREFIX + "conversation." + id, null);
+  const conv = read(PREFIX + "conversation." + id, null);
+  if (!conv || typeof conv !== "object" || !Array.isArray(conv.messages)) return null;
+  for (const key of ["title", "system"]) {
+    if (typeof conv[key] !== "string") conv[key] = "";
+  }
+  return conv;
 }
 
 export function newConversation() {
@@ -44,7 +55,7 @@ export function newConversation() {
 /** A conversation's title: the one given, else the start of its first message. */
 export function titleOf(conv) {
   if (conv.title) return conv.title;
-  const first = conv.messages.find((m) => m.role === "user");
+  const first = conv.messages.find((m) => m?.role === "user" && !messageProblem(m));
   const text = first ? (first.shown ?? first.content) : "";
   return text.trim().split("\n")[0].slice(0, 60) || "New chat";
 }
@@ -81,20 +92,65 @@ export function saveKey(key) {
 
 const ROLES = new Set(["user", "assistant", "tool"]);
 
+const isText = (v) => typeof v === "string";
+const isNumber = (v) => typeof v === "number" && Number.isFinite(v);
+const isFlag = (v) => typeof v === "boolean";
+const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+const STATS = new Set(["completion", "prompt", "cached", "ttft", "tps"]);
+const isCall = (c) => isObject(c) && (c.id === undefined || isText(c.id)) &&
+  (c.type === undefined || c.type === "function") && isObject(c.function) &&
+  isText(c.function.name) && isText(c.function.arguments);
+
+// Every field the page writes on a message, with its type, in words for the error.
+const FIELDS = {
+  role: [(v) => ROLES.has(v), "user, assistant or tool"],
+  content: [isText, "a text"],
+  shown: [isText, "a text"],
+  attached: [isText, "a text"],
+  files: [(v) => Array.isArray(v) && v.every(isText), "a list of file names"],
+  finish: [isText, "a text"],
+  stopped: [isFlag, "true or false"],
+  interrupted: [isFlag, "true or false"],
+  stats: [(v) => isObject(v) && Object.entries(v).every(([k, x]) => STATS.has(k) && isNumber(x)),
+          "counts and times as numbers (completion, prompt, cached, ttft, tps)"],
+  tool_calls: [(v) => Array.isArray(v) && v.every(isCall),
+               "a list of function calls ({id, type, function: {name, arguments}})"],
+  tool_call_id: [isText, "a text"],
+  name: [isText, "a text"],
+  server: [isText, "a text"],
+  error: [isFlag, "true or false"],
+};
+
+/** Why a message, stored or imported, cannot be drawn or sent (null when it can), in words
+ * that follow "message N". */
+export function messageProblem(m) {
+  if (!isObject(m) || !ROLES.has(m.role) || !isText(m.content)) {
+    return "needs a role (user, assistant or tool) and a text content";
+  }
+  for (const [key, value] of Object.entries(m)) {
+    if (!(key in FIELDS)) return `has a field the page does not know: "${key}"`;
+    const [valid, what] = FIELDS[key];
+    if (value !== undefined && !valid(value)) return `has a "${key}" that is not ${what}`;
+  }
+  return null;
+}
+
 /** A conversation read from an exported JSON file, checked field by field, as a new
  * conversation (its own id: an import never replaces one already here). Throws an Error
  * naming what is wrong. */
 export function imported(data) {
-  if (!data || typeof data !== "object" || !Array.isArray(data.messages)) {
+  if (!isObject(data) || !Array.isArray(data.messages)) {
     throw new Error("it has no \"messages\" list (export a conversation as JSON to get one)");
   }
-  const messages = data.messages.map((m, i) => {
-    if (!m || !ROLES.has(m.role) || typeof m.content !== "string") {
-      throw new Error(`message ${i + 1} needs a role (user, assistant or tool) and a text ` +
-                      "content");
-    }
-    return m;
+  data.messages.forEach((m, i) => {
+    const why = messageProblem(m);
+    if (why) throw new Error(`message ${i + 1} ${why}`);
   });
-  const text = (key) => (typeof data[key] === "string" ? data[key] : "");
-  return { ...newConversation(), title: text("title"), system: text("system"), messages };
+  for (const key of ["title", "system"]) {
+    if (data[key] !== undefined && !isText(data[key])) {
+      throw new Error(`its "${key}" is not a text`);
+    }
+  }
+  return { ...newConversation(), title: data.title ?? "", system: data.system ?? "",
+           messages: data.messages };
 }

@@ -29,11 +29,11 @@ export async function loadTools() {
   for (const t of state.pageTools) { // its server's file lets it run without asking
     if (t.approved) state.alwaysTools.add(t.name);
   }
-  if (state.pageTools.length) await loadExtras();
   $("tools-note").hidden = !state.pageTools.length;
   $("tools-note").textContent = state.pageTools.length
     ? `Tools from the server (each call asks first): ${state.pageTools
       .map((t) => `${t.name} (${t.server})`).join(", ")}` : "";
+  if (state.pageTools.length) await loadExtras();
 }
 
 /** The servers' resources (attached to the next message, as a file is) and prompts (put
@@ -130,9 +130,9 @@ export async function answerCalls(reply, el) {
   if (!calls.length || !state.pageTools.length ||
       calls.some((c) => mine.has(c.function.name))) return;
   const messages = state.conv.messages;
-  const lastUser = messages.findLastIndex((m) => m.role === "user");
+  const lastUser = messages.findLastIndex((m) => m?.role === "user");
   const rounds = messages.slice(lastUser)
-    .filter((m) => m.role === "assistant" && m.tool_calls?.length).length;
+    .filter((m) => m?.role === "assistant" && m.tool_calls?.length).length;
   if (rounds > MAX_ROUNDS) {
     showBanner(`Stopped after ${MAX_ROUNDS} rounds of tool calls; send a message to go on.`);
     return;

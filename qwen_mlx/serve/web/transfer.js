@@ -34,6 +34,10 @@ function asMarkdown(conv) {
   const parts = [`# ${store.titleOf(conv)}`];
   if (conv.system) parts.push(`## System\n\n${conv.system}`);
   for (const m of conv.messages) {
+    if (store.messageProblem(m)) {
+      parts.push("## Damaged message\n\n(it cannot be read: kept in the JSON export only)");
+      continue;
+    }
     if (m.role !== "assistant") {
       parts.push(`## ${m.role === "user" ? "User" : "Tool"}\n\n${m.content}`);
       continue;
