@@ -95,3 +95,44 @@ def test_generate_switches_a_hybrid_models_thinking(tiny_q4_f32):
     assert one_line_error(cli("generate", tiny_q4_f32, "-p", "x", "--raw", "--think")) == \
         "error: --think/--no-think needs the chat template; drop --raw"
 
+
+
+def test_arguments_that_are_not_utf8_or_not_finite_are_one_line(tiny_q4_f32):
+    """Before: ``internal error: TypeError: TextEncodeInput`` for the bytes, and nan, inf or
+    1e400 taken as a temperature (garbage sampled)."""
+    r = subprocess.run([sys.executable, "-m", "qwen_mlx", "generate", str(tiny_q4_f32), "-p",
+                        b"hi\xff"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert one_line_error(r) == "error: --prompt is not UTF-8 text (byte 0xff at character 3)"
+    # in this process: Python reads such bytes as surrogate escapes, as above
+    for args, why in [(["--system", "\udcfeok"], "--system is not UTF-8 text (byte 0xfe at "
+                                                "character 1)"),
+                      (["--stop", "a", "--stop", "b\udcc3"], "--stop is not UTF-8 text (byte "
+                                                            "0xc3 at character 2)"),
+                      (["--temp", "nan"], "--temp must be a finite number, not nan"),
+                      (["--temp", "inf"], "--temp must be a finite number, not inf"),
+                      (["--temp", "1e400"], "--temp must be a finite number, not inf"),
+                      (["--top-p", "nan"], "--top-p must be a finite number, not nan")]:
+        r = cli("generate", tiny_q4_f32, "-p", "hi", *args)
+        assert one_line_error(r) == f"error: {why}", args
+    r = cli("chat", tiny_q4_f32, "--system", "\udcff")
+    assert one_line_error(r) == "error: --system is not UTF-8 text (byte 0xff at character 1)"
+    r = cli("serve", tiny_q4_f32, "--tool-timeout", "nan")  # every command's options
+    assert one_line_error(r) == "error: --tool-timeout must be a finite number, not nan"
+
+
+def test_symbolic_link_loops_are_named(tiny_hf, tmp_path):
+    """Before: ``internal error: RuntimeError: Symlink loop`` for -o, and a MODEL that is a
+    loop was "not a folder, an alias or a Hugging Face repo id"."""
+    loop, dangling = tmp_path / "loop", tmp_path / "dangling"
+    loop.symlink_to(loop)
+    dangling.symlink_to(tmp_path / "gone")
+    for out in (loop, loop / "model"):
+        r = cli("convert", tiny_hf, "-o", out)
+        assert one_line_error(r) == f"error: {out} is a loop of symbolic links"
+    r = cli("generate", "loop", "-p", "hi", cwd=tmp_path)
+    assert one_line_error(r) == "error: model folder loop is a loop of symbolic links"
+    r = cli("generate", dangling, "-p", "hi")
+    assert one_line_error(r) == \
+        f"error: model folder {dangling} is a symbolic link to {tmp_path / 'gone'}, which " \
+        "does not exist"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "loop"]

@@ -103,8 +103,11 @@ def _register() -> None:
     from .plan import plan
     from .serve import serve
 
+    from .checked import check_values
+
     for command in (bench, chat, convert, eval_command, finetune, fuse, generate, models, plan,
                     serve):
+        check_values(command)
         main.add_command(command)
 
 
