@@ -23,6 +23,7 @@ from typing import Callable
 
 from ..models.checkpoint import is_mlx_folder
 from ..storage.home import home
+from ..storage.outputs import broken_link
 from ..errors import QwenMlxError
 from .spec import ModelSpec
 from ..models.recipes import DEFAULT, Recipe
@@ -54,6 +55,9 @@ def parse_arg(text: str | None) -> ModelArg:
     """Classify a model argument without touching the network."""
     text = (text or DEFAULT_MODEL).strip()
     path = Path(text).expanduser()
+    link = broken_link(path)
+    if link:
+        raise QwenMlxError(f"model folder {text} {link}")
     if path.exists():
         if not path.is_dir():
             raise QwenMlxError(f"{text} is a file; a model is a folder")

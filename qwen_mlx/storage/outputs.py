@@ -9,6 +9,7 @@ Everything else is refused in one line that says why, before any work is done.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 from pathlib import Path
@@ -30,6 +31,28 @@ def absolute(path: Path | str) -> Path:
     """``path`` made absolute and normalised (``-o .`` names the current folder), without
     following links: a link is judged as what the user named."""
     return Path(os.path.abspath(os.path.expanduser(str(path))))
+
+
+def real(path: Path | str) -> Path:
+    """``path`` with its links followed; a loop of links is a one-line error naming it
+    (Python 3.11 raises RuntimeError for one, later versions OSError)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as e:
+        if isinstance(e, OSError) and e.errno != errno.ELOOP:
+            raise
+        raise QwenMlxError(f"{path} is a loop of symbolic links") from None
+
+
+def broken_link(path: Path) -> str | None:
+    """Why ``path``, a symbolic link that leads nowhere, cannot be read (None otherwise)."""
+    if not path.is_symlink() or path.exists():
+        return None
+    try:
+        real(path)
+    except QwenMlxError:
+        return "is a loop of symbolic links"
+    return f"is a symbolic link to {os.readlink(path)}, which does not exist"
 
 
 def foreign_entries(folder: Path) -> list[str]:
@@ -56,10 +79,10 @@ def check_target(target: Path, *, force: bool, protect: Iterable[Path] = ()) -> 
     or a filesystem root; otherwise it needs ``force`` and must be a model output.
     """
     target = absolute(target)
-    real = target.resolve()
+    resolved = real(target)
     for source in protect:
-        if _inside(absolute(source).resolve(), real):
-            what = "is" if absolute(source).resolve() == real else "contains"
+        if _inside(real(absolute(source)), resolved):
+            what = "is" if real(absolute(source)) == resolved else "contains"
             raise QwenMlxError(f"output {target} {what} the model being read "
                                f"({source}); choose another -o")
     if not (target.exists() or target.is_symlink()):
@@ -72,8 +95,8 @@ def check_target(target: Path, *, force: bool, protect: Iterable[Path] = ()) -> 
     for place, what in ((Path(target.anchor), "a filesystem root"),
                         (Path.home().resolve(), "your home folder"),
                         (Path.cwd().resolve(), "the current folder")):
-        if _inside(place, real):
-            relation = "is" if place == real else "contains"
+        if _inside(place, resolved):
+            relation = "is" if place == resolved else "contains"
             raise QwenMlxError(f"will not replace {target}: it {relation} {what}")
     if not any(target.iterdir()):
         return  # an empty folder made for the output
