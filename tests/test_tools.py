@@ -63,6 +63,8 @@ def test_the_file_claude_desktop_and_lm_studio_use(tmp_path):
 
 @pytest.mark.parametrize("data, message", [
     ("{", "is not JSON"),
+    ('{"mcpServers": ' + "[" * 100_000 + "]" * 100_000 + "}",  # was a RecursionError
+     "is nested too deeply to be an MCP servers file"),
     ({"servers": {}}, 'needs an "mcpServers" object (name -> server)'),
     ({"mcpServers": {"a": {"command": "x", "url": "http://h"}}},
      "server 'a' needs a \"command\" (stdio) or a \"url\" (HTTP), not both"),

@@ -109,7 +109,7 @@ def load(session: ChatSession, name: str) -> Path:
         tokens = json.loads(meta["cache_tokens"])
         system, thinking = json.loads(meta["system"]), json.loads(meta["thinking"])
         spec = KVSpec(**json.loads(meta.get("kv", "{}")))
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, RecursionError):
         raise QwenMlxError(f"{path} is a damaged qwen-mlx session") from None
     layers = restore(layers, spec)
     if len(layers) != len(session.cache.layers) or (layers and layers[0].offset < len(tokens)):

@@ -76,6 +76,8 @@ class Constraint:
                 schema = json.loads(schema)
             except ValueError as e:
                 raise QwenMlxError(f"the JSON schema is not valid JSON: {e}") from None
+            except RecursionError:
+                raise QwenMlxError("the JSON schema is nested too deeply") from None
         if not isinstance(schema, dict):
             raise QwenMlxError("a JSON schema must be an object")
         return cls("schema", json.dumps(schema))  # key order kept: replies follow it

@@ -124,6 +124,9 @@ def read_jsonl(path: Path, fmt: str | None = None) -> tuple[str, list[Example]]:
         where = f"{path}:{number}"
         try:
             record = json.loads(line)
+        except RecursionError:
+            errors.append(f"{where}: nested too deeply")
+            continue
         except ValueError as e:
             # json says "Unterminated string starting at": no second "at"
             errors.append(f"{where}: not valid JSON ({e.msg.removesuffix(' at')} at column "

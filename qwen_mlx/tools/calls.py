@@ -22,7 +22,7 @@ def as_object(arguments):
     if isinstance(arguments, str):
         try:
             return json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
     return arguments
 
@@ -31,7 +31,7 @@ def _call(block: str) -> dict | None:
     """One block's JSON as a call, or None when it is not one."""
     try:
         call = json.loads(block)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(call, dict) or not isinstance(call.get("name"), str):
         return None

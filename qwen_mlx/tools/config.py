@@ -78,6 +78,8 @@ def read(path: str | Path) -> list[ServerSpec]:
                            f"{e.strerror or e}") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise QwenMlxError(f"{path} is not JSON: {e}") from None
+    except RecursionError:
+        raise QwenMlxError(f"{path} is nested too deeply to be an MCP servers file") from None
     servers = data.get("mcpServers") if isinstance(data, dict) else None
     if not isinstance(servers, dict):
         raise QwenMlxError(f"{path} needs an \"mcpServers\" object (name -> server)")
