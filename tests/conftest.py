@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +24,13 @@ from filelock import FileLock
 from qwen_mlx.quant.convert import convert
 from qwen_mlx.models.recipes import Recipe
 from qwen_mlx.testing import make_checkpoint, tokenizer_json
+
+# Byte-compiled modules are kept. This machine sets PYTHONDONTWRITEBYTECODE and the README's
+# install skips byte-compiling (faster), so in a fresh clone every process the suite starts
+# (a few hundred: the CLI, servers, ranks, the workers) compiled every module it imported
+# again, about 2 s each. Now the first import of a module writes its .pyc for the others.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
