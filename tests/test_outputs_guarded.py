@@ -160,3 +160,16 @@ def test_save_to_a_folder_or_a_full_disk_says_why(tiny_q4_f32, tmp_path, small_d
     assert (tmp_path.parent / "beside.safetensors").is_file()  # a path from the cwd, as said
     (tmp_path.parent / "beside.safetensors").unlink()
 
+
+
+def test_a_write_on_a_full_disk_names_its_file(small_disk):
+    """A write() that fails names no file: the model card, bench's --json and --plot, a
+    config were reported as a bare "No space left on device"."""
+    from qwen_mlx.errors import os_error_line
+    from qwen_mlx.storage.atomic import atomic_write_text
+
+    (small_disk / "filler").write_bytes(b"\0" * ((4 << 20) - 4096))
+    with pytest.raises(OSError) as e:
+        atomic_write_text(small_disk / "README.md", "x" * 100_000)
+    assert os_error_line(e.value) == f"No space left on device: {small_disk / 'README.md'}"
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]

@@ -18,6 +18,7 @@ from mlx.utils import tree_flatten
 
 from .. import __version__
 from ..storage.atomic import atomic_path, atomic_write_text
+from ..storage import safetensors
 from .config import TARGETS, TrainConfig
 
 ADAPTER_FILE = "adapters.safetensors"
@@ -57,5 +58,5 @@ def save_adapter(folder: Path, model: nn.Module, settings: dict) -> None:
     """Write the adapter (weights first, then the config that makes it loadable)."""
     folder = Path(folder)
     with atomic_path(folder / ADAPTER_FILE) as tmp:
-        mx.save_safetensors(str(tmp), adapter_weights(model))
+        safetensors.save(str(tmp), adapter_weights(model))
     atomic_write_text(folder / CONFIG_FILE, json.dumps(settings, indent=2) + "\n")

@@ -24,6 +24,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ..storage.atomic import atomic_dir
+from ..storage import safetensors
 from ..errors import QwenMlxError
 from .adapters import ADAPTER_FILE, adapter_weights
 from .config import TrainConfig
@@ -63,8 +64,8 @@ def save(output: Path, model: nn.Module, optimizer: optim.Optimizer, state: RunS
          config: TrainConfig, data_fingerprint: str) -> Path:
     target = Path(output) / FOLDER / f"step-{state.step:07d}"
     with atomic_dir(target, force=True) as tmp:
-        mx.save_safetensors(str(tmp / ADAPTER_FILE), adapter_weights(model))
-        mx.save_safetensors(str(tmp / OPTIMIZER_FILE), dict(tree_flatten(optimizer.state)))
+        safetensors.save(str(tmp / ADAPTER_FILE), adapter_weights(model))
+        safetensors.save(str(tmp / OPTIMIZER_FILE), dict(tree_flatten(optimizer.state)))
         (tmp / STATE_FILE).write_text(json.dumps({
             **state.to_dict(), "config": config.to_dict(),
             "data_fingerprint": data_fingerprint}, indent=2) + "\n")

@@ -24,7 +24,7 @@ from ..models.checkpoint import Checkpoint
 from ..models.provenance import PROVENANCE, SIDE_FILES
 from ..models.recipes import Recipe
 from ..models.sizes import METADATA, converted_tensors, output_shards, write_order
-from ..storage.atomic import atomic_dir
+from ..storage.atomic import atomic_dir, atomic_write_text
 from ..storage.safetensors import StreamingWriter, TensorInfo, shard_name
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -83,14 +83,15 @@ def convert(source: Path | Checkpoint, output: Path, recipe: Recipe, *, force: b
                         progress(done, total)
         disk = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
         index = {"metadata": {"total_size": disk}, "weight_map": dict(sorted(weight_map.items()))}
-        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        atomic_write_text(tmp / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
         write_config(tmp, ckpt.config, recipe)
         copy_side_files(ckpt.path, tmp)
         params = sum(math.prod(t.shape) for t in ckpt.tensors.values())
         report = ConvertReport(Path(output), recipe, params, disk, 0.0)
-        (tmp / card.CARD).write_text(card.render(Path(output), source_name, recipe.name,
-                                                 recipe_text(recipe), params, disk))
-        (tmp / PROVENANCE).write_text(json.dumps(
+        # each file written under its name, so that a full disk names the file
+        atomic_write_text(tmp / card.CARD, card.render(Path(output), source_name, recipe.name,
+                                                       recipe_text(recipe), params, disk))
+        atomic_write_text(tmp / PROVENANCE, json.dumps(
             provenance.record(ckpt.path, source_name, recipe.name), indent=2) + "\n")
     report.seconds = time.perf_counter() - start
     return report
@@ -103,7 +104,7 @@ def write_config(out: Path, config: dict, recipe: Recipe) -> None:
         config["quantization"] = recipe.quantization
         config["quantization_config"] = recipe.quantization
     config["torch_dtype"] = recipe.dtype
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
 
 
 def copy_side_files(src: Path, out: Path) -> None:

@@ -35,6 +35,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from . import gptq
 from ..storage.atomic import atomic_dir, atomic_path
+from ..storage import safetensors
 from ..storage.home import home
 from ..errors import QwenMlxError
 from . import targets
@@ -108,7 +109,7 @@ def _targets(work: Path, student: Path, source: Path, chunk: int, limit: int | N
             arrays[f"logp.{n}"] = mx.array(ref.logp[n])
             arrays[f"target.{n}"] = mx.array(ref.target[n])
         with atomic_path(path) as tmp:
-            mx.save_safetensors(str(tmp), arrays)
+            safetensors.save(str(tmp), arrays)
     saved = mx.load(str(path))
     parts = np.array(saved["tokens"]).tolist()
     ref = Reference(*[[np.array(saved[f"{k}.{n}"]) for n in range(len(parts))]
@@ -209,9 +210,9 @@ def distill(source: Path, output: Path, student_recipe: Recipe, *, chunk: int,
 def _save(folder: Path, params: dict, best: dict, opt: optim.Optimizer,
           state: DistillState) -> None:
     with atomic_dir(folder, force=True) as tmp:
-        mx.save_safetensors(str(tmp / "params.safetensors"), dict(tree_flatten(params)))
-        mx.save_safetensors(str(tmp / BEST), dict(tree_flatten(best)))
-        mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(opt.state)))
+        safetensors.save(str(tmp / "params.safetensors"), dict(tree_flatten(params)))
+        safetensors.save(str(tmp / BEST), dict(tree_flatten(best)))
+        safetensors.save(str(tmp / "optimizer.safetensors"), dict(tree_flatten(opt.state)))
         (tmp / "state.json").write_text(json.dumps(asdict(state)) + "\n")
 
 
@@ -247,7 +248,7 @@ def finish(source: Path, output: Path, student_recipe: Recipe, name: str,
                 arrays = mx.load(str(f))
                 arrays.update({k: v if v.dtype == mx.uint32 else v.astype(dtype)
                                for k, v in trained.items() if k in arrays})
-                mx.save_safetensors(str(tmp / f.name), arrays, metadata={"format": "mlx"})
+                safetensors.save(str(tmp / f.name), arrays, metadata={"format": "mlx"})
             elif f.is_file():
                 shutil.copyfile(f, tmp / f.name)
         record = json.loads((student / PROVENANCE).read_text())

@@ -28,6 +28,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
+from ..storage import safetensors
+
 DAMP = 0.1  # of H's mean diagonal, added before inverting (mlx-lm: 0.01; 0.1 generalised
 # better from the small fit set, bench/README)
 ROWS = 8192  # rows packed at once
@@ -227,7 +229,7 @@ def run(source: Path, student: nn.Module, parts: list[list[int]], folder: Path, 
         mx.eval(hidden, [c.h for c in catches.values()])
         if catches:
             with atomic_path(file) as tmp:
-                mx.save_safetensors(str(tmp), rounded(prefix, catches))
+                safetensors.save(str(tmp), rounded(prefix, catches))
         layers[n] = None  # its weights go; only the hidden states carry on
         gc.collect()
         mx.clear_cache()
@@ -243,7 +245,7 @@ def run(source: Path, student: nn.Module, parts: list[list[int]], folder: Path, 
             for x in hidden:
                 catches["lm_head"](net.model.norm(x))
         with atomic_path(head) as tmp:
-            mx.save_safetensors(str(tmp), rounded("", catches) or {"none": mx.zeros((1,))})
+            safetensors.save(str(tmp), rounded("", catches) or {"none": mx.zeros((1,))})
     if progress:
         progress(steps, steps)
     del net, hidden

@@ -95,6 +95,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk: a write() names no file, so name the one asked for
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if e.errno is not None and e.filename in (None, str(tmp), tmp):
+            raise type(e)(e.errno, e.strerror, str(path)) from None
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -8,8 +8,11 @@ produced: peak memory is one tensor, not one file.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,23 @@ class TensorInfo:
     @property
     def nbytes(self) -> int:
         return tensor_nbytes(self.dtype, self.shape)
+
+
+def save(path: Path | str, arrays: dict[str, mx.array], metadata: dict | None = None) -> None:
+    """``mx.save_safetensors``, with a failed write raised as the OSError it is: MLX raises
+    ``RuntimeError: [write] Unable to write N bytes``, naming neither the file nor why (a
+    full disk, most often), and that reached users as an internal error."""
+    try:
+        mx.save_safetensors(str(path), arrays, metadata=metadata or {})
+    except RuntimeError as e:
+        if "[write]" not in str(e) and "open" not in str(e):
+            raise
+        try:
+            full = shutil.disk_usage(Path(path).parent).free < 64 << 20
+        except OSError:
+            full = False
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def tensor_nbytes(dtype: str, shape: tuple[int, ...]) -> int:
