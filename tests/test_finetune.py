@@ -213,6 +213,43 @@ def test_output_folder_rules(tmp_path, tiny_f32):
     assert (run.step, run.steps, list(run.train())) == (1, 1, [])
 
 
+def test_a_full_disk_is_named_and_the_run_it_left_starts_again(tmp_path, tiny_f32,
+                                                                monkeypatch):
+    """Before: ``internal error: RuntimeError: [write] Unable to write 1777 bytes``, and then
+    the leftover (metrics.jsonl, an empty checkpoints/) made the same command say "exists
+    and is not empty" and --resume "nothing to resume"."""
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    data, out = write_data(tmp_path / "d.jsonl"), tmp_path / "run"
+    real_save = mx.save_safetensors
+
+    def full(path, *args, **kwargs):  # what MLX raises on a full disk (seen on a tmpfs)
+        open(path, "wb").write(b"\0" * 10)
+        raise RuntimeError("[write] Unable to write 1777 bytes to file.")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(mx, "save_safetensors", full)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda p: usage(1 << 30, 1 << 30, 4096))
+    result = CliRunner().invoke(main, ["finetune", str(tiny_f32), "--data", str(data), "-o",
+                                       str(out), "--iters", "2", "--valid-split", "0"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.splitlines()[-1] == \
+        f"error: No space left on device: {out}/checkpoints/step-0000002/adapters.safetensors"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "metrics.jsonl"]
+    assert list((out / "checkpoints").iterdir()) == []  # the partial checkpoint is gone
+    monkeypatch.setattr(mx, "save_safetensors", real_save)
+    with pytest.raises(QwenMlxError, match=r"nothing to resume in .* \(the run stopped before "
+                                           "its first; the same command without --resume"):
+        finetune(output=out, resume_run=True)
+    result = CliRunner().invoke(main, ["finetune", str(tiny_f32), "--data", str(data), "-o",
+                                       str(out), "--iters", "2", "--valid-split", "0"])
+    assert result.exit_code == 0, result.output
+    assert f"note: {out} holds a run stopped before its first checkpoint: starting it again" \
+        in result.output
+    assert [s["step"] for s in steps_of(out)] == [1, 2]  # the log starts from step 1 again
+
+
 def test_memory_estimate_refuses_with_a_suggestion_that_fits():
     shape = Shape.of(config_for("qwen3-4b"))
     mac16 = Machine("Apple M4", 16 * GIB, 12 * GIB, "test", 120.0, "test")

@@ -9,6 +9,7 @@ folder is always either empty of adapters or holds the adapter of the latest che
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ from ..errors import QwenMlxError
 from ..system.machine import this_machine
 from ..engine.memory_plan import weight_bytes_of_folder
 from ..models.shapes import Shape
+from ..storage.leftovers import clean_folder
 from ..storage.outputs import check_writable
 from ..models.recipes import parse_recipe
 from . import resume
@@ -34,6 +36,8 @@ from .data import Dataset, load_data
 from .memory import TrainingMemory, check
 from .tokens import Encoder
 from .trainer import StepReport, Trainer, ValReport
+
+log = logging.getLogger("qwen_mlx")
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -80,11 +84,30 @@ def _settings(explicit: dict, output: Path, checkpoint: Path | None) -> TrainCon
     return TrainConfig.from_dict({**saved, **explicit}).check()
 
 
+def _unstarted(output: Path) -> bool:
+    """Whether ``output`` holds only what a run leaves before its first checkpoint (killed,
+    or stopped by a full disk): a metrics log and an empty checkpoints folder (stale
+    temporaries in it are cleaned first). Such a run is started again from step 0; its log
+    is cut to the steps a checkpoint holds, none."""
+    checkpoints = output / resume.FOLDER
+    if checkpoints.is_dir() and not checkpoints.is_symlink():
+        clean_folder(checkpoints)
+    names = {p.name for p in output.iterdir()}
+    return bool(names) and names <= {METRICS_FILE, resume.FOLDER} and \
+        (METRICS_FILE not in names or (output / METRICS_FILE).is_file()) and \
+        (resume.FOLDER not in names or (checkpoints.is_dir() and not checkpoints.is_symlink()
+                                        and not any(checkpoints.iterdir())))
+
+
 def _check_output(output: Path, resuming: bool) -> None:
     if resuming or not output.exists():
         return
     if not output.is_dir():
         raise QwenMlxError(f"output {output} is a file")
+    if _unstarted(output):
+        log.info(f"{output} holds a run stopped before its first checkpoint: starting it "
+                 "again")
+        return
     if resume.latest(output) is not None:
         raise QwenMlxError(f"{output} holds a training run; add --resume to continue it, or "
                            f"choose another -o")
@@ -239,7 +262,9 @@ def _checkpoint(output: Path, ranks: Ranks) -> Path:
     resume and rank)."""
     latest = resume.latest(output) if ranks.leader else None
     if ranks.leader and latest is None:
-        raise QwenMlxError(f"nothing to resume in {output} (no checkpoint)")
+        why = "the run stopped before its first; the same command without --resume starts " \
+            "it again" if output.is_dir() and _unstarted(output) else "no checkpoint"
+        raise QwenMlxError(f"nothing to resume in {output} ({why})")
     if ranks.size == 1 or ranks.leader:
         return ranks.send_files(latest, list(resume.FILES), Path())  # rank 0: sends
     import atexit
