@@ -122,7 +122,15 @@ def test_unsupported_schemas_are_named_before_anything_runs(instruct):
                              'Unimplemented keys: ["uniqueItems"]'),
                             ({"type": "string", "format": "hostnamex"},
                              "Unknown format: hostnamex"),
-                            ({"type": "nope"}, "Invalid type: nope")):
+                            ({"type": "nope"}, "Invalid type: nope"),
+                            # no finite instance: before, a reply '{"' that ended as "stop"
+                            # and 48 lines of parser state on stderr
+                            ({"type": "object", "properties": {"a": {"$ref": "#"}},
+                              "required": ["a"]},
+                             "no finite JSON matches it, or it is too complex to follow (a "
+                             "required property that refers back to its own object?): parser "
+                             "error: Too many items (limit 50000; ff_tokens); try avoiding "
+                             "single-byte/short lexemes")):
         with pytest.raises(Exception) as e:
             instruct.request(MESSAGES, constraint=Constraint.schema(schema))
         assert str(e.value) == f"the JSON schema is not supported: {problem}"
@@ -322,6 +330,12 @@ def test_ollama_format_and_refusals(served):
     r = httpx.post(f"{url}/api/chat", json={"model": NAME, "messages": MESSAGES,
                                             "format": bad})
     assert r.status_code == 400 and "uniqueItems" in r.json()["error"]
+    endless = {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}
+    r = httpx.post(f"{url}/v1/chat/completions", json={
+        "model": NAME, "messages": MESSAGES, "response_format": {
+            "type": "json_schema", "json_schema": {"name": "x", "schema": endless}}})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith(
+        "the JSON schema is not supported: no finite JSON matches it")
     for body, message in (
             ({"response_format": {"type": "yaml"}},
              "'response_format' type must be text, json_object or json_schema"),

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import mlx.core as mx
+import numpy as np
 
 from ..errors import QwenMlxError, UnsupportedConstraint
 
@@ -50,6 +51,7 @@ log = logging.getLogger("qwen_mlx")
 
 # Compact JSON: no optional whitespace (the model cannot pad a reply with blank space for
 # ever), ", " and ": " between items as json.dumps writes them.
+FORCED_STEPS = 16  # forced tokens walked at compile time (a schema's fixed opening)
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
@@ -159,8 +161,11 @@ class Grammars:
             matcher = self._compiled.get(constraint.key)
         if matcher is None:
             try:
-                matcher = LLMatcher(tokenizer, constraint.grammar())
-                problem = matcher.get_error() if matcher.is_error() else None
+                # log_level 0: a problem is ours to report, in one line (llguidance's own
+                # warning dumped its whole parser state on stderr)
+                matcher = LLMatcher(tokenizer, constraint.grammar(), log_level=0)
+                problem = matcher.get_error() if matcher.is_error() else \
+                    self._forced_path_problem(matcher)
             except (ValueError, TypeError) as e:
                 problem = str(e)
             if problem:
@@ -171,6 +176,29 @@ class Grammars:
                     self._compiled.pop(next(iter(self._compiled)))
                 self._compiled[constraint.key] = matcher
         return matcher
+
+    def _forced_path_problem(self, matcher) -> str | None:
+        """Walk a copy of ``matcher`` along the tokens its grammar forces from the start (up
+        to FORCED_STEPS): a schema with no finite instance (a required property that
+        refers back to its own object) forces an endless ``{"a": {"a": ...`` and fails
+        there, after its first token; refused now, it never ends a reply as "stop" with
+        text that matches nothing."""
+        from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
+
+        probe = matcher.deep_copy()
+        words = allocate_token_bitmask(1, self.tokenizer.vocab_size)
+        for _ in range(FORCED_STEPS):
+            fill_next_token_bitmask(probe, words)
+            if probe.is_error():
+                return "no finite JSON matches it, or it is too complex to follow (a " \
+                    "required property that refers back to its own object?): " + \
+                    matcher_message(probe.get_error())
+            bits = np.unpackbits(words.view(np.uint8), bitorder="little")
+            allowed = np.flatnonzero(bits)
+            if len(allowed) != 1 or allowed[0] in self.eos_ids:
+                return None  # a choice (or the end): the model's to make
+            probe.consume_token(int(allowed[0]))
+        return None
 
     def processor(self, constraint: Constraint, *, think_first: bool) -> "GrammarMask":
         return GrammarMask(self.compile(constraint).deep_copy(), self.tokenizer.vocab_size,
@@ -251,7 +279,7 @@ class GrammarMask:
         else:
             self.broken = self.matcher.get_error() or f"token {token} refused"
             log.warning("the structured output's matcher refused a token (%s): the reply "
-                        "ends here", self.broken)
+                        "ends here", matcher_message(self.broken))
 
     def _masked(self, logits: mx.array) -> mx.array:
         global _SHIFTS
