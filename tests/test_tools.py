@@ -482,3 +482,25 @@ def test_model_chat_asks_on_call_and_counts_rounds(tiny_model):
                            tool_choice="add", max_rounds=0, enable_thinking=False,
                            max_tokens=32)
     assert none.rounds == 0 and len(none.messages) == 1
+
+
+def test_a_servers_log_stays_in_mcp_logs_and_a_home_without_one_starts_it_unlogged(
+        tmp_path, monkeypatch):
+    """A name such as ``../../x`` wrote its log outside ``mcp-logs``; a home where the log
+    folder cannot be made failed every server's start."""
+    from dataclasses import replace
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("QWEN_MLX_HOME", str(home))
+    with started([replace(FIXTURE, name="../../x"), replace(FIXTURE, name="a/b")]) as s:
+        assert Toolbox([s]).call("add", {"a": 1, "b": 2}) == ToolResult("3")
+    assert sorted(p.name for p in (home / "mcp-logs").iterdir()) == \
+        ["_.._x-9cdf6a50.log", "a_b-c14cddc0.log"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("QWEN_MLX_HOME", str(not_a_folder))
+    with started([FIXTURE]) as s:
+        assert Toolbox([s]).call("add", {"a": 2, "b": 2}) == ToolResult("4")
+        assert s.notes == [f"cannot keep MCP servers' logs in {not_a_folder / 'mcp-logs'} "
+                           "(Not a directory): their stderr is not kept"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import hashlib
 import json
 import logging
 import os
@@ -101,6 +102,7 @@ class McpServers:
         self._restarting = threading.Lock()
         self._tasks: dict[str, concurrent.futures.Future] = {}
         self.approved: set[str] = set()
+        self._unlogged = False  # the log folder could not be made (said once)
         self._logs: dict[str, tuple[Path, int]] = {}  # a stdio server's log, where this run's begins
         self._http_status: dict[str, int] = {}  # an HTTP server's last error status
         self._junked: set[str] = set()  # servers that wrote lines that are not MCP
@@ -306,9 +308,16 @@ class McpServers:
                           **self._capabilities(spec))
         # the server's stderr goes to a log of its own, not into the chat
         path = log_path(spec.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        errlog = self._files.enter_context(open(path, "a", encoding="utf-8"))
-        self._logs[spec.name] = (Path(errlog.name), errlog.tell())
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            errlog = self._files.enter_context(open(path, "a", encoding="utf-8"))
+            self._logs[spec.name] = (Path(errlog.name), errlog.tell())
+        except OSError as e:  # a read-only home: the server still starts, unlogged
+            if not self._unlogged:
+                self._unlogged = True
+                self.note(f"cannot keep MCP servers' logs in {path.parent} "
+                          f"({e.strerror or e}): their stderr is not kept")
+            errlog = self._files.enter_context(open(os.devnull, "w", encoding="utf-8"))
         # the user's whole environment, as Cursor, VS Code and LM Studio pass it (the SDK's
         # default is HOME, LOGNAME, PATH, SHELL, TERM and USER only), then the file's env
         params = StdioServerParameters(command=spec.command, args=list(spec.args),
@@ -529,8 +538,12 @@ logging.getLogger("mcp.client.stdio").addFilter(_NotMcp())
 
 def log_path(server: str) -> Path:
     """Where a server's stderr and our notes about it go (an HTTP server's log messages
-    too)."""
-    return home() / "mcp-logs" / f"{server}.log"
+    too): always inside ``mcp-logs`` (a name such as ``../../x`` once wrote elsewhere); a
+    name changed to be a file name gets a short hash of the original, so two stay apart."""
+    name = re.sub(r"[^\w.-]", "_", server).lstrip(".") or "server"
+    if name != server:
+        name += "-" + hashlib.sha256(server.encode()).hexdigest()[:8]
+    return home() / "mcp-logs" / f"{name}.log"
 
 
 def hint(status: int | None) -> str:
