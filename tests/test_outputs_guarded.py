@@ -72,17 +72,29 @@ def test_a_second_convert_to_the_same_output_is_refused_naming_the_first(tiny_hf
 @pytest.mark.parametrize("damage, message", [
     ("tokenizer", "tokenizer.json cannot be loaded: "),
     ("template", "the chat template in {src}/tokenizer_config.json is broken: "),
+    # these two converted and failed later: at generate, or silently (ids past the rows)
+    ("no config", "{src} has no chat template (tokenizer_config.json with a chat_template, "
+                  "or chat_template.jinja): copy the model's own tokenizer_config.json into it"),
+    ("rows", "{src}/config.json has vocab_size 151,000, fewer than the 151,669 tokens of its "
+             "tokenizer: not a matching checkpoint"),
 ])
 def test_a_tokenizer_or_template_that_cannot_load_is_refused_before_the_weights(
         tiny_hf, copy_of, tmp_path, damage, message):
     src = copy_of(tiny_hf, "src")
     if damage == "tokenizer":
         (src / "tokenizer.json").write_text('{"model": {"type": "BPE"')
+    elif damage == "no config":
+        (src / "tokenizer_config.json").unlink()
+    elif damage == "rows":
+        config = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps({**config, "vocab_size": 151_000}))
     else:
         config = json.loads((src / "tokenizer_config.json").read_text())
         config["chat_template"] = "{% for m in messages %}{{ m.content }"
         (src / "tokenizer_config.json").write_text(json.dumps(config))
     line = one_line_error(cli("convert", src, "-o", tmp_path / "out"))
+    if damage in ("no config", "rows"):
+        assert line == "error: " + message.format(src=src)
     assert line.startswith("error: " + (f"{src}/" if damage == "tokenizer" else "")
                            + message.format(src=src)), line
     assert not (tmp_path / "out").exists() and hidden(tmp_path) == []

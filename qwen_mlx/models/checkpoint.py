@@ -37,9 +37,11 @@ def read_config(folder: Path) -> dict:
     return config
 
 
-def check_tokenizer(folder: Path) -> None:
-    """The tokenizer and the chat template must load: a conversion copies them as they are,
-    and a broken one would make every later command on the converted model fail."""
+def check_tokenizer(folder: Path, vocab_size: int | None = None) -> None:
+    """The tokenizer and the chat template must load, and fit the model's ``vocab_size``
+    output rows: a conversion copies them as they are, and a broken or missing one made
+    every later command on the converted model fail (a missing template only at generate;
+    rows fewer than the tokens generated ids the tokenizer cannot read, silently)."""
     from jinja2 import TemplateSyntaxError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from tokenizers import Tokenizer
@@ -48,9 +50,13 @@ def check_tokenizer(folder: Path) -> None:
 
     path = folder / "tokenizer.json"
     try:
-        Tokenizer.from_file(str(path))
+        tokens = Tokenizer.from_file(str(path)).get_vocab_size(with_added_tokens=True)
     except Exception as e:  # noqa: BLE001 - the tokenizers library's own words, in one line
         raise QwenMlxError(f"{path} cannot be loaded: {one_line(str(e))}") from None
+    if vocab_size is not None and vocab_size < tokens:
+        raise QwenMlxError(f"{folder}/config.json has vocab_size {vocab_size:,}, fewer than "
+                           f"the {tokens:,} tokens of its tokenizer: not a matching "
+                           "checkpoint")
     templates = []
     config = folder / "tokenizer_config.json"
     if config.is_file():
@@ -66,6 +72,10 @@ def check_tokenizer(folder: Path) -> None:
             templates.append((jinja, jinja.read_text()))
         except (OSError, UnicodeDecodeError) as e:
             raise QwenMlxError(f"cannot read {jinja}: {e}") from None
+    if not templates:
+        raise QwenMlxError(f"{folder} has no chat template (tokenizer_config.json with a "
+                           "chat_template, or chat_template.jinja): copy the model's own "
+                           "tokenizer_config.json into it")
     for where, text in templates:
         try:
             ImmutableSandboxedEnvironment().parse(text)
@@ -135,7 +145,7 @@ class Checkpoint:
             raise QwenMlxError(f"{folder} is already converted to MLX; load it directly")
         if not has_tokenizer(folder):
             raise QwenMlxError(f"{folder} has no tokenizer (tokenizer.json is missing)")
-        check_tokenizer(folder)
+        check_tokenizer(folder, config.get("vocab_size"))
         found: dict[str, TensorInfo] = {}
         for f in weight_files(folder):
             found.update(read_header(f)[0])
