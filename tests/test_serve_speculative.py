@@ -171,6 +171,12 @@ def test_bad_speculative_fields_are_refused_by_name(drafted, field, message, par
     assert message in r.json()["error"]["message"] and r.json()["error"]["param"] == param
 
 
+def test_a_null_method_is_the_servers_own(drafted):
+    """Before: "this server was started without --draft or --lookup", on a --draft server."""
+    out = chat(drafted.url, COPY, max_tokens=12, speculative={"method": None, "tokens": 2})
+    assert out["usage"]["speculative"]["draft_tokens"] > 0
+
+
 def test_logprobs_of_a_speculating_request_are_the_batchs(drafted):
     """The rows that verified the proposals give each token's log-probability: the same
     tokens, values and alternatives as the batch reports without speculation."""
@@ -211,7 +217,11 @@ def test_a_server_without_speculation(model, running):
 
 def test_serve_refuses_conflicting_speculative_options(tiny_q4_f32):
     for args, message in ((["--draft", str(tiny_q4_f32), "--lookup", "3"], "not both"),
-                          (["--draft-tokens", "3"], "--draft-tokens needs --draft")):
+                          (["--draft-tokens", "3"], "--draft-tokens needs --draft"),
+                          # "" loaded the default model as the draft
+                          (["--draft", ""], "error: --draft needs a MODEL (it was empty)"),
+                          (["--draft", "/nonexistent"], "error: --draft /nonexistent: model "
+                                                        "folder /nonexistent does not exist")):
         result = CliRunner().invoke(main, ["serve", str(tiny_q4_f32), "--port", str(free_port()), *args])
         assert result.exit_code != 0
         assert message in result.output

@@ -78,7 +78,12 @@ def open_draft(options: dict, recipe: str) -> "Model | None":
     check_speculative_options(options)
     if options.get("draft") is None:
         return None
-    return load(options["draft"], recipe=recipe, convert=convert_with_progress)
+    if not options["draft"].strip():  # "" once loaded the default model as the draft
+        raise QwenMlxError("--draft needs a MODEL (it was empty)")
+    try:
+        return load(options["draft"], recipe=recipe, convert=convert_with_progress)
+    except QwenMlxError as e:  # which of the two models it is about
+        raise QwenMlxError(f"--draft {options['draft']}: {e}") from None
 
 
 def speculative_kwargs(options: dict, draft: "Model | None") -> dict:

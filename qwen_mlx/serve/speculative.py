@@ -48,7 +48,9 @@ class Speculation:
             raise RequestError(400, f"'speculative.{unknown[0]}' is not supported by qwen-mlx "
                                     f"(it takes method and tokens)",
                                param=f"{PARAM}.{unknown[0]}")
-        method = value.get("method", self.method)
+        method = value.get("method")
+        if method is None:  # absent or null: the server's own (null once read as none)
+            method = self.method
         if method is None:
             raise RequestError(400, "'speculative.method' is needed: this server was started "
                                     "without --draft or --lookup", param=f"{PARAM}.method")
