@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -185,3 +186,25 @@ def test_a_write_on_a_full_disk_names_its_file(small_disk):
         atomic_write_text(small_disk / "README.md", "x" * 100_000)
     assert os_error_line(e.value) == f"No space left on device: {small_disk / 'README.md'}"
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
+def test_convert_into_the_cache_says_if_the_entry_is_current_and_redoes_a_stale_one(
+        tiny_hf, copy_of, monkeypatch, tmp_path):
+    """Without -o, a second convert said "already exists (use --force)" even after the
+    source changed; generate redoes a stale entry, and convert now does too."""
+    monkeypatch.setenv("QWEN_MLX_HOME", str(tmp_path / "home"))
+    src = copy_of(tiny_hf, "src")
+    first = cli("convert", src, "--no-eval")
+    assert first.returncode == 0, first.stderr
+    entry = Path(first.stdout.strip())
+    again = cli("convert", src, "--no-eval")
+    assert (again.returncode, again.stdout.strip()) == (0, str(entry))
+    assert again.stderr == f"note: {src} is already converted ({entry.name}) and current " \
+                           "with its source; --force converts it again\n"
+    config = json.loads((src / "generation_config.json").read_text())
+    (src / "generation_config.json").write_text(json.dumps({**config, "temperature": 0.25}))
+    redone = cli("convert", src, "--no-eval")
+    assert (redone.returncode, redone.stdout.strip()) == (0, str(entry)), redone.stderr
+    assert redone.stderr.startswith(f"note: the cached conversion {entry} is out of date with "
+                                    "its source (or incomplete): converting it again\n")
+    assert json.loads((entry / "generation_config.json").read_text())["temperature"] == 0.25

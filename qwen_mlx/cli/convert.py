@@ -108,7 +108,17 @@ def convert(model: str | None, q4: bool, q8: bool, no_quantize: bool, bits: int 
         fitted.check(spec.folder, recipe, fit)  # refuse before a download or a cache folder
     if output is not None:
         refuse_in_cache(output)
+    cached = output is None
     output = output or hub.cache_dir(spec, recipe if fit is None else fit.named(recipe))
+    if cached and output.exists() and not force:  # the cache's own entry: as generate does
+        if hub.is_current(output, spec.folder):
+            click.echo(f"note: {spec.display} is already converted ({output.name}) and "
+                       "current with its source; --force converts it again", err=True)
+            click.echo(str(output))
+            return
+        click.echo(f"note: the cached conversion {output} is out of date with its source "
+                   "(or incomplete): converting it again", err=True)
+        force = True
     check_target(output, force=force, protect=[spec.folder] if spec.folder else [])
     source = hub.source_folder(spec)
     tokens = 0 if no_eval else eval_tokens

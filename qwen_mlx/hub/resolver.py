@@ -122,7 +122,7 @@ def source_folder(spec: ModelArg) -> Path:
 ConvertFn = Callable[[Path, Path, Recipe, str], None]
 
 
-def _is_current(converted: Path, source: Path | None) -> bool:
+def is_current(converted: Path, source: Path | None) -> bool:
     """A cached conversion is used if complete and, for a local source, not stale."""
     from ..models.provenance import PROVENANCE, fingerprint
 
@@ -176,7 +176,7 @@ def resolve(text: str | None, recipe: Recipe = DEFAULT, convert: ConvertFn | Non
     if arg.folder is not None and is_mlx_folder(arg.folder):
         return ModelSpec.of_folder(arg.folder, str(arg.folder))
     target = cache_dir(arg, recipe)
-    if _is_current(target, arg.folder):
+    if is_current(target, arg.folder):
         if weights:
             _mark_used(target)
         return ModelSpec.of_folder(target, arg.display, recipe)
