@@ -110,17 +110,21 @@ def test_a_signal_during_the_first_decode_is_not_lost(small_q4_f32, tmp_path, si
     env, log = slow_compiler_probe(tmp_path / "bin")
     port = free_port()
     proc = serve_process(small_q4_f32, port, "--shutdown-timeout", "1", env=env)
-    assert log.read_text() == "probe\n"  # already done by the time /health answers
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    with httpx.stream("POST", url, json=stream_body(small_q4_f32), timeout=120) as r:
-        lines = (line for line in r.iter_lines() if line)
-        assert next(lines).startswith("data: ")  # the first event, before the first decode
-        deadline = time.monotonic() + 60  # before: the probe starts now, on the first decode
-        while not log.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        proc.send_signal(sig)
-        rest = list(lines)
-    assert proc.wait(60) == 0, proc.stderr.read()[-500:]
+    try:
+        assert log.read_text() == "probe\n"  # already done by the time /health answers
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        with httpx.stream("POST", url, json=stream_body(small_q4_f32), timeout=120) as r:
+            lines = (line for line in r.iter_lines() if line)
+            assert next(lines).startswith("data: ")  # the first event, before any decode
+            deadline = time.monotonic() + 60  # before: the probe starts now, at the decode
+            while not log.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proc.send_signal(sig)
+            rest = list(lines)
+        assert proc.wait(60) == 0, proc.stderr.read()[-500:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert rest[-1] == "data: [DONE]"
     assert json.loads(rest[-2][6:])["error"]["code"] == "shutting_down"
     assert log.read_text() == "probe\n"
