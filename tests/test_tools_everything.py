@@ -227,3 +227,54 @@ def test_the_terminal_chat_gives_it_roots(npx_ready, tiny_q4_f32, tmp_path, monk
     with McpServers([EVERYTHING], start_timeout=300) as page:  # no roots
         assert page.status == {"everything": "running"}
         assert "get-roots-list" not in [t.name for t in page.tools]
+
+
+def test_its_sampling_request_is_asked_in_the_page(everything, model, browser):
+    """The chat page, serving its tools: the request for a reply shows under the reply (its
+    size and last message); Allow has the served model answer it through the batch, Deny is
+    an error the server reads, Always answers that server's later requests unasked. Before,
+    the page declared no sampling and the tool failed."""
+    from .serving import MODEL, Running
+    from .webpage import (Scripted, done, errors, find, find_all, fresh, js, replies,
+                          type_message, wait)
+
+    kept = everything.sampler, everything.elicitor  # the page's server sets its own
+    running = Running(Scripted(model, MODEL, page_tools=Toolbox([everything])))
+    try:
+        scripted = running.server
+        scripted.last_tokens = 500  # its 20 tools' schemas are longer than the context
+        fresh(browser, running.url)
+        wait(browser, lambda: "trigger-sampling-request" in js(
+            browser, "return document.getElementById('tools-note').textContent"))
+        for answer in ("allow", "deny", "always", None):  # None: asked no more
+            scripted.calls = [{"name": "trigger-sampling-request",
+                               "arguments": {"prompt": "Say hi", "maxTokens": 5}}]
+            scripted.replies = [["Let me ask."]] + ([] if answer == "deny" else [["Hi."]]) \
+                + [["Done."]]
+            before, asked = len(replies(browser)), len(scripted.asked)
+            type_message(browser, "Sample")
+            wait(browser, lambda: find_all(browser, ".approval"))
+            find(browser, ".approval .allow-once").click()
+            if answer is not None:
+                wait(browser, lambda: find_all(browser, ".tool-sample"))
+                assert find(browser, ".tool-sample p").text == (
+                    "everything asks the model for a reply (1 message, up to 5 tokens): "
+                    "Resource trigger-sampling-request context: Say hi")
+                find(browser, f".tool-sample .sample-{answer}").click()
+            wait(browser, lambda: done(browser) and len(replies(browser)) == before + 2)
+            assert not find_all(browser, ".tool-sample")
+            result = scripted.asked[-1]["messages"][-1]
+            assert result["role"] == "tool"
+            if answer == "deny":
+                assert result["content"] == "error: MCP error -32600: the user declined the " \
+                                            "sampling request"
+                continue
+            sampled = json.loads(result["content"].split("\n", 1)[1])
+            assert (sampled["model"], sampled["content"]["text"]) == ("qwen-mlx", "Hi.")
+            assert scripted.asked[asked + 1]["messages"][-1] == {
+                "role": "user", "content": "Resource trigger-sampling-request context: Say hi"}
+            assert scripted.asked[asked + 1]["thinking"] is False
+        assert errors(browser) == []
+    finally:
+        running.stop()
+        everything.sampler, everything.elicitor = kept

@@ -60,7 +60,7 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
     llm = open_model(model, recipe=recipe, adapter=adapter, draft=draft,
                      **memory_kwargs(options))
     toolbox = open_tools(specs, allowed_tools, tool_timeout, note, mcp_start_timeout,
-                         roots=list(mcp_roots) or [Path.cwd()], sampling=True)
+                         roots=list(mcp_roots) or [Path.cwd()])
     try:
         check_tool_choice(tool_choice, toolbox)
         session = ChatSession(llm, system=system, thinking=think, max_context=max_context,

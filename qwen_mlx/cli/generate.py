@@ -115,7 +115,7 @@ def with_tools(llm, prompt: str, system: str | None, think: bool | None,
     from ..chat.repl import Repl
     from .serve import note
 
-    toolbox = open_tools(specs, allowed, timeouts[0], note, timeouts[1], roots, sampling=True)
+    toolbox = open_tools(specs, allowed, timeouts[0], note, timeouts[1], roots)
     try:
         check_tool_choice(tool_choice, toolbox)
         session = ChatSession(llm, system=system, thinking=think, stop=stop, tools=toolbox,

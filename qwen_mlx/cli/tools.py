@@ -93,16 +93,15 @@ def check_tool_choice(tool_choice: str, toolbox: Toolbox | None) -> None:
 
 def open_tools(specs: list[ServerSpec], allowed: tuple[str, ...], timeout: float,
                note: Callable[[str], None], start_timeout: float = START_TIMEOUT,
-               roots: list[Path] | None = None, sampling: bool = False) -> Toolbox | None:
+               roots: list[Path] | None = None) -> Toolbox | None:
     """Start the servers (after the model loaded: a failed load leaves no process behind);
     None when there are none. A server that fails is one line through ``note``.
-    ``sampling``: servers may ask the model for replies (the terminal, which asks the user
-    first; the page cannot ask yet, so it declares no sampling). Forms (elicitation) are
-    answered in both."""
+    Servers may ask the model for replies (sampling) and the user questions (forms): the
+    terminal and the page each ask the user first."""
     if not specs:
         return None
     toolbox = Toolbox([McpServers(specs, on_note=note, start_timeout=start_timeout,
-                                  roots=roots, sampling=sampling, forms=True)],
+                                  roots=roots, sampling=True, forms=True)],
                       timeout=timeout, on_note=note)
     unknown = sorted(set(allowed) - {t.name for t in toolbox.tools})
     if unknown:

@@ -64,7 +64,8 @@ async def call(server: Server, request: Request) -> Response:
 
 async def running(server: Server, tool, name: str, arguments) -> AsyncIterator[str]:
     """The call's lines: {"progress", "total", "message"} as its server reports them, and
-    {"form": ...} for each question it asks the user (:mod:`.page_forms`), then its result
+    {"form": ...} or {"sample": ...} for each question it asks the user (:mod:`.page_forms`),
+    then its result
     {content, error, server}. A client that goes away (the page's Stop) ends this
     generator, and that cancels the call on its server (and its unanswered forms)."""
     loop, heard = asyncio.get_running_loop(), asyncio.Queue()
@@ -76,7 +77,7 @@ async def running(server: Server, tool, name: str, arguments) -> AsyncIterator[s
     def progressed(progress: float, total: float | None, message: str | None) -> None:
         send({"progress": progress, "total": total, "message": message})
 
-    with server.forms.carried(tool.source, send):
+    with server.forms.carried(tool.source, send, loop):
         work = asyncio.ensure_future(asyncio.to_thread(server.page_tools.call, name,
                                                        arguments, stop, progressed))
         try:

@@ -69,11 +69,35 @@ class Server:
 
         for servers in (self.page_tools.servers() if self.page_tools else []):
             servers.elicitor = self.forms.ask
+            servers.sampler = self.sample_for_page
 
         self.speculation = self.speculation or Speculation()
         self.worker = Worker(self.model, self.slots, self.parallel, self.time_limit,
                              draft=self.speculation.draft)
         self.token_text = TokenText(self.model.tokenizer)
+
+    def sample_for_page(self, name: str, messages: list[dict], system: str | None,
+                        max_tokens: int, temperature: float | None,
+                        stop: list[str]) -> tuple[str, str]:
+        """An MCP server's sampling request during one of the page's calls (its MCP thread):
+        answered by the served model through the batch, once the page's user allows it (as
+        the terminal chat asks), without thinking -> (text, MCP's stop reason)."""
+        last = " ".join(str(messages[-1]["content"]).split())[:200] if messages else ""
+        loop = self.forms.allow_sample(name, {"messages": len(messages), "last": last,
+                                              "system": system or "",
+                                              "max_tokens": max_tokens})
+        if loop is None:
+            raise QwenMlxError("the user declined the sampling request")
+        prompt = ([{"role": "system", "content": system}] if system else []) + messages
+        sampling = {} if temperature is None else {"temperature": temperature}
+        try:  # its token limit cut to the context's room, as an endpoint's default is
+            request = self.request(self.encode_chat(prompt, enable_thinking=False), sampling,
+                                   stop, default_max_tokens=max(1, min(max_tokens, 4096)))
+            done = asyncio.run_coroutine_threadsafe(self.complete(request, tools=False),
+                                                    loop).result()
+        except RequestError as e:
+            raise QwenMlxError(str(e)) from None
+        return done.text, {"length": "maxTokens"}.get(done.stats.finish_reason, "endTurn")
 
     @property
     def closing(self) -> bool:

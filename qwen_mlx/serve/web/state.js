@@ -14,6 +14,7 @@ export const state = {
   pendingFiles: [], // [{name, text}] attached to the next message
   pageTools: [], // the server's tools for this page: [{name, server, description, parameters}]
   alwaysTools: new Set(), // tools the user allowed for as long as the page is open
+  alwaysSampling: new Set(), // servers whose requests for a reply the model answers unasked
   mcpPrompts: [], // the servers' prompts: [{server, name, description, arguments}]
 };
 

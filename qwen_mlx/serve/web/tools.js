@@ -183,10 +183,10 @@ async function answer(el, call, signal) {
     const response = await api.request("/web/tools/call", { method: "POST", signal, body: {
       id: call.id, name, arguments: parsed(call.function.arguments) } });
     let result = null;
-    for await (const line of lines(response)) { // progress and forms, then its result
+    for await (const line of lines(response)) { // progress, forms, samples; then the result
       if (line.form) note.before(formElement(line.form, (action, content) =>
-        api.json("/web/tools/form", { method: "POST", body: { id: line.form.id, action, content } })
-          .catch((e) => showBanner(`The form's answer did not reach the server: ${e.message}`))));
+        reply(line.form.id, action, content)));
+      else if (line.sample) askSample(note, line.sample);
       else if (line.progress !== undefined) showProgress(note, call, line);
       else result = line;
     }
@@ -199,6 +199,43 @@ async function answer(el, call, signal) {
   } finally {
     note.remove();
   }
+}
+
+/** The page's answer to a server's question during a call (a form, a sampling request). */
+function reply(id, action, content) {
+  api.json("/web/tools/form", { method: "POST", body: { id, action, content } })
+    .catch((e) => showBanner(`The answer did not reach the server: ${e.message}`));
+}
+
+/** An MCP server asks the model for a reply (sampling): allowed once, always (for that
+ * server, while the page is open) or denied, as a tool call is. Text is set as text. */
+function askSample(note, sample) {
+  if (state.alwaysSampling.has(sample.server)) {
+    reply(sample.id, "accept");
+    return;
+  }
+  const box = document.createElement("div");
+  box.className = "tool-form tool-sample";
+  const question = document.createElement("p");
+  const count = `${sample.messages} message${sample.messages === 1 ? "" : "s"}`;
+  question.textContent = `${sample.server} asks the model for a reply (${count}, up to ` +
+    `${sample.max_tokens} tokens): ${sample.last}`;
+  box.append(question);
+  if (sample.system) {
+    const system = document.createElement("p");
+    system.className = "sample-system";
+    system.textContent = `Its system prompt: ${sample.system}`;
+    box.append(system);
+  }
+  const answer = (action, always = false) => {
+    if (always) state.alwaysSampling.add(sample.server);
+    box.remove();
+    reply(sample.id, action);
+  };
+  box.append(button("Allow", "sample-allow", () => answer("accept")),
+             button("Always", "sample-always", () => answer("accept", true)),
+             button("Deny", "sample-deny", () => answer("decline")));
+  note.before(box);
 }
 
 /** The JSON lines of a response, as they arrive. */
