@@ -71,7 +71,7 @@ def test_stop_string_cuts_the_text(tiny_model):
     stop = full[10:14]
     cut = tiny_model.generate(MESSAGES, temperature=0, max_tokens=20, stop=[stop])
     assert cut.text == full[:full.index(stop)]
-    assert cut.stats.finish_reason == "stop"
+    assert (cut.stats.finish_reason, cut.stats.stop_string) == ("stop", stop)
 
 
 def test_seeded_sampling_repeats_and_defaults_come_from_generation_config(tiny_model):
@@ -164,13 +164,14 @@ def test_stop_strings_across_pieces():
     assert stops.feed("Hello </e") == ("Hello ", False)
     assert stops.feed("nd") == ("", False)
     assert stops.feed(">never shown") == ("", True)
+    assert stops.matched == "</end>"  # named (Anthropic's stop_sequence)
     stops = StopStrings(["STOP"])
     assert [stops.feed(p) for p in ("a S", "T", "x")] == [("a ", False), ("", False),
                                                           ("STx", False)]
     assert stops.feed("ST") == ("", False) and stops.flush() == "ST"
     assert StopStrings([]).feed("ST") == ("ST", False)
     first = StopStrings(["abc", "b"])  # streaming: "b" completes first
-    assert first.feed("abc") == ("a", True)
+    assert first.feed("abc") == ("a", True) and first.matched == "b"
 
 
 def test_each_reply_reports_its_own_peak_memory(tiny_model):

@@ -116,6 +116,7 @@ class Stats:
     decode_seconds: float = 0.0
     peak_memory: int = 0
     finish_reason: str = ""  # "stop" (eos or a stop string) or "length"
+    stop_string: str | None = None  # the stop string that ended it, if one did
     # speculative decoding (0 without): proposals made and kept, the model's decode forwards
     draft_tokens: int = 0
     accepted_tokens: int = 0
@@ -184,15 +185,21 @@ class StopStrings:
     ``abc`` and ``b``)."""
 
     def __init__(self, stops: Iterable[str]) -> None:
-        stops = [s for s in stops if s]
-        self.machine = seam.text_machine({"normal": [(s, None) for s in stops]}) \
-            if stops else None
+        self.stops = sorted({s for s in stops if s}, key=len, reverse=True)
+        self.machine = seam.text_machine({"normal": [(s, None) for s in self.stops]}) \
+            if self.stops else None
         self.state = self.machine.make_state() if self.machine else None
+        self.fed = ""  # every text fed, to name the stop string that ended it
+        self.matched: str | None = None
 
     def feed(self, text: str) -> tuple[str, bool]:
         if self.machine is None:
             return text, False
+        self.fed += text
         self.state, segments = self.machine.split(self.state, text)
+        if self.state[0] is None:  # the text after the match is what the state kept
+            end = len(self.fed) - len(self.state[3])
+            self.matched = next((s for s in self.stops if self.fed[:end].endswith(s)), None)
         return "".join(t for _, t in segments), self.state[0] is None
 
     def flush(self) -> str:
@@ -235,6 +242,7 @@ class Reply:
         text, stopped = self.stops.feed(self.detok.last_segment)
         if stopped:
             self.stats.finish_reason, self.done = "stop", True
+            self.stats.stop_string = self.stops.matched
         return Piece(text, [token], **extra)
 
     def finish(self, reason: str | None = None) -> Piece:
