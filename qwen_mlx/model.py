@@ -304,6 +304,16 @@ class Model:
             self._draft_nets[id(draft)] = RowsFitted(draft.net, own, rows)
         return self._draft_nets[id(draft)]
 
+    def score(self, tokens: list[int], top: int = 0) -> list:
+        """Each of ``tokens``' log-probability after the tokens before it (the first has
+        none) and its ``top`` likeliest alternatives: a prompt's log-likelihood, as
+        evaluation harnesses ask for it (:mod:`qwen_mlx.engine.score`)."""
+        from .engine.score import score
+        from .models import mlx_lm_seam as seam
+
+        return score(self.net, tokens, top=top, chunk=self.prefill_step,
+                     stream=seam.decode_stream())
+
     def token_steps(self, tokens: list[int], cache: PromptCache, *, max_tokens: int,
                     params: SamplingParams | None = None,
                     speculation=None) -> Iterator[int]:

@@ -73,6 +73,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     on_prefill: object = None  # progress of a long prompt: a callback with close()
     top_logprobs: int | None = None
+    kind: str = "generate"  # or "score": the prompt's log-probabilities, nothing generated
     made: int = 0  # tokens generated so far
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -155,6 +156,7 @@ class Worker:
     def _step(self) -> None:
         self._collect(block=not self.running and not self.speculating and not self.waiting)
         self._drop_cancelled()
+        self._score()
         if self.batch is None:
             if self.waiting:
                 self._run_alone(self.waiting.popleft())
@@ -214,6 +216,17 @@ class Worker:
                 else:
                     keep.append(job)
             self.waiting = keep
+
+    def _score(self) -> None:
+        """Scoring jobs run between two steps, oldest first: each is one prefill that keeps
+        its logits (:mod:`qwen_mlx.engine.score`), its result one item."""
+        for job in [j for j in self.waiting if j.kind == "score"]:
+            self.waiting.remove(job)
+            self.queued.discard(job)
+            self.admitting = job  # an exception here reaches _failed, which ends the job
+            job.put(self.model.score(list(job.request.tokens), job.top_logprobs or 0))
+            self.admitting = None
+            self._close(job, None)
 
     def _admit(self) -> None:
         """Start waiting jobs, oldest first, while there is room: at most ``parallel``
@@ -316,10 +329,13 @@ class Worker:
     # -- the asyncio side -------------------------------------------------------------
 
     async def generate(self, request: Request, on_prefill=None,
-                       top_logprobs: int | None = None) -> AsyncIterator[Piece]:
+                       top_logprobs: int | None = None,
+                       kind: str = "generate") -> AsyncIterator[Piece]:
         """The reply's pieces; the last carries the stats. Leaving early cancels the job.
-        ``on_prefill`` (a callback with ``close()``) is called from the engine thread."""
-        job = Job(request, asyncio.get_running_loop(), on_prefill, top_logprobs)
+        ``on_prefill`` (a callback with ``close()``) is called from the engine thread. With
+        ``kind`` "score", one item instead: the prompt's scores (``top_logprobs``
+        alternatives each)."""
+        job = Job(request, asyncio.get_running_loop(), on_prefill, top_logprobs, kind)
         if self.closing.is_set():
             raise ShuttingDown("the server is shutting down")
         self.queued.add(job)
