@@ -85,18 +85,26 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
         "/api/generate": {"model": MODEL, "prompt": "Hi", "stream": False,
                           "options": {"num_predict": 1}},
         "/v1/completions": {"model": MODEL, "prompt": "Hi", "max_tokens": 1},
+        "/v1/messages": {"model": MODEL, "max_tokens": 1,
+                         "messages": [{"role": "user", "content": "Hi"}]},
+        "/v1/messages/count_tokens": {"model": MODEL,
+                                      "messages": [{"role": "user", "content": "Hi"}]},
     }
     deep = '{"a": ' * 5_000 + "null" + "}" * 5_000  # spliced in as text: too deep to dump
     values = [None, True, False, "", "yes", "x" * 100_000, -1, 0, 1, 0.5, 2**64, -2**70,
               10**30, 1e308, -1e308, [], {}, [1, "a", None], {"type": "json_object"},
               [{"role": "robot"}], [{"role": "user", "content": [{"type": "image_url"}]}],
               [{"role": "assistant", "content": "", "tool_calls": [{"function": "x"}]}],
-              [{"role": "assistant", "tool_calls": "nope"}], "__DEEP__"]
+              [{"role": "assistant", "tool_calls": "nope"}], "__DEEP__",
+              [{"role": "user", "content": [{"type": "tool_result", "content": 5}]}],
+              [{"role": "assistant", "content": [{"type": "tool_use", "input": []}]}],
+              [{"type": "text"}], {"type": "tool", "name": 1}, {"type": "enabled"},
+              [{"name": "x", "input_schema": "no"}], "\ud800"]
     fields = ["model", "messages", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
               "stream", "stream_options", "n", "tools", "tool_choice", "presence_penalty",
               "logprobs", "response_format", "options", "prompt", "system", "raw", "format",
               "keep_alive", "images", "unknown_field", "top_logprobs", "frequency_penalty",
-              "echo", "max_tokens"]
+              "echo", "max_tokens", "stop_sequences", "thinking", "metadata"]
     option_keys = ["temperature", "top_p", "seed", "num_ctx", "stop", "repeat_penalty", "x",
                    "presence_penalty", "repeat_last_n"]
     statuses = []
@@ -112,7 +120,9 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
             else:
                 body[rng.choice(fields)] = value
         # never a long generation: the token limits stay at one
-        if path.startswith("/v1"):
+        if path.endswith("count_tokens"):
+            body.pop("max_tokens", None)  # not one of its fields
+        elif path.startswith("/v1"):
             body["max_tokens"] = 1
         elif isinstance(body.get("options"), dict):
             body["options"]["num_predict"] = 1
@@ -149,9 +159,9 @@ def test_unsupported_fields_are_refused_by_name_and_no_ops_accepted(running):
                                             "options": {"mirostat": 2}})
     assert r.status_code == 400 and r.json() == {
         "error": "'options.mirostat' is not supported by qwen-mlx"}
-    r = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "x", "echo": True})
+    r = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "x", "best_of": 2})
     assert r.status_code == 400 and r.json()["error"]["message"] == \
-        "'echo' is not supported by qwen-mlx"
+        "'best_of' is not supported by qwen-mlx"
     r = httpx.post(f"{url}/api/generate", json={"model": MODEL, "prompt": "x", "stream": False,
                                                 "suffix": "y"})
     assert r.status_code == 400 and r.json() == {"error": "'suffix' is not supported by "

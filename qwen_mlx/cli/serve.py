@@ -16,7 +16,7 @@ from .tools import open_tools, page_tool_options, tool_servers
 
 
 @click.command(help=f"""Serve MODEL over HTTP: OpenAI's /v1/chat/completions, /v1/completions
-and /v1/models, Ollama's /api/chat, /api/generate, /api/tags, /api/ps, /api/show and
+and /v1/models, Anthropic's /v1/messages (and count_tokens), Ollama's /api/chat, /api/generate, /api/tags, /api/ps, /api/show and
 /api/version, and /health. Concurrent requests are decoded together (continuous batching, up to
 --parallel); the KV caches of recent conversations are kept, so a client that resends its
 history prefills only the new part. Loopback only unless --host says otherwise.
@@ -48,6 +48,9 @@ history prefills only the new part. Loopback only unless --host says otherwise.
 @click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
               help="A web origin (https://app.example) whose pages may call the server, "
                    "beyond localhost pages; '*' allows every page. Repeatable.")
+@click.option("--alias", "aliases", multiple=True, metavar="NAME=MODEL",
+              help="Answer requests for model NAME with MODEL, the served model; NAME may "
+                   "hold * ('claude-*=MODEL' for Claude Code). Repeatable.")
 @speculative_options
 @page_tool_options
 @load_options
@@ -56,6 +59,7 @@ history prefills only the new part. Loopback only unless --host says otherwise.
 def serve(model: str | None, host: str, port: int, api_key: str | None, cache_slots: int,
           parallel: int | None, max_body: str, request_timeout: float | None,
           idle_timeout: float, shutdown_timeout: float, allow_origins: tuple[str, ...],
+          aliases: tuple[str, ...],
           mcp_files: tuple[Path, ...], tool_timeout: float, mcp_roots: tuple[Path, ...],
           mcp_start_timeout: float,
           adapter: Path | None, recipe: str,
@@ -65,6 +69,7 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
     from ..units import parse_size
 
     body_limit = parse_size(max_body, "a body size")  # one-line error on a bad size
+    names = alias_names(aliases, served_name(model))
     exposed = not is_local(host) and not api_key
     if mcp_files and exposed:
         raise QwenMlxError(f"serve --mcp on {host} needs --api-key: the page's tools run on "
@@ -90,7 +95,7 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
     server = Server(llm, model_id, api_key=api_key, slots=cache_slots, progress=PrefillBars(),
                     host=host, allow_origins=allow_origins, max_body=body_limit,
                     parallel=parallel, time_limit=request_timeout, page_tools=tools,
-                    speculation=speculation)
+                    speculation=speculation, aliases=names)
     err.print(f"serving {model_id} on http://{host}:{port} (OpenAI: /v1, Ollama: /api, "
               f"chat page: /), {server.worker.parallel} at a time; Ctrl-C stops",
               soft_wrap=True)
@@ -118,6 +123,20 @@ def server_speculation(llm, options: dict, draft):
 
 def note(line: str) -> None:
     err.print(line, style="dim", markup=False, highlight=False, soft_wrap=True)
+
+
+def alias_names(aliases: tuple[str, ...], served: str) -> tuple[str, ...]:
+    """``--alias NAME=MODEL``'s names, each for the served model (this server runs one)."""
+    names = []
+    for alias in aliases:
+        name, _, target = alias.partition("=")
+        if not name.strip() or not target.strip():
+            raise QwenMlxError(f"--alias {alias}: give NAME=MODEL (e.g. 'claude-*={served}')")
+        if target.lower() not in {served.lower(), served.lower().rsplit("/", 1)[-1]}:
+            raise QwenMlxError(f"--alias {alias}: this server runs {served}, so MODEL must "
+                               f"be that name")
+        names.append(name.strip())
+    return tuple(names)
 
 
 def served_name(model: str | None) -> str:

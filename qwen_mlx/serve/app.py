@@ -1,5 +1,5 @@
-"""The ASGI app: routes for both APIs over one :class:`Server`, each API's error shape, and
-the optional API key.
+"""The ASGI app: routes for every API over one :class:`Server`, each API's error shape (an
+unknown route or method too), and the optional API key.
 
 Starlette (with uvicorn) rather than FastAPI: the two APIs need their own error bodies and
 streaming formats, which we write by hand either way, so FastAPI's validation layer would only
@@ -16,6 +16,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from . import anthropic
+from . import completions
 from . import ollama
 from . import openai
 from . import page
@@ -51,7 +53,9 @@ def create_app(server: Server) -> Guard:
         route("/v1/models", openai.models, ["GET"], openai),
         route("/v1/models/{model:path}", openai.model, ["GET"], openai),
         route("/v1/chat/completions", openai.chat_completions, ["POST"], openai),
-        route("/v1/completions", openai.completions, ["POST"], openai),
+        route("/v1/completions", completions.completions, ["POST"], openai),
+        route("/v1/messages", anthropic.messages, ["POST"], anthropic),
+        route("/v1/messages/count_tokens", anthropic.count_tokens, ["POST"], anthropic),
         route("/api/ps", ollama.ps, ["GET"], ollama),
         route("/api/tags", ollama.tags, ["GET"], ollama),
         route("/api/show", ollama.show, ["POST"], ollama),
@@ -59,8 +63,21 @@ def create_app(server: Server) -> Guard:
         route("/api/chat", ollama.chat, ["POST"], ollama),
         route("/api/generate", ollama.generate, ["POST"], ollama),
     ]
-    return Guard(Starlette(routes=routes), bind_host=server.host,
-                 allow_origins=tuple(server.allow_origins))
+    async def missing(request: Request, exc) -> Response:
+        """An unknown route or method, in the error shape of the API its path belongs to
+        (a bare "Not Found" left every SDK showing "Error code: 404" and nothing else)."""
+        path, status = request.url.path, getattr(exc, "status_code", 404)
+        api = ollama if path.startswith("/api/") else \
+            anthropic if path.startswith("/v1/messages") else openai
+        what = f"{request.method} {path} is not served here" if status == 405 else \
+            f"{path} is not served by qwen-mlx"
+        return api.error(RequestError(status, f"{what} (its APIs: OpenAI's /v1/chat/"
+                                              f"completions, /v1/completions, /v1/models; "
+                                              f"Anthropic's /v1/messages; Ollama's /api/...)",
+                                      code="not_found" if status == 404 else None))
+
+    app = Starlette(routes=routes, exception_handlers={404: missing, 405: missing})
+    return Guard(app, bind_host=server.host, allow_origins=tuple(server.allow_origins))
 
 
 def health(server: Server) -> JSONResponse:
@@ -80,11 +97,13 @@ def health(server: Server) -> JSONResponse:
 
 
 def authorize(server: Server, request: Request) -> None:
-    """With --api-key, every API route needs ``Authorization: Bearer KEY``."""
+    """With --api-key, every API route needs ``Authorization: Bearer KEY`` (or Anthropic's
+    ``x-api-key: KEY``, which its SDK and Claude Code send)."""
     if server.api_key is None:
         return
     header = request.headers.get("authorization", "")
-    given = header[7:] if header.lower().startswith("bearer ") else ""
+    given = header[7:] if header.lower().startswith("bearer ") else \
+        request.headers.get("x-api-key", "")
     if not hmac.compare_digest(given.encode(), server.api_key.encode()):
         raise RequestError(401, "invalid or missing API key (Authorization: Bearer KEY)",
                            code="invalid_api_key")

@@ -28,7 +28,7 @@ def openai_format(value) -> Constraint | None:
                                     "schema)", param="response_format")
         if spec.get("schema") is None:
             return Constraint.json()
-        return _schema(spec["schema"], "response_format")
+        return json_schema(spec["schema"], "response_format")
     raise RequestError(400, "'response_format' type must be text, json_object or "
                             "json_schema", param="response_format")
 
@@ -40,7 +40,7 @@ def ollama_format(value) -> Constraint | None:
     if value == "json":
         return Constraint.json()
     if isinstance(value, dict):
-        return _schema(value, "format")
+        return json_schema(value, "format")
     raise RequestError(400, "'format' must be \"json\" or a JSON schema object", param="format")
 
 
@@ -55,7 +55,9 @@ def forced_tool_call(tools: list, name: str | None, *, several: bool = False) ->
                            else "tools") from None
 
 
-def _schema(schema, param: str) -> Constraint:
+def json_schema(schema, param: str) -> Constraint:
+    """A JSON schema as a constraint; a schema the grammar engine refuses is a 400 naming
+    ``param``, the field it came from."""
     try:
         return Constraint.schema(schema)
     except QwenMlxError as e:

@@ -60,6 +60,8 @@ def legacy(entries: list[dict], offset: int = 0) -> dict:
         at += len(e["token"])
     return {"tokens": [e["token"] for e in entries],
             "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]}
+            # an echoed prompt's first token has no log-probability and no alternatives
+            "top_logprobs": [None if e["logprob"] is None else
+                             {t["token"]: t["logprob"] for t in e["top_logprobs"]}
                              for e in entries],
             "text_offset": offsets}

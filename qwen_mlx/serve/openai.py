@@ -1,5 +1,6 @@
-"""OpenAI-compatible endpoints: GET /v1/models (and /v1/models/{id}), POST
-/v1/chat/completions and POST /v1/completions, streamed as server-sent events or not."""
+"""OpenAI-compatible endpoints: GET /v1/models (and /v1/models/{id}) and POST
+/v1/chat/completions, streamed as server-sent events or not, and what the OpenAI endpoints
+share (the legacy /v1/completions is :mod:`.completions`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..engine.constraint import Constraint
 from .formats import forced_tool_call, openai_format
-from .logprobs import legacy
 from .server import (Delta, RequestError, Server, flag, number, refuse_unsupported,
                      stop_list)
 from .speculative import usage_record
@@ -52,10 +52,6 @@ SUPPORTED = SAMPLING | {"messages", "max_completion_tokens", "tools", "tool_choi
 # Fields clients send with their "off" value: accepted when they hold it, refused otherwise.
 NO_OPS = {"logit_bias": lambda v: v in (None, {}), "store": lambda v: v in (None, False),
           "metadata": lambda v: v in (None, {})}
-COMPLETION_FIELDS = SAMPLING | {"prompt", "logprobs", "speculative"}
-COMPLETION_NO_OPS = {"echo": lambda v: v in (None, False), "suffix": lambda v: v in (None, ""),
-                     "best_of": lambda v: v in (None, 1),
-                     "logit_bias": lambda v: v in (None, {})}
 INLINE_JSON = 64 << 10  # bodies up to this size are parsed on the event loop
 STREAM_HEADERS = {"Cache-Control": "no-cache"}
 
@@ -249,71 +245,6 @@ async def chat_completions(server: Server, request: Request) -> Response:
                 if include_usage:
                     yield sse({**head, "object": "chat.completion.chunk", "choices": [],
                                "usage": usage(item.stats)})
-        except Ended as e:
-            yield stream_error(e)
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers=STREAM_HEADERS)
-
-
-def prompt_tokens(server: Server, prompt) -> list[int]:
-    """/v1/completions' prompt: text (as it is, no chat template) or token ids; one only."""
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]
-    if isinstance(prompt, str) and prompt:
-        return server.model.encode(prompt, raw=True)
-    vocab = server.model.config.get("vocab_size", 0)
-    if isinstance(prompt, list) and prompt and all(
-            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in prompt):
-        return list(prompt)
-    raise RequestError(400, "'prompt' must be non-empty text or a list of token ids (one "
-                            "prompt per request)", param="prompt")
-
-
-async def completions(server: Server, request: Request) -> Response:
-    """POST /v1/completions: a raw prompt continued (eval harnesses and editors use it)."""
-    body = await read_json(request, server.max_body)
-
-    def build():
-        stream, include_usage, continuous = common(server, body, COMPLETION_FIELDS,
-                                                   COMPLETION_NO_OPS)
-        top = server.check_logprobs(number(body, "logprobs", int, low=0, high=5), "logprobs")
-        # OpenAI's default for this endpoint is 16 tokens
-        req = server.request(prompt_tokens(server, body.get("prompt")), sampling(body),
-                             stop_list(body.get("stop")), default_max_tokens=16,
-                             speculative=server.speculative(body))
-        return req, stream, include_usage, continuous, top
-
-    req, stream, include_usage, continuous, top = await server.validate(build)
-    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
-            "created": int(time.time()), "model": server.model_id}
-
-    def choice(text: str, finish, entries: list[dict], offset: int = 0) -> dict:
-        return {"text": text, "index": 0, "finish_reason": finish,
-                "logprobs": None if top is None else legacy(entries, offset)}
-
-    if not stream:
-        out = await server.complete(req, tools=False, logprobs=top, http=request)
-        return JSONResponse({**head, "choices": [choice(out.text, out.stats.finish_reason,
-                                                        out.logprobs)],
-                             "usage": usage(out.stats)})
-
-    async def events():
-        offset = 0
-        try:
-            async for item in server.reply(req, tools=False, logprobs=top):
-                if isinstance(item, Delta):
-                    yield sse({**head, "choices": [choice(item.text, None, item.logprobs,
-                                                          offset)],
-                               **({"usage": running_usage(len(req.tokens), item.generated)}
-                                  if continuous else {})})
-                    offset += len(item.text)
-                    continue
-                yield sse({**head, "choices": [choice(item.text, item.stats.finish_reason,
-                                                      [], offset)],
-                           **({"usage": None} if include_usage else {})})
-                if include_usage:
-                    yield sse({**head, "choices": [], "usage": usage(item.stats)})
         except Ended as e:
             yield stream_error(e)
         yield "data: [DONE]\n\n"

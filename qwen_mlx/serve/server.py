@@ -9,6 +9,7 @@ through the chat template and tokenizing it takes a while, and meanwhile /health
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,7 @@ class Server:
     model: Model
     model_id: str
     api_key: str | None = None
+    aliases: tuple[str, ...] = ()  # other names (glob patterns) of the served model
     slots: int = 4
     progress: Callable[[], object] | None = None  # a request's prefill progress callback
     # (with close()) for long prompts: the CLI's rows of bars
@@ -127,12 +129,14 @@ class Server:
     # -- requests ---------------------------------------------------------------------
 
     def check_model(self, name) -> None:
-        """Clients must name the served model (Ollama's ":latest" tag and case aside)."""
+        """Clients must name the served model (Ollama's ":latest" tag and case aside), or a
+        name ``--alias`` maps to it (``claude-*``: Claude Code asks for its own names)."""
         if not isinstance(name, str) or not name:
             raise RequestError(400, "'model' is required", param="model")
         wanted = name.lower().removesuffix(":latest")
         names = {self.model_id.lower(), self.model_id.lower().rsplit("/", 1)[-1]}
-        if wanted not in names:
+        if wanted not in names and not any(fnmatch.fnmatchcase(wanted, alias.lower())
+                                           for alias in self.aliases):
             raise RequestError(404, f"model '{name}' not found; this server runs "
                                     f"'{self.model_id}'", code="model_not_found", param="model")
 
@@ -218,6 +222,19 @@ class Server:
             await pieces.aclose()
         rest, calls = splitter.finish()
         yield Outcome(rest, calls, stats)
+
+    async def score(self, request: Request, top: int) -> list[dict]:
+        """The prompt's tokens as log-probability entries (the first token's is None), each
+        with ``top`` alternatives; a score job on the engine thread (between two steps)."""
+        scores = None
+        try:
+            async for item in self.worker.generate(request, None, top, kind="score"):
+                scores = item
+        except Ended as e:
+            raise RequestError(e.status, str(e), code=e.code) from None
+        return [{**self.token_text.entry(s.token, s.logprob),
+                 "top_logprobs": [self.token_text.entry(t, lp) for t, lp in s.top]}
+                for s in scores]
 
     async def complete(self, request: Request, *, tools: bool, logprobs: int | None = None,
                        http=None) -> Outcome:
