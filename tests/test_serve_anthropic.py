@@ -215,9 +215,9 @@ def test_a_hybrid_models_thinking_is_a_thinking_block(model):
 
 def test_unknown_routes_answer_in_their_apis_shape(served):
     url, key = served.url, {"Authorization": "Bearer k3y"}
-    r = httpx.get(f"{url}/v1/responses/x", headers=key)
+    r = httpx.post(f"{url}/v1/embeddings", headers=key, json={})
     assert r.status_code == 404 and r.json()["error"]["message"].startswith(
-        "/v1/responses/x is not served by qwen-mlx (its APIs: ")
+        "/v1/embeddings is not served by qwen-mlx (its APIs: ")
     assert r.json()["error"]["type"] == "invalid_request_error"
     r = httpx.post(f"{url}/api/embed", headers=key, json={})
     assert r.status_code == 404 and set(r.json()) == {"error"}

@@ -71,8 +71,9 @@ def test_allowed_origins_and_an_exposed_bind_address(model):
 
 def test_fuzzed_bodies_never_get_a_5xx(running):
     """A few hundred generated bodies (wrong types, extreme numbers, deep nesting, huge
-    strings, unknown fields, broken JSON) against both APIs: every answer is below 500, and
-    the server still serves afterwards."""
+    strings, unknown fields, broken JSON) against every API (OpenAI's chat, completions and
+    responses, Anthropic's messages and count_tokens, Ollama's): every answer is below 500,
+    and the server still serves afterwards."""
     import random
 
     url = running.url
@@ -85,6 +86,7 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
         "/api/generate": {"model": MODEL, "prompt": "Hi", "stream": False,
                           "options": {"num_predict": 1}},
         "/v1/completions": {"model": MODEL, "prompt": "Hi", "max_tokens": 1},
+        "/v1/responses": {"model": MODEL, "max_output_tokens": 1, "input": "Hi"},
         "/v1/messages": {"model": MODEL, "max_tokens": 1,
                          "messages": [{"role": "user", "content": "Hi"}]},
         "/v1/messages/count_tokens": {"model": MODEL,
@@ -104,11 +106,13 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
               "stream", "stream_options", "n", "tools", "tool_choice", "presence_penalty",
               "logprobs", "response_format", "options", "prompt", "system", "raw", "format",
               "keep_alive", "images", "unknown_field", "top_logprobs", "frequency_penalty",
-              "echo", "max_tokens", "stop_sequences", "thinking", "metadata"]
+              "echo", "max_tokens", "stop_sequences", "thinking", "metadata", "input",
+              "instructions", "text", "reasoning", "previous_response_id", "store",
+              "max_output_tokens"]
     option_keys = ["temperature", "top_p", "seed", "num_ctx", "stop", "repeat_penalty", "x",
                    "presence_penalty", "repeat_last_n"]
     statuses = []
-    for i in range(300):
+    for i in range(420):  # seven endpoints: enough of both kinds for each
         path, base = rng.choice(list(bases.items()))
         body = json.loads(json.dumps(base))
         for _ in range(rng.randint(1, 3)):
@@ -122,6 +126,8 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
         # never a long generation: the token limits stay at one
         if path.endswith("count_tokens"):
             body.pop("max_tokens", None)  # not one of its fields
+        elif path == "/v1/responses":
+            body["max_output_tokens"] = 1
         elif path.startswith("/v1"):
             body["max_tokens"] = 1
         elif isinstance(body.get("options"), dict):

@@ -23,10 +23,10 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..models import mlx_lm_seam as seam
 from .formats import forced_tool_call, json_schema
 from .openai import STREAM_HEADERS, read_json
 from .server import Delta, RequestError, Server, flag, number, refuse_unsupported
+from .thoughts import Thoughts
 from .worker import Ended
 
 FIELDS = {"model", "messages", "max_tokens", "system", "stop_sequences", "temperature",
@@ -282,40 +282,6 @@ def tool_uses(calls: list[dict]) -> list[dict]:
     return [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": c["name"],
              "input": c["arguments"] if isinstance(c["arguments"], dict) else {}}
             for c in calls]
-
-
-class Thoughts:
-    """A reply's text as (kind, text) parts, "thinking" inside ``<think>…</think>`` and
-    "text" outside, as it streams (mlx-lm's text state machine: a tag split across pieces
-    is held back until it is whole)."""
-
-    def __init__(self, on: bool) -> None:
-        self.machine = seam.text_machine({"text": [("<think>", "thinking")],
-                                          "thinking": [("</think>", "text")]}) if on else None
-        self.state = self.machine.make_state("text") if on else None
-        self.fresh = True  # at a block's start: the template's newlines there are dropped
-
-    def feed(self, text: str) -> list[tuple[str, str]]:
-        if self.machine is None:
-            return [("text", text)] if text else []
-        self.state, segments = self.machine.split(self.state, text)
-        out = []
-        for i, (kind, t) in enumerate(segments):
-            if i:  # a tag was crossed: a new block
-                self.fresh = True
-            if self.fresh:
-                t = t.lstrip("\n")
-            if t:
-                self.fresh = False
-                out.append((kind, t))
-        return out
-
-    def flush(self) -> list[tuple[str, str]]:
-        if self.machine is None or not self.state[3]:
-            return []
-        kind, held = self.state[0], self.state[3]
-        self.state = self.machine.make_state(kind)
-        return [(kind, held)]
 
 
 async def messages(server: Server, request: Request) -> Response:

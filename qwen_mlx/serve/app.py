@@ -22,6 +22,7 @@ from . import ollama
 from . import openai
 from . import page
 from . import page_tools
+from . import responses
 from .guard import Guard
 from .server import ClientGone, RequestError, Server
 
@@ -54,6 +55,10 @@ def create_app(server: Server) -> Guard:
         route("/v1/models/{model:path}", openai.model, ["GET"], openai),
         route("/v1/chat/completions", openai.chat_completions, ["POST"], openai),
         route("/v1/completions", completions.completions, ["POST"], openai),
+        route("/v1/responses", responses.create, ["POST"], openai),
+        route("/v1/responses/{ident}", responses.retrieve, ["GET"], openai),
+        route("/v1/responses/{ident}", responses.delete, ["DELETE"], openai),
+        route("/v1/responses/{ident}/input_items", responses.input_items, ["GET"], openai),
         route("/v1/messages", anthropic.messages, ["POST"], anthropic),
         route("/v1/messages/count_tokens", anthropic.count_tokens, ["POST"], anthropic),
         route("/api/ps", ollama.ps, ["GET"], ollama),
@@ -63,6 +68,7 @@ def create_app(server: Server) -> Guard:
         route("/api/chat", ollama.chat, ["POST"], ollama),
         route("/api/generate", ollama.generate, ["POST"], ollama),
     ]
+
     async def missing(request: Request, exc) -> Response:
         """An unknown route or method, in the error shape of the API its path belongs to
         (a bare "Not Found" left every SDK showing "Error code: 404" and nothing else)."""
@@ -72,7 +78,8 @@ def create_app(server: Server) -> Guard:
         what = f"{request.method} {path} is not served here" if status == 405 else \
             f"{path} is not served by qwen-mlx"
         return api.error(RequestError(status, f"{what} (its APIs: OpenAI's /v1/chat/"
-                                              f"completions, /v1/completions, /v1/models; "
+                                              f"completions, /v1/completions, /v1/responses, "
+                                              f"/v1/models; "
                                               f"Anthropic's /v1/messages; Ollama's /api/...)",
                                       code="not_found" if status == 404 else None))
 

@@ -25,6 +25,7 @@ from ..tools import Toolbox
 from ..tools import calls as tool_calls
 from .issued_calls import IssuedCalls
 from .page_forms import PageForms
+from .response_store import ResponseStore
 from .logprobs import TokenText
 from .worker import Ended, Worker
 
@@ -65,6 +66,8 @@ class Server:
     issued: IssuedCalls = field(init=False, default_factory=IssuedCalls)
     # the MCP servers' questions to the page's user, carried by its running calls
     forms: PageForms = field(init=False, default_factory=PageForms)
+    # the Responses API's stored responses (previous_response_id, GET /v1/responses/{id})
+    responses: ResponseStore = field(init=False, default_factory=ResponseStore)
 
     def __post_init__(self) -> None:
         from .speculative import Speculation
