@@ -79,3 +79,30 @@ def test_several_prompts_are_each_what_they_get_alone(running, tiny_q4_f32):
         with pytest.raises(openai.BadRequestError) as e:
             client.completions.create(model=MODEL, **{"max_tokens": 2, **kwargs})
         assert message in e.value.body["message"]
+
+
+def test_tokenize_and_detokenize_in_llama_cpps_shapes(running, tiny_q4_f32):
+    import httpx
+    from mlx_lm import load
+
+    _, tokenizer = load(str(tiny_q4_f32))
+    text = "Hello, wörld! 😀 龘"
+    ids = tokenizer.encode(text)
+    r = httpx.post(f"{running.url}/tokenize", json={"content": text})
+    assert r.status_code == 200 and r.json() == {"tokens": ids}
+    pieces = httpx.post(f"{running.url}/tokenize", json={"content": text, "with_pieces": True,
+                                                          "add_special": False}).json()["tokens"]
+    assert [p["id"] for p in pieces] == ids
+    # whole pieces are text; a piece holding part of a character is its bytes
+    joined = b"".join(p["piece"].encode() if isinstance(p["piece"], str) else
+                      bytes(p["piece"]) for p in pieces)
+    assert joined.decode() == text
+    assert any(isinstance(p["piece"], list) for p in pieces)  # 龘 is two tokens of bytes
+    r = httpx.post(f"{running.url}/detokenize", json={"tokens": ids})
+    assert r.json() == {"content": text}
+    for path, body, message in (("/tokenize", {"content": 5}, "'content' must be text"),
+                                ("/detokenize", {"tokens": [-1]}, "'tokens' must be a list"),
+                                ("/tokenize", {"content": "x", "n": 1},
+                                 "'n' is not supported by qwen-mlx")):
+        r = httpx.post(f"{running.url}{path}", json=body)
+        assert r.status_code == 400 and message in r.json()["error"]["message"]

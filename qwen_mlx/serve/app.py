@@ -23,6 +23,7 @@ from . import openai
 from . import page
 from . import page_tools
 from . import responses
+from . import tokens
 from .guard import Guard
 from .server import ClientGone, RequestError, Server
 
@@ -59,6 +60,8 @@ def create_app(server: Server) -> Guard:
         route("/v1/responses/{ident}", responses.retrieve, ["GET"], openai),
         route("/v1/responses/{ident}", responses.delete, ["DELETE"], openai),
         route("/v1/responses/{ident}/input_items", responses.input_items, ["GET"], openai),
+        route("/tokenize", tokens.tokenize, ["POST"], openai),
+        route("/detokenize", tokens.detokenize, ["POST"], openai),
         route("/v1/messages", anthropic.messages, ["POST"], anthropic),
         route("/v1/messages/count_tokens", anthropic.count_tokens, ["POST"], anthropic),
         route("/api/ps", ollama.ps, ["GET"], ollama),
@@ -80,7 +83,8 @@ def create_app(server: Server) -> Guard:
         return api.error(RequestError(status, f"{what} (its APIs: OpenAI's /v1/chat/"
                                               f"completions, /v1/completions, /v1/responses, "
                                               f"/v1/models; "
-                                              f"Anthropic's /v1/messages; Ollama's /api/...)",
+                                              f"Anthropic's /v1/messages; Ollama's /api/...; "
+                                              f"/tokenize, /detokenize)",
                                       code="not_found" if status == 404 else None))
 
     app = Starlette(routes=routes, exception_handlers={404: missing, 405: missing})
