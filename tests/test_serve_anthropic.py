@@ -231,3 +231,43 @@ def test_unknown_routes_answer_in_their_apis_shape(served):
     with pytest.raises(anthropic.NotFoundError) as e:  # what the SDK shows: the reason
         client(url).messages.batches.list()
     assert "/v1/messages/batches is not served by qwen-mlx" in str(e.value)
+
+
+CLAUDE_CODE = "@anthropic-ai/claude-code@2.1.332"
+
+
+def test_claude_code_runs_a_prompt_end_to_end(model, tmp_path):
+    """`claude -p` (Claude Code, from the npm registry, run by npx as its users run it)
+    against the server: its 20k-token system prompt and 12 tools, its thinking, context
+    management and deferred tools, streamed back. The replies are scripted (a random
+    model never ends a reply) and the prompt cut to the fixture's context; the rest is the
+    server's own code."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("npx") is None:
+        pytest.skip("Node's npx is not installed (Claude Code runs with it)")
+    running = Running(Scripted(model, MODEL, aliases=("claude-*",)))
+    try:
+        scripted = running.server
+        scripted.last_tokens = 400
+        scripted.replies = [["Hi", " from", " qwen-mlx."]]
+        env = {**os.environ, "HOME": str(tmp_path / "home"), "ANTHROPIC_API_KEY": "x",
+               "ANTHROPIC_BASE_URL": running.url, "DISABLE_TELEMETRY": "1",
+               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+               "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "64", "MAX_THINKING_TOKENS": "0"}
+        try:
+            done = subprocess.run(["npx", "-y", CLAUDE_CODE, "-p", "Say hi", "--model",
+                                   "claude-sonnet-4-5"], capture_output=True, text=True,
+                                  env=env, cwd=tmp_path, timeout=600)
+        except subprocess.TimeoutExpired:
+            pytest.fail("claude -p did not end within 10 minutes")
+        if done.returncode != 0 and "ENOTFOUND" in done.stderr + done.stdout:
+            pytest.skip("the npm registry cannot be reached")
+        assert (done.returncode, done.stdout.strip()) == (0, "Hi from qwen-mlx."), \
+            done.stderr[-2000:]
+        asked = scripted.asked[0]
+        assert len(asked["tools"]) >= 5 and asked["messages"][0]["role"] == "system"
+    finally:
+        running.stop()

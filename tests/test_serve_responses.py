@@ -198,3 +198,49 @@ def test_openai_agents_default_model_runs_against_it(model):
         assert (sent[-1]["role"], sent[-1]["content"]) == ("tool", "3 degrees")
     finally:
         running.stop()
+
+
+CODEX = "@openai/codex@0.171.0"
+
+
+def test_codex_exec_runs_a_prompt_end_to_end(model, tmp_path):
+    """`codex exec` (Codex CLI, from the npm registry, run by npx) with the server as its
+    Responses provider (its web search and multi-agent tools switched off: they are not
+    function tools): its instructions, 7 function tools, reasoning and include fields,
+    streamed back. Scripted replies (a random model never ends one), the prompt cut to the
+    fixture's context; the rest is the server's own code."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("npx") is None:
+        pytest.skip("Node's npx is not installed (Codex runs with it)")
+    running = Running(Scripted(model, MODEL))
+    try:
+        scripted = running.server
+        scripted.last_tokens = 400
+        scripted.replies = [["Hi", " from", " qwen-mlx."]]
+        (tmp_path / "codex").mkdir()
+        env = {**os.environ, "HOME": str(tmp_path), "CODEX_HOME": str(tmp_path / "codex"),
+               "QWEN_KEY": "x"}
+        provider = [f'model_providers.qwen.{k}="{v}"' for k, v in (
+            ("name", "qwen"), ("base_url", f"{running.url}/v1"), ("wire_api", "responses"),
+            ("env_key", "QWEN_KEY"))]
+        config = ["model_provider=qwen", 'web_search="disabled"', "features.multi_agent=false",
+                  *provider]
+        try:
+            done = subprocess.run(["npx", "-y", CODEX, "exec", "--skip-git-repo-check", "-m",
+                                   MODEL, *[a for c in config for a in ("-c", c)], "Say hi"],
+                                  capture_output=True, text=True, env=env, cwd=tmp_path,
+                                  timeout=600)
+        except subprocess.TimeoutExpired:
+            pytest.fail("codex exec did not end within 10 minutes")
+        if done.returncode != 0 and "ENOTFOUND" in done.stderr + done.stdout:
+            pytest.skip("the npm registry cannot be reached")
+        assert (done.returncode, done.stdout.strip()) == (0, "Hi from qwen-mlx."), \
+            (done.stdout[-1000:], done.stderr[-2000:])
+        asked = scripted.asked[0]
+        assert [t["function"]["name"] for t in asked["tools"]][:2] == ["exec_command",
+                                                                        "write_stdin"]
+    finally:
+        running.stop()

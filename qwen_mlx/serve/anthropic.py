@@ -31,7 +31,7 @@ from .worker import Ended
 
 FIELDS = {"model", "messages", "max_tokens", "system", "stop_sequences", "temperature",
           "top_p", "top_k", "stream", "tools", "tool_choice", "thinking", "metadata",
-          "output_config", "cache_control"}
+          "output_config", "cache_control", "context_management"}
 # Fields clients send with their "off" value: accepted when they hold it (the SDK's
 # routing and placement fields mean nothing on one machine).
 NO_OPS = {"service_tier": lambda v: v in (None, "auto", "standard_only"),
@@ -159,12 +159,14 @@ def chosen_tools(body: dict) -> tuple[list | None, object, bool]:
                 kind = tool.get("type") if isinstance(tool, dict) else None
                 raise RequestError(400, f"{where}: the tool type {kind!r} is not supported (only "
                                         f"custom tools with an input_schema)", param="tools")
-            _known(tool, {"type", "name", "description", "input_schema", "cache_control"},
-                   where)
+            _known(tool, {"type", "name", "description", "input_schema", "cache_control",
+                          "defer_loading"}, where)
             if not isinstance(tool.get("name"), str) or \
                     not isinstance(tool.get("input_schema"), dict):
                 raise RequestError(400, f"{where} needs a name and an input_schema object",
                                    param="tools")
+            if flag(tool, "defer_loading"):
+                continue  # kept out of the prompt until a search loads it, as Anthropic does
             converted.append({"type": "function", "function": {
                 "name": tool["name"], "description": tool.get("description") or "",
                 "parameters": tool["input_schema"]}})
@@ -256,9 +258,28 @@ def stop_sequences(body: dict) -> list[str]:
 def checked(server: Server, body: dict, fields: set[str]) -> None:
     server.check_model(body.get("model"))
     refuse_unsupported(body, fields, NO_OPS)
+    context_management(body)
     metadata = body.get("metadata")
     if metadata is not None and (not isinstance(metadata, dict) or set(metadata) - {"user_id"}):
         raise RequestError(400, "'metadata' may only hold user_id", param="metadata")
+
+
+def context_management(body: dict) -> None:
+    """Context editing: ``clear_thinking`` edits are what the template does anyway (earlier
+    turns' thinking is never rendered), so they are accepted (Claude Code sends one); edits
+    that would clear tool results are not implemented: refused by name."""
+    value = body.get("context_management")
+    if value is None:
+        return
+    edits = value.get("edits") if isinstance(value, dict) and set(value) <= {"edits"} else None
+    if not isinstance(edits, list):
+        raise RequestError(400, "'context_management' must be {\"edits\": [...]}",
+                           param="context_management")
+    for edit in edits:
+        kind = edit.get("type") if isinstance(edit, dict) else None
+        if not (isinstance(kind, str) and kind.startswith("clear_thinking_")):
+            raise RequestError(400, f"the context edit {kind!r} is not supported by qwen-mlx "
+                                    f"(clear_thinking only)", param="context_management")
 
 
 def usage(stats) -> dict:

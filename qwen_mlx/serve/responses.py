@@ -33,11 +33,13 @@ from .worker import Ended
 FIELDS = {"model", "input", "instructions", "max_output_tokens", "temperature", "top_p",
           "tools", "tool_choice", "parallel_tool_calls", "text", "reasoning", "metadata",
           "user", "store", "previous_response_id", "stream", "prompt_cache_key",
-          "safety_identifier"}
+          "safety_identifier", "client_metadata"}
 NO_OPS = {"truncation": lambda v: v in (None, "disabled"),
           "service_tier": lambda v: v in (None, "auto", "default"),
-          "include": lambda v: v in (None, []), "background": lambda v: v in (None, False),
-          "stream_options": lambda v: v in (None, {})}
+          # Codex asks for reasoning's encrypted form; ours is returned as text, nothing hidden
+          "include": lambda v: v is None or (isinstance(v, list) and
+                                             set(v) <= {"reasoning.encrypted_content"}),
+          "background": lambda v: v in (None, False), "stream_options": lambda v: v in (None, {})}
 PART_TYPES = {"input_text", "output_text", "text"}
 
 
@@ -219,10 +221,11 @@ async def create(server: Server, request: Request) -> Response:
     def build():
         server.check_model(body.get("model"))
         refuse_unsupported(body, FIELDS, NO_OPS)
-        metadata = body.get("metadata")
-        if metadata is not None and not (isinstance(metadata, dict) and all(
-                isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
-            raise RequestError(400, "'metadata' must map text to text", param="metadata")
+        for name in ("metadata", "client_metadata"):  # kept with the response / unread
+            value = body.get(name)
+            if value is not None and not (isinstance(value, dict) and all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
+                raise RequestError(400, f"'{name}' must map text to text", param=name)
         history: list[dict] = []
         previous = body.get("previous_response_id")
         if previous is not None:
