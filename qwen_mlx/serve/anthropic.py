@@ -23,7 +23,7 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from .formats import forced_tool_call, json_schema
+from .formats import json_schema, tool_choice
 from .openai import STREAM_HEADERS, read_json
 from .server import Delta, RequestError, Server, flag, number, refuse_unsupported
 from .thoughts import Thoughts
@@ -178,19 +178,11 @@ def chosen_tools(body: dict) -> tuple[list | None, object, bool]:
         raise RequestError(400, "'tool_choice' must be {\"type\": \"auto\" | \"any\" | "
                                 "\"tool\" | \"none\"}", param="tool_choice")
     _known(choice, {"type", "name", "disable_parallel_tool_use"}, "tool_choice")
-    several = not flag(choice, "disable_parallel_tool_use")
-    kind = choice["type"]
-    if kind == "none":
-        return None, None, several
-    if kind == "auto":
-        return tools, None, several
-    if not tools:
-        raise RequestError(400, "forcing a tool call needs 'tools'", param="tool_choice")
-    if kind == "any":
-        return tools, forced_tool_call(tools, None, several=several), several
-    if not isinstance(choice.get("name"), str):
+    kind = {"any": "required", "tool": "named"}.get(choice["type"], choice["type"])
+    if kind == "named" and not isinstance(choice.get("name"), str):
         raise RequestError(400, "'tool_choice' of type tool needs a name", param="tool_choice")
-    return tools, forced_tool_call(tools, choice["name"]), False
+    return tool_choice(kind, tools, choice.get("name"),
+                       not flag(choice, "disable_parallel_tool_use"))
 
 
 def thinking(body: dict) -> tuple[bool | None, bool]:

@@ -55,6 +55,23 @@ def forced_tool_call(tools: list, name: str | None, *, several: bool = False) ->
                            else "tools") from None
 
 
+def tool_choice(kind: str, tools: list | None, name: str | None, several: bool) \
+        -> tuple[list | None, Constraint | None, bool]:
+    """What every API's tool choice means, once its own spelling is read: ``kind`` "auto"
+    offers the tools, "none" does not, "required" forces one call or more (one unless
+    ``several``), "named" forces one call of ``name`` -> (tools to offer, the forcing
+    constraint, whether several calls may be returned)."""
+    if kind == "auto":
+        return tools, None, several
+    if kind == "none":
+        return None, None, several
+    if not isinstance(tools, list) or not tools:
+        raise RequestError(400, "forcing a tool call needs 'tools'", param="tool_choice")
+    if kind == "required":
+        return tools, forced_tool_call(tools, None, several=several), several
+    return tools, forced_tool_call(tools, name), False
+
+
 def json_schema(schema, param: str) -> Constraint:
     """A JSON schema as a constraint; a schema the grammar engine refuses is a 400 naming
     ``param``, the field it came from."""

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..engine.constraint import Constraint
-from .formats import forced_tool_call, openai_format
+from .formats import openai_format, tool_choice
 from .server import (Delta, RequestError, Server, flag, number, refuse_unsupported,
                      stop_list)
 from .speculative import usage_record
@@ -77,21 +77,15 @@ def chosen_tools(body: dict) -> tuple[list | None, Constraint | None, bool]:
     several calls may be returned)."""
     choice, tools = body.get("tool_choice"), body.get("tools")
     several = flag(body, "parallel_tool_calls", True)
-    if choice in (None, "auto"):
-        return tools, None, several
-    if choice == "none":
-        return None, None, several
-    if not isinstance(tools, list) or not tools:
-        raise RequestError(400, "forcing a tool call needs 'tools'", param="tool_choice")
-    if choice == "required":
-        return tools, forced_tool_call(tools, None, several=several), several
+    if choice in (None, "auto", "none", "required"):
+        return tool_choice(choice or "auto", tools, None, several)
     name = choice.get("function", {}).get("name") if isinstance(choice, dict) and \
         choice.get("type") == "function" and isinstance(choice.get("function"), dict) else None
     if not isinstance(name, str):
         raise RequestError(400, "tool_choice must be 'auto', 'none', 'required' or "
                                 "{\"type\": \"function\", \"function\": {\"name\": ...}}",
                            param="tool_choice")
-    return tools, forced_tool_call(tools, name), False
+    return tool_choice("named", tools, name, several)
 
 
 def thinking(body: dict) -> bool | None:

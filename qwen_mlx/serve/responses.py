@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..engine.constraint import Constraint
-from .formats import forced_tool_call, json_schema
+from .formats import json_schema, tool_choice
 from .openai import STREAM_HEADERS, read_json
 from .response_store import Stored
 from .server import Delta, RequestError, Server, flag, number, refuse_unsupported
@@ -120,17 +120,11 @@ def chosen_tools(body: dict) -> tuple[list | None, Constraint | None, bool]:
     tools = converted or None
     several = flag(body, "parallel_tool_calls", True)
     choice = body.get("tool_choice")
-    if choice in (None, "auto"):
-        return tools, None, several
-    if choice == "none":
-        return None, None, several
-    if not tools:
-        raise RequestError(400, "forcing a tool call needs 'tools'", param="tool_choice")
-    if choice == "required":
-        return tools, forced_tool_call(tools, None, several=several), several
+    if choice in (None, "auto", "none", "required"):
+        return tool_choice(choice or "auto", tools, None, several)
     if isinstance(choice, dict) and choice.get("type") == "function" and \
             isinstance(choice.get("name"), str):
-        return tools, forced_tool_call(tools, choice["name"]), False
+        return tool_choice("named", tools, choice["name"], several)
     raise RequestError(400, "'tool_choice' must be auto, none, required or {\"type\": "
                             "\"function\", \"name\": ...}", param="tool_choice")
 
