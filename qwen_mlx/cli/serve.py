@@ -15,9 +15,10 @@ from ..tools.config import default_file
 from .tools import open_tools, page_tool_options, tool_servers
 
 
-@click.command(help=f"""Serve MODEL over HTTP: OpenAI's /v1/chat/completions, /v1/completions
-and /v1/models, Anthropic's /v1/messages (and count_tokens), Ollama's /api/chat, /api/generate, /api/tags, /api/ps, /api/show and
-/api/version, and /health. Concurrent requests are decoded together (continuous batching, up to
+@click.command(help=f"""Serve MODEL over HTTP: OpenAI's /v1/chat/completions, /v1/responses,
+/v1/completions and /v1/models, Anthropic's /v1/messages (and count_tokens), Ollama's
+/api/chat, /api/generate, /api/tags, /api/ps, /api/show and /api/version, /tokenize and
+/detokenize, and /health. Concurrent requests are decoded together (continuous batching, up to
 --parallel); the KV caches of recent conversations are kept, so a client that resends its
 history prefills only the new part. Loopback only unless --host says otherwise.
 {MODEL_HELP}""")

@@ -18,6 +18,7 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from ..engine import Stats
 from .logprobs import legacy
 from .openai import (SAMPLING, STREAM_HEADERS, common, read_json, running_usage, sampling,
                      sse, stream_error, usage)
@@ -85,7 +86,7 @@ async def completions(server: Server, request: Request) -> Response:
                 "logprobs": None if top is None else legacy(entries, offset)}
 
     if not stream:
-        async def one(index: int) -> tuple[dict, int, int]:
+        async def one(index: int) -> tuple[dict, object]:
             req, (tokens, text) = reqs[index], prompts[index]
             said, entries = "", []
             if echo:
@@ -93,16 +94,21 @@ async def completions(server: Server, request: Request) -> Response:
                 if top is not None:
                     entries = await server.score(req, top)
             if scoring_only:
-                return choice(said, "length", entries, index=index), len(tokens), 0
+                return choice(said, "length", entries, index=index), \
+                    Stats(prompt_tokens=len(tokens), prefill_tokens=len(tokens))
             out = await server.complete(req, tools=False, logprobs=top, http=request)
             return (choice(said + out.text, out.stats.finish_reason, entries + out.logprobs,
-                           index=index), out.stats.prompt_tokens, out.stats.generated_tokens)
+                           index=index), out.stats)
 
         done = await asyncio.gather(*(one(i) for i in range(len(reqs))))
-        prompt, made = sum(d[1] for d in done), sum(d[2] for d in done)
-        return JSONResponse({**head, "choices": [d[0] for d in done],
-                             "usage": {"prompt_tokens": prompt, "completion_tokens": made,
-                                       "total_tokens": prompt + made}})
+        if len(done) == 1:  # as before: with the cache and speculation records
+            counts = usage(done[0][1])
+        else:
+            prompt = sum(d[1].prompt_tokens for d in done)
+            made = sum(d[1].generated_tokens for d in done)
+            counts = {"prompt_tokens": prompt, "completion_tokens": made,
+                      "total_tokens": prompt + made}
+        return JSONResponse({**head, "choices": [d[0] for d in done], "usage": counts})
 
     req = reqs[0]
 
