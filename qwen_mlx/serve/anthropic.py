@@ -2,12 +2,9 @@
 and POST /v1/messages/count_tokens, for the ``anthropic`` SDK and Claude Code.
 
 The adapter turns Anthropic's wire format into the one :class:`~qwen_mlx.engine.Request`
-and back; the engine knows nothing of it. Content blocks become chat messages: ``text``
-blocks are joined, ``tool_use`` blocks are an assistant's tool calls, ``tool_result`` blocks
-are tool messages (before the user's text of the same turn), earlier ``thinking`` blocks are
-dropped as Qwen's template drops earlier reasoning; ``image`` and ``document`` blocks are
-refused (the model reads text). ``cache_control`` is accepted on any block: the server
-reuses every prompt's cached prefix by itself. A hybrid model's ``<think>`` block comes back
+and back; the engine knows nothing of it. Content blocks become chat messages as
+:mod:`.anthropic_blocks` says (``cache_control`` is accepted anywhere: the server reuses
+every prompt's cached prefix by itself). A hybrid model's ``<think>`` block comes back
 as a ``thinking`` block (``thinking: {"type": "disabled"}`` turns it off; ``budget_tokens``
 is accepted as Anthropic requires it, and ``max_tokens`` bounds the whole reply).
 ``output_config.format`` (a JSON schema) goes through the grammar engine. ``temperature``,
@@ -23,6 +20,7 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from .anthropic_blocks import chat_messages, known
 from .formats import json_schema, tool_choice
 from .openai import STREAM_HEADERS, read_json
 from .server import Delta, RequestError, Server, flag, number, refuse_unsupported
@@ -44,103 +42,12 @@ COUNT_FIELDS = {"model", "messages", "system", "tools", "tool_choice", "thinking
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
                429: "rate_limit_error", 503: "overloaded_error"}
-BLOCK_FIELDS = {"text": {"type", "text", "cache_control", "citations"},
-                "tool_use": {"type", "id", "name", "input", "cache_control"},
-                "tool_result": {"type", "tool_use_id", "content", "is_error", "cache_control"},
-                "thinking": {"type", "thinking", "signature"},
-                "redacted_thinking": {"type", "data"}}
 
 
 def error(e: RequestError) -> JSONResponse:
     kind = ERROR_TYPES.get(e.status, "api_error")
     return JSONResponse({"type": "error", "error": {"type": kind, "message": e.message}},
                         status_code=e.status)
-
-
-def _text(value, where: str) -> str:
-    """A string, or a list of text blocks joined (system, a tool result's content)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        texts = []
-        for j, block in enumerate(value):
-            if not isinstance(block, dict) or block.get("type") != "text" or \
-                    not isinstance(block.get("text"), str):
-                kind = block.get("type") if isinstance(block, dict) else type(block).__name__
-                raise RequestError(400, f"{where}[{j}]: only text blocks are supported, not "
-                                        f"{kind!r} (the model reads text)", param=where)
-            _known(block, BLOCK_FIELDS["text"], f"{where}[{j}]")
-            texts.append(block["text"])
-        return "\n".join(texts)
-    raise RequestError(400, f"'{where}' must be a string or a list of text blocks", param=where)
-
-
-def _known(block: dict, fields: set[str], where: str) -> None:
-    unknown = sorted(set(block) - fields)
-    if unknown:
-        raise RequestError(400, f"'{where}.{unknown[0]}' is not supported by qwen-mlx",
-                           param=where)
-
-
-def chat_messages(body: dict) -> list[dict]:
-    """Anthropic's ``system`` and ``messages`` as chat messages."""
-    out = []
-    if body.get("system") is not None:
-        system = _text(body["system"], "system")
-        if system:
-            out.append({"role": "system", "content": system})
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError(400, "'messages' must be a non-empty list", param="messages")
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
-            raise RequestError(400, f"{where} needs a role of user or assistant",
-                               param="messages")
-        _known(m, {"role", "content"}, where)
-        role, content = m["role"], m.get("content")
-        if isinstance(content, str):
-            out.append({"role": role, "content": content})
-            continue
-        if not isinstance(content, list):
-            raise RequestError(400, f"{where}.content must be a string or a list of blocks",
-                               param="messages")
-        texts, calls, results = [], [], []
-        for j, block in enumerate(content):
-            at = f"{where}.content[{j}]"
-            kind = block.get("type") if isinstance(block, dict) else None
-            if kind not in BLOCK_FIELDS:
-                name = kind if isinstance(kind, str) else type(block).__name__
-                raise RequestError(400, f"{at}: {name!r} blocks are not supported (the model "
-                                        f"reads text: text, tool_use, tool_result)",
-                                   param="messages")
-            _known(block, BLOCK_FIELDS[kind], at)
-            if kind == "text":
-                if not isinstance(block.get("text"), str):
-                    raise RequestError(400, f"{at}.text must be a string", param="messages")
-                texts.append(block["text"])
-            elif kind == "tool_use":
-                if role != "assistant" or not isinstance(block.get("name"), str) or \
-                        not isinstance(block.get("input"), dict):
-                    raise RequestError(400, f"{at}: a tool_use block is the assistant's, with "
-                                            f"a name and an input object", param="messages")
-                calls.append({"function": {"name": block["name"], "arguments": block["input"]}})
-            elif kind == "tool_result":
-                if role != "user" or not isinstance(block.get("tool_use_id"), str):
-                    raise RequestError(400, f"{at}: a tool_result block is the user's, with a "
-                                            f"tool_use_id", param="messages")
-                text = _text(block.get("content") or "", f"{at}.content")
-                if flag(block, "is_error"):
-                    text = f"error: {text}"
-                results.append({"role": "tool", "content": text})
-            # thinking and redacted_thinking: earlier reasoning, dropped by the template
-        out.extend(results)
-        if texts or calls or not results:
-            message = {"role": role, "content": "\n".join(texts)}
-            if calls:
-                message["tool_calls"] = calls
-            out.append(message)
-    return out
 
 
 def chosen_tools(body: dict) -> tuple[list | None, object, bool]:
@@ -159,7 +66,7 @@ def chosen_tools(body: dict) -> tuple[list | None, object, bool]:
                 kind = tool.get("type") if isinstance(tool, dict) else None
                 raise RequestError(400, f"{where}: the tool type {kind!r} is not supported (only "
                                         f"custom tools with an input_schema)", param="tools")
-            _known(tool, {"type", "name", "description", "input_schema", "cache_control",
+            known(tool, {"type", "name", "description", "input_schema", "cache_control",
                           "defer_loading"}, where)
             if not isinstance(tool.get("name"), str) or \
                     not isinstance(tool.get("input_schema"), dict):
@@ -177,7 +84,7 @@ def chosen_tools(body: dict) -> tuple[list | None, object, bool]:
     if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):
         raise RequestError(400, "'tool_choice' must be {\"type\": \"auto\" | \"any\" | "
                                 "\"tool\" | \"none\"}", param="tool_choice")
-    _known(choice, {"type", "name", "disable_parallel_tool_use"}, "tool_choice")
+    known(choice, {"type", "name", "disable_parallel_tool_use"}, "tool_choice")
     kind = {"any": "required", "tool": "named"}.get(choice["type"], choice["type"])
     if kind == "named" and not isinstance(choice.get("name"), str):
         raise RequestError(400, "'tool_choice' of type tool needs a name", param="tool_choice")
@@ -196,7 +103,7 @@ def thinking(body: dict) -> tuple[bool | None, bool]:
                                                                  "disabled"):
         raise RequestError(400, "'thinking' must be {\"type\": \"enabled\" | \"adaptive\" | "
                                 "\"disabled\"}", param="thinking")
-    _known(value, {"type", "budget_tokens", "display"}, "thinking")
+    known(value, {"type", "budget_tokens", "display"}, "thinking")
     number(value, "budget_tokens", int, low=1)
     if value.get("display") not in (None, "summarized", "omitted"):
         raise RequestError(400, "'thinking.display' must be summarized or omitted",
@@ -213,7 +120,7 @@ def output_format(body: dict):
         return None
     if not isinstance(config, dict):
         raise RequestError(400, "'output_config' must be an object", param="output_config")
-    _known(config, {"effort", "format"}, "output_config")
+    known(config, {"effort", "format"}, "output_config")
     if config.get("effort") is not None:
         raise RequestError(400, "'output_config.effort' is not supported by qwen-mlx",
                            param="output_config.effort")

@@ -1,10 +1,8 @@
 """OpenAI's Responses API: POST /v1/responses (streamed as its semantic events, or not),
 GET and DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items.
 
-Its items become chat messages for the one :class:`~qwen_mlx.engine.Request`: ``message``
-items (text parts; images and files refused), ``function_call`` items are the assistant's
-tool calls, ``function_call_output`` items tool messages, earlier ``reasoning`` items are
-dropped (as the template drops earlier reasoning). Function tools only; ``text.format``
+Its items become chat messages for the one :class:`~qwen_mlx.engine.Request`, and the reply
+output items, as :mod:`.response_items` says. Function tools only; ``text.format``
 (json_object, json_schema) goes through the grammar engine; a hybrid model's thinking comes
 back as a ``reasoning`` item (``reasoning.effort: "none"`` turns it off; other efforts and
 ``summary`` are accepted, the reasoning text is returned whole). ``store`` (the default)
@@ -17,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -25,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..engine.constraint import Constraint
 from .formats import json_schema, tool_choice
 from .openai import STREAM_HEADERS, read_json
+from .response_items import as_messages, input_messages, new_id, output_items
 from .response_store import Stored
 from .server import Delta, RequestError, Server, flag, number, refuse_unsupported
 from .thoughts import Thoughts
@@ -40,65 +38,6 @@ NO_OPS = {"truncation": lambda v: v in (None, "disabled"),
           "include": lambda v: v is None or (isinstance(v, list) and
                                              set(v) <= {"reasoning.encrypted_content"}),
           "background": lambda v: v in (None, False), "stream_options": lambda v: v in (None, {})}
-PART_TYPES = {"input_text", "output_text", "text"}
-
-
-def _text_of(content, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise RequestError(400, f"{where} must be text or a list of text parts", param="input")
-    texts = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in PART_TYPES or not isinstance(part.get("text"), str):
-            raise RequestError(400, f"{where}[{j}]: only text parts are supported, not "
-                                    f"{kind!r} (the model reads text)", param="input")
-        texts.append(part["text"])
-    return "".join(texts)
-
-
-def input_messages(value) -> list[dict]:
-    """``input`` (text, or a list of items) as chat messages."""
-    if isinstance(value, str):
-        return [{"role": "user", "content": value}]
-    if not isinstance(value, list) or not value:
-        raise RequestError(400, "'input' must be text or a non-empty list of items",
-                           param="input")
-    out: list[dict] = []
-    for i, item in enumerate(value):
-        where = f"input[{i}]"
-        kind = item.get("type", "message") if isinstance(item, dict) else None
-        if kind == "message":
-            role = item.get("role")
-            if role not in ("user", "assistant", "system", "developer"):
-                raise RequestError(400, f"{where} needs a role of user, assistant, system or "
-                                        f"developer", param="input")
-            out.append({"role": "system" if role == "developer" else role,
-                        "content": _text_of(item.get("content"), f"{where}.content")})
-        elif kind == "function_call":
-            if not isinstance(item.get("name"), str) or not isinstance(item.get("arguments"),
-                                                                       str):
-                raise RequestError(400, f"{where}: a function_call needs a name and "
-                                        f"arguments (JSON text)", param="input")
-            call = {"function": {"name": item["name"], "arguments": item["arguments"]}}
-            if out and out[-1]["role"] == "assistant":
-                out[-1].setdefault("tool_calls", []).append(call)
-            else:
-                out.append({"role": "assistant", "content": "", "tool_calls": [call]})
-        elif kind == "function_call_output":
-            output = item.get("output")
-            if not isinstance(item.get("call_id"), str) or output is None:
-                raise RequestError(400, f"{where}: a function_call_output needs a call_id and "
-                                        f"an output", param="input")
-            out.append({"role": "tool", "content": _text_of(output, f"{where}.output")})
-        elif kind == "reasoning":
-            continue  # earlier reasoning: the template drops it
-        else:
-            raise RequestError(400, f"{where}: items of type {kind!r} are not supported "
-                                    f"(message, function_call, function_call_output, "
-                                    f"reasoning)", param="input")
-    return out
 
 
 def chosen_tools(body: dict) -> tuple[list | None, Constraint | None, bool]:
@@ -169,36 +108,6 @@ def sampling(body: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
-
-
-def output_items(parts: list[tuple[str, str]], calls: list[dict], done: bool) -> list[dict]:
-    """The reply's items: its reasoning, its message, its function calls."""
-    items, status = [], "completed" if done else "incomplete"
-    for kind, text in parts:
-        if kind == "thinking":
-            items.append({"type": "reasoning", "id": _new_id("rs"), "summary": [],
-                          "content": [{"type": "reasoning_text", "text": text}]})
-        elif not calls or text.strip():
-            items.append({"type": "message", "id": _new_id("msg"), "role": "assistant",
-                          "status": status, "content": [
-                              {"type": "output_text", "annotations": [], "logprobs": [],
-                               "text": text.strip() if calls else text}]})
-    for c in calls:
-        items.append({"type": "function_call", "id": _new_id("fc"),
-                      "call_id": f"call_{uuid.uuid4().hex[:24]}", "name": c["name"],
-                      "arguments": json.dumps(c["arguments"], ensure_ascii=False),
-                      "status": "completed"})
-    return items
-
-
-def as_messages(items: list[dict]) -> list[dict]:
-    """Output items as the chat messages a continuation renders (reasoning dropped)."""
-    return input_messages([i for i in items if i["type"] != "reasoning"]) if any(
-        i["type"] != "reasoning" for i in items) else []
-
-
 def usage(stats, reasoning_tokens: int) -> dict:
     return {"input_tokens": stats.prompt_tokens,
             "input_tokens_details": {"cached_tokens": stats.cached_tokens,
@@ -250,7 +159,7 @@ async def create(server: Server, request: Request) -> Response:
 
     req, conversation, tools, several, thinks, stream, store = await server.validate(build)
     most = None if several else 1
-    shell = {"id": _new_id("resp"), "object": "response", "created_at": int(time.time()),
+    shell = {"id": new_id("resp"), "object": "response", "created_at": int(time.time()),
              "model": body["model"], "status": "in_progress", "output": [], "error": None,
              "incomplete_details": None, "instructions": body.get("instructions"),
              "metadata": body.get("metadata") or {}, "parallel_tool_calls": most is None,
@@ -328,10 +237,10 @@ async def events(server: Server, req, tools, shell: dict, thinks: bool, finished
                 yield from close()
                 index += 1
                 if kind == "reasoning":
-                    open_item = {"type": "reasoning", "id": _new_id("rs"), "summary": [],
+                    open_item = {"type": "reasoning", "id": new_id("rs"), "summary": [],
                                  "content": [], "_text": ""}
                 else:
-                    open_item = {"type": "message", "id": _new_id("msg"), "role": "assistant",
+                    open_item = {"type": "message", "id": new_id("msg"), "role": "assistant",
                                  "status": "in_progress", "content": [], "_text": ""}
                 shown = {k: v for k, v in open_item.items() if k != "_text"}
                 yield event("response.output_item.added", output_index=index, item=shown)
