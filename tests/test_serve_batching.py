@@ -76,6 +76,42 @@ def test_more_requests_than_parallel_wait_their_turn(model):
         running.stop()
 
 
+def test_a_request_queued_when_the_shutdown_begins_gets_the_grace(model):
+    """One at a time: the second request waits for the first. Shutdown begins (closing,
+    the grace not yet over): the waiting one was ended at once, though its client may
+    already hold its first event; now it starts when the first ends and finishes, all
+    within the grace. New requests are refused."""
+    from qwen_mlx.serve.worker import ShuttingDown
+
+    server = Server(model, MODEL, parallel=1)
+    worker = server.worker
+
+    def request(prompt: str, tokens: int):
+        return model.request([{"role": "user", "content": prompt}], temperature=0,
+                             max_tokens=tokens)
+
+    async def text_of(pieces) -> str:
+        return "".join([p.text async for p in pieces])
+
+    async def run():
+        first = worker.generate(request(PROMPTS[0], 24))
+        head = await first.__anext__()  # running
+        second = asyncio.ensure_future(text_of(worker.generate(request(PROMPTS[1], 6))))
+        while not worker.waiting:  # the second is queued behind the first
+            await asyncio.sleep(0.01)
+        worker.closing.set()
+        with pytest.raises(ShuttingDown):
+            await text_of(worker.generate(request(PROMPTS[2], 2)))
+        return head.text + await text_of(first), await second
+
+    try:
+        first, second = asyncio.run(run())
+    finally:
+        worker.close()
+    assert first == solo(model, PROMPTS[0], temperature=0, max_tokens=24)
+    assert second == solo(model, PROMPTS[1], temperature=0, max_tokens=6)
+
+
 def test_a_non_streaming_client_that_times_out_frees_the_engine(model, running):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Go on forever"}],
             "max_tokens": 900, "temperature": 0}

@@ -116,7 +116,7 @@ class Worker:
         self.finished: deque[dict] = deque(maxlen=64)  # recent jobs: tokens made, cancelled
         self.faults = 0  # engine failures survived
         self.fault: str | None = None  # the last one, for /health
-        self.closing = threading.Event()  # no new sequences start
+        self.closing = threading.Event()  # no new requests (queued ones get the grace)
         self.stopping = threading.Event()  # running sequences end now
         self.closed = False  # the engine thread ends
         self.thread = threading.Thread(target=self._run, name="qwen-mlx-engine", daemon=True)
@@ -205,13 +205,15 @@ class Worker:
                 break
 
     def _drop_cancelled(self) -> None:
-        """Waiting jobs whose client left (or all, when closing) end now, not when they
-        reach the head of the queue."""
+        """Waiting jobs whose client left (or all, once the shutdown's grace is over) end
+        now, not when they reach the head of the queue. A job that was waiting when the
+        shutdown began gets the grace as a running one does (its client may already hold
+        its first event): it starts when there is room and is cut at the grace's end."""
         if any(j.cancelled.is_set() for j in self.waiting) or \
-                (self.waiting and self.closing.is_set()):
+                (self.waiting and self.stopping.is_set()):
             keep = deque()
             for job in self.waiting:
-                if job.cancelled.is_set() or self.closing.is_set():
+                if job.cancelled.is_set() or self.stopping.is_set():
                     self._end_unstarted(job)
                 else:
                     keep.append(job)
@@ -304,7 +306,7 @@ class Worker:
     def _run_alone(self, job: Job) -> None:
         """A model that cannot batch: one request at a time, with the same cancellation,
         time limit and shutdown."""
-        if job.cancelled.is_set() or self.closing.is_set():
+        if job.cancelled.is_set() or self.stopping.is_set():
             return self._end_unstarted(job)
         self.admitting = job  # an exception here reaches _failed, which ends the job
         self.queued.discard(job)
