@@ -88,6 +88,7 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
         "/v1/completions": {"model": MODEL, "prompt": "Hi", "max_tokens": 1},
         "/v1/responses": {"model": MODEL, "max_output_tokens": 1, "input": "Hi"},
         "/tokenize": {"content": "Hi", "with_pieces": True},
+        "/detokenize": {"tokens": [9707, 0]},
         "/v1/messages": {"model": MODEL, "max_tokens": 1,
                          "messages": [{"role": "user", "content": "Hi"}]},
         "/v1/messages/count_tokens": {"model": MODEL,
@@ -109,11 +110,11 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
               "keep_alive", "images", "unknown_field", "top_logprobs", "frequency_penalty",
               "echo", "max_tokens", "stop_sequences", "thinking", "metadata", "input",
               "instructions", "text", "reasoning", "previous_response_id", "store",
-              "max_output_tokens", "content", "with_pieces"]
+              "max_output_tokens", "content", "with_pieces", "tokens"]
     option_keys = ["temperature", "top_p", "seed", "num_ctx", "stop", "repeat_penalty", "x",
                    "presence_penalty", "repeat_last_n"]
     statuses = []
-    for i in range(500):  # eight endpoints: enough of both kinds for each
+    for i in range(560):  # nine endpoints: enough of both kinds for each
         path, base = rng.choice(list(bases.items()))
         body = json.loads(json.dumps(base))
         for _ in range(rng.randint(1, 3)):
@@ -125,7 +126,7 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
             else:
                 body[rng.choice(fields)] = value
         # never a long generation: the token limits stay at one
-        if path.endswith("count_tokens") or path == "/tokenize":
+        if path.endswith("count_tokens") or path in ("/tokenize", "/detokenize"):
             body.pop("max_tokens", None)  # not one of its fields
         elif path == "/v1/responses":
             body["max_output_tokens"] = 1

@@ -189,13 +189,15 @@ class StopStrings:
         self.machine = seam.text_machine({"normal": [(s, None) for s in self.stops]}) \
             if self.stops else None
         self.state = self.machine.make_state() if self.machine else None
-        self.fed = ""  # every text fed, to name the stop string that ended it
+        # the text fed lately: the longest stop string's worth before the newest piece is
+        # enough to name the one that ended it (the whole reply was kept before)
+        self.fed, self.longest = "", max(map(len, self.stops), default=0)
         self.matched: str | None = None
 
     def feed(self, text: str) -> tuple[str, bool]:
         if self.machine is None:
             return text, False
-        self.fed += text
+        self.fed = self.fed[-self.longest:] + text
         self.state, segments = self.machine.split(self.state, text)
         if self.state[0] is None:  # the text after the match is what the state kept
             end = len(self.fed) - len(self.state[3])
