@@ -6,6 +6,7 @@ import math
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_flatten
 import pytest
 from click.testing import CliRunner
 
@@ -99,6 +100,37 @@ def test_chat_session_saves_and_loads_with_a_quantized_cache(tiny_kv, spec):
     replies = list(second.send("And cats?"))
     assert "".join(p.text for p in replies) == after_save
     assert replies[-1].stats.cached_tokens > 0
+
+
+def _parts(cache) -> list:
+    return [p for layer in cache.layers for p in (getattr(layer, "caches", None) or (layer,))]
+
+
+@pytest.mark.parametrize("spec", [KVSpec(), KVSpec(8, 32), KVSpec(4, 32, start=24)])
+def test_a_head_copy_holds_the_prefix_and_leaves_the_cache_whole(tiny_kv, spec):
+    """A server's other conversation that shares only a head with a kept one gets a copy
+    of that head: the copy's KV equals the kept cache's first positions, it generates what
+    the kept cache trimmed to that head would, and the kept cache is untouched."""
+    model = load(tiny_kv, kv_bits=spec.bits, kv_group_size=spec.group_size,
+                 kv_start=spec.start)
+    long = model.encode(TEXT)
+    other = long[:40] + model.encode("Dogs bark at night.", raw=True)
+    kept, trimmed = model.new_cache(), model.new_cache()
+    for cache in (kept, trimmed):
+        model.generate(long, cache=cache, max_tokens=1, temperature=0)
+    before = (len(kept), kept.offset, kept.nbytes)
+    head = kept.head_copy(40)
+    assert (len(head), head.offset, head.tokens) == (40, 40, kept.tokens[:40])
+    for mine, theirs in zip(_parts(head), _parts(kept)):
+        for a, b in zip(tree_flatten([mine.keys, mine.values]),
+                        tree_flatten([theirs.keys, theirs.values])):
+            n = mine.offset
+            assert a[1].shape[-2] == n and mx.array_equal(a[1], b[1][..., :n, :]).item()
+    trimmed.trim(40)  # what moving the kept cache out and trimming it gave before
+    got = model.generate(other, cache=head, max_tokens=6, temperature=0)
+    assert got.stats.cached_tokens == 40
+    assert got.text == model.generate(other, cache=trimmed, max_tokens=6, temperature=0).text
+    assert (len(kept), kept.offset, kept.nbytes) == before
 
 
 def test_kv_options_are_checked_against_the_model(tiny_q4_f32, tiny_kv):

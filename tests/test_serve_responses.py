@@ -74,7 +74,7 @@ def instruct_served(tiny_instruct):
     generated, so a continuation's prefix is all in the KV cache."""
     from qwen_mlx import load
 
-    r = Running(Server(load(tiny_instruct, context=1024), MODEL))
+    r = Running(Server(load(tiny_instruct, context=4096), MODEL))
     yield r
     r.stop()
 
@@ -114,13 +114,36 @@ def test_a_forced_tool_round_trip_through_previous_response_id(instruct_served):
     assert client.responses.retrieve(second.id).output_text == second.output_text
     items = client.responses.input_items.list(second.id)
     assert [i.type for i in items.data] == ["function_call_output"]
-    assert client.responses.delete(second.id) is None or True
+    assert client.responses.delete(second.id) is None
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(second.id)
     with pytest.raises(openai.NotFoundError) as e:
         client.responses.create(model=MODEL, previous_response_id=second.id, input="Go on",
                                 max_output_tokens=2)
     assert "no stored response" in e.value.body["message"]
+
+
+def test_a_long_conversation_continues_from_its_cache_after_eight_others(instruct_served):
+    """A previous_response_id continuation of a 2,000-token conversation prefills only its
+    new input (plus at most 8 tokens), though 8 other conversations ran in between."""
+    running = instruct_served
+    client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0)
+    model = running.server.model
+    words = " ".join(f"item {i} is blue;" for i in range(2000))
+    long = model.decode(model.encode(words, raw=True)[:2000])
+    first = client.responses.create(model=MODEL, input=long, max_output_tokens=2, **T0)
+    assert first.usage.input_tokens >= 2000
+    for i in range(8):
+        other = client.responses.create(model=MODEL, input=f"Conversation {i}: " + "hello " * 90,
+                                        max_output_tokens=2, **T0)
+        assert other.usage.input_tokens_details.cached_tokens < 20  # shares nothing
+    second = client.responses.create(model=MODEL, previous_response_id=first.id,
+                                     input="Which item is red?", max_output_tokens=2, **T0)
+    new = len(model.encode("<|im_start|>user\nWhich item is red?<|im_end|>\n"
+                           "<|im_start|>assistant\n", raw=True))
+    assert second.usage.input_tokens > 2000
+    assert second.usage.input_tokens - second.usage.input_tokens_details.cached_tokens <= \
+        new + 8
 
 
 def test_parse_with_pydantic(client):

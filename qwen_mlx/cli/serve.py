@@ -29,8 +29,9 @@ history prefills only the new part. Loopback only unless --host says otherwise.
               help="Port (11434 is Ollama's, so Ollama clients find it unchanged).")
 @click.option("--api-key", envvar="QWEN_MLX_API_KEY",
               help="Require 'Authorization: Bearer KEY' (or set QWEN_MLX_API_KEY).")
-@click.option("--cache-slots", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="Conversations whose KV caches are kept for reuse.")
+@click.option("--cache-slots", type=click.IntRange(1, 64), default=None,
+              help="Most conversations whose KV caches are kept for reuse; the KV memory "
+                   "budget may keep fewer [default: 16].")
 @click.option("--parallel", type=click.IntRange(1, 64), default=None,
               help="Most requests decoded at once [default: from the memory plan, 1 to 8; "
                    "1 with --kv-bits].")
@@ -93,7 +94,8 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
     speculation = server_speculation(llm, options, draft)
     model_id = served_name(model)
     tools = open_tools(specs, (), tool_timeout, note, mcp_start_timeout, list(mcp_roots))
-    server = Server(llm, model_id, api_key=api_key, slots=cache_slots, progress=PrefillBars(),
+    slots = {"slots": cache_slots} if cache_slots else {}  # else the server's default
+    server = Server(llm, model_id, api_key=api_key, progress=PrefillBars(), **slots,
                     host=host, allow_origins=allow_origins, max_body=body_limit,
                     parallel=parallel, time_limit=request_timeout, page_tools=tools,
                     speculation=speculation, aliases=names)

@@ -14,6 +14,8 @@ quantized cache (:mod:`qwen_mlx.engine.kv_cache`).
 
 from __future__ import annotations
 
+import copy
+
 import mlx.core as mx
 from mlx.utils import tree_map
 from mlx_lm.models.cache import KVCache, trim_prompt_cache
@@ -66,6 +68,24 @@ class PromptCache:
                     _compact(part)
         self.tokens = self.tokens[:keep]
 
+    def head_copy(self, n: int) -> "PromptCache":
+        """A new cache holding copies of this one's first ``n`` tokens (only those are
+        copied); this one is left as it is. For another conversation that shares a head
+        (a system prompt, tool definitions) with a kept one."""
+        layers = []
+        for layer in self.layers:
+            parts = getattr(layer, "caches", None)
+            if parts is None:
+                layers.append(_head_of(layer, n))
+                continue
+            clone = copy.copy(layer)  # a prefix cache: its head part first, then its tail
+            first = min(n, parts[0].offset)
+            clone.caches = (_head_of(parts[0], first), _head_of(parts[1], n - first))
+            layers.append(clone)
+        mx.eval([(p.keys, p.values) for layer in layers
+                 for p in (getattr(layer, "caches", None) or (layer,)) if p.keys is not None])
+        return PromptCache.holding(self.spec, layers, self.tokens[:n])
+
     def reuse(self, prompt: list[int]) -> list[int]:
         """Trim to the common prefix with ``prompt``; return the tokens still to prefill.
 
@@ -75,6 +95,20 @@ class PromptCache:
         common = min(common_prefix(self.tokens, prompt), len(prompt) - 1)
         self.trim(common)
         return prompt[common:]
+
+
+def _head_of(part, n: int):
+    """A KVCache or QuantizedKVCache like ``part`` holding copies of its first ``n``
+    positions, in buffers of that size."""
+    clone = copy.copy(part)  # its class and settings; the arrays are replaced below
+    if part.keys is None or n == 0:
+        clone.keys = clone.values = None
+        clone.offset = 0
+        return clone
+    take = lambda x: mx.array(x[..., :n, :])  # a copy: a slice would keep the old buffer
+    clone.keys, clone.values = tree_map(take, part.keys), tree_map(take, part.values)
+    clone.offset = n
+    return clone
 
 
 def _compact(part) -> None:

@@ -14,6 +14,10 @@ from ..model import Model
 
 MAX_PARALLEL = 8
 RESERVE = 4096  # tokens a typical request may grow to, for the default --parallel
+# Conversations kept by default: enough that an agent's conversation (a Responses
+# previous_response_id, a resent history) survives 8 others between its turns; the bytes
+# the caches hold (the KV budget) are what really bound them.
+SLOTS = 16
 
 
 class CachePool:
@@ -31,12 +35,19 @@ class CachePool:
         return sum(c.nbytes for c in self.caches)
 
     def take(self, tokens: list[int]) -> PromptCache:
+        """The cache to start ``tokens`` from: the kept one sharing the longest prefix,
+        moved out when it is the same conversation going on (it shares at least half of
+        what it holds; the request trims the rest), or a copy of the shared head when
+        another conversation merely begins the same way (a system prompt, the template's
+        first tokens), so that conversation's cache stays for its next turn."""
         shared = [(common_prefix(c.tokens, tokens), c) for c in self.caches]
-        best = max(shared, key=lambda pair: pair[0], default=(0, None))
-        if best[0] == 0:
+        common, best = max(shared, key=lambda pair: pair[0], default=(0, None))
+        if common == 0:
             return self.model.new_cache()
-        self.caches.remove(best[1])
-        return best[1]
+        if 2 * common < len(best.tokens):
+            return best.head_copy(common)
+        self.caches.remove(best)
+        return best
 
     def give_back(self, cache: PromptCache) -> None:
         self.caches = [cache, *self.caches][:self.slots]

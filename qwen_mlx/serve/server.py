@@ -27,6 +27,7 @@ from .issued_calls import IssuedCalls
 from .page_forms import PageForms
 from .response_store import ResponseStore
 from .logprobs import TokenText
+from .kv_room import SLOTS
 from .worker import Ended, Worker
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class Server:
     model_id: str
     api_key: str | None = None
     aliases: tuple[str, ...] = ()  # other names (glob patterns) of the served model
-    slots: int = 4
+    slots: int = SLOTS
     progress: Callable[[], object] | None = None  # a request's prefill progress callback
     # (with close()) for long prompts: the CLI's rows of bars
     host: str = "127.0.0.1"  # the address bound: on loopback, other Host headers get 403

@@ -39,7 +39,7 @@ from ..engine import Piece, PromptCache, Request
 from ..engine.batch import Batch, batchable
 from ..engine.speculative_batch import SpeculativeBatch
 from ..model import Model
-from .kv_room import CachePool, default_parallel, kv_budget, kv_token_bytes
+from .kv_room import SLOTS, CachePool, default_parallel, kv_budget, kv_token_bytes
 
 log = logging.getLogger("qwen_mlx")
 
@@ -93,7 +93,7 @@ class Job:
 
 
 class Worker:
-    def __init__(self, model: Model, slots: int = 4, parallel: int | None = None,
+    def __init__(self, model: Model, slots: int = SLOTS, parallel: int | None = None,
                  time_limit: float | None = None, draft: Model | None = None) -> None:
         self.model = model
         # one at a time (the lone engine, no batch bookkeeping) when asked, or when the
