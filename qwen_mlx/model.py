@@ -308,11 +308,16 @@ class Model:
         """Each of ``tokens``' log-probability after the tokens before it (the first has
         none) and its ``top`` likeliest alternatives: a prompt's log-likelihood, as
         evaluation harnesses ask for it (:mod:`qwen_mlx.engine.score`)."""
-        from .engine.score import score
+        return [s for part in self.scoring(tokens, top) for s in part]
+
+    def scoring(self, tokens: list[int], top: int = 0) -> Iterator[list]:
+        """:meth:`score` a chunk at a time (a prefill step's worth of tokens each), for a
+        server that runs other requests between the chunks."""
+        from .engine.score import scoring
         from .models import mlx_lm_seam as seam
 
-        return score(self.net, tokens, top=top, chunk=self.prefill_step,
-                     stream=seam.decode_stream())
+        return scoring(self.net, tokens, top=top, chunk=self.prefill_step,
+                       stream=seam.decode_stream())
 
     def token_steps(self, tokens: list[int], cache: PromptCache, *, max_tokens: int,
                     params: SamplingParams | None = None,

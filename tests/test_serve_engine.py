@@ -6,6 +6,7 @@ that leaves while queued stops counting as waiting at once."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 
@@ -182,4 +183,47 @@ def test_a_client_that_leaves_the_queue_stops_waiting_at_once(model, monkeypatch
     finally:
         gate.set()
         first.join(60)
+        running.stop()
+
+
+def test_a_long_scoring_request_lets_the_streams_beside_it_decode(tiny_q4_f32, monkeypatch):
+    """An evaluation request's prompt is scored a chunk per engine step, so a stream that
+    is decoding goes on between its chunks (it used to wait for the whole scoring), and
+    the scores are those of one pass."""
+    model = load(tiny_q4_f32, context=1024, prefill_step=32)
+    log: list[str] = []  # in the engine thread's order
+    real_step, real_scoring = Batch.step, model.scoring
+
+    def step(self):
+        log.append("step")
+        return real_step(self)
+
+    def scoring(*args, **kwargs):
+        for part in real_scoring(*args, **kwargs):
+            log.append("chunk")
+            yield part
+
+    monkeypatch.setattr(Batch, "step", step)
+    monkeypatch.setattr(model, "scoring", scoring)
+    running = Running(Server(model, MODEL))
+    url, worker = running.url, running.server.worker
+    stream = threading.Thread(target=lambda: httpx.post(
+        f"{url}/v1/chat/completions", json=chat("Story", max_tokens=400), timeout=300))
+    try:
+        stream.start()
+        poll(lambda: worker.running)
+        prompt = " ".join(f"word{i}" for i in range(150))
+        r = httpx.post(f"{url}/v1/completions", timeout=300, json={
+            "model": MODEL, "prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 0})
+        assert r.status_code == 200, r.text
+        got = r.json()["choices"][0]["logprobs"]["token_logprobs"]
+        ids = model.encode(prompt, raw=True)
+        assert len(got) == len(ids) and got[1:] == pytest.approx(
+            [s.logprob for s in load(tiny_q4_f32, context=1024).score(ids)[1:]], abs=1e-4)
+        first, last = log.index("chunk"), len(log) - 1 - log[::-1].index("chunk")
+        chunks = log.count("chunk")
+        assert chunks == 1 + math.ceil((len(ids) - 1) / 32)  # the first token's, then 32 each
+        assert log[first:last].count("step") >= chunks - 2  # decoding went on between them
+    finally:
+        stream.join(300)
         running.stop()

@@ -10,6 +10,7 @@ the next token's entry and the top N by value.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import mlx.core as mx
 
@@ -28,9 +29,17 @@ class TokenScore:
 def score(net, tokens: list[int], *, top: int = 0, chunk: int = PREFILL_STEP,
           stream: mx.Stream | None = None) -> list[TokenScore]:
     """The scores of ``tokens`` under ``net`` (its KV cache made here, full precision)."""
+    return [s for part in scoring(net, tokens, top=top, chunk=chunk, stream=stream)
+            for s in part]
+
+
+def scoring(net, tokens: list[int], *, top: int = 0, chunk: int = PREFILL_STEP,
+            stream: mx.Stream | None = None) -> Iterator[list[TokenScore]]:
+    """:func:`score` a chunk at a time: the first token's (no score) first, then each
+    chunk's, computed when asked for."""
     cache = make_cache(net, KVSpec())
     prompt = mx.array(tokens)
-    out = [TokenScore(tokens[0], None)]
+    yield [TokenScore(tokens[0], None)]
     done = 0
     while done < len(tokens) - 1:
         n = min(chunk, len(tokens) - 1 - done)
@@ -47,10 +56,9 @@ def score(net, tokens: list[int], *, top: int = 0, chunk: int = PREFILL_STEP,
         mx.eval(chosen, *([best, values] if top else []))
         rows = chosen[:, 0].tolist()
         alternatives = list(zip(best.tolist(), values.tolist())) if top else [([], [])] * n
-        for i in range(n):
-            out.append(TokenScore(tokens[done + 1 + i], rows[i],
-                                  list(zip(*alternatives[i])) if top else []))
+        part = [TokenScore(tokens[done + 1 + i], rows[i],
+                           list(zip(*alternatives[i])) if top else []) for i in range(n)]
         del logits, logp
         mx.clear_cache()
         done += n
-    return out
+        yield part

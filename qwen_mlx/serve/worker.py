@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import mlx.core as mx
 
@@ -109,6 +109,9 @@ class Worker:
         self.speculative: SpeculativeBatch | None = None
         self.jobs: queue.Queue[Job] = queue.Queue()
         self.waiting: deque[Job] = deque()
+        self.to_score: deque[Job] = deque()  # score jobs, oldest first, beside ``waiting``
+        # the one being scored: its job, its chunks still to come, its scores so far
+        self.scoring: tuple[Job, Iterator[list], list] | None = None
         self.queued: set[Job] = set()  # not yet started (in ``jobs`` or ``waiting``)
         self.running: dict[int, Job] = {}  # in the batch, by its sequence id
         self.speculating: dict[int, Job] = {}  # in the speculative batch, by its id
@@ -142,7 +145,7 @@ class Worker:
         was running (each gets an :class:`EngineFailure` naming the cause) and the batch is
         made anew; the thread itself never ends early."""
         while not (self.closed and not self.running and not self.speculating and
-                   not self.waiting):
+                   not self.waiting and not self.to_score and not self.scoring):
             try:
                 if self.batched and self.batch is None:
                     self.batch = Batch(self.model, parallel=self.parallel)
@@ -154,7 +157,8 @@ class Worker:
             self.batch.close()
 
     def _step(self) -> None:
-        self._collect(block=not self.running and not self.speculating and not self.waiting)
+        self._collect(block=not (self.running or self.speculating or self.waiting or
+                                 self.to_score or self.scoring))
         self._drop_cancelled()
         self._score()
         if self.batch is None:
@@ -174,7 +178,9 @@ class Worker:
         self.fault = f"{type(e).__name__}: {e}".splitlines()[0]
         failure = EngineFailure(f"internal error: {self.fault}")
         jobs = list(self.running.values()) + list(self.speculating.values()) + \
-            ([self.admitting] if self.admitting else [])
+            ([self.admitting] if self.admitting else []) + \
+            ([self.scoring[0]] if self.scoring else [])
+        self.scoring = None
         self.running.clear()
         self.speculating.clear()
         self.speculative = None  # made anew with the batch
@@ -197,37 +203,53 @@ class Worker:
             job = self.jobs.get(timeout=0.5) if block else self.jobs.get_nowait()
         except queue.Empty:
             return
-        self.waiting.append(job)
-        while True:
+        while job is not None:
+            (self.to_score if job.kind == "score" else self.waiting).append(job)
             try:
-                self.waiting.append(self.jobs.get_nowait())
+                job = self.jobs.get_nowait()
             except queue.Empty:
-                break
+                job = None
 
     def _drop_cancelled(self) -> None:
         """Waiting jobs whose client left (or all, once the shutdown's grace is over) end
         now, not when they reach the head of the queue. A job that was waiting when the
         shutdown began gets the grace as a running one does (its client may already hold
         its first event): it starts when there is room and is cut at the grace's end."""
-        if any(j.cancelled.is_set() for j in self.waiting) or \
-                (self.waiting and self.stopping.is_set()):
-            keep = deque()
-            for job in self.waiting:
-                if job.cancelled.is_set() or self.stopping.is_set():
-                    self._end_unstarted(job)
-                else:
-                    keep.append(job)
-            self.waiting = keep
+        self.waiting, self.to_score = self._live(self.waiting), self._live(self.to_score)
+
+    def _live(self, jobs: deque[Job]) -> deque[Job]:
+        if not any(j.cancelled.is_set() for j in jobs) and not (jobs and
+                                                                 self.stopping.is_set()):
+            return jobs
+        keep = deque()
+        for job in jobs:
+            if job.cancelled.is_set() or self.stopping.is_set():
+                self._end_unstarted(job)
+            else:
+                keep.append(job)
+        return keep
 
     def _score(self) -> None:
-        """Scoring jobs run between two steps, oldest first: each is one prefill that keeps
-        its logits (:mod:`qwen_mlx.engine.score`), its result one item."""
-        for job in [j for j in self.waiting if j.kind == "score"]:
-            self.waiting.remove(job)
+        """One chunk of the oldest scoring job per step, between the batch's steps: a
+        prefill that keeps its logits (:mod:`qwen_mlx.engine.score`), so the streams
+        decoding beside a long evaluation request go on. Its result is one item."""
+        if self.scoring is None:
+            if not self.to_score:
+                return
+            job = self.to_score.popleft()
             self.queued.discard(job)
-            self.admitting = job  # an exception here reaches _failed, which ends the job
-            job.put(self.model.score(list(job.request.tokens), job.top_logprobs or 0))
-            self.admitting = None
+            chunks = self.model.scoring(list(job.request.tokens), job.top_logprobs or 0)
+            self.scoring = (job, chunks, [])
+        job, chunks, done = self.scoring
+        if job.cancelled.is_set() or self.stopping.is_set():  # a client gone, the grace over
+            self.scoring = None
+            chunks.close()
+            return self._close(job, None if job.cancelled.is_set() else
+                               ShuttingDown("the server is shutting down"))
+        done.extend(next(chunks, []))  # an exception here reaches _failed, which ends it
+        if len(done) == len(job.request.tokens):
+            self.scoring = None
+            job.put(done)
             self._close(job, None)
 
     def _admit(self) -> None:
