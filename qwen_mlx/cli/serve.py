@@ -53,6 +53,11 @@ history prefills only the new part. Loopback only unless --host says otherwise.
 @click.option("--alias", "aliases", multiple=True, metavar="NAME=MODEL",
               help="Answer requests for model NAME with MODEL, the served model; NAME may "
                    "hold * ('claude-*=MODEL' for Claude Code). Repeatable.")
+@click.option("--keep-alive", default="5m", show_default=True, metavar="DURATION",
+              help="How long a model loaded on demand stays after its last request (\"10m\", "
+                   "seconds, -1 forever); a request's keep_alive overrides it.")
+@click.option("--max-models", type=click.IntRange(1, 64), default=None,
+              help="Most models loaded at once [default: as many as memory holds].")
 @speculative_options
 @page_tool_options
 @load_options
@@ -61,7 +66,7 @@ history prefills only the new part. Loopback only unless --host says otherwise.
 def serve(model: str | None, host: str, port: int, api_key: str | None, cache_slots: int,
           parallel: int | None, max_body: str, request_timeout: float | None,
           idle_timeout: float, shutdown_timeout: float, allow_origins: tuple[str, ...],
-          aliases: tuple[str, ...],
+          aliases: tuple[str, ...], keep_alive: str, max_models: int | None,
           mcp_files: tuple[Path, ...], tool_timeout: float, mcp_roots: tuple[Path, ...],
           mcp_start_timeout: float,
           adapter: Path | None, recipe: str,
@@ -71,6 +76,7 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
     from ..units import parse_size
 
     body_limit = parse_size(max_body, "a body size")  # one-line error on a bad size
+    keep = checked_keep_alive(keep_alive)
     names = alias_names(aliases, served_name(model))
     exposed = not is_local(host) and not api_key
     if mcp_files and exposed:
@@ -99,6 +105,14 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
                     host=host, allow_origins=allow_origins, max_body=body_limit,
                     parallel=parallel, time_limit=request_timeout, page_tools=tools,
                     speculation=speculation, aliases=names)
+    server.fleet = fleet_of(server, recipe, kwargs, keep, max_models,
+                            dict(api_key=api_key, host=host, allow_origins=allow_origins,
+                                 max_body=body_limit, parallel=parallel,
+                                 time_limit=request_timeout, **slots))
+    others = len(server.fleet.catalog.folders)
+    if others:
+        err.print(f"[dim]{others} more cached model name(s) load on first request "
+                  f"(GET /api/tags lists them)[/dim]", soft_wrap=True)
     err.print(f"serving {model_id} on http://{host}:{port} (OpenAI: /v1, Ollama: /api, "
               f"chat page: /), {server.worker.parallel} at a time; Ctrl-C stops",
               soft_wrap=True)
@@ -106,6 +120,43 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
         err.print("[yellow]--allow-origin '*': every web page you visit can use the "
                   "model[/yellow]", soft_wrap=True)
     run(server, host, port, shutdown_timeout=shutdown_timeout, idle_timeout=idle_timeout)
+
+
+def checked_keep_alive(text: str) -> float | None:
+    from ..serve.fleet import parse_keep_alive
+    from ..serve.server import RequestError
+
+    try:
+        return parse_keep_alive(text, "--keep-alive")
+    except RequestError as e:
+        raise QwenMlxError(e.message.replace("'--keep-alive'", "--keep-alive")) from None
+
+
+def fleet_of(server, recipe: str, memory: dict, keep_alive: float | None,
+             max_models: int | None, settings: dict):
+    """The models of the cache beside the served one, by name ("NAME" for the --recipe
+    conversion, "NAME:RECIPE" for each), loaded with the same options on first request."""
+    from .. import load
+    from ..hub import cache
+    from ..serve import Server
+    from ..serve.fleet import Catalog, Fleet
+
+    served = server.model.path.resolve()
+    folders = {}
+    for m in cache.list_models():
+        if not m.complete or m.path.resolve() == served:
+            continue
+        if m.recipe == recipe:
+            folders.setdefault(m.name, m.path)
+        folders.setdefault(f"{m.name}:{m.recipe}", m.path)
+    plan = server.model.plan  # its machine budget: what --memory says, or what there is
+    budget = plan.machine.budget_bytes if plan is not None else 1 << 62
+
+    def open_one(name: str, folder: Path) -> "Server":
+        return Server(load(folder, **memory), name, **settings)
+
+    return Fleet(server, Catalog(folders), open_one, budget=budget, keep_alive=keep_alive,
+                 max_models=max_models)
 
 
 def server_speculation(llm, options: dict, draft):

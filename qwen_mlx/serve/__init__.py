@@ -36,6 +36,8 @@ def run(server: Server, host: str = "127.0.0.1", port: int = 11434, *,
     finally:
         if server.page_tools is not None:  # the page's MCP servers stop with it
             server.page_tools.close()
+        if server.fleet is not None:  # the models loaded on demand
+            server.fleet.close()
         if not server.worker.close(timeout=60):  # a step that never returns: exit anyway
             sys.stderr.write("the engine did not stop within 60 s; exiting\n")
             sys.stderr.flush()

@@ -28,6 +28,9 @@ from .guard import Guard
 from .server import ClientGone, RequestError, Server
 
 Handler = Callable[[Server, Request], Awaitable[Response]]
+# the routes whose body names a model: with a fleet, that model's server answers
+NAMED = {openai.chat_completions, completions.completions, responses.create, anthropic.messages,
+         anthropic.count_tokens, ollama.chat, ollama.generate, ollama.show}
 
 
 def create_app(server: Server) -> Guard:
@@ -36,6 +39,8 @@ def create_app(server: Server) -> Guard:
         async def endpoint(request: Request) -> Response:
             try:
                 authorize(server, request)
+                if server.fleet is not None and handler in NAMED:
+                    return await server.fleet.route(request, handler)
                 return await handler(server, request)
             except RequestError as e:
                 return api.error(e)

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .. import __version__
 from ..engine.sampling import PENALTY_WINDOW
+from .fleet import Loaded, parse_keep_alive
 from .formats import ollama_format
 from .openai import read_json
 from .server import Delta, RequestError, Server, flag, number, refuse_unsupported, stop_list
@@ -68,13 +69,18 @@ def thinking(body: dict) -> bool | None:
                             "thinking inside the reply, not apart")
 
 
-def check_fields(body: dict, supported: set[str]) -> None:
+def check_fields(server: Server, body: dict, supported: set[str]) -> None:
     """Everything Ollama's body may say that we do not do is refused by name."""
     refuse_unsupported(body, supported, NO_OPS)
-    keep = body.get("keep_alive")
-    if keep in (0, "0", "0s", "0m"):
-        raise RequestError(400, "'keep_alive' 0 (unload) is not supported: qwen-mlx keeps "
-                                "its one model loaded until it stops")
+    if keep_alive(body) == 0 and server.fleet is None:
+        raise RequestError(400, "'keep_alive' 0 (unload) is not supported by a server of one "
+                                "model: it keeps its model loaded until it stops")
+
+
+def keep_alive(body: dict) -> float | None | str:
+    """The body's keep_alive in seconds (None: forever), or "default" when it has none."""
+    value = body.get("keep_alive")
+    return "default" if value is None else parse_keep_alive(value)
 
 
 def options(body: dict) -> tuple[dict, list[str], int | None]:
@@ -147,11 +153,13 @@ async def respond(server: Server, body: dict, req, started: float, *, key: str,
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
-def loaded(server: Server, key: str) -> JSONResponse:
-    """Ollama's answer to a load request: the model is ready (ours always is)."""
+def loaded(server: Server, key: str, body: dict) -> JSONResponse:
+    """Ollama's answer to a load request (a model and nothing to say): the model is loaded,
+    or with ``keep_alive: 0`` it is unloaded (by the fleet, once this answer is sent)."""
     empty = "" if key == "response" else {"role": "assistant", "content": ""}
     return JSONResponse({"model": server.model_id, "created_at": now(), key: empty,
-                         "done_reason": "load", "done": True})
+                         "done_reason": "unload" if keep_alive(body) == 0 else "load",
+                         "done": True})
 
 
 async def chat(server: Server, request: Request) -> Response:
@@ -160,7 +168,7 @@ async def chat(server: Server, request: Request) -> Response:
 
     def build():
         server.check_model(body.get("model"))
-        check_fields(body, CHAT_FIELDS)
+        check_fields(server, body, CHAT_FIELDS)
         if body.get("messages") in (None, []):
             return None
         return validated(server, body, server.encode_chat(body.get("messages"),
@@ -168,7 +176,7 @@ async def chat(server: Server, request: Request) -> Response:
 
     req = await server.validate(build)
     if req is None:
-        return loaded(server, "message")
+        return loaded(server, "message", body)
     return await respond(server, body, req, started, key="message",
                          tools=bool(body.get("tools")), http=request)
 
@@ -179,7 +187,7 @@ async def generate(server: Server, request: Request) -> Response:
 
     def build():
         server.check_model(body.get("model"))
-        check_fields(body, GENERATE_FIELDS)
+        check_fields(server, body, GENERATE_FIELDS)
         prompt = body.get("prompt")
         if prompt in (None, ""):
             return None
@@ -194,7 +202,7 @@ async def generate(server: Server, request: Request) -> Response:
 
     req = await server.validate(build)
     if req is None:
-        return loaded(server, "response")
+        return loaded(server, "response", body)
     return await respond(server, body, req, started, key="response", tools=False,
                          http=request)
 
@@ -216,21 +224,34 @@ def details(server: Server) -> dict:
             "quantization_level": f"Q{quant['bits']}" if quant.get("bits") else "F16"}
 
 
+def disk_size(folder) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
 async def tags(server: Server, request: Request) -> JSONResponse:
-    size = sum(f.stat().st_size for f in server.model.path.glob("*.safetensors"))
+    """Every model a request may name: the loaded ones, then those the server can load."""
+    fleet = server.fleet
+    entries = [(e.name, e.server.model.path, details(e.server)) for e in
+               (fleet.loaded if fleet else [Loaded(server, 0, None, pinned=True)])]
+    if fleet is not None:
+        entries += [(n, f, {"format": "mlx", "family": "qwen3", "families": ["qwen3"]})
+                    for n, f in fleet.catalog.folders.items()
+                    if n not in {e[0] for e in entries}]
     return JSONResponse({"models": [{
-        "name": server.model_id, "model": server.model_id,
-        "modified_at": datetime.fromtimestamp(server.started, timezone.utc).isoformat(),
-        "size": size, "digest": "", "details": details(server)}]})
+        "name": name, "model": name,
+        "modified_at": datetime.fromtimestamp(folder.stat().st_mtime, timezone.utc).isoformat(),
+        "size": disk_size(folder), "digest": "", "details": info}
+        for name, folder, info in entries]})
 
 
 async def ps(server: Server, request: Request) -> JSONResponse:
-    """The loaded model (one, always), as Ollama lists running models."""
-    size = sum(f.stat().st_size for f in server.model.path.glob("*.safetensors"))
+    """The loaded models, as Ollama lists running ones: size, context, when each unloads."""
+    loaded = server.fleet.loaded if server.fleet else [Loaded(server, 0, None, pinned=True)]
     return JSONResponse({"models": [{
-        "name": server.model_id, "model": server.model_id, "size": size, "digest": "",
-        "details": details(server), "expires_at": "9999-12-31T23:59:59Z",
-        "size_vram": size, "context_length": server.model.context_length}]})
+        "name": e.name, "model": e.name, "size": disk_size(e.server.model.path), "digest": "",
+        "details": details(e.server), "expires_at": e.expires_at(),
+        "size_vram": disk_size(e.server.model.path),
+        "context_length": e.server.model.context_length} for e in loaded]})
 
 
 async def show(server: Server, request: Request) -> JSONResponse:

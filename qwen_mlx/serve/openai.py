@@ -30,18 +30,27 @@ def error(e: RequestError) -> JSONResponse:
 
 
 async def models(server: Server, request: Request) -> JSONResponse:
-    return JSONResponse({"object": "list", "data": [model_card(server)]})
+    """Every model a request may name (with a fleet, the loadable ones too)."""
+    names = server.fleet.names() if server.fleet is not None else [server.model_id]
+    return JSONResponse({"object": "list", "data": [model_card(server, n) for n in names]})
 
 
 async def model(server: Server, request: Request) -> JSONResponse:
-    """GET /v1/models/{id}: the served model, or OpenAI's 404."""
-    server.check_model(request.path_params["model"])
-    return JSONResponse(model_card(server))
+    """GET /v1/models/{id}: the model, or OpenAI's 404."""
+    name = request.path_params["model"]
+    fleet = server.fleet
+    if fleet is not None and (fleet.find(name) or fleet.catalog.folder(name)):
+        entry = fleet.find(name)
+        return JSONResponse(model_card(server, entry.name if entry else name))
+    server.check_model(name)
+    return JSONResponse(model_card(server, server.model_id))
 
 
-def model_card(server: Server) -> dict:
-    return {"id": server.model_id, "object": "model", "created": int(server.started),
-            "owned_by": "qwen-mlx"}
+def model_card(server: Server, name: str) -> dict:
+    loaded = name == server.model_id if server.fleet is None else \
+        any(e.name == name for e in server.fleet.loaded)
+    return {"id": name, "object": "model", "created": int(server.started),
+            "owned_by": "qwen-mlx", "loaded": loaded}
 
 
 SAMPLING = {"model", "temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "stop",
@@ -250,6 +259,9 @@ async def read_json(request: Request, limit: int) -> dict:
     """The body as a JSON object, read in pieces and refused with 413 once it passes
     ``limit`` bytes (before any parsing). NaN and Infinity are not JSON; nesting too deep
     for the parser is a 400 too."""
+    cached = getattr(request.state, "json_body", None)
+    if cached is not None:  # read once already (the fleet read its "model")
+        return cached
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"the request body is over {limit:,} bytes (serve --max-body)")
@@ -273,6 +285,7 @@ async def read_json(request: Request, limit: int) -> dict:
         raise RequestError(400, f"the request body has invalid Unicode at {where}: a lone "
                                 f"UTF-16 surrogate (\\ud800-\\udfff) is not text",
                            param=where)
+    request.state.json_body = body
     return body
 
 

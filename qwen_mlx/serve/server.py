@@ -31,6 +31,7 @@ from .kv_room import SLOTS
 from .worker import Ended, Worker
 
 if TYPE_CHECKING:
+    from .fleet import Fleet
     from .speculative import Speculation
 
 T = TypeVar("T")
@@ -69,6 +70,8 @@ class Server:
     forms: PageForms = field(init=False, default_factory=PageForms)
     # the Responses API's stored responses (previous_response_id, GET /v1/responses/{id})
     responses: ResponseStore = field(init=False, default_factory=ResponseStore)
+    # the other models served by name, loaded on demand (serve/fleet.py); None: this one only
+    fleet: "Fleet | None" = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         from .speculative import Speculation

@@ -1,0 +1,206 @@
+"""One server, several models by name (serve/fleet.py), through the official ``openai`` and
+``ollama`` clients: a request naming another model loads it once and answers as that model
+served alone; /api/ps, /api/tags and /v1/models list them; Ollama's keep_alive (0, a second)
+unloads and gives the memory back; the memory budget unloads the least recently used idle
+model and never a busy one; an unknown name is a 404 that says how to get it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import mlx.core as mx
+import ollama
+import openai
+import pytest
+
+from qwen_mlx import load
+from qwen_mlx.serve import Server
+from qwen_mlx.serve.fleet import Catalog, Fleet, estimate_bytes, footprint, parse_keep_alive
+from qwen_mlx.serve.server import RequestError
+
+from .serving import MODEL, Running
+
+HI = [{"role": "user", "content": "Tell me a story."}]
+
+
+def poll(check, timeout: float = 60):
+    """Wait for a state (never a fixed time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError("the state was not reached in time")
+
+
+def served(first_folder, catalog: dict, **fleet) -> Running:
+    first = Server(load(first_folder, context=1024), MODEL)
+    opened = lambda name, folder: Server(load(folder, context=1024), name)  # noqa: E731
+    first.fleet = Fleet(first, Catalog(catalog), opened, **{"budget": 1 << 40, **fleet})
+    return Running(first)
+
+
+def ps(url: str) -> dict[str, dict]:
+    return {m["name"]: m for m in httpx.get(f"{url}/api/ps").json()["models"]}
+
+
+def alone_text(folder, name: str, **extra) -> str:
+    running = Running(Server(load(folder, context=1024), name))
+    try:
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0)
+        return client.chat.completions.create(model=name, messages=HI, max_tokens=12,
+                                              temperature=0, **extra).choices[0].message.content
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def two(tiny_q4_f32, other_q4_f32):
+    running = served(tiny_q4_f32, {"other": other_q4_f32})
+    yield running
+    running.server.fleet.close()
+    running.stop()
+
+
+def test_requests_alternating_models_answer_as_each_alone(two, tiny_q4_f32, other_q4_f32):
+    client = openai.OpenAI(base_url=f"{two.url}/v1", api_key="x", max_retries=0)
+    texts = {}
+    for name in [MODEL, "other", MODEL, "other"]:
+        text = client.chat.completions.create(model=name, messages=HI, max_tokens=12,
+                                              temperature=0).choices[0].message.content
+        assert texts.setdefault(name, text) == text
+    assert texts[MODEL] == alone_text(tiny_q4_f32, MODEL)
+    assert texts["other"] == alone_text(other_q4_f32, "other")
+    assert texts[MODEL] != texts["other"]  # two models indeed
+    assert two.server.fleet.loads == 1
+    listed = {m.id: m.model_extra["loaded"] for m in client.models.list().data}
+    assert listed == {MODEL: True, "other": True}
+    loaded = ps(two.url)
+    assert set(loaded) == {MODEL, "other"}
+    assert loaded[MODEL]["expires_at"].startswith("9999")  # the first model stays
+    assert loaded["other"]["expires_at"][:4] == time.strftime("%Y", time.gmtime())
+    assert loaded["other"]["context_length"] == 1024
+    assert {m["name"] for m in httpx.get(f"{two.url}/api/tags").json()["models"]} == \
+        {MODEL, "other"}
+
+
+def test_eight_first_requests_load_a_model_once(tiny_q4_f32, other_q4_f32):
+    running = served(tiny_q4_f32, {"other": other_q4_f32})
+    try:
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0)
+        out = []
+
+        def ask():
+            out.append(client.chat.completions.create(
+                model="other", messages=HI, max_tokens=4, temperature=0).choices[0]
+                .message.content)
+
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert len(out) == 8 and len(set(out)) == 1
+        assert running.server.fleet.loads == 1
+    finally:
+        running.server.fleet.close()
+        running.stop()
+
+
+def test_keep_alive_unloads_and_gives_the_memory_back(tiny_q4_f32, other_q4_f32):
+    running = served(tiny_q4_f32, {"other": other_q4_f32})
+    client = ollama.Client(host=running.url)
+    try:
+        client.chat(model=MODEL, messages=HI, options={"num_predict": 2})  # the first warm
+        before = mx.get_active_memory()
+        # Ollama's preload idiom: a model and no messages
+        assert client.generate(model="other").done_reason == "load"
+        assert set(ps(running.url)) == {MODEL, "other"}
+        assert mx.get_active_memory() > before
+        # keep_alive 0: unloaded once the reply has ended
+        reply = client.chat(model="other", messages=HI, options={"num_predict": 4},
+                            keep_alive=0)
+        assert reply.message.content
+        poll(lambda: set(ps(running.url)) == {MODEL} and
+             mx.get_active_memory() <= before * 1.05)  # the memory is given back
+        # a one-second keep_alive: loaded, then gone a second after its last request
+        client.chat(model="other", messages=HI, options={"num_predict": 2}, keep_alive="1s")
+        assert "other" in ps(running.url)
+        poll(lambda: set(ps(running.url)) == {MODEL})
+        # the unload idiom: keep_alive 0 and no prompt
+        client.generate(model="other", keep_alive=-1)
+        assert ps(running.url)["other"]["expires_at"].startswith("9999")
+        assert client.generate(model="other", keep_alive=0).done_reason == "unload"
+        poll(lambda: set(ps(running.url)) == {MODEL})
+        assert running.server.fleet.loads == 3
+        # the model the server started with stays: keep_alive 0 for it is refused
+        with pytest.raises(ollama.ResponseError) as e:
+            client.generate(model=MODEL, keep_alive=0)
+        assert e.value.status_code == 400 and "stays loaded" in e.value.error
+    finally:
+        running.server.fleet.close()
+        running.stop()
+
+
+def test_memory_unloads_the_idle_model_and_never_a_busy_one(tiny_q4_f32, other_q4_f32,
+                                                            tiny_instruct):
+    first = Server(load(tiny_q4_f32, context=1024), MODEL)
+    room = footprint(first) + max(estimate_bytes(other_q4_f32), estimate_bytes(tiny_instruct))
+    running = served(tiny_q4_f32, {"other": other_q4_f32, "instruct": tiny_instruct},
+                     budget=room)
+    client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0)
+    try:
+        client.chat.completions.create(model="other", messages=HI, max_tokens=2)
+        client.chat.completions.create(model="instruct", messages=HI, max_tokens=2)
+        assert set(ps(running.url)) == {MODEL, "instruct"}  # "other" made room
+        # a long reply keeps "instruct" busy: "other" cannot load under it
+        done = threading.Event()
+
+        def long_reply():
+            with httpx.stream("POST", f"{running.url}/v1/chat/completions", timeout=300, json={
+                    "model": "instruct", "messages": HI, "max_tokens": 400, "stream": True,
+                    "temperature": 0}) as r:
+                for line in r.iter_lines():
+                    if line and not done.is_set():
+                        done.set()
+
+        stream = threading.Thread(target=long_reply)
+        stream.start()
+        done.wait(120)
+        with pytest.raises(openai.APIStatusError) as e:
+            client.chat.completions.create(model="other", messages=HI, max_tokens=2)
+        assert e.value.status_code == 503
+        message = e.value.body["message"]
+        assert "model 'other' needs" in message and "instruct" in message and \
+            "in use" in message
+        stream.join(300)
+        assert set(ps(running.url)) == {MODEL, "instruct"}
+    finally:
+        running.server.fleet.close()
+        running.stop()
+
+
+def test_an_unknown_model_is_a_404_that_says_how_to_get_it(two):
+    client = openai.OpenAI(base_url=f"{two.url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="nope", messages=HI, max_tokens=2)
+    assert "model 'nope' is not available here" in e.value.body["message"]
+    assert "qwen-mlx convert nope" in e.value.body["message"]
+    with pytest.raises(ollama.ResponseError) as o:
+        ollama.Client(host=two.url).chat(model="nope", messages=HI)
+    assert o.value.status_code == 404 and "/api/pull" in o.value.error
+
+
+@pytest.mark.parametrize("value, seconds", [
+    ("5m", 300.0), ("1h30m", 5400.0), ("500ms", 0.5), ("-1", None), (-1, None), (0, 0.0),
+    ("0", 0.0), (90, 90.0), ("2.5s", 2.5)])
+def test_keep_alive_reads_as_ollama_reads_it(value, seconds):
+    assert parse_keep_alive(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "5 minutes", True, [], "m", "1x"])
+def test_a_keep_alive_that_is_not_a_duration_is_refused(value):
+    with pytest.raises(RequestError, match="keep_alive"):
+        parse_keep_alive(value)
