@@ -197,10 +197,14 @@ def model(tiny_q4_f32):
 def running(model):
     """The model served on a free loopback port (``.url``), stopped after the module."""
     from qwen_mlx.serve import Server
+    from qwen_mlx.serve.fleet import Catalog, Fleet
 
     from .serving import MODEL, Running
 
-    r = Running(Server(model, MODEL))
+    server = Server(model, MODEL)
+    # as `qwen-mlx serve` builds it: requests are routed by model name (none other here)
+    server.fleet = Fleet(server, Catalog(), lambda name, folder: None, budget=1 << 40)
+    r = Running(server)
     yield r
     r.stop()
 

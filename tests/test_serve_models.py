@@ -186,7 +186,7 @@ def test_an_unknown_model_is_a_404_that_says_how_to_get_it(two):
     client = openai.OpenAI(base_url=f"{two.url}/v1", api_key="x", max_retries=0)
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="nope", messages=HI, max_tokens=2)
-    assert "model 'nope' is not available here" in e.value.body["message"]
+    assert "model 'nope' not found here" in e.value.body["message"]
     assert "qwen-mlx convert nope" in e.value.body["message"]
     with pytest.raises(ollama.ResponseError) as o:
         ollama.Client(host=two.url).chat(model="nope", messages=HI)
@@ -195,7 +195,7 @@ def test_an_unknown_model_is_a_404_that_says_how_to_get_it(two):
 
 @pytest.mark.parametrize("value, seconds", [
     ("5m", 300.0), ("1h30m", 5400.0), ("500ms", 0.5), ("-1", None), (-1, None), (0, 0.0),
-    ("0", 0.0), (90, 90.0), ("2.5s", 2.5)])
+    ("0", 0.0), (90, 90.0), ("2.5s", 2.5), (2**64, None), (10**400, None), ("-5m", None)])
 def test_keep_alive_reads_as_ollama_reads_it(value, seconds):
     assert parse_keep_alive(value) == seconds
 

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from qwen_mlx.cli import main
+from qwen_mlx.engine.speculative_batch import SpeculativeBatch
 from qwen_mlx.serve import Server
 from qwen_mlx.serve.speculative import Speculation
 
@@ -233,13 +234,14 @@ def test_a_client_that_leaves_ends_its_speculation(drafted, monkeypatch):
             "temperature": 0, "max_tokens": 400, "speculative": {"method": "lookup"}}
     # the engine holds once the reply has text, until the client has gone (on a busy
     # machine it could otherwise finish all 400 tokens before the client reads the first)
-    left, step = threading.Event(), worker.speculative.step
+    # (on the class: the worker makes its speculative batch anew after a failed step)
+    left, step = threading.Event(), SpeculativeBatch.step
 
-    def held_step():
+    def held_step(self):
         if any(job.made for job in worker.speculating.values()):
             assert left.wait(120)
-        return step()
-    monkeypatch.setattr(worker.speculative, "step", held_step)
+        return step(self)
+    monkeypatch.setattr(SpeculativeBatch, "step", held_step)
     with httpx.stream("POST", f"{drafted.url}/v1/chat/completions", json=body,
                       timeout=120) as r:
         for line in r.iter_lines():

@@ -37,11 +37,13 @@ KEEP_ALIVE = 300.0  # seconds, Ollama's default (5m)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 GIB = 1 << 30
+FOREVER = 100 * 365 * 86400  # seconds
 
 
 def parse_keep_alive(value, param: str = "keep_alive") -> float | None:
     """Ollama's ``keep_alive``: seconds as a number, or a Go duration ("10m", "1h30m",
-    "500ms"); negative means forever (None); 0 unloads once the request ends."""
+    "500ms"); negative (or over a century) means forever (None); 0 unloads once the request
+    ends."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise RequestError(400, f"'{param}' must be a duration like \"5m\" or a number of "
                                 f"seconds", param=param)
@@ -57,9 +59,9 @@ def parse_keep_alive(value, param: str = "keep_alive") -> float | None:
             raise RequestError(400, f"'{param}' {value!r} is not a duration (like \"5m\", "
                                     f"\"1h\", \"30s\", or seconds)", param=param)
         value = sign * seconds
-    if value != value or value in (float("inf"), float("-inf")):
-        raise RequestError(400, f"'{param}' must be finite", param=param)
-    return None if value < 0 else float(value)
+    if value < 0 or value > FOREVER:  # past a century is for ever (as a negative is)
+        return None
+    return float(value)
 
 
 @dataclass
@@ -175,8 +177,8 @@ class Fleet:
     async def _load(self, name: str) -> Loaded:
         folder = self.catalog.folder(name)
         if folder is None:
-            raise RequestError(404, f"model '{name}' is not available here: convert it into "
-                                    f"the cache first (qwen-mlx convert {name}), or pull it "
+            raise RequestError(404, f"model '{name}' not found here: convert it into the "
+                                    f"cache first (qwen-mlx convert {name}), or pull it "
                                     f"(/api/pull); GET /api/tags lists what is",
                                code="model_not_found", param="model")
         need = self.estimate(folder)
