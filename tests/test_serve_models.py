@@ -204,3 +204,48 @@ def test_keep_alive_reads_as_ollama_reads_it(value, seconds):
 def test_a_keep_alive_that_is_not_a_duration_is_refused(value):
     with pytest.raises(RequestError, match="keep_alive"):
         parse_keep_alive(value)
+
+
+def test_qwen_mlx_serve_serves_the_cache_by_name_and_preloads_more(tmp_path, tiny_q4_f32,
+                                                                   other_q4_f32,
+                                                                   tiny_instruct):
+    """`qwen-mlx serve A B` loads both before serving; a model in the cache is served by
+    its name and recipe, loaded on its first request."""
+    import shutil
+
+    from .serving import free_port, serve_process
+
+    home = tmp_path / "home"
+    shutil.copytree(other_q4_f32, home / "models" / "Qwen--Qwen3-0.6B" / "q4-f32")
+    port = free_port()
+    proc = serve_process(tiny_q4_f32, port, str(tiny_instruct), "--keep-alive", "10m",
+                         env={"QWEN_MLX_HOME": str(home)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert set(ps(url)) == {tiny_q4_f32.name, tiny_instruct.name}
+        assert {m["name"] for m in httpx.get(f"{url}/api/tags").json()["models"]} == \
+            {tiny_q4_f32.name, tiny_instruct.name, "Qwen/Qwen3-0.6B:q4-f32"}
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+        reply = client.chat.completions.create(model="Qwen/Qwen3-0.6B:q4-f32", messages=HI,
+                                               max_tokens=12, temperature=0)
+        assert reply.choices[0].message.content == alone_text(other_q4_f32, "other")
+        loaded = ps(url)
+        assert set(loaded) == {tiny_q4_f32.name, tiny_instruct.name, "Qwen/Qwen3-0.6B:q4-f32"}
+        assert loaded[tiny_instruct.name]["expires_at"].startswith("9999")
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0
+
+
+def test_serve_refuses_a_keep_alive_that_is_not_a_duration(tiny_q4_f32):
+    from click.testing import CliRunner
+
+    from qwen_mlx.cli import main
+
+    from .serving import free_port
+
+    result = CliRunner().invoke(main, ["serve", str(tiny_q4_f32), "--port", str(free_port()),
+                                       "--keep-alive", "soon"])
+    assert result.exit_code == 1
+    assert result.output == ("error: --keep-alive 'soon' is not a duration (like \"5m\", "
+                             "\"1h\", \"30s\", or seconds)\n")

@@ -22,7 +22,7 @@ from .tools import open_tools, page_tool_options, tool_servers
 --parallel); the KV caches of recent conversations are kept, so a client that resends its
 history prefills only the new part. Loopback only unless --host says otherwise.
 {MODEL_HELP}""")
-@model_argument
+@click.argument("models", nargs=-1, metavar="[MODEL]...")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; anything but loopback exposes the model to the network.")
 @click.option("--port", type=click.IntRange(1, 65535), default=11434, show_default=True,
@@ -63,7 +63,7 @@ history prefills only the new part. Loopback only unless --host says otherwise.
 @load_options
 @memory_options
 @force_option
-def serve(model: str | None, host: str, port: int, api_key: str | None, cache_slots: int,
+def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, cache_slots: int,
           parallel: int | None, max_body: str, request_timeout: float | None,
           idle_timeout: float, shutdown_timeout: float, allow_origins: tuple[str, ...],
           aliases: tuple[str, ...], keep_alive: str, max_models: int | None,
@@ -75,6 +75,7 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
     from ..serve.guard import is_local
     from ..units import parse_size
 
+    model, more = (models[0], models[1:]) if models else (None, ())
     body_limit = parse_size(max_body, "a body size")  # one-line error on a bad size
     keep = checked_keep_alive(keep_alive)
     names = alias_names(aliases, served_name(model))
@@ -109,7 +110,14 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, cache_sl
                             dict(api_key=api_key, host=host, allow_origins=allow_origins,
                                  max_body=body_limit, parallel=parallel,
                                  time_limit=request_timeout, **slots))
-    others = len(server.fleet.catalog.folders)
+    for spec in more:  # preloaded, and kept until memory needs the room
+        if adapter is not None or options.get("draft") or options.get("lookup"):
+            raise QwenMlxError("--adapter, --draft and --lookup apply to one model: serve "
+                               "the others without them, or one at a time")
+        name = served_name(spec)
+        server.fleet.add(Server(open_model(spec, recipe=recipe, **kwargs), name,
+                                **server.fleet.settings))
+    others = len([n for n in server.fleet.catalog.folders if server.fleet.find(n) is None])
     if others:
         err.print(f"[dim]{others} more cached model name(s) load on first request "
                   f"(GET /api/tags lists them)[/dim]", soft_wrap=True)
@@ -156,7 +164,7 @@ def fleet_of(server, recipe: str, memory: dict, keep_alive: float | None,
         return Server(load(folder, **memory), name, **settings)
 
     return Fleet(server, Catalog(folders), open_one, budget=budget, keep_alive=keep_alive,
-                 max_models=max_models)
+                 max_models=max_models, settings=settings)
 
 
 def server_speculation(llm, options: dict, draft):

@@ -31,6 +31,7 @@ from starlette.responses import Response, StreamingResponse
 
 from .kv_room import RESERVE
 from .openai import read_json
+from ..errors import QwenMlxError
 from .server import RequestError, Server
 
 KEEP_ALIVE = 300.0  # seconds, Ollama's default (5m)
@@ -122,8 +123,10 @@ class Fleet:
     def __init__(self, first: Server, catalog: Catalog, open: Callable[[str, Path], Server],
                  *, budget: int, keep_alive: float | None = KEEP_ALIVE,
                  max_models: int | None = None,
-                 estimate: Callable[[Path], int] | None = None) -> None:
+                 estimate: Callable[[Path], int] | None = None,
+                 settings: dict | None = None) -> None:
         self.catalog, self.open, self.budget = catalog, open, budget
+        self.settings = settings or {}  # what each Server is made with (its host, key...)
         self.keep_alive, self.max_models = keep_alive, max_models
         self.estimate = estimate or estimate_bytes
         self.loaded: list[Loaded] = [Loaded(first, footprint(first), None, pinned=True)]
@@ -135,6 +138,18 @@ class Fleet:
     @property
     def first(self) -> Server:
         return self.loaded[0].server
+
+    def add(self, server: Server) -> None:
+        """A model loaded before serving (`serve A B`): kept until memory needs the room."""
+        need = footprint(server)
+        if self._used() + need > self.budget:
+            raise QwenMlxError(f"{server.model_id} needs {need / GIB:.2f} GiB beside the "
+                               f"models before it, and {(self.budget - self._used()) / GIB:.2f} "
+                               f"GiB of the {self.budget / GIB:.2f} GiB budget is left")
+        if self.max_models is not None and len(self.loaded) >= self.max_models:
+            raise QwenMlxError(f"--max-models {self.max_models}: {server.model_id} is one "
+                               f"model too many")
+        self._adopt(server, need, None)
 
     def names(self) -> list[str]:
         """Every model a request may name: the loaded ones, then the catalog's."""
@@ -184,11 +199,14 @@ class Fleet:
         need = self.estimate(folder)
         await self._make_room(name, need)
         server = await anyio.to_thread.run_sync(self.open, name, folder)
-        server.responses = self.first.responses  # one store: GET /v1/responses/{id} finds all
-        server.fleet = self
-        entry = Loaded(server, need, self.keep_alive)
-        self.loaded.append(entry)
         self.loads += 1
+        return self._adopt(server, need, self.keep_alive)
+
+    def _adopt(self, server: Server, need: int, keep_alive: float | None) -> Loaded:
+        # one store of responses: GET /v1/responses/{id} finds any model's
+        server.responses, server.fleet = self.first.responses, self
+        entry = Loaded(server, need, keep_alive)
+        self.loaded.append(entry)
         return entry
 
     def _used(self) -> int:
