@@ -249,3 +249,49 @@ def test_serve_refuses_a_keep_alive_that_is_not_a_duration(tiny_q4_f32):
     assert result.exit_code == 1
     assert result.output == ("error: --keep-alive 'soon' is not a duration (like \"5m\", "
                              "\"1h\", \"30s\", or seconds)\n")
+
+
+def test_pull_copy_and_delete_as_the_ollama_client_does(tiny_q4_f32, tiny_hf):
+    """/api/pull converts into the cache (a local folder here; a hub id offline is a 400 at
+    once), the pulled model is served by name; /api/copy names a model again; /api/delete
+    unloads and removes a conversion, and refuses a folder the server was given."""
+    from qwen_mlx.hub import cache
+
+    running = served(tiny_q4_f32, {})
+    client = ollama.Client(host=running.url)
+    try:
+        with pytest.raises(ollama.ResponseError) as e:
+            client.pull("Qwen/Qwen3-0.6B")
+        assert e.value.status_code == 400 and "HF_HUB_OFFLINE" in e.value.error
+        statuses = [p.status for p in client.pull(str(tiny_hf), stream=True)]
+        assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+        assert any(s.startswith("converting ") for s in statuses)
+        (pulled,) = cache.list_models()
+        assert pulled.name == str(tiny_hf) and pulled.recipe == "q4"
+        names = {m.model for m in client.list().models}
+        assert {str(tiny_hf), f"{tiny_hf}:q4"} <= names
+        reply = client.chat(model=str(tiny_hf), messages=HI, options={"num_predict": 3})
+        assert reply.message.content and str(tiny_hf) in ps(running.url)
+        # a second name for the first model: no load
+        client.copy(MODEL, "mine")
+        again = client.chat(model="mine", messages=HI, options={"num_predict": 3,
+                                                                "temperature": 0})
+        first = client.chat(model=MODEL, messages=HI, options={"num_predict": 3,
+                                                               "temperature": 0})
+        assert again.message.content == first.message.content
+        assert running.server.fleet.loads == 1
+        # delete: unloaded, gone from the cache and the lists
+        client.delete(str(tiny_hf))
+        assert cache.list_models() == [] and not pulled.path.exists()
+        assert str(tiny_hf) not in ps(running.url)
+        assert str(tiny_hf) not in {m.model for m in client.list().models}
+        with pytest.raises(ollama.ResponseError) as e:
+            client.delete(MODEL)
+        assert e.value.status_code == 400 and "never deletes a folder" in e.value.error
+        assert tiny_q4_f32.is_dir()
+        with pytest.raises(ollama.ResponseError) as e:
+            client.delete("nope")
+        assert e.value.status_code == 404
+    finally:
+        running.server.fleet.close()
+        running.stop()

@@ -93,6 +93,9 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
                          "messages": [{"role": "user", "content": "Hi"}]},
         "/v1/messages/count_tokens": {"model": MODEL,
                                       "messages": [{"role": "user", "content": "Hi"}]},
+        "/api/pull": {"model": "Qwen/Qwen3-0.6B", "stream": False},  # offline here: a 400
+        "/api/copy": {"source": MODEL, "destination": "copied"},
+        "/api/delete": {"model": "copied"},
     }
     deep = '{"a": ' * 5_000 + "null" + "}" * 5_000  # spliced in as text: too deep to dump
     values = [None, True, False, "", "yes", "x" * 100_000, -1, 0, 1, 0.5, 2**64, -2**70,
@@ -110,11 +113,12 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
               "keep_alive", "images", "unknown_field", "top_logprobs", "frequency_penalty",
               "echo", "max_tokens", "stop_sequences", "thinking", "metadata", "input",
               "instructions", "text", "reasoning", "previous_response_id", "store",
-              "max_output_tokens", "content", "with_pieces", "tokens"]
+              "max_output_tokens", "content", "with_pieces", "tokens", "source",
+              "destination", "name", "insecure"]
     option_keys = ["temperature", "top_p", "seed", "num_ctx", "stop", "repeat_penalty", "x",
                    "presence_penalty", "repeat_last_n"]
     statuses = []
-    for i in range(560):  # nine endpoints: enough of both kinds for each
+    for i in range(740):  # twelve endpoints: enough of both kinds for each
         path, base = rng.choice(list(bases.items()))
         body = json.loads(json.dumps(base))
         for _ in range(rng.randint(1, 3)):
@@ -136,14 +140,15 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
             body["options"]["num_predict"] = 1
         else:
             body["options"] = {"num_predict": 1}
-        r = httpx.post(f"{url}{path}", content=json.dumps(body).replace('"__DEEP__"', deep),
-                       timeout=60)
+        r = httpx.request("DELETE" if path == "/api/delete" else "POST", f"{url}{path}",
+                          content=json.dumps(body).replace('"__DEEP__"', deep), timeout=60)
         statuses.append(r.status_code)
         assert r.status_code < 500, (path, r.status_code, r.text[:300])
     for raw in (b"[", b"null", b"123", b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe",
                 b'{"model": NaN}', b'{"max_tokens": Infinity}'):
         for path in bases:
-            r = httpx.post(f"{url}{path}", content=raw, timeout=60)
+            r = httpx.request("DELETE" if path == "/api/delete" else "POST", f"{url}{path}",
+                              content=raw, timeout=60)
             assert r.status_code == 400, (path, raw[:20], r.status_code, r.text[:200])
     assert statuses.count(200) > 10 and statuses.count(400) > 100  # both kinds were tried
     assert httpx.get(f"{url}/v1/models").status_code == 200

@@ -164,7 +164,7 @@ def fleet_of(server, recipe: str, memory: dict, keep_alive: float | None,
         return Server(load(folder, **memory), name, **settings)
 
     return Fleet(server, Catalog(folders), open_one, budget=budget, keep_alive=keep_alive,
-                 max_models=max_models, settings=settings)
+                 max_models=max_models, settings=settings, recipe=recipe)
 
 
 def server_speculation(llm, options: dict, draft):

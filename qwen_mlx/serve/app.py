@@ -19,6 +19,7 @@ from starlette.routing import Route
 from . import anthropic
 from . import completions
 from . import ollama
+from . import ollama_models
 from . import openai
 from . import page
 from . import page_tools
@@ -75,6 +76,9 @@ def create_app(server: Server) -> Guard:
         route("/api/version", ollama.version, ["GET"], ollama),
         route("/api/chat", ollama.chat, ["POST"], ollama),
         route("/api/generate", ollama.generate, ["POST"], ollama),
+        route("/api/pull", ollama_models.pull, ["POST"], ollama),
+        route("/api/delete", ollama_models.delete, ["DELETE"], ollama),
+        route("/api/copy", ollama_models.copy, ["POST"], ollama),
     ]
 
     async def missing(request: Request, exc) -> Response:

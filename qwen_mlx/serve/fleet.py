@@ -70,8 +70,13 @@ class Catalog:
     """The models a server can load, by name: a converted model's folder each."""
 
     folders: dict[str, Path] = field(default_factory=dict)
+    copies: dict[str, str] = field(default_factory=dict)  # /api/copy: a new name -> a name
+
+    def canonical(self, name: str) -> str:
+        return self.copies.get(name, name)
 
     def folder(self, name: str) -> Path | None:
+        name = self.canonical(name)
         return self.folders.get(name) or next(
             (f for n, f in self.folders.items() if n.lower() == name.lower()), None)
 
@@ -124,8 +129,9 @@ class Fleet:
                  *, budget: int, keep_alive: float | None = KEEP_ALIVE,
                  max_models: int | None = None,
                  estimate: Callable[[Path], int] | None = None,
-                 settings: dict | None = None) -> None:
+                 settings: dict | None = None, recipe: str = "q4") -> None:
         self.catalog, self.open, self.budget = catalog, open, budget
+        self.recipe = recipe  # what /api/pull converts with (serve --recipe)
         self.settings = settings or {}  # what each Server is made with (its host, key...)
         self.keep_alive, self.max_models = keep_alive, max_models
         self.estimate = estimate or estimate_bytes
@@ -154,9 +160,10 @@ class Fleet:
     def names(self) -> list[str]:
         """Every model a request may name: the loaded ones, then the catalog's."""
         out = [e.name for e in self.loaded]
-        return out + [n for n in self.catalog.folders if n not in out]
+        return out + [n for n in [*self.catalog.folders, *self.catalog.copies] if n not in out]
 
     def find(self, name: str) -> Loaded | None:
+        name = self.catalog.canonical(name)
         for entry in self.loaded:
             if entry.closing:
                 continue
@@ -233,6 +240,26 @@ class Fleet:
                                         f"loaded: {busy}. Try again when one is idle",
                                    code="model_busy")
             await self.unload(idle[0])
+
+    def add_folder(self, name: str, recipe: str, folder: Path) -> list[str]:
+        """A conversion just made (/api/pull): named as the cache's are; the names."""
+        names = ([name] if recipe == self.recipe else []) + [f"{name}:{recipe}"]
+        for n in names:
+            self.catalog.folders[n] = folder
+        return names
+
+    async def forget(self, folder: Path) -> None:
+        """Unload the model of ``folder`` and drop its names (/api/delete)."""
+        for entry in [e for e in self.loaded if e.server.model.path.resolve() == folder]:
+            if entry.pinned or not entry.idle:
+                raise RequestError(409, f"'{entry.name}' is in use (or was named when the "
+                                        f"server started): it cannot be deleted now")
+            await self.unload(entry)
+        gone = {n for n, f in self.catalog.folders.items() if f.resolve() == folder}
+        for n in gone:
+            del self.catalog.folders[n]
+        for n in [c for c, target in self.catalog.copies.items() if target in gone]:
+            del self.catalog.copies[n]
 
     async def unload(self, entry: Loaded) -> None:
         """Stop its engine and give its memory back."""

@@ -140,6 +140,8 @@ class Server:
         name ``--alias`` maps to it (``claude-*``: Claude Code asks for its own names)."""
         if not isinstance(name, str) or not name:
             raise RequestError(400, "'model' is required", param="model")
+        if self.fleet is not None:  # a name /api/copy gave it
+            name = self.fleet.catalog.canonical(name)
         wanted = name.lower().removesuffix(":latest")
         names = {self.model_id.lower(), self.model_id.lower().rsplit("/", 1)[-1]}
         if wanted not in names and not any(fnmatch.fnmatchcase(wanted, alias.lower())
