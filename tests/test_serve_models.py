@@ -6,6 +6,7 @@ model and never a busy one; an unknown name is a 404 that says how to get it."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -295,3 +296,36 @@ def test_pull_copy_and_delete_as_the_ollama_client_does(tiny_q4_f32, tiny_hf):
     finally:
         running.server.fleet.close()
         running.stop()
+
+
+def test_qwen_mlx_ps_and_stop_talk_to_the_running_server(tiny_q4_f32, other_q4_f32):
+    from click.testing import CliRunner
+
+    from qwen_mlx.cli import main
+
+    running = served(tiny_q4_f32, {"other": other_q4_f32})
+    port = str(running.port)
+    try:
+        ollama.Client(host=running.url).generate(model="other")  # loaded
+        listed = CliRunner().invoke(main, ["ps", "--port", port, "--json"])
+        assert listed.exit_code == 0
+        assert [m["name"] for m in json.loads(listed.output)] == [MODEL, "other"]
+        table = CliRunner().invoke(main, ["ps", "--port", port])
+        rows = table.output.splitlines()
+        assert rows[1].split() == ["name", "size", "context", "until"]
+        assert rows[2].split()[0] == MODEL and rows[2].split()[-1] == "forever"
+        assert rows[3].split()[0] == "other"
+        stopped = CliRunner().invoke(main, ["stop", "other", "--port", port])
+        assert stopped.exit_code == 0 and stopped.output == ""
+        poll(lambda: set(ps(running.url)) == {MODEL})
+        refused = CliRunner().invoke(main, ["stop", MODEL, "--port", port])
+        assert refused.exit_code == 1
+        assert refused.output == (f"error: the server at 127.0.0.1:{port} answered 400: "
+                                  f"'keep_alive' 0: '{MODEL}' was named when the server "
+                                  f"started and stays loaded until it stops\n")
+    finally:
+        running.server.fleet.close()
+        running.stop()
+    gone = CliRunner().invoke(main, ["ps", "--port", port])
+    assert gone.exit_code == 1 and gone.output.startswith(
+        f"error: no qwen-mlx server at http://127.0.0.1:{port} (")

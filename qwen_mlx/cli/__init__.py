@@ -76,7 +76,7 @@ class Group(click.Group):
 @click.version_option(__version__, prog_name="qwen-mlx")
 def main() -> None:
     """Qwen3-4B on your Mac with MLX: convert, generate, chat, serve, finetune,
-    fuse, plan, bench, eval, models."""
+    fuse, plan, bench, eval, models, ps, stop."""
 
 
 def _check_backend() -> None:
@@ -101,12 +101,13 @@ def _register() -> None:
     from .generate import generate
     from .models import models
     from .plan import plan
+    from .running import ps, stop
     from .serve import serve
 
     from .checked import check_values
 
     for command in (bench, chat, convert, eval_command, finetune, fuse, generate, models, plan,
-                    serve):
+                    ps, serve, stop):
         check_values(command)
         main.add_command(command)
 
