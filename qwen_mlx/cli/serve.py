@@ -9,8 +9,10 @@ import click
 
 from ..errors import QwenMlxError
 from .console import PrefillBars, err, open_draft, open_model
+from .fleet import fleet_of, served_name, server_speculation
+from .models_file import read_models_file
 from .options import (MODEL_HELP, force_option, load_options, memory_kwargs, memory_options,
-                      model_argument, speculative_options)
+                      speculative_options)
 from ..tools.config import default_file
 from .tools import open_tools, page_tool_options, tool_servers
 
@@ -21,7 +23,8 @@ from .tools import open_tools, page_tool_options, tool_servers
 /detokenize, and /health. Concurrent requests are decoded together (continuous batching, up to
 --parallel); the KV caches of recent conversations are kept, so a client that resends its
 history prefills only the new part. Loopback only unless --host says otherwise.
-{MODEL_HELP}""")
+{MODEL_HELP} Further MODELs are loaded too; every model in the cache is served by name,
+loaded on its first request and kept for --keep-alive (Ollama's way; /api/pull adds more).""")
 @click.argument("models", nargs=-1, metavar="[MODEL]...")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; anything but loopback exposes the model to the network.")
@@ -58,6 +61,10 @@ history prefills only the new part. Loopback only unless --host says otherwise.
                    "seconds, -1 forever); a request's keep_alive overrides it.")
 @click.option("--max-models", type=click.IntRange(1, 64), default=None,
               help="Most models loaded at once [default: as many as memory holds].")
+@click.option("--models", "models_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="A TOML file of models served by name, each with its own options "
+                   "(context, KV bits, parallel, draft or lookup, aliases, keep_alive, "
+                   "pinned): see the README.")
 @speculative_options
 @page_tool_options
 @load_options
@@ -67,6 +74,7 @@ def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, ca
           parallel: int | None, max_body: str, request_timeout: float | None,
           idle_timeout: float, shutdown_timeout: float, allow_origins: tuple[str, ...],
           aliases: tuple[str, ...], keep_alive: str, max_models: int | None,
+          models_file: Path | None,
           mcp_files: tuple[Path, ...], tool_timeout: float, mcp_roots: tuple[Path, ...],
           mcp_start_timeout: float,
           adapter: Path | None, recipe: str,
@@ -78,6 +86,7 @@ def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, ca
     model, more = (models[0], models[1:]) if models else (None, ())
     body_limit = parse_size(max_body, "a body size")  # one-line error on a bad size
     keep = checked_keep_alive(keep_alive)
+    entries = read_models_file(models_file) if models_file else []  # before any load
     names = alias_names(aliases, served_name(model))
     exposed = not is_local(host) and not api_key
     if mcp_files and exposed:
@@ -106,17 +115,14 @@ def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, ca
                     host=host, allow_origins=allow_origins, max_body=body_limit,
                     parallel=parallel, time_limit=request_timeout, page_tools=tools,
                     speculation=speculation, aliases=names)
+    if more and (adapter is not None or options.get("draft") or options.get("lookup")):
+        raise QwenMlxError("--adapter, --draft and --lookup apply to one model: serve the "
+                           "others without them, or give their own in --models FILE")
     server.fleet = fleet_of(server, recipe, kwargs, keep, max_models,
                             dict(api_key=api_key, host=host, allow_origins=allow_origins,
                                  max_body=body_limit, parallel=parallel,
-                                 time_limit=request_timeout, **slots))
-    for spec in more:  # preloaded, and kept until memory needs the room
-        if adapter is not None or options.get("draft") or options.get("lookup"):
-            raise QwenMlxError("--adapter, --draft and --lookup apply to one model: serve "
-                               "the others without them, or one at a time")
-        name = served_name(spec)
-        server.fleet.add(Server(open_model(spec, recipe=recipe, **kwargs), name,
-                                **server.fleet.settings))
+                                 time_limit=request_timeout, **slots),
+                            more=more, entries=entries)
     others = len([n for n in server.fleet.catalog.folders if server.fleet.find(n) is None])
     if others:
         err.print(f"[dim]{others} more cached model name(s) load on first request "
@@ -140,49 +146,6 @@ def checked_keep_alive(text: str) -> float | None:
         raise QwenMlxError(e.message.replace("'--keep-alive'", "--keep-alive")) from None
 
 
-def fleet_of(server, recipe: str, memory: dict, keep_alive: float | None,
-             max_models: int | None, settings: dict):
-    """The models of the cache beside the served one, by name ("NAME" for the --recipe
-    conversion, "NAME:RECIPE" for each), loaded with the same options on first request."""
-    from .. import load
-    from ..hub import cache
-    from ..serve import Server
-    from ..serve.fleet import Catalog, Fleet
-
-    served = server.model.path.resolve()
-    folders = {}
-    for m in cache.list_models():
-        if not m.complete or m.path.resolve() == served:
-            continue
-        if m.recipe == recipe:
-            folders.setdefault(m.name, m.path)
-        folders.setdefault(f"{m.name}:{m.recipe}", m.path)
-    plan = server.model.plan  # its machine budget: what --memory says, or what there is
-    budget = plan.machine.budget_bytes if plan is not None else 1 << 62
-
-    def open_one(name: str, folder: Path) -> "Server":
-        return Server(load(folder, **memory), name, **settings)
-
-    return Fleet(server, Catalog(folders), open_one, budget=budget, keep_alive=keep_alive,
-                 max_models=max_models, settings=settings, recipe=recipe)
-
-
-def server_speculation(llm, options: dict, draft):
-    """--draft (loaded by ``open_draft``; its vocabulary checked here), --draft-tokens,
-    --lookup -> the server's default speculative decoding (a request's ``speculative``
-    field overrides it)."""
-    from ..serve.speculative import Speculation
-    from .console import speculative_kwargs
-
-    kwargs = speculative_kwargs(options, draft)
-    if not kwargs:
-        return Speculation()
-    checked = llm.speculative(kwargs.get("draft"), kwargs.get("lookup"),
-                              kwargs.get("draft_tokens"))
-    return Speculation("draft" if checked.draft is not None else "lookup", checked.tokens,
-                       checked.draft)
-
-
 def note(line: str) -> None:
     err.print(line, style="dim", markup=False, highlight=False, soft_wrap=True)
 
@@ -199,14 +162,6 @@ def alias_names(aliases: tuple[str, ...], served: str) -> tuple[str, ...]:
                                f"be that name")
         names.append(name.strip())
     return tuple(names)
-
-
-def served_name(model: str | None) -> str:
-    """The model's name in the API: a folder's name, else the hub id (or the default)."""
-    from ..hub.resolver import DEFAULT_MODEL
-
-    return Path(model).name if model and Path(model).expanduser().is_dir() else \
-        (model or DEFAULT_MODEL)
 
 
 def check_port(host: str, port: int) -> None:

@@ -8,12 +8,12 @@ resumed run trains exactly as the interrupted one would have.
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import QwenMlxError
+from ..storage.settings_file import read_settings
 
 # --targets names -> the Qwen3 decoder layer's linear modules.
 TARGETS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
@@ -132,33 +132,7 @@ def parse_targets(text: str) -> list[str]:
 
 def read_config_file(path: str | Path) -> dict:
     """Settings from a .yaml/.yml, .toml or .json file, checked and typed."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise QwenMlxError(f"cannot read config {path}: {e.strerror}") from None
-    try:
-        if path.suffix == ".toml":
-            try:
-                import tomllib
-            except ImportError:  # Python 3.10
-                import tomli as tomllib
-
-            values = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-        elif path.suffix == ".json":
-            values = json.loads(text)
-        else:
-            raise QwenMlxError(f"config {path}: use a .yaml, .toml or .json file")
-    except QwenMlxError:
-        raise
-    except Exception as e:  # each parser has its own error type; all mean the same here
-        raise QwenMlxError(f"config {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise QwenMlxError(f"config {path}: expected keys and values at the top level")
+    values = read_settings(path, f"config {path}")
     values = {k.replace("-", "_"): v for k, v in values.items()}
     checked = TrainConfig.from_dict(values, f"config {path}")  # names and types, with the file
     return {k: getattr(checked, k) for k in values}

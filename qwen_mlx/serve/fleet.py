@@ -16,6 +16,7 @@ the request gets a 503 with the numbers.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import gc
 import re
 import time
@@ -71,9 +72,14 @@ class Catalog:
 
     folders: dict[str, Path] = field(default_factory=dict)
     copies: dict[str, str] = field(default_factory=dict)  # /api/copy: a new name -> a name
+    keep: dict[str, float | None] = field(default_factory=dict)  # a name's own keep-alive
+    patterns: dict[str, str] = field(default_factory=dict)  # an alias (glob) -> a name
 
     def canonical(self, name: str) -> str:
-        return self.copies.get(name, name)
+        if name in self.copies:
+            return self.copies[name]
+        return next((target for pattern, target in self.patterns.items()
+                     if fnmatch.fnmatchcase(name.lower(), pattern.lower())), name)
 
     def folder(self, name: str) -> Path | None:
         name = self.canonical(name)
@@ -145,8 +151,9 @@ class Fleet:
     def first(self) -> Server:
         return self.loaded[0].server
 
-    def add(self, server: Server) -> None:
-        """A model loaded before serving (`serve A B`): kept until memory needs the room."""
+    def add(self, server: Server, pinned: bool = False) -> None:
+        """A model loaded before serving (`serve A B`): kept until memory needs the room,
+        or (``pinned``) for as long as the server runs."""
         need = footprint(server)
         if self._used() + need > self.budget:
             raise QwenMlxError(f"{server.model_id} needs {need / GIB:.2f} GiB beside the "
@@ -155,7 +162,7 @@ class Fleet:
         if self.max_models is not None and len(self.loaded) >= self.max_models:
             raise QwenMlxError(f"--max-models {self.max_models}: {server.model_id} is one "
                                f"model too many")
-        self._adopt(server, need, None)
+        self._adopt(server, need, None).pinned = pinned
 
     def names(self) -> list[str]:
         """Every model a request may name: the loaded ones, then the catalog's."""
@@ -196,18 +203,18 @@ class Fleet:
         if self._wake is not None:
             self._wake.set()
 
-    async def _load(self, name: str) -> Loaded:
-        folder = self.catalog.folder(name)
+    async def _load(self, asked: str) -> Loaded:
+        name, folder = self.catalog.canonical(asked), self.catalog.folder(asked)
         if folder is None:
-            raise RequestError(404, f"model '{name}' not found here: convert it into the "
-                                    f"cache first (qwen-mlx convert {name}), or pull it "
+            raise RequestError(404, f"model '{asked}' not found here: convert it into the "
+                                    f"cache first (qwen-mlx convert {asked}), or pull it "
                                     f"(/api/pull); GET /api/tags lists what is",
                                code="model_not_found", param="model")
         need = self.estimate(folder)
         await self._make_room(name, need)
         server = await anyio.to_thread.run_sync(self.open, name, folder)
         self.loads += 1
-        return self._adopt(server, need, self.keep_alive)
+        return self._adopt(server, need, self.catalog.keep.get(name, self.keep_alive))
 
     def _adopt(self, server: Server, need: int, keep_alive: float | None) -> Loaded:
         # one store of responses: GET /v1/responses/{id} finds any model's
