@@ -78,3 +78,16 @@ def serve_process(folder: Path, port: int, *extra: str, command: str = "serve",
             time.sleep(0.2)
     proc.kill()
     raise AssertionError(proc.stderr.read())
+
+
+def served(first_folder, catalog: dict, **fleet) -> Running:
+    """The first model served as `qwen-mlx serve` serves it, with ``catalog`` ({name: folder})
+    loadable by name (serve/fleet.py); ``fleet`` overrides the Fleet's settings."""
+    from qwen_mlx import load
+    from qwen_mlx.serve.fleet import Catalog, Fleet
+
+    first = Server(load(first_folder, context=1024), MODEL)
+    opened = lambda name, folder: Server(load(folder, context=1024), name)  # noqa: E731
+    first.fleet = Fleet(first, Catalog(catalog), opened, **{"budget": 1 << 40, **fleet})
+    return Running(first)
+

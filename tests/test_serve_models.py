@@ -18,10 +18,10 @@ import pytest
 
 from qwen_mlx import load
 from qwen_mlx.serve import Server
-from qwen_mlx.serve.fleet import Catalog, Fleet, estimate_bytes, footprint, parse_keep_alive
+from qwen_mlx.serve.fleet import estimate_bytes, footprint, parse_keep_alive
 from qwen_mlx.serve.server import RequestError
 
-from .serving import MODEL, Running
+from .serving import MODEL, Running, served
 
 HI = [{"role": "user", "content": "Tell me a story."}]
 
@@ -34,13 +34,6 @@ def poll(check, timeout: float = 60):
             return
         time.sleep(0.05)
     raise AssertionError("the state was not reached in time")
-
-
-def served(first_folder, catalog: dict, **fleet) -> Running:
-    first = Server(load(first_folder, context=1024), MODEL)
-    opened = lambda name, folder: Server(load(folder, context=1024), name)  # noqa: E731
-    first.fleet = Fleet(first, Catalog(catalog), opened, **{"budget": 1 << 40, **fleet})
-    return Running(first)
 
 
 def ps(url: str) -> dict[str, dict]:

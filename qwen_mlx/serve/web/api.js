@@ -57,12 +57,14 @@ export class Api {
     return (await this.request(path, options)).json();
   }
 
-  /** The served model: {id, defaults: {temperature, top_p, top_k, max_tokens} or {},
-   * thinking: whether it is a hybrid thinking model}. */
-  async model() {
-    const models = await this.json("/v1/models");
-    const id = models.data?.[0]?.id ?? "";
-    const info = { id, defaults: {}, thinking: false };
+  /** The model to talk to, `wanted` if the server lists it, else its first: {id, defaults:
+   * {temperature, top_p, top_k, max_tokens} or {}, thinking: whether it is a hybrid thinking
+   * model, models: [{id, loaded}] every model the server may load}. */
+  async model(wanted) {
+    const listed = (await this.json("/v1/models")).data ?? [];
+    const models = listed.map((m) => ({ id: m.id, loaded: m.loaded !== false }));
+    const id = models.some((m) => m.id === wanted) ? wanted : models[0]?.id ?? "";
+    const info = { id, defaults: {}, thinking: false, models };
     try { // Ollama's /api/show: not every OpenAI-compatible server has it
       const shown = await this.json("/api/show", { method: "POST", body: { model: id } });
       for (const line of (shown.parameters || "").split("\n")) {

@@ -6,9 +6,9 @@ import { connect } from "./connection.js";
 import { openConversation } from "./conversations.js";
 import "./reply.js";
 import { loadSettingsIntoForm } from "./settings.js";
+import { state } from "./state.js";
 import * as store from "./store.js";
 import "./transfer.js";
 
 loadSettingsIntoForm();
-openConversation(store.listConversations()[0]?.id);
-connect();
+openConversation(store.listConversations()[0]?.id).then(() => connect(state.conv?.model));

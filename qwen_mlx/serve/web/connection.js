@@ -44,9 +44,11 @@ export async function withKey(call) {
   }
 }
 
-export async function connect() {
+/** Connect to the server, talking to `wanted` (a conversation's model) if it serves it. With
+ * several models, the picker lists them (● loaded); /api/show loads the one picked. */
+export async function connect(wanted) {
   try {
-    state.model = await withKey(() => api.model());
+    state.model = await withKey(() => api.model(wanted));
     hideBanner();
   } catch (e) {
     $("model-name").textContent = "not connected";
@@ -54,11 +56,29 @@ export async function connect() {
     return;
   }
   $("model-name").textContent = state.model.id;
+  renderPicker();
   document.title = `${state.model.id} · qwen-mlx chat`;
   for (const name of SAMPLING) {
     const value = state.model.defaults[name];
     $(name).placeholder = value === undefined ? "server default" : String(value);
   }
   $("thinking-label").hidden = !state.model.thinking;
+  if (state.conv) state.conv.model = state.model.id; // saved with its next change
   await loadTools();
 }
+
+function renderPicker() {
+  const picker = $("model-picker");
+  picker.hidden = state.model.models.length < 2;
+  $("model-name").hidden = !picker.hidden;
+  picker.replaceChildren(...state.model.models.map((m) => {
+    const option = document.createElement("option");
+    option.value = m.id;
+    // the one picked is loaded by /api/show as it is picked
+    option.textContent = m.loaded || m.id === state.model.id ? `${m.id} ●` : m.id;
+    option.selected = m.id === state.model.id;
+    return option;
+  }));
+}
+
+$("model-picker").addEventListener("change", () => connect($("model-picker").value));

@@ -1,5 +1,6 @@
 // The conversations in the sidebar: open, rename, delete, export, and saving the open one.
 
+import { connect } from "./connection.js";
 import { $, button, showBanner } from "./dom.js";
 import { renderMessages } from "./messages.js";
 import { state, stopReply } from "./state.js";
@@ -30,6 +31,11 @@ export function saveConv(touch = true) {
 export async function openConversation(id) {
   await stopReply();
   state.conv = (id && store.loadConversation(id)) || store.newConversation();
+  if (state.conv.model && state.conv.model !== state.model.id && state.model.models?.length > 1) {
+    await connect(state.conv.model); // the model it was talking to
+  } else if (state.model.id) {
+    state.conv.model ??= state.model.id;
+  }
   $("system").value = state.conv.system;
   renderMessages(true, true);
   renderSidebar();

@@ -41,7 +41,7 @@ async function send() {
  * what the user typed); a reply cut or stopped midway is kept. */
 export async function run({ resend }) {
   if (!state.model.id) { // the server was not reachable when the page loaded: try again now
-    await connect();
+    await connect(state.conv?.model);
     if (!state.model.id) return false;
   }
   let body;

@@ -7,7 +7,7 @@ import * as store from "./store.js";
 
 export const state = {
   apiKey: store.loadKey(),
-  model: { id: "", defaults: {}, thinking: false },
+  model: { id: "", defaults: {}, thinking: false, models: [] },
   settings: store.loadSettings(),
   conv: null,
   busy: null, // {controller, reply, done} while a reply streams (reply null: tool calls run)
