@@ -213,7 +213,7 @@ def test_qwen_mlx_serve_serves_the_cache_by_name_and_preloads_more(tmp_path, tin
     shutil.copytree(other_q4_f32, home / "models" / "Qwen--Qwen3-0.6B" / "q4-f32")
     port = free_port()
     proc = serve_process(tiny_q4_f32, port, str(tiny_instruct), "--keep-alive", "10m",
-                         env={"QWEN_MLX_HOME": str(home)})
+                         "--shutdown-timeout", "1", env={"QWEN_MLX_HOME": str(home)})
     url = f"http://127.0.0.1:{port}"
     try:
         assert set(ps(url)) == {tiny_q4_f32.name, tiny_instruct.name}
@@ -226,9 +226,21 @@ def test_qwen_mlx_serve_serves_the_cache_by_name_and_preloads_more(tmp_path, tin
         loaded = ps(url)
         assert set(loaded) == {tiny_q4_f32.name, tiny_instruct.name, "Qwen/Qwen3-0.6B:q4-f32"}
         assert loaded[tiny_instruct.name]["expires_at"].startswith("9999")
-    finally:
-        proc.terminate()
+        # a signal: a long reply of a model loaded by name gets the grace, then is cut with
+        # an error event, and the process exits 0
+        body = {"model": "Qwen/Qwen3-0.6B:q4-f32", "messages": HI, "max_tokens": 1900,
+                "temperature": 0, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as r:
+            lines = (line for line in r.iter_lines() if line)
+            assert next(lines).startswith("data: ")
+            proc.terminate()
+            rest = list(lines)
+        assert rest[-1] == "data: [DONE]"
+        assert json.loads(rest[-2][6:])["error"]["code"] == "shutting_down"
         assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_serve_refuses_a_keep_alive_that_is_not_a_duration(tiny_q4_f32):
@@ -385,3 +397,36 @@ def test_a_models_file_serves_each_model_with_its_options(tmp_path, tiny_q4_f32,
     finally:
         proc.terminate()
         assert proc.wait(60) == 0
+
+
+def test_a_stream_goes_on_while_another_model_loads(tiny_q4_f32, other_q4_f32):
+    """A load runs beside the event loop: a reply of a loaded model streams to its end
+    while another model's load is held, and the request that asked for the load is then
+    answered."""
+    running = served(tiny_q4_f32, {"other": other_q4_f32})
+    fleet, gate = running.server.fleet, threading.Event()
+    real_open = fleet.open
+
+    def held_open(name, folder):
+        assert gate.wait(120)
+        return real_open(name, folder)
+
+    fleet.open = held_open
+    client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0)
+    out = {}
+    loading = threading.Thread(target=lambda: out.setdefault("other", client.chat.completions
+                               .create(model="other", messages=HI, max_tokens=4)))
+    try:
+        loading.start()
+        poll(lambda: fleet._lock is not None and fleet._lock.locked())  # the load is held
+        reply = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=40,
+                                               temperature=0)
+        assert reply.usage.completion_tokens == 40 and "other" not in out
+        gate.set()
+        loading.join(120)
+        assert out["other"].choices[0].message.content and fleet.loads == 1
+    finally:
+        gate.set()
+        fleet.close()
+        running.stop()
+

@@ -185,6 +185,8 @@ class Fleet:
         """The loaded model ``name``, loaded now if it is not (one load at a time: eight
         first requests for a model load it once); counted as in use until :meth:`done`."""
         entry = self.find(name)
+        if entry is None and self.first.closing:
+            raise RequestError(503, "the server is shutting down", code="shutting_down")
         if entry is None:
             if self._lock is None:
                 self._lock = asyncio.Lock()

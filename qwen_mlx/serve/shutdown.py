@@ -44,17 +44,26 @@ class GracefulServer(uvicorn.Server):
         if self.should_exit:  # the second signal: no more waiting
             os._exit(128 + sig)
         self.should_exit = True
-        self.app_server.worker.closing.set()
+        for worker in self.workers():
+            worker.closing.set()
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._grace)
         else:  # before startup: nothing runs yet
-            self.app_server.worker.stopping.set()
+            for worker in self.workers():
+                worker.stopping.set()
+
+    def workers(self) -> list:
+        """The engines of every loaded model (the first's, and the fleet's others)."""
+        fleet = self.app_server.fleet
+        return [e.server.worker for e in fleet.loaded] if fleet is not None else \
+            [self.app_server.worker]
 
     def _grace(self) -> None:
         """On the event loop: say what is waiting, and cut it when the grace ends."""
-        worker = self.app_server.worker
-        busy = worker.busy
+        workers = self.workers()
+        busy = sum(w.busy for w in workers)
         if busy:
             sys.stderr.write(f"shutting down: {busy} request(s) get up to {self.grace:g} s to "
                              f"finish (signal again to stop now)\n")
-        self.loop.call_later(self.grace, worker.stopping.set)
+        for worker in workers:
+            self.loop.call_later(self.grace, worker.stopping.set)
