@@ -119,6 +119,7 @@ def test_keep_alive_unloads_and_gives_the_memory_back(tiny_q4_f32, other_q4_f32)
         assert reply.message.content
         poll(lambda: set(ps(running.url)) == {MODEL} and
              mx.get_active_memory() <= before * 1.05)  # the memory is given back
+        assert [m.model for m in client.ps().models] == [MODEL]  # the client's own ps
         # a one-second keep_alive: loaded, then gone a second after its last request
         client.chat(model="other", messages=HI, options={"num_predict": 2}, keep_alive="1s")
         assert "other" in ps(running.url)
@@ -428,5 +429,19 @@ def test_a_stream_goes_on_while_another_model_loads(tiny_q4_f32, other_q4_f32):
     finally:
         gate.set()
         fleet.close()
+        running.stop()
+
+
+def test_max_models_unloads_the_least_recently_used(tiny_q4_f32, other_q4_f32, tiny_instruct):
+    running = served(tiny_q4_f32, {"other": other_q4_f32, "instruct": tiny_instruct},
+                     max_models=2)
+    client = ollama.Client(host=running.url)
+    try:
+        client.generate(model="other")
+        assert [m.model for m in client.ps().models] == [MODEL, "other"]
+        client.generate(model="instruct")  # one too many: "other" goes
+        assert [m.model for m in client.ps().models] == [MODEL, "instruct"]
+    finally:
+        running.server.fleet.close()
         running.stop()
 
