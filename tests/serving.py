@@ -91,3 +91,35 @@ def served(first_folder, catalog: dict, **fleet) -> Running:
     first.fleet = Fleet(first, Catalog(catalog), opened, **{"budget": 1 << 40, **fleet})
     return Running(first)
 
+
+HI = [{"role": "user", "content": "Tell me a story."}]
+
+
+def poll(check, timeout: float = 60):
+    """Wait for a state (never a fixed time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError("the state was not reached in time")
+
+
+def ps(url: str) -> dict[str, dict]:
+    """/api/ps: the loaded models by name."""
+    return {m["name"]: m for m in httpx.get(f"{url}/api/ps").json()["models"]}
+
+
+def alone_text(folder, name: str, **extra) -> str:
+    """The reply to HI from ``folder`` served alone as ``name`` (greedy, 12 tokens)."""
+    import openai
+
+    from qwen_mlx import load
+
+    running = Running(Server(load(folder, context=1024), name))
+    try:
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0)
+        return client.chat.completions.create(model=name, messages=HI, max_tokens=12,
+                                              temperature=0, **extra).choices[0].message.content
+    finally:
+        running.stop()
