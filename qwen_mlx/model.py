@@ -12,7 +12,7 @@ import weakref
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence, Union
 
 from . import engine
 from .engine import KVSpec, Piece, PromptCache, SamplingParams, Stats
@@ -24,6 +24,9 @@ from .errors import ContextExceeded, QwenMlxError, TooManyTokens
 from .models.loader import dtype_of
 from .models.shapes import positions
 from .tools.toolbox import DEFAULT_ROUNDS, DEFAULT_TIMEOUT
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Message = dict
 Prompt = Union[str, Sequence[Message]]
@@ -318,6 +321,40 @@ class Model:
 
         return scoring(self.net, tokens, top=top, chunk=self.prefill_step,
                        stream=seam.decode_stream())
+
+    def pooling(self, rows: list[list[int]], *, dimensions: int | None = None,
+                rerank: bool = False) -> Iterator[list]:
+        """Embeddings (or rerank scores) of token rows a batch at a time, as
+        [(row index, result)] per batch (:mod:`qwen_mlx.engine.embed`); rows come from
+        ``engine.embed.embedding_rows`` / ``rerank_rows``."""
+        from .engine import embed
+        from .models import mlx_lm_seam as seam
+
+        pooling = embed.Pooling(dimensions, embed.judge_ids(self) if rerank else None)
+        return embed.pooled(self.net, rows, pooling, stream=seam.decode_stream())
+
+    def embed(self, texts: Sequence[str], instruction: str | None = None,
+              dimensions: int | None = None) -> "np.ndarray":
+        """One L2-normalized float32 vector per text (Qwen3-Embedding's last-token pooling);
+        ``instruction`` marks queries, ``dimensions`` keeps the first N values."""
+        import numpy as np
+
+        from .engine import embed
+
+        rows = embed.embedding_rows(self, list(texts), instruction=instruction)
+        return np.array(embed.gathered(self.pooling(rows, dimensions=dimensions), len(rows)),
+                        dtype=np.float32)
+
+    def rerank(self, query: str, documents: Sequence[str], top_n: int | None = None,
+               instruction: str | None = None) -> list[tuple[int, float]]:
+        """(document index, relevance in 0..1), most relevant first (Qwen3-Reranker's
+        yes/no judgement); the first ``top_n`` only, when given."""
+        from .engine import embed
+
+        rows = embed.rerank_rows(self, query, list(documents), instruction=instruction)
+        scores = embed.gathered(self.pooling(rows, rerank=True), len(rows))
+        ranked = sorted(enumerate(scores), key=lambda pair: -pair[1])
+        return ranked[:top_n] if top_n is not None else ranked
 
     def token_steps(self, tokens: list[int], cache: PromptCache, *, max_tokens: int,
                     params: SamplingParams | None = None,

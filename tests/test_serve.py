@@ -301,6 +301,16 @@ def test_api_key(model):
                        headers={"Authorization": "Bearer s3cret"})
         assert r.status_code == 200
         assert httpx.get(f"{running.url}/api/tags").status_code == 401
+        for method, path in [("POST", "/v1/embeddings"), ("POST", "/api/embed"),
+                             ("POST", "/api/embeddings"), ("POST", "/v1/rerank"),
+                             ("POST", "/rerank"), ("POST", "/api/pull"), ("POST", "/api/copy"),
+                             ("DELETE", "/api/delete"), ("GET", "/api/ps")]:
+            r = httpx.request(method, f"{running.url}{path}",
+                              json={"model": MODEL, "input": "Hi", "prompt": "Hi"})
+            assert r.status_code == 401, (method, path)
+        r = httpx.post(f"{running.url}/v1/embeddings", json={"model": MODEL, "input": "Hi"},
+                       headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 200
     finally:
         running.stop()
 

@@ -31,6 +31,16 @@ def test_browser_safety_refuses_rebinding_and_foreign_origins(running):
         "error": "origin 'https://evil.example' is not allowed (serve --allow-origin adds "
                  "origins)"}
     assert len(running.server.worker.finished) == ran  # no generation ran
+    # every route of the later APIs too: nothing runs for a foreign page or Host
+    later = [("POST", "/v1/embeddings"), ("POST", "/api/embed"), ("POST", "/api/embeddings"),
+             ("POST", "/v1/rerank"), ("POST", "/rerank"), ("POST", "/api/pull"),
+             ("POST", "/api/copy"), ("DELETE", "/api/delete"), ("GET", "/api/ps")]
+    for method, path in later:
+        for headers in ({"Origin": "https://evil.example"}, {"Host": f"evil.example:{port}"}):
+            r = httpx.request(method, f"{url}{path}", headers=headers,
+                              content=json.dumps({"model": MODEL, "input": "Hi"}))
+            assert r.status_code == 403, (method, path, headers)
+    assert len(running.server.worker.finished) == ran
     r = httpx.post(f"{url}/v1/chat/completions", content=body,
                    headers={"Origin": "http://localhost:3000",
                             "Content-Type": "application/json"})
@@ -96,6 +106,10 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
         "/api/pull": {"model": "Qwen/Qwen3-0.6B", "stream": False},  # offline here: a 400
         "/api/copy": {"source": MODEL, "destination": "copied"},
         "/api/delete": {"model": "copied"},
+        "/v1/embeddings": {"model": MODEL, "input": ["Hi", "there"]},
+        "/api/embed": {"model": MODEL, "input": "Hi"},
+        "/api/embeddings": {"model": MODEL, "prompt": "Hi"},
+        "/v1/rerank": {"model": MODEL, "query": "Hi", "documents": ["a", {"text": "b"}]},
     }
     deep = '{"a": ' * 5_000 + "null" + "}" * 5_000  # spliced in as text: too deep to dump
     values = [None, True, False, "", "yes", "x" * 100_000, -1, 0, 1, 0.5, 2**64, -2**70,
@@ -114,11 +128,12 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
               "echo", "max_tokens", "stop_sequences", "thinking", "metadata", "input",
               "instructions", "text", "reasoning", "previous_response_id", "store",
               "max_output_tokens", "content", "with_pieces", "tokens", "source",
-              "destination", "name", "insecure"]
+              "destination", "name", "insecure", "dimensions", "encoding_format",
+              "truncate", "query", "documents", "top_n", "return_documents"]
     option_keys = ["temperature", "top_p", "seed", "num_ctx", "stop", "repeat_penalty", "x",
                    "presence_penalty", "repeat_last_n"]
     statuses = []
-    for i in range(740):  # twelve endpoints: enough of both kinds for each
+    for i in range(980):  # sixteen endpoints: enough of both kinds for each
         path, base = rng.choice(list(bases.items()))
         body = json.loads(json.dumps(base))
         for _ in range(rng.randint(1, 3)):
@@ -130,7 +145,8 @@ def test_fuzzed_bodies_never_get_a_5xx(running):
             else:
                 body[rng.choice(fields)] = value
         # never a long generation: the token limits stay at one
-        if path.endswith("count_tokens") or path in ("/tokenize", "/detokenize"):
+        if path.endswith("count_tokens") or path in ("/tokenize", "/detokenize") or \
+                "embed" in path or "rerank" in path:
             body.pop("max_tokens", None)  # not one of its fields
         elif path == "/v1/responses":
             body["max_output_tokens"] = 1

@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from . import anthropic
 from . import completions
+from . import embeddings
 from . import ollama
 from . import ollama_models
 from . import openai
@@ -31,7 +32,9 @@ from .server import ClientGone, RequestError, Server
 Handler = Callable[[Server, Request], Awaitable[Response]]
 # the routes whose body names a model: with a fleet, that model's server answers
 NAMED = {openai.chat_completions, completions.completions, responses.create, anthropic.messages,
-         anthropic.count_tokens, ollama.chat, ollama.generate, ollama.show}
+         anthropic.count_tokens, ollama.chat, ollama.generate, ollama.show,
+         embeddings.openai_embeddings, embeddings.ollama_embed, embeddings.ollama_embeddings,
+         embeddings.rerank}
 
 
 def create_app(server: Server) -> Guard:
@@ -66,6 +69,9 @@ def create_app(server: Server) -> Guard:
         route("/v1/responses/{ident}", responses.retrieve, ["GET"], openai),
         route("/v1/responses/{ident}", responses.delete, ["DELETE"], openai),
         route("/v1/responses/{ident}/input_items", responses.input_items, ["GET"], openai),
+        route("/v1/embeddings", embeddings.openai_embeddings, ["POST"], openai),
+        route("/v1/rerank", embeddings.rerank, ["POST"], openai),
+        route("/rerank", embeddings.rerank, ["POST"], openai),
         route("/tokenize", tokens.tokenize, ["POST"], openai),
         route("/detokenize", tokens.detokenize, ["POST"], openai),
         route("/v1/messages", anthropic.messages, ["POST"], anthropic),
@@ -76,6 +82,8 @@ def create_app(server: Server) -> Guard:
         route("/api/version", ollama.version, ["GET"], ollama),
         route("/api/chat", ollama.chat, ["POST"], ollama),
         route("/api/generate", ollama.generate, ["POST"], ollama),
+        route("/api/embed", embeddings.ollama_embed, ["POST"], ollama),
+        route("/api/embeddings", embeddings.ollama_embeddings, ["POST"], ollama),
         route("/api/pull", ollama_models.pull, ["POST"], ollama),
         route("/api/delete", ollama_models.delete, ["DELETE"], ollama),
         route("/api/copy", ollama_models.copy, ["POST"], ollama),
@@ -91,7 +99,7 @@ def create_app(server: Server) -> Guard:
             f"{path} is not served by qwen-mlx"
         return api.error(RequestError(status, f"{what} (its APIs: OpenAI's /v1/chat/"
                                               f"completions, /v1/completions, /v1/responses, "
-                                              f"/v1/models; "
+                                              f"/v1/embeddings, /v1/models; /v1/rerank; "
                                               f"Anthropic's /v1/messages; Ollama's /api/...; "
                                               f"/tokenize, /detokenize)",
                                       code="not_found" if status == 404 else None))

@@ -235,10 +235,9 @@ class Server:
     async def score(self, request: Request, top: int) -> list[dict]:
         """The prompt's tokens as log-probability entries (the first token's is None), each
         with ``top`` alternatives; a score job on the engine thread (between two steps)."""
-        scores = None
+        tokens = list(request.tokens)
         try:
-            async for item in self.worker.generate(request, None, top, kind="score"):
-                scores = item
+            scores = await self.worker.compute(lambda: self.model.scoring(tokens, top))
         except Ended as e:
             raise RequestError(e.status, str(e), code=e.code) from None
         return [{**self.token_text.entry(s.token, s.logprob),

@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Callable, Iterator
 
 import mlx.core as mx
 
@@ -69,11 +69,12 @@ class EngineFailure(Ended):
 
 @dataclass(eq=False)  # jobs are told apart by identity (kept in a set)
 class Job:
-    request: Request  # validated at the HTTP edge: nothing in it can be refused here
+    request: Request | None  # validated at the HTTP edge (None: a compute job)
     loop: asyncio.AbstractEventLoop
     on_prefill: object = None  # progress of a long prompt: a callback with close()
     top_logprobs: int | None = None
-    kind: str = "generate"  # or "score": the prompt's log-probabilities, nothing generated
+    kind: str = "generate"  # or "compute": ``work`` runs, a chunk per step; nothing generated
+    work: Callable[[], Iterator[list]] | None = None  # a compute job's chunks (made when it starts)
     made: int = 0  # tokens generated so far
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -109,9 +110,10 @@ class Worker:
         self.speculative: SpeculativeBatch | None = None
         self.jobs: queue.Queue[Job] = queue.Queue()
         self.waiting: deque[Job] = deque()
-        self.to_score: deque[Job] = deque()  # score jobs, oldest first, beside ``waiting``
-        # the one being scored: its job, its chunks still to come, its scores so far
-        self.scoring: tuple[Job, Iterator[list], list] | None = None
+        # compute jobs (scoring, embedding, reranking), oldest first, beside ``waiting``
+        self.to_compute: deque[Job] = deque()
+        # the one running: its job, its chunks still to come, its results so far
+        self.computing: tuple[Job, Iterator[list], list] | None = None
         self.queued: set[Job] = set()  # not yet started (in ``jobs`` or ``waiting``)
         self.running: dict[int, Job] = {}  # in the batch, by its sequence id
         self.speculating: dict[int, Job] = {}  # in the speculative batch, by its id
@@ -145,7 +147,7 @@ class Worker:
         was running (each gets an :class:`EngineFailure` naming the cause) and the batch is
         made anew; the thread itself never ends early."""
         while not (self.closed and not self.running and not self.speculating and
-                   not self.waiting and not self.to_score and not self.scoring):
+                   not self.waiting and not self.to_compute and not self.computing):
             try:
                 if self.batched and self.batch is None:
                     self.batch = Batch(self.model, parallel=self.parallel)
@@ -158,9 +160,9 @@ class Worker:
 
     def _step(self) -> None:
         self._collect(block=not (self.running or self.speculating or self.waiting or
-                                 self.to_score or self.scoring))
+                                 self.to_compute or self.computing))
         self._drop_cancelled()
-        self._score()
+        self._compute()
         if self.batch is None:
             if self.waiting:
                 self._run_alone(self.waiting.popleft())
@@ -179,8 +181,8 @@ class Worker:
         failure = EngineFailure(f"internal error: {self.fault}")
         jobs = list(self.running.values()) + list(self.speculating.values()) + \
             ([self.admitting] if self.admitting else []) + \
-            ([self.scoring[0]] if self.scoring else [])
-        self.scoring = None
+            ([self.computing[0]] if self.computing else [])
+        self.computing = None
         self.running.clear()
         self.speculating.clear()
         self.speculative = None  # made anew with the batch
@@ -204,7 +206,7 @@ class Worker:
         except queue.Empty:
             return
         while job is not None:
-            (self.to_score if job.kind == "score" else self.waiting).append(job)
+            (self.to_compute if job.kind == "compute" else self.waiting).append(job)
             try:
                 job = self.jobs.get_nowait()
             except queue.Empty:
@@ -215,7 +217,7 @@ class Worker:
         now, not when they reach the head of the queue. A job that was waiting when the
         shutdown began gets the grace as a running one does (its client may already hold
         its first event): it starts when there is room and is cut at the grace's end."""
-        self.waiting, self.to_score = self._live(self.waiting), self._live(self.to_score)
+        self.waiting, self.to_compute = self._live(self.waiting), self._live(self.to_compute)
 
     def _live(self, jobs: deque[Job]) -> deque[Job]:
         if not any(j.cancelled.is_set() for j in jobs) and not (jobs and
@@ -229,28 +231,30 @@ class Worker:
                 keep.append(job)
         return keep
 
-    def _score(self) -> None:
-        """One chunk of the oldest scoring job per step, between the batch's steps: a
-        prefill that keeps its logits (:mod:`qwen_mlx.engine.score`), so the streams
-        decoding beside a long evaluation request go on. Its result is one item."""
-        if self.scoring is None:
-            if not self.to_score:
+    def _compute(self) -> None:
+        """One chunk of the oldest compute job per step, between the batch's steps (a
+        scoring prefill, a batch of embeddings), so the streams decoding beside a long
+        evaluation or a large embedding request go on. Its result is one item: every
+        chunk's results in order."""
+        if self.computing is None:
+            if not self.to_compute:
                 return
-            job = self.to_score.popleft()
+            job = self.to_compute.popleft()
             self.queued.discard(job)
-            chunks = self.model.scoring(list(job.request.tokens), job.top_logprobs or 0)
-            self.scoring = (job, chunks, [])
-        job, chunks, done = self.scoring
+            self.computing = (job, job.work(), [])
+        job, chunks, done = self.computing
         if job.cancelled.is_set() or self.stopping.is_set():  # a client gone, the grace over
-            self.scoring = None
+            self.computing = None
             chunks.close()
             return self._close(job, None if job.cancelled.is_set() else
                                ShuttingDown("the server is shutting down"))
-        done.extend(next(chunks, []))  # an exception here reaches _failed, which ends it
-        if len(done) == len(job.request.tokens):
-            self.scoring = None
-            job.put(done)
-            self._close(job, None)
+        part = next(chunks, None)  # an exception here reaches _failed, which ends it
+        if part is not None:
+            done.extend(part)
+            return
+        self.computing = None
+        job.put(done)
+        self._close(job, None)
 
     def _admit(self) -> None:
         """Start waiting jobs, oldest first, while there is room: at most ``parallel``
@@ -353,13 +357,23 @@ class Worker:
     # -- the asyncio side -------------------------------------------------------------
 
     async def generate(self, request: Request, on_prefill=None,
-                       top_logprobs: int | None = None,
-                       kind: str = "generate") -> AsyncIterator[Piece]:
+                       top_logprobs: int | None = None) -> AsyncIterator[Piece]:
         """The reply's pieces; the last carries the stats. Leaving early cancels the job.
-        ``on_prefill`` (a callback with ``close()``) is called from the engine thread. With
-        ``kind`` "score", one item instead: the prompt's scores (``top_logprobs``
-        alternatives each)."""
-        job = Job(request, asyncio.get_running_loop(), on_prefill, top_logprobs, kind)
+        ``on_prefill`` (a callback with ``close()``) is called from the engine thread."""
+        async for item in self._submit(Job(request, asyncio.get_running_loop(), on_prefill,
+                                           top_logprobs)):
+            yield item
+
+    async def compute(self, work: Callable[[], Iterator[list]]) -> list:
+        """Run ``work`` on the engine thread, a chunk per step between the batch's steps;
+        every chunk's results in order (scores, embeddings)."""
+        results: list = []
+        async for item in self._submit(Job(None, asyncio.get_running_loop(), kind="compute",
+                                           work=work)):
+            results = item
+        return results
+
+    async def _submit(self, job: Job) -> AsyncIterator:
         if self.closing.is_set():
             raise ShuttingDown("the server is shutting down")
         self.queued.add(job)
