@@ -76,7 +76,7 @@ class Group(click.Group):
 @click.version_option(__version__, prog_name="qwen-mlx")
 def main() -> None:
     """Qwen3-4B on your Mac with MLX: convert, generate, chat, serve, finetune,
-    fuse, plan, bench, eval, models, ps, stop."""
+    fuse, plan, bench, eval, embed, rerank, models, ps, stop."""
 
 
 def _check_backend() -> None:
@@ -95,6 +95,7 @@ def _register() -> None:
     from .bench import bench
     from .chat import chat
     from .convert import convert
+    from .embed import embed, rerank
     from .eval import eval_command
     from .finetune import finetune
     from .fuse import fuse
@@ -106,8 +107,8 @@ def _register() -> None:
 
     from .checked import check_values
 
-    for command in (bench, chat, convert, eval_command, finetune, fuse, generate, models, plan,
-                    ps, serve, stop):
+    for command in (bench, chat, convert, embed, eval_command, finetune, fuse, generate, models,
+                    plan, ps, rerank, serve, stop):
         check_values(command)
         main.add_command(command)
 
