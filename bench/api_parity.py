@@ -28,6 +28,7 @@ import random
 import statistics
 import threading
 import time
+from pathlib import Path
 
 import httpx
 
@@ -111,8 +112,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=256)  # on the CPU: 8 x 64 (above)
+    ap.add_argument("--model", type=Path, help="a converted folder instead of a random one "
+                                               "(bench/device_check.sh passes its 4B q4)")
     args = ap.parse_args()
-    folder = next(iter(converted(args.shape, args.recipes).values()))
+    folder = args.model or next(iter(converted(args.shape, args.recipes).values()))
     proc, url = start("qwen-mlx", folder)
     try:
         model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]  # every request's

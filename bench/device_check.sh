@@ -3,11 +3,14 @@
 # backend, or the CPU): build the random Qwen3-4B-shaped checkpoint, convert it to q4, run
 # `qwen-mlx bench --compare mlx-lm` (prefill and decode at depths 0 and 2048), the
 # chat-turn benchmark and the serving benchmark (8 concurrent streams against the same 8 one
-# after another, beside mlx_lm.server), speculative decoding against plain (a draft: a
-# random tiny Qwen3 of the same vocabulary; prompt lookup on a code edit that copies its
-# input), and write results JSON. About 15 minutes on a GPU, where the serving check also
-# requires 8 concurrent streams to reach >= 2.5x the sequential throughput and prompt
-# lookup >= 1.5x plain decode (exit 1 otherwise).
+# after another, beside mlx_lm.server), the APIs against each other (8 streams over
+# /v1/responses and /v1/messages against /v1/chat/completions; echo scoring of 64 x 256
+# tokens against their prefill), speculative decoding against plain (a draft: a random tiny
+# Qwen3 of the same vocabulary; prompt lookup on a code edit that copies its input), and
+# write results JSON. About 20 minutes on a GPU, where the check also requires 8 concurrent
+# streams to reach >= 2.5x the sequential throughput, prompt lookup >= 1.5x plain decode,
+# the other APIs >= 0.97x chat completions and echo scoring >= 0.9x a prefill (exit 1
+# otherwise).
 #
 #   bash bench/device_check.sh [--quick] [--out DIR] [--python PY]
 #
@@ -47,8 +50,10 @@ fi
 
 if [ "$quick" = 1 ]; then
     shape=tiny lengths=64 depths=0,64 gen=8 reps=1 turns=3 tokens=32 served=16
+    parity="--clients 2 --tokens 4 --reps 1 --prompts 2 --prompt-tokens 16"
 else
     shape=4b lengths=512,2048 depths=0,2048 gen=128 reps=3 turns=10 tokens=200 served=64
+    parity="--clients 8 --tokens 64 --reps 3 --prompts 64 --prompt-tokens 256"
 fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/qwen-mlx-device.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -66,13 +71,15 @@ echo "device check: $backend, $shape shape, results in $out" >&2
     --reply-tokens 8 --reps "$reps" --out "$out/chat_turns.json"
 "$python" bench/serve_batching.py --model "$work/q4" --clients 8 --tokens "$served" \
     --reps "$reps" --out "$out/serve_batching.json" >/dev/null
+"$python" bench/api_parity.py --model "$work/q4" $parity --out "$out/api_parity.json" \
+    >/dev/null
 for how in "draft $work/draft" "lookup 4"; do
     set -- $how
     "$python" -m qwen_mlx bench "$work/q4" --prompt-lengths 16 --depths 0 --gen-tokens "$gen" \
         -n "$reps" --warmup 1 "--$1" "$2" --json "$out/speculative_$1.json"
 done
 echo "wrote $out/bench.json, $out/chat_turns.json, $out/serve_batching.json," \
-    "$out/speculative_draft.json and $out/speculative_lookup.json" >&2
+    "$out/api_parity.json, $out/speculative_draft.json and $out/speculative_lookup.json" >&2
 if [ "$backend" != cpu ]; then  # decode is bandwidth-bound on a GPU: batching must pay
     "$python" - "$out" <<'EOF'
 import json, sys
@@ -84,6 +91,12 @@ print(f"serving: 8 concurrent streams at {ratio:.2f}x the sequential throughput 
 lookup = json.load(open(f"{out}/speculative_lookup.json"))["results"][0]["speculative"]
 print(f"prompt lookup: decode at {lookup['speedup']:.2f}x plain, "
       f"{lookup['acceptance_rate']:.0%} of proposals kept (goal 1.5x)", file=sys.stderr)
-sys.exit(0 if ratio >= 2.5 and lookup["speedup"] >= 1.5 else 1)
+parity = json.load(open(f"{out}/api_parity.json"))
+print(f"APIs: /v1/responses at {parity['responses_over_chat']:.2f}x and /v1/messages at "
+      f"{parity['messages_over_chat']:.2f}x chat completions (goal 0.97x); echo scoring at "
+      f"{parity['echo_over_prefill']:.2f}x a prefill (goal 0.9x)", file=sys.stderr)
+sys.exit(0 if ratio >= 2.5 and lookup["speedup"] >= 1.5 and
+         min(parity["responses_over_chat"], parity["messages_over_chat"]) >= 0.97 and
+         parity["echo_over_prefill"] >= 0.9 else 1)
 EOF
 fi

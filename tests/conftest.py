@@ -47,14 +47,17 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("QWEN_MLX_EVAL_TOKENS", "0")
 
 
-# Modules by their time in one process, most first (pytest --durations, 2026-12-07): started
-# first, so that no long module is left for the end while the other worker idles.
-HEAVIEST = ["test_device_check", "test_install", "test_speculative", "test_fitted_recipes",
-            "test_quality", "test_finetune_ranks", "test_serve_shutdown", "test_finetune",
-            "test_structured", "test_tools", "test_web_tools", "test_long_context",
-            "test_fuse", "test_bench", "test_tools_everything", "test_serve_safety",
-            "test_tools_chat", "test_faults_input", "test_web", "test_speculative_batch",
-            "test_models_cache", "test_chat", "test_serve_batching"]
+# Modules by their time, most first (pytest --durations, 2026-12-07, 621 tests; device_check
+# 95 s alone): started first, so that no long module is left for the end while the other
+# worker idles.
+HEAVIEST = ["test_device_check", "test_quality", "test_speculative", "test_fitted_recipes",
+            "test_serve_shutdown", "test_install", "test_finetune_ranks",
+            "test_serve_safety", "test_structured", "test_finetune",
+            "test_web_models", "test_web", "test_serve_batching", "test_chat",
+            "test_serve_models", "test_tools", "test_long_context", "test_web_tools",
+            "test_serve_engine", "test_serve_models_cli", "test_models_cache",
+            "test_serve_responses", "test_bench", "test_speculative_batch", "test_convert",
+            "test_serve_anthropic", "test_serve_scoring", "test_tools_everything"]
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -207,6 +210,16 @@ def running(model):
     r = Running(server)
     yield r
     r.stop()
+
+
+@pytest.fixture(scope="module")
+def two(tiny_q4_f32, other_q4_f32):
+    """The tiny model served with a second one, "other", loadable by name (serve/fleet.py)."""
+    from .serving import served
+
+    running = served(tiny_q4_f32, {"other": other_q4_f32})
+    yield running
+    running.stop()
 
 
 # -- the chat page (test_web.py, test_web_failures.py; the harness is webpage.py) ----------

@@ -56,6 +56,8 @@ class Running:
     def stop(self) -> None:
         self.uvicorn.should_exit = True
         self.thread.join(10)
+        if self.server.fleet is not None:  # the models it loaded by name
+            self.server.fleet.close()
         self.server.worker.close()
 
 

@@ -1,7 +1,7 @@
 """bench/device_check.sh, the one command a GPU machine runs, at its --quick size on the CPU:
 it builds, converts, benchmarks against mlx-lm, times chat turns and serves 8 concurrent
-streams beside mlx_lm.server, and runs speculative decoding (a draft, prompt lookup) against
-plain, writing five JSONs. Run as a user runs it: without
+streams beside mlx_lm.server, compares the APIs, and runs speculative decoding (a draft,
+prompt lookup) against plain, writing six JSONs. Run as a user runs it: without
 --python, so it makes its own virtual environment (.venv-device) with the [bench] extra
 (a fresh checkout's once lacked the serving benchmark's httpx)."""
 
@@ -35,6 +35,9 @@ def test_device_check_quick_writes_every_result(tmp_path):
     assert served["clients"] == 8 and served["tokens"] == 16
     assert set(served["summary"]) == {"qwen-mlx", "mlx-lm", "concurrent_qwen_mlx_over_mlx_lm"}
     assert served["summary"]["qwen-mlx"]["texts_match"]
+    parity = json.loads((tmp_path / "api_parity.json").read_text())
+    assert parity["script"] == "bench/api_parity.py" and parity["echo_over_prefill"] > 0
+    assert set(parity["median_tokens_per_s"]) == {"chat", "responses", "messages"}
     for how in ("draft", "lookup"):
         spec = json.loads((tmp_path / f"speculative_{how}.json").read_text())
         run = spec["results"][0]["speculative"]

@@ -215,13 +215,13 @@ def test_a_hybrid_models_thinking_is_a_thinking_block(model):
 
 def test_unknown_routes_answer_in_their_apis_shape(served):
     url, key = served.url, {"Authorization": "Bearer k3y"}
-    r = httpx.post(f"{url}/v1/embeddings", headers=key, json={})
+    r = httpx.post(f"{url}/v1/audio/speech", headers=key, json={})
     assert r.status_code == 404 and r.json()["error"]["message"].startswith(
-        "/v1/embeddings is not served by qwen-mlx (its APIs: ")
+        "/v1/audio/speech is not served by qwen-mlx (its APIs: ")
     assert r.json()["error"]["type"] == "invalid_request_error"
-    r = httpx.post(f"{url}/api/embed", headers=key, json={})
+    r = httpx.post(f"{url}/api/create", headers=key, json={})
     assert r.status_code == 404 and set(r.json()) == {"error"}
-    assert r.json()["error"].startswith("/api/embed is not served by qwen-mlx")
+    assert r.json()["error"].startswith("/api/create is not served by qwen-mlx")
     r = httpx.post(f"{url}/v1/messages/batches", headers=key, json={})
     assert r.status_code == 404 and r.json()["type"] == "error" and \
         r.json()["error"]["type"] == "not_found_error"

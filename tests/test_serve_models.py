@@ -23,15 +23,6 @@ from qwen_mlx.serve.server import RequestError
 from .serving import HI, MODEL, alone_text, poll, ps, served
 
 
-
-@pytest.fixture(scope="module")
-def two(tiny_q4_f32, other_q4_f32):
-    running = served(tiny_q4_f32, {"other": other_q4_f32})
-    yield running
-    running.server.fleet.close()
-    running.stop()
-
-
 def test_requests_alternating_models_answer_as_each_alone(two, tiny_q4_f32, other_q4_f32):
     client = openai.OpenAI(base_url=f"{two.url}/v1", api_key="x", max_retries=0)
     texts = {}
@@ -73,7 +64,6 @@ def test_eight_first_requests_load_a_model_once(tiny_q4_f32, other_q4_f32):
         assert len(out) == 8 and len(set(out)) == 1
         assert running.server.fleet.loads == 1
     finally:
-        running.server.fleet.close()
         running.stop()
 
 
@@ -109,7 +99,6 @@ def test_keep_alive_unloads_and_gives_the_memory_back(tiny_q4_f32, other_q4_f32)
             client.generate(model=MODEL, keep_alive=0)
         assert e.value.status_code == 400 and "stays loaded" in e.value.error
     finally:
-        running.server.fleet.close()
         running.stop()
 
 
@@ -147,7 +136,6 @@ def test_memory_unloads_the_idle_model_and_never_a_busy_one(tiny_q4_f32, other_q
         stream.join(300)
         assert set(ps(running.url)) == {MODEL, "instruct"}
     finally:
-        running.server.fleet.close()
         running.stop()
 
 
@@ -217,7 +205,6 @@ def test_pull_copy_and_delete_as_the_ollama_client_does(tiny_q4_f32, tiny_hf):
             client.delete("nope")
         assert e.value.status_code == 404
     finally:
-        running.server.fleet.close()
         running.stop()
 
 
@@ -249,7 +236,6 @@ def test_a_stream_goes_on_while_another_model_loads(tiny_q4_f32, other_q4_f32):
         assert out["other"].choices[0].message.content and fleet.loads == 1
     finally:
         gate.set()
-        fleet.close()
         running.stop()
 
 
@@ -263,5 +249,4 @@ def test_max_models_unloads_the_least_recently_used(tiny_q4_f32, other_q4_f32, t
         client.generate(model="instruct")  # one too many: "other" goes
         assert [m.model for m in client.ps().models] == [MODEL, "instruct"]
     finally:
-        running.server.fleet.close()
         running.stop()

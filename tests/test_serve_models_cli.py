@@ -98,7 +98,6 @@ def test_qwen_mlx_ps_and_stop_talk_to_the_running_server(tiny_q4_f32, other_q4_f
                                   f"'keep_alive' 0: '{MODEL}' was named when the server "
                                   f"started and stays loaded until it stops\n")
     finally:
-        running.server.fleet.close()
         running.stop()
     gone = CliRunner().invoke(main, ["ps", "--port", port])
     assert gone.exit_code == 1 and gone.output.startswith(

@@ -4,10 +4,9 @@ remembers its model when it is opened again."""
 
 from __future__ import annotations
 
-import pytest
 from selenium.webdriver.support.select import Select
 
-from .serving import MODEL, served
+from .serving import MODEL
 from .webpage import done, errors, find, js, needs_chromium, replies, stored, type_message, wait
 
 pytestmark = needs_chromium
@@ -15,14 +14,6 @@ pytestmark = needs_chromium
 
 def options(driver) -> list[str]:
     return [o.text for o in Select(find(driver, "#model-picker")).options]
-
-
-@pytest.fixture(scope="module")
-def two(tiny_q4_f32, other_q4_f32):
-    running = served(tiny_q4_f32, {"other": other_q4_f32})
-    yield running
-    running.server.fleet.close()
-    running.stop()
 
 
 def test_the_picker_switches_models_and_a_conversation_keeps_its_own(browser, two):
