@@ -159,6 +159,8 @@ class Model:
         is worked out; a bad value is a QwenMlxError here. A ``max_tokens`` above the
         context's room is cut to it, or with ``strict_max_tokens`` (the server, as OpenAI
         does) refused with the most allowed."""
+        if self.embedding_only:
+            raise QwenMlxError(self.embedding_only)
         params = self.defaults.override(**sampling)
         if any(not isinstance(s, str) or not s for s in stop):
             raise QwenMlxError("a stop string must be non-empty text")
@@ -223,6 +225,17 @@ class Model:
         if self._longest_token is None:
             self._longest_token = longest_token_bytes(self.tokenizer)
         return self._longest_token
+
+    @property
+    def embedding_only(self) -> str | None:
+        """Why this model cannot generate or rerank (a Qwen3-Embedding: no output layer of
+        its own), or None."""
+        from .models.checkpoint import is_embedding
+
+        if not is_embedding(self.config):
+            return None
+        return (f"{self.path.name} is an embedding model (Qwen3-Embedding): it only embeds "
+                f"(qwen-mlx embed, /v1/embeddings, /api/embed)")
 
     @property
     def hybrid(self) -> bool:
@@ -351,6 +364,8 @@ class Model:
         yes/no judgement); the first ``top_n`` only, when given."""
         from .engine import embed
 
+        if self.embedding_only:
+            raise QwenMlxError(self.embedding_only)
         rows = embed.rerank_rows(self, query, list(documents), instruction=instruction)
         scores = embed.gathered(self.pooling(rows, rerank=True), len(rows))
         ranked = sorted(enumerate(scores), key=lambda pair: -pair[1])

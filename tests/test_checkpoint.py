@@ -47,7 +47,7 @@ def test_not_qwen3(tiny_hf, copy_of):
     out = src.parent / "out"
     assert_fails_cleanly(convert_cli(src, out), out,
                          f"{src} is a LlamaForCausalLM model; qwen-mlx supports Qwen3ForCausalLM "
-                         "only")
+                         "and Qwen3Model only")
     assert not out.exists()
 
 

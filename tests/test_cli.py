@@ -68,7 +68,10 @@ def test_sampling_flags_reach_the_engine(tiny_model, tiny_q4_f32):
     (["generate", "./no/such/folder", "-p", "x"], "error: model folder ./no/such/folder does "
                                                   "not exist"),
     (["generate", "not a model", "-p", "x"], "error: model 'not a model' not found: not a folder,"
-                                             " an alias (qwen3-4b-instruct-2507, qwen3-4b) or a "
+                                             " an alias (qwen3-4b-instruct-2507, qwen3-4b, "
+                                             "qwen3-embedding-0.6b, qwen3-embedding-4b, "
+                                             "qwen3-embedding-8b, qwen3-reranker-0.6b, "
+                                             "qwen3-reranker-4b, qwen3-reranker-8b) or a "
                                              "Hugging Face repo id"),
     (["generate", "{tiny}", "-p", "x", "--recipe", "q7z"],
      "error: unknown recipe 'q7z' (examples: q4, q4-g32, q8, bf16, q4-f32, mix-1.8gb, "
@@ -91,7 +94,7 @@ def test_console_script_prints_no_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr == f"error: {bad} is a LlamaForCausalLM model; qwen-mlx supports " \
-                          "Qwen3ForCausalLM only\n"
+                          "Qwen3ForCausalLM and Qwen3Model only\n"
     assert proc.stdout == ""
 
 

@@ -12,7 +12,7 @@ from ..quant import distill
 from ..quant import fitted
 from ..hub import resolver as hub
 from ..evaluate import quality
-from ..models.checkpoint import is_mlx_folder
+from ..models.checkpoint import is_embedding, is_mlx_folder, read_config
 from ..errors import QwenMlxError
 from ..quant.fitted import Fit, Hooks, fitted_convert
 from ..quant.allocate import Budget
@@ -122,6 +122,14 @@ def convert(model: str | None, q4: bool, q8: bool, no_quantize: bool, bits: int 
     check_target(output, force=force, protect=[spec.folder] if spec.folder else [])
     source = hub.source_folder(spec)
     tokens = 0 if no_eval else eval_tokens
+    if is_embedding(read_config(source)):
+        if fit is not None:
+            raise QwenMlxError(f"{spec.display} is an embedding model: the fitted recipes "
+                               f"measure next-token predictions, which it does not make")
+        if tokens:
+            click.echo(f"note: {spec.display} is an embedding model: no next-token quality "
+                       "pass (it makes no predictions)", err=True)
+        tokens = 0
     if fit is not None:
         if spec.folder is None:
             fitted.check(source, recipe, fit)

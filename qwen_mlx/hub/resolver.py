@@ -31,6 +31,9 @@ from ..models.recipes import DEFAULT, Recipe
 ALIASES = {
     "qwen3-4b-instruct-2507": "Qwen/Qwen3-4B-Instruct-2507",
     "qwen3-4b": "Qwen/Qwen3-4B",
+    # for retrieval beside it: embeddings (`embed`, /v1/embeddings) and reranking (`rerank`)
+    **{f"qwen3-{kind}-{size.lower()}": f"Qwen/Qwen3-{kind.title()}-{size}"
+       for kind in ("embedding", "reranker") for size in ("0.6B", "4B", "8B")},
 }
 DEFAULT_MODEL = "qwen3-4b-instruct-2507"
 # Only what a conversion reads: no original PyTorch .bin files, no ONNX, no images.

