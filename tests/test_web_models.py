@@ -7,7 +7,8 @@ from __future__ import annotations
 from selenium.webdriver.support.select import Select
 
 from .serving import MODEL
-from .webpage import done, errors, find, js, needs_chromium, replies, stored, type_message, wait
+from .webpage import (done, errors, find, js, needs_chromium, replies, set_setting, stored,
+                      type_message, wait)
 
 pytestmark = needs_chromium
 
@@ -24,6 +25,7 @@ def test_the_picker_switches_models_and_a_conversation_keeps_its_own(browser, tw
     wait(browser, lambda: find(browser, "#model-picker").is_displayed())
     assert not find(browser, "#model-name").is_displayed()
     assert options(browser) == [f"{MODEL} ●", "other"]  # "other" is not loaded yet
+    set_setting(browser, "max_tokens", 8)  # short replies (the page keeps its settings)
     type_message(browser, "Hello")
     wait(browser, lambda: len(replies(browser)) == 1 and done(browser))
     assert stored(browser)["model"] == MODEL
