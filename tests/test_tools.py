@@ -201,11 +201,19 @@ def test_a_server_that_prints_junk_on_stdout_is_one_line(tmp_path, monkeypatch, 
     assert "Traceback" not in capfd.readouterr().err
 
 
-def server_processes() -> list:
+def server_processes(other: set[int] = frozenset()) -> list:
+    """The fixture server processes this test process runs, but those in ``other`` (an
+    earlier test's server may still be exiting when the next test starts)."""
     import psutil
 
-    return [p for p in psutil.Process().children(recursive=True)
-            if SERVER in " ".join(p.cmdline())]
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.pid not in other and SERVER in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.NoSuchProcess:  # it exited while being looked at
+            continue
+    return found
 
 
 def test_a_server_that_dies_while_idle_is_said_and_the_next_call_restarts_it(tmp_path,
@@ -214,9 +222,10 @@ def test_a_server_that_dies_while_idle_is_said_and_the_next_call_restarts_it(tmp
     running until a call failed); its tools stay offered, and the next call restarts it and
     runs. /tools restart restarts a running one."""
     monkeypatch.setenv("QWEN_MLX_HOME", str(tmp_path))
+    earlier = {p.pid for p in server_processes()}
     with started([FIXTURE]) as s:
         box = Toolbox([s])
-        (first,) = server_processes()
+        (first,) = server_processes(earlier)
         first.kill()
         deadline = time.monotonic() + 60
         while s.status["fixture"] == "running" and time.monotonic() < deadline:
@@ -229,9 +238,9 @@ def test_a_server_that_dies_while_idle_is_said_and_the_next_call_restarts_it(tmp
         assert [t.name for t in box.tools][:2] == ["add", "echo"]
         assert box.call("add", {"a": 1, "b": 2}) == ToolResult("3")
         assert s.status["fixture"] == "running"
-        (second,) = server_processes()
+        (second,) = server_processes(earlier)
         assert box.restart("fixture") == "running"
-        (third,) = server_processes()
+        (third,) = server_processes(earlier)
         assert len({first.pid, second.pid, third.pid}) == 3
         assert box.call("add", {"a": 2, "b": 2}) == ToolResult("4")
         with pytest.raises(QwenMlxError, match=r"^there is no MCP server named 'nope' \(the "
