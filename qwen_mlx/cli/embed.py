@@ -4,12 +4,12 @@ line, over the Python API's ``Model.embed`` and ``Model.rerank``."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
 from ..errors import QwenMlxError
+from . import stdin
 from .console import open_model
 from .options import load_options
 
@@ -19,7 +19,7 @@ def lines_of(texts: tuple[str, ...], file: Path | None, what: str) -> list[str]:
     out = list(texts)
     if file is not None:
         try:
-            text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+            text = stdin.read_text() if str(file) == "-" else file.read_text(encoding="utf-8")
         except OSError as e:
             raise QwenMlxError(f"cannot read {file}: {e.strerror}") from None
         except UnicodeDecodeError:

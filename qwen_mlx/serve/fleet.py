@@ -133,14 +133,12 @@ class Fleet:
 
     def __init__(self, first: Server, catalog: Catalog, open: Callable[[str, Path], Server],
                  *, budget: int, keep_alive: float | None = KEEP_ALIVE,
-                 max_models: int | None = None,
-                 estimate: Callable[[Path], int] | None = None,
-                 settings: dict | None = None, recipe: str = "q4") -> None:
+                 max_models: int | None = None, settings: dict | None = None,
+                 recipe: str = "q4") -> None:
         self.catalog, self.open, self.budget = catalog, open, budget
         self.recipe = recipe  # what /api/pull converts with (serve --recipe)
         self.settings = settings or {}  # what each Server is made with (its host, key...)
         self.keep_alive, self.max_models = keep_alive, max_models
-        self.estimate = estimate or estimate_bytes
         self.loaded: list[Loaded] = [Loaded(first, footprint(first), None, pinned=True)]
         self.loads = 0  # models loaded after the first (tests count them)
         self._lock: asyncio.Lock | None = None
@@ -212,7 +210,7 @@ class Fleet:
                                     f"cache first (qwen-mlx convert {asked}), or pull it "
                                     f"(/api/pull); GET /api/tags lists what is",
                                code="model_not_found", param="model")
-        need = self.estimate(folder)
+        need = estimate_bytes(folder)
         await self._make_room(name, need)
         server = await anyio.to_thread.run_sync(self.open, name, folder)
         self.loads += 1
@@ -372,13 +370,14 @@ def footprint(server: Server) -> int:
 def estimate_bytes(folder: Path) -> int:
     """What a converted model will take, from its folder: its weights as they load (floats
     in the compute type) and one 4,096-token sequence's KV."""
-    import json
-
     from ..engine.kv_cache import KVSpec
     from ..engine.memory_plan import kv_bytes_per_token, weight_bytes_of_folder
+    from ..models.checkpoint import read_config
+    from ..models.loader import compute_dtype
     from ..models.shapes import Shape
 
-    compute = 4 if mx.default_device().type == mx.DeviceType.cpu else None
-    config = json.loads((folder / "config.json").read_text())
-    kv = kv_bytes_per_token(Shape.of(config), KVSpec(), compute or 2)
+    cast = compute_dtype("auto")  # as load() runs it: float32 on the CPU, stored on Metal
+    compute = cast.size if cast else None
+    config = read_config(folder)
+    kv = kv_bytes_per_token(Shape.of(config), KVSpec(), compute or 2)  # as plan_for counts
     return int(weight_bytes_of_folder(folder, compute) + RESERVE * kv)
