@@ -54,7 +54,9 @@ def main() -> None:
     a = ap.parse_args()
     (folder,) = (a.model,) if a.model else converted(a.shape, a.recipes).values()
     model = load(folder)
-    reply = ChatSession(model).send("warm up")  # compile and allocate before measuring
+    # compile and allocate before measuring (a reply's length: a random model never ends one,
+    # and the default 2,048 tokens took most of this script's time)
+    reply = ChatSession(model, max_tokens=a.reply_tokens).send("warm up")
     for _ in reply:
         pass
     rows: list[dict] = []

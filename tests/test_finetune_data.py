@@ -229,11 +229,20 @@ def test_batch_order_is_a_function_of_seed_and_epoch(encoder):
 @pytest.mark.skipif(not shared_available(), reason="needs ../shared (Qwen's templates)")
 @pytest.mark.parametrize("template", ["chat_template_instruct_2507.jinja",
                                       "chat_template_qwen3_hybrid.jinja"])
-def test_mask_with_qwens_own_templates(tiny_f32, template):
+def test_mask_with_qwens_own_templates(tiny_f32, template, tmp_path):
     from qwen_mlx.finetune.data import Example
+    from qwen_mlx.models.loader import TOKENIZER_FILES
 
-    tok = load_tokenizer(tiny_f32, ModelSpec.of_folder(tiny_f32).eos_ids)
-    tok._tokenizer.chat_template = (SHARED / "qwen3" / "reference" / template).read_text()
+    # a folder of its own with the template beside the tokenizer, as a checkpoint has it (a
+    # loaded tokenizer is shared by the folders with its files: changing it in place once
+    # gave a later test's model, in the same worker, Instruct-2507's template)
+    for path in tiny_f32.iterdir():
+        if path.name in TOKENIZER_FILES or path.name == "config.json":
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+    text = (SHARED / "qwen3" / "reference" / template).read_text()
+    (tmp_path / "chat_template.jinja").write_text(text)
+    tok = load_tokenizer(tmp_path, ModelSpec.of_folder(tmp_path).eos_ids)
+    assert tok.chat_template == text
     encoded = Encoder(tok).encode("messages", Example(CONVERSATION, "t:1"))
     assert [tok.decode(s) for s in spans(encoded.ids, encoded.mask)] == [
         "Paris.<|im_end|>",
