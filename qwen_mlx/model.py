@@ -344,7 +344,9 @@ class Model:
         from .models import mlx_lm_seam as seam
 
         pooling = embed.Pooling(dimensions, embed.judge_ids(self) if rerank else None)
-        return embed.pooled(self.net, rows, pooling, stream=seam.decode_stream())
+        room = embed.by_tokens if self.plan is None else \
+            (lambda longest: self.plan.pooling_rows(longest, rerank))
+        return embed.pooled(self.net, rows, pooling, room=room, stream=seam.decode_stream())
 
     def embed(self, texts: Sequence[str], instruction: str | None = None,
               dimensions: int | None = None) -> "np.ndarray":

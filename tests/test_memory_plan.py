@@ -197,3 +197,76 @@ def test_a_draft_model_is_counted_in_the_plan(tiny_q4_f32):
                                            r"[\d,]+ bytes of KV per token\); the budget"):
         load(tiny_q4_f32, memory="1GiB", draft=draft, context=alone.context_length)
     assert any(what == "draft model" for what, _ in plan.table())
+
+
+def test_a_pooled_forward_by_hand():
+    """An embedding or rerank forward on the 4B shape: the batch cache's keys and values for
+    every row (in steps of 256 positions), a layer's activations over every token and half
+    again, float32 scores where attention materialises them, logits for rerank."""
+    from dataclasses import replace
+
+    from qwen_mlx.engine.memory_plan import POOLING_BYTES
+
+    plan = qwen3_4b_plan()  # Metal: fused attention
+    kv = 16 * 512 * 147_456
+    layer = 16 * 512 * 49_664 * 2  # prefill_activation_bytes without the logits row
+    assert plan.pooling_bytes(16, 512) == kv + layer * 3 // 2 == 2_428_502_016
+    assert plan.pooling_bytes(16, 500) == plan.pooling_bytes(16, 512) - 16 * 12 * 49_664 * 3
+    assert plan.pooling_bytes(2, 300, rerank=True) == \
+        2 * 512 * 147_456 + 2 * 300 * 49_664 * 3 + 2 * 151_936 * 4
+    cpu = replace(plan, fused_attention=False)
+    assert cpu.pooling_bytes(16, 512) == 2_428_502_016 + 16 * 32 * 512 * 512 * 4
+    # rows per forward: within 1 GiB (and 8,192 tokens), at least one
+    assert plan.pooling_rows(512) == POOLING_BYTES // (512 * 147_456 + 512 * 49_664 * 3) == 7
+    # a short input still holds 256 positions of keys and values
+    assert plan.pooling_rows(16) == POOLING_BYTES // (256 * 147_456 + 16 * 49_664 * 3) == 26
+    from qwen_mlx.models.shapes import config_for
+
+    tiny = replace(plan, shape=Shape.of(config_for("tiny")))
+    assert tiny.pooling_rows(16) == 8192 // 16  # there the token cap binds first
+    assert cpu.pooling_rows(32_768) == 1
+
+
+@pytest.mark.parametrize("rows, tokens", [(24, 512), (1, 2048)])
+def test_a_pooled_forwards_peak_against_the_plan(tiny_q4_f32, rows, tokens):
+    """MLX's measured peak while embedding, against the weights plus the plan's largest
+    chunk: within 10% either way on the CPU backend (the plan sizes the chunks by it)."""
+    import random
+
+    import mlx.core as mx
+
+    import gc
+
+    model = load(tiny_q4_f32)
+    rng = random.Random(0)
+    inputs = [[rng.randrange(1000, 100_000) for _ in range(tokens)] for _ in range(rows)]
+    list(model.pooling(inputs[:1]))
+    gc.collect()
+    mx.clear_cache()
+    others = mx.get_active_memory() - model.plan.weights  # models other tests hold
+    mx.reset_peak_memory()
+    list(model.pooling(inputs))
+    chunk = min(rows, model.plan.pooling_rows(tokens))
+    ratio = (mx.get_peak_memory() - others) / (model.plan.weights +
+                                               model.plan.pooling_bytes(chunk, tokens))
+    assert 0.9 <= ratio <= 1.1, ratio
+
+
+def test_embedding_chunks_follow_the_plan(tiny_q4_f32, monkeypatch):
+    """Model.pooling (embed, rerank, the server's embeddings) cuts its batches where the
+    plan says, and the vectors do not depend on the cut."""
+    import numpy as np
+
+    from qwen_mlx.engine import memory_plan
+
+    model = load(tiny_q4_f32)
+    rows = [[1000 + 37 * i + j for j in range(64)] for i in range(10)]
+    whole = list(model.pooling(rows))
+    assert [len(chunk) for chunk in whole] == [10]  # 640 tokens: one forward
+    monkeypatch.setattr(memory_plan, "POOLING_BYTES", 3 * model.plan.pooling_bytes(1, 64))
+    assert model.plan.pooling_rows(64) == 3
+    cut = list(model.pooling(rows))
+    assert [len(chunk) for chunk in cut] == [3, 3, 3, 1]
+    by_row = dict(pair for chunk in cut for pair in chunk)
+    assert np.abs(np.array([by_row[i] for i, _ in whole[0]]) -
+                  np.array([v for _, v in whole[0]])).max() < 1e-5

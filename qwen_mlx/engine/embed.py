@@ -9,19 +9,21 @@ rerank score is softmax(no, yes)[yes] of the next-token logits after Qwen's judg
 
 Many inputs run as left-padded batches (mlx-lm's ``BatchKVCache`` masks the padding and
 starts each row's positions at 0, so a row computes what it would alone), sorted by length
-and cut into chunks of at most ``budget`` tokens; each chunk is one forward, yielded as it
-is done so that a server can run other work between chunks.
+and cut into chunks as many rows as the memory plan gives room for
+(``MemoryPlan.pooling_rows``); each chunk is one forward, yielded as it is done so that a
+server can run other work between chunks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import mlx.core as mx
 from mlx_lm.models.cache import BatchKVCache
 
 from ..models import mlx_lm_seam as seam
+from .memory_plan import POOLING_TOKENS
 
 END_OF_TEXT = "<|endoftext|>"
 RERANK_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -29,7 +31,6 @@ RERANK_PREFIX = ("<|im_start|>system\nJudge whether the Document meets the requi
                  "on the Query and the Instruct provided. Note that the answer can only be "
                  "\"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n")
 RERANK_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-BATCH_TOKENS = 8192  # tokens (rows x longest) in one forward
 
 
 def query_text(text: str, instruction: str | None) -> str:
@@ -52,23 +53,31 @@ class Pooling:
     judge: tuple[int, int] | None = None  # (yes, no) token ids: rerank
 
 
-def batches(rows: Sequence[list[int]], budget: int = BATCH_TOKENS) -> list[list[int]]:
-    """Row indices in chunks, shortest first, each chunk's rows x longest within
-    ``budget`` tokens (a row longer than the budget runs alone)."""
+def by_tokens(longest: int) -> int:
+    """Rows of ``longest`` tokens in one forward without a memory plan: POOLING_TOKENS'
+    worth (at least one)."""
+    return max(1, POOLING_TOKENS // longest)
+
+
+def batches(rows: Sequence[list[int]],
+            room: Callable[[int], int] = by_tokens) -> list[list[int]]:
+    """Row indices in chunks, shortest first, each chunk at most ``room(longest)`` rows
+    (``MemoryPlan.pooling_rows``)."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     chunks, current = [], []
     for i in order:
-        if current and (len(current) + 1) * len(rows[i]) > budget:
+        if current and len(current) + 1 > room(len(rows[i])):
             chunks.append(current)
             current = []
         current.append(i)
     return chunks + ([current] if current else [])
 
 
-def pooled(net, rows: Sequence[list[int]], pooling: Pooling, *, budget: int = BATCH_TOKENS,
+def pooled(net, rows: Sequence[list[int]], pooling: Pooling, *,
+           room: Callable[[int], int] = by_tokens,
            stream: mx.Stream | None = None) -> Iterator[list[tuple[int, list[float] | float]]]:
     """For each chunk, [(row index, its embedding or score)], computed when asked for."""
-    for chunk in batches(rows, budget):
+    for chunk in batches(rows, room):
         longest = max(len(rows[i]) for i in chunk)
         padding = [longest - len(rows[i]) for i in chunk]
         ids = mx.array([[0] * p + list(rows[i]) for p, i in zip(padding, chunk)])

@@ -36,6 +36,9 @@ from ..storage.safetensors import TensorInfo, read_header
 from ..system.memory import RUNTIME_BYTES, prefill_activation_bytes, tensor_bytes
 from ..system.memory import kv_bytes_per_token as kv_bytes
 
+POOLING_BYTES = 1 << 30  # one embedding or rerank forward's working memory, at most...
+POOLING_TOKENS = 8192  # ...and tokens (rows x longest): more in one forward run no faster
+POOLING_CACHE_STEP = 256  # mlx-lm's BatchKVCache grows its keys and values by this many
 SCORE_BYTES = 512 << 20  # attention scores of one prefill chunk, at most...
 MIN_SCORE_BYTES = 16 << 20  # ...and no more than the KV cache they attend over, above this
 MIN_CHUNK = 16
@@ -128,6 +131,27 @@ class MemoryPlan:
         budget = min(SCORE_BYTES, max(MIN_SCORE_BYTES, int(depth * self.kv_bytes_per_token())))
         rows = budget // (self.shape.heads * 4 * (depth + self.prefill_step))
         return min(step, max(MIN_CHUNK, min(self.prefill_step, rows)))
+
+    def pooling_bytes(self, rows: int, longest: int, rerank: bool = False) -> int:
+        """One pooled forward (:mod:`qwen_mlx.engine.embed`) of ``rows`` x ``longest``
+        tokens, the weights aside: every layer's keys and values (the batch cache holds all
+        of them through the forward, in steps of POOLING_CACHE_STEP positions), a layer's
+        activations over every token and half again (the lazy graph keeps part of the next
+        layer's alive: 1.4x measured on the small shape), the attention scores where they
+        are materialised (float32), and for rerank the last positions' float32 logits."""
+        held = rows * -(-longest // POOLING_CACHE_STEP) * POOLING_CACHE_STEP
+        kv = held * self.kv_bytes_per_token(replace(self.kv, bits=None))
+        layer = prefill_activation_bytes(self.shape, rows * longest, self.dtype_bytes) - \
+            self.shape.vocab * 4
+        scores = 0 if self.fused_attention else rows * self.shape.heads * longest * longest * 4
+        logits = rows * self.shape.vocab * 4 if rerank else 0
+        return math.ceil(kv + 1.5 * layer + scores + logits)
+
+    def pooling_rows(self, longest: int, rerank: bool = False) -> int:
+        """Rows of ``longest`` tokens one pooled forward takes: within POOLING_BYTES and
+        POOLING_TOKENS, and at least one (a long input runs alone)."""
+        fit = POOLING_BYTES // max(1, self.pooling_bytes(1, longest, rerank))
+        return max(1, min(fit, POOLING_TOKENS // longest))
 
     # -- decisions ------------------------------------------------------------------
 
