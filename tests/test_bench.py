@@ -123,7 +123,7 @@ def test_compare_with_mlx_lm_and_plot(tiny_q4_f32, tmp_path):
 def test_bench_errors(tiny_q4_f32):
     cases = [(["bench", "no/such/model"], "error: model folder no/such/model does not exist"),
              (["bench", "shape:huge"], "error: unknown shape 'huge': use one of qwen3-4b, "
-                                       "tiny, small"),
+                                       "tiny, small, 0.6b"),
              (["bench", "shape:tiny", "--depths", "0,lots"],
               "error: --depths: cannot read 'lots' as a token count (use numbers like "
               "512,2048,8k)"),
@@ -209,3 +209,54 @@ def test_speculative_bench_errors():
                           (["--draft", "shape:tiny", "--lookup", "2"], "not both")):
         result = run("bench", "shape:tiny", *args)
         assert result.exit_code == 1 and message in result.output
+
+
+def test_bench_embed_measures_batched_and_one_at_a_time(tiny_q4_f32, tmp_path):
+    import statistics
+
+    from qwen_mlx import load
+    from qwen_mlx.models.loader import param_bytes
+
+    out = tmp_path / "embed.json"
+    result = run("bench", tiny_q4_f32, "--embed", "--embed-sets", "12x64,2x300", "-n", "2",
+                 "--warmup", "0", "--json", out)
+    assert result.exit_code == 0, result.output
+    assert "batched /" in result.output and "12 x 64" in result.output
+    record = json.loads(out.read_text())
+    assert record["settings"]["embed_sets"] == [[12, 64], [2, 300]]
+    (measured,) = record["results"]
+    model = load(tiny_q4_f32)
+    for s, (inputs, tokens) in zip(measured["sets"], [(12, 64), (2, 300)], strict=True):
+        assert (s["inputs"], s["tokens"]) == (inputs, tokens)
+        for way in ("batched", "one_at_a_time"):
+            assert len(s["samples"][way]) == 2
+            assert s["tokens_per_second"][way] == statistics.median(s["samples"][way]) > 0
+        assert s["batched_over_one_at_a_time"] == \
+            s["tokens_per_second"]["batched"] / s["tokens_per_second"]["one_at_a_time"]
+        rows = model.plan.pooling_rows(tokens)
+        assert s["rows_per_forward"] == rows
+        assert s["memory"]["estimate"] == param_bytes(model.net) + \
+            model.plan.pooling_bytes(min(inputs, rows), tokens)
+        assert s["memory"]["peak"] > param_bytes(model.net)
+    random_weights = run("bench", "shape:tiny", "--embed", "--embed-sets", "3x16", "-n", "1")
+    assert random_weights.exit_code == 0, random_weights.output  # no tokenizer needed
+
+
+def test_bench_embed_errors(tiny_q4_f32):
+    for args, message in (
+            (["--embed", "--depths", "0"], "error: --depths measures generation; it does not "
+             "apply with --embed (an embedding is one forward with a full-precision cache)"),
+            (["--embed", "--kv-bits", "8"], "error: --kv-bits measures generation; it does "
+             "not apply with --embed (an embedding is one forward with a full-precision "
+             "cache)"),
+            (["--embed-sets", "4x4"], "error: --embed-sets applies to --embed: add --embed, "
+             "or drop it"),
+            (["--embed", "--embed-sets", "4by4"], "error: --embed-sets: '4by4' is not "
+             "INPUTSxTOKENS (as in 256x128)"),
+            (["--embed", "--embed-sets", "0x4"], "error: --embed-sets: '0x4' is not "
+             "INPUTSxTOKENS (as in 256x128)"),
+            (["--embed", "--embed-sets", "1x300000"], f"error: {tiny_q4_f32.name} (q4-f32): "
+             f"300,000-token inputs exceed the context limit of 262,144")):
+        result = run("bench", tiny_q4_f32, *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.output.strip().splitlines()[-1] == message

@@ -59,6 +59,11 @@ memory before any download.""")
 @speculative_options
 @click.option("--compare", type=click.Choice(["mlx-lm"]), help="Also run mlx-lm's own "
               "generation on the same models and print our/their ratios.")
+@click.option("--embed", is_flag=True, help="Measure embedding instead: tokens/s of "
+              "--embed-sets batched and one input at a time, and peak memory against the "
+              "memory plan's estimate.")
+@click.option("--embed-sets", default="256x128,16x4096", show_default=True,
+              help="Embedding inputs to measure, INPUTSxTOKENS each (with --embed).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Write machine, versions, settings and every sample here.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),
@@ -66,7 +71,8 @@ memory before any download.""")
                    "qwen-mlx[plot]).")
 def bench(models: tuple[str, ...], recipes: str, random_weights: bool, prompt_lengths: str,
           depths: str, gen_tokens: int, reps: int, warmup: int, compare: str | None,
-          json_path: Path | None, plot_path: Path | None, **options) -> None:
+          embed: bool, embed_sets: str, json_path: Path | None, plot_path: Path | None,
+          **options) -> None:
     from ..benchmark import runs as benchmark
     from ..models.checkpoint import is_mlx_folder
     from ..hub.resolver import parse_arg
@@ -74,6 +80,9 @@ def bench(models: tuple[str, ...], recipes: str, random_weights: bool, prompt_le
     from ..models.shapes import config_for
     from ..models.recipes import parse_recipe
 
+    from .bench_embed import bench_embed, check_embed_options
+
+    sets = check_embed_options(embed, embed_sets)
     lengths = parse_lengths(prompt_lengths, "--prompt-lengths", 1)
     depth_list = parse_lengths(depths, "--depths", 0)
     memory = memory_kwargs(options)
@@ -99,6 +108,14 @@ def bench(models: tuple[str, ...], recipes: str, random_weights: bool, prompt_le
             raise QwenMlxError(f"--recipes applies to models that must be converted; {folder} "
                                f"is already an MLX model and would be measured as it is")
     machine = this_machine(memory["memory"])
+    if sets is not None:
+        record = {"versions": _versions(), "machine": machine.to_dict(), "settings": {
+            "embed_sets": sets, "reps": reps, "warmup": warmup,
+            "recipes": [r.name for r in recipe_list], "memory": memory["memory"]}}
+        bench_embed([lambda spec=spec, recipe=recipe: _target(spec, recipe, memory)[0]
+                     for spec in specs for recipe in recipe_list], sets, reps, warmup,
+                    json_path, record)
+        return
     bandwidth, bandwidth_source = machine.bandwidth_gbs, machine.bandwidth_source
     if bandwidth is None:
         bandwidth = round(benchmark.measure_bandwidth(), 1)
