@@ -43,6 +43,8 @@ def test_convert_keeps_the_sentence_transformers_files_and_mlx_lm_loads_it(embed
                                                                           embedding_hf):
     for name in ("modules.json", "config_sentence_transformers.json", "1_Pooling/config.json"):
         assert (embedding / name).read_text() == (embedding_hf / name).read_text()
+    pooling = json.loads((embedding / "1_Pooling" / "config.json").read_text())
+    assert pooling["pooling_mode_lasttoken"] and pooling["word_embedding_dimension"] == 64
     config = json.loads((embedding / "config.json").read_text())
     assert config["architectures"] == ["Qwen3Model"] and config["tie_word_embeddings"]
     from mlx_lm import load as mlx_load
@@ -51,7 +53,8 @@ def test_convert_keeps_the_sentence_transformers_files_and_mlx_lm_loads_it(embed
     texts = ["The cat sat on the mat.", "Hi"]
     ours = load(embedding).embed(texts)
     for i, text in enumerate(texts):
-        ids = tok.encode(text) + [tok.convert_tokens_to_ids("<|endoftext|>")]
+        ids = tok.encode(text)  # its tokenizer appends the end of text, as Qwen's does
+        assert ids[-1] == tok.convert_tokens_to_ids("<|endoftext|>") != ids[-2]
         hidden = np.array(net.model(mx.array(ids)[None])[0, -1].astype(mx.float32))
         assert np.abs(ours[i] - hidden / np.linalg.norm(hidden)).max() < 1e-4
 

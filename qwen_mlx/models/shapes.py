@@ -28,13 +28,17 @@ SHAPES = {
     "small": dict(hidden_size=256, num_hidden_layers=4, max_window_layers=4,
                   intermediate_size=768, num_attention_heads=8, num_key_value_heads=2,
                   head_dim=32),
+    # Qwen3-0.6B's (and Qwen3-Embedding-0.6B's) numbers: the reference benchmarks' size
+    "0.6b": dict(hidden_size=1024, num_hidden_layers=28, max_window_layers=28,
+                 intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8,
+                 head_dim=128),
     "4b": {},
 }
-ALIASES = {"qwen3-4b": "4b"}
+ALIASES = {"qwen3-4b": "4b", "qwen3-0.6b": "0.6b"}
 
 
 def config_for(shape: str) -> dict:
-    """The config.json of a named shape (qwen3-4b, 4b, small, tiny)."""
+    """The config.json of a named shape (qwen3-4b, 4b, qwen3-0.6b, 0.6b, small, tiny)."""
     key = ALIASES.get(shape, shape)
     if key not in SHAPES:
         raise QwenMlxError(f"unknown shape {shape!r}: use one of "

@@ -1,4 +1,4 @@
-"""python -m qwen_mlx.testing OUT [--shape tiny|small|4b] [--seed N] [--outliers N]
+"""python -m qwen_mlx.testing OUT [--shape tiny|small|0.6b|4b] [--seed N] [--outliers N]
 [--embed-std S] [--embedding]: write a random checkpoint (--outliers: that many large input
 channels in the first layers; --embed-std: the embedding's standard deviation, 1 by default;
 --embedding: a Qwen3-Embedding one, Qwen3Model without an output layer)."""

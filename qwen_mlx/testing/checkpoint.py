@@ -94,8 +94,23 @@ SENTENCE_TRANSFORMERS = {
         "prompts": {"query": "Instruct: Given a web search query, retrieve relevant passages "
                              "that answer the query\nQuery:", "document": ""},
         "default_prompt_name": None, "similarity_fn_name": "cosine"},
-    "1_Pooling/config.json": {"pooling_mode_lasttoken": True, "include_prompt": True},
+    "1_Pooling/config.json": {"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
+                              "pooling_mode_max_tokens": False,
+                              "pooling_mode_mean_sqrt_len_tokens": False,
+                              "pooling_mode_weightedmean_tokens": False,
+                              "pooling_mode_lasttoken": True, "include_prompt": True},
 }
+# Qwen3-Embedding's tokenizer.json appends the end of text itself (a fix its repositories got
+# after release); qwen-mlx appends it to raw token ids (engine/embed.py), either way once
+APPEND_END = {"type": "TemplateProcessing",
+              "single": [{"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}],
+              "pair": [{"Sequence": {"id": "A", "type_id": 0}},
+                       {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+                       {"Sequence": {"id": "B", "type_id": 1}},
+                       {"SpecialToken": {"id": "<|endoftext|>", "type_id": 1}}],
+              "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [151643],
+                                                   "tokens": ["<|endoftext|>"]}}}
 
 
 def make_embedding_checkpoint(out: Path, shape: str = "tiny", *, seed: int = 0,
@@ -115,8 +130,17 @@ def make_embedding_checkpoint(out: Path, shape: str = "tiny", *, seed: int = 0,
         data["weight_map"] = {k.removeprefix("model."): v for k, v in data["weight_map"].items()
                               if k != "lm_head.weight"}
         index.write_text(json.dumps(data, indent=2) + "\n")
-    for name, content in SENTENCE_TRANSFORMERS.items():
+    config = json.loads((out / "config.json").read_text())
+    files = {**SENTENCE_TRANSFORMERS, "1_Pooling/config.json": {
+        "word_embedding_dimension": config["hidden_size"],
+        **SENTENCE_TRANSFORMERS["1_Pooling/config.json"]}}
+    for name, content in files.items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(json.dumps(content, indent=2) + "\n")
+    tokenizer = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    processors = [p for p in [tokenizer.get("post_processor")] if p] + [APPEND_END]
+    tokenizer["post_processor"] = {"type": "Sequence", "processors": processors}
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False),
+                                        encoding="utf-8")
     return out
 
