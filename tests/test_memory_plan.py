@@ -187,9 +187,10 @@ def test_a_draft_model_is_counted_in_the_plan(tiny_q4_f32):
     plan = both.plan
     assert plan.draft_weights == draft.plan.weights > 0
     assert plan.draft_kv_per_token == draft.plan.kv_bytes_per_token() > 0
-    for n in (1_000, alone.context_length):  # the draft's share, added by hand
+    for n in (1_000, alone.context_length):  # the draft's share, added by hand, and the
+        # float32 logits of the 16 more rows a step may verify
         assert plan.needed(n) == alone.plan.needed(n) + draft.plan.weights + \
-            n * draft.plan.kv_bytes_per_token()
+            n * draft.plan.kv_bytes_per_token() + 16 * 151_936 * 4
     budget = plan.machine.budget_bytes
     assert plan.needed(both.context_length) <= budget < plan.needed(both.context_length + 1)
     assert both.context_length < alone.context_length
@@ -270,3 +271,30 @@ def test_embedding_chunks_follow_the_plan(tiny_q4_f32, monkeypatch):
     by_row = dict(pair for chunk in cut for pair in chunk)
     assert np.abs(np.array([by_row[i] for i, _ in whole[0]]) -
                   np.array([v for _, v in whole[0]])).max() < 1e-5
+
+
+def test_a_speculative_steps_verify_logits_are_counted():
+    """A verify forward makes logits for every proposal and one more, per sequence: the
+    server counts the most a request may ask for (16 proposals), as does a load with a
+    draft."""
+    from dataclasses import replace
+
+    from qwen_mlx.serve.kv_room import kv_budget
+
+    plan = replace(qwen3_4b_plan(), parallel=8, verify_rows=17)
+    assert plan.activation_bytes() == 8 * (51_463_680 + 16 * 151_936 * 4)
+    room = 12 * GIB - 2_262_920_192 - RUNTIME_BYTES - plan.activation_bytes()
+    assert plan.largest_context() == room // 147_456 == 65_074  # 65,601 without them
+
+    class Served:  # what kv_budget reads of a model
+        context_length = 1024
+
+    served = Served()
+    served.plan = qwen3_4b_plan()
+    assert kv_budget(served, 8) == 65_074
+
+
+def test_a_draft_loads_with_its_verify_rows(tiny_q4_f32, other_q4_f32):
+    draft = load(other_q4_f32)
+    assert load(tiny_q4_f32).plan.verify_rows == 1
+    assert load(tiny_q4_f32, draft=draft).plan.verify_rows == 17

@@ -245,3 +245,20 @@ def test_the_first_tokens_follow_plain_sampling(tiny_model, other):
             chi2 += (sum(fast[t] for t in tokens) - expected) ** 2 / expected
     critical = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32, 8: 26.12}
     assert chi2 < critical[len(bins) - 1]  # degrees of freedom: bins - 1
+
+def test_each_verified_row_is_processed_with_the_last_tokens_before_it():
+    """A penalty sees, for each row the model verifies, the RECENT tokens before that row:
+    the context's tail and the proposals up to it (a window of the context, not a copy of a
+    long one per row)."""
+    from qwen_mlx.engine.speculative import RECENT, processed
+
+    seen = []
+
+    def record(tokens, row):
+        seen.append(tokens.tolist())
+        return row
+
+    context, proposals = list(range(3000)), [7, 8, 9]
+    rows, marks = processed(mx.zeros((4, 16)), context, proposals, [record])
+    assert rows.shape == (4, 16) and marks == []
+    assert seen == [(context + proposals[:i])[-RECENT:] for i in range(4)]

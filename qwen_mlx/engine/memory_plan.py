@@ -13,7 +13,7 @@ a halt. The model (one per process) costs:
                             with the cache, not with cache x chunk)
     + context x KV bytes per token
     + a draft model's weights and its KV per token (speculative decoding: the draft keeps a
-      cache as long as the model's)
+      cache as long as the model's), and the logits of every row a step verifies
 
 A server decoding N sequences at once (``serve --parallel N``) prefills up to N newcomers in
 one chunk and keeps N caches: activations count N times, and the KV budget (the largest
@@ -81,6 +81,7 @@ class MemoryPlan:
     parallel: int = 1  # sequences decoded (and prefilled) together: serve --parallel
     draft_weights: int = 0  # a draft model's (speculative decoding), loaded beside
     draft_kv_per_token: float = 0.0  # its cache follows the model's, token for token
+    verify_rows: int = 1  # logits rows a decode step makes per sequence (speculative: k + 1)
 
     # -- the parts ------------------------------------------------------------------
 
@@ -92,9 +93,10 @@ class MemoryPlan:
 
     def activation_bytes(self) -> int:
         """One prefill chunk through one layer (residual, norms, q/k/v/o, MLP) plus the float32
-        logits of the last position."""
-        return self.parallel * prefill_activation_bytes(self.shape, self.prefill_step,
-                                                        self.dtype_bytes)
+        logits of the last position, or of every row a speculative step verifies."""
+        return self.parallel * (prefill_activation_bytes(self.shape, self.prefill_step,
+                                                         self.dtype_bytes)
+                                + (self.verify_rows - 1) * self.shape.vocab * 4)
 
     def score_bytes(self, context: int, kv: KVSpec | None = None) -> int:
         if not self.materialises_scores(kv):

@@ -230,9 +230,10 @@ def processed(logits: mx.array, context: list[int], proposals: list[int],
         return logits, []
     stateful = markers(processors)
     rows, marks = [], []
+    window = context[-RECENT:]  # the last RECENT tokens, not a copy of a 256k context a row
     for i in range(len(proposals) + 1):
         row = logits[i:i + 1]
-        recent = mx.array((context + proposals[:i])[-RECENT:], dtype=mx.uint32)
+        recent = mx.array((window + proposals[:i])[-RECENT:], dtype=mx.uint32)
         for process in processors:
             row = process(recent, row)
         rows.append(row)

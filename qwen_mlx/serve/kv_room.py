@@ -10,6 +10,7 @@ import mlx.core as mx
 
 from ..engine import PromptCache
 from ..engine.prompt_cache import common_prefix
+from ..engine.request import MAX_DRAFT_TOKENS
 from ..model import Model
 
 MAX_PARALLEL = 8
@@ -61,9 +62,11 @@ class CachePool:
 
 def kv_budget(model: Model, parallel: int) -> int:
     """Tokens of KV the memory plan has room for with ``parallel`` sequences (their prefill
-    activations counted), shared by every sequence and kept cache; never less than one full
-    context."""
-    room = replace(model.plan, parallel=parallel).largest_context() if model.plan else 0
+    activations counted, and the logits of a speculative step's verify forward: any request
+    may ask for up to MAX_DRAFT_TOKENS proposals), shared by every sequence and kept cache;
+    never less than one full context."""
+    room = replace(model.plan, parallel=parallel, verify_rows=MAX_DRAFT_TOKENS + 1) \
+        .largest_context() if model.plan else 0
     return max(room, model.context_length)
 
 
