@@ -272,8 +272,8 @@ class Model:
                **request) -> Iterator[Piece]:
         """Stream the reply to a :class:`Request`, or to a prompt with :meth:`request`'s
         keyword arguments. The last piece carries :class:`Stats`; ``cut()``, asked after each
-        token, ends the reply early as "length". ``top_logprobs`` (speculative requests
-        only): each piece's log-probability and that many alternatives."""
+        token, ends the reply early as "length". ``top_logprobs``: each piece's
+        log-probability and that many alternatives (as the batch reports them)."""
         if isinstance(prompt, Request):
             if request:
                 raise TypeError(f"a Request is already validated; drop {', '.join(request)}")
@@ -287,7 +287,7 @@ class Model:
                              on_prefill=on_prefill, processors=self.processors(req), cut=cut,
                              speculation=self.speculation(req.speculative, cache,
                                                           top_logprobs),
-                             params=req.params,
+                             params=req.params, top_logprobs=top_logprobs,
                              **self.chunking(prefill_step))
 
     def speculation(self, settings: Speculative | None, cache: PromptCache,

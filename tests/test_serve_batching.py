@@ -184,16 +184,30 @@ def test_chat_logprobs(model, running):
         "'top_logprobs' needs 'logprobs': true"
 
 
-def test_one_at_a_time_refuses_logprobs_it_cannot_give(model):
-    running = Running(Server(model, MODEL, parallel=1))
+def test_one_at_a_time_gives_the_batchs_logprobs(model, running):
+    """The lone engine (--parallel 1, and quantized KV) reports log-probabilities as the
+    batch does: the same tokens, values and alternatives, streamed and not, with a
+    penalty (the processed logits are the ones scored)."""
+    lone = Running(Server(model, MODEL, parallel=1))
     try:
-        r = httpx.post(f"{running.url}/v1/chat/completions", json={
-            "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "logprobs": True})
-        assert r.status_code == 400 and r.json()["error"]["message"] == (
-            "'logprobs' needs the batched engine: this server runs one request at a time "
-            "(--parallel 1 or --kv-bits)")
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi there"}],
+                "max_tokens": 6, "temperature": 0, "logprobs": True, "top_logprobs": 3,
+                "presence_penalty": 0.5}
+        answers = [httpx.post(f"{r.url}/v1/chat/completions", json=body).json()
+                   for r in (running, lone)]
+        batch, alone = (a["choices"][0]["logprobs"]["content"] for a in answers)
+        assert [e["token"] for e in alone] == [e["token"] for e in batch] and len(batch) == 6
+        for a, b in zip(alone, batch):
+            assert a["logprob"] == pytest.approx(b["logprob"], abs=1e-4)
+            assert [t["token"] for t in a["top_logprobs"]] == \
+                [t["token"] for t in b["top_logprobs"]]
+        completion = httpx.post(f"{lone.url}/v1/completions", json={
+            "model": MODEL, "prompt": "Once", "max_tokens": 3, "temperature": 0,
+            "logprobs": 2}).json()["choices"][0]["logprobs"]
+        assert len(completion["tokens"]) == 3 and all(len(t) == 2 for t in
+                                                      completion["top_logprobs"])
     finally:
-        running.stop()
+        lone.stop()
 
 
 def test_penalties_change_the_reply_as_the_engine_does(model, running):

@@ -14,6 +14,7 @@ Two layers, both plain generators:
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -22,6 +23,7 @@ import mlx.core as mx
 from ..models import mlx_lm_seam as seam
 from .prompt_cache import PromptCache
 from .sampling import Processor, Sampler
+from .sampling import top_logprobs as logprob_fields
 
 PrefillProgress = Callable[[int, int], None]  # (tokens done, tokens total)
 ChunkPolicy = Callable[[int], int]  # cache depth -> rows to prefill in the next chunk
@@ -32,11 +34,14 @@ def generate_tokens(model, tokens: list[int], cache: list, sampler: Sampler, *,
                     max_tokens: int, prefill_step: int = PREFILL_STEP,
                     chunk_at: ChunkPolicy | None = None,
                     on_prefill: PrefillProgress | None = None,
-                    processors: list[Processor] = (), history: list[int] = ()) -> Iterator[int]:
+                    processors: list[Processor] = (), history: list[int] = (),
+                    scores: deque | None = None, top: int = 0) -> Iterator[int]:
     """Yield up to ``max_tokens`` new token ids after ``tokens`` (which the cache lacks).
 
     ``processors`` (penalties) see the recent tokens: ``history`` (what the cache already
-    holds), then ``tokens``, then each new token.
+    holds), then ``tokens``, then each new token. With ``scores``, each token's
+    log-probability and its ``top`` likeliest alternatives (as the batch reports them: the
+    processed logits, normalised) are appended there before the token is yielded.
     The prompt is prefilled ``prefill_step`` rows at a time, or as ``chunk_at(depth)`` says
     (the memory plan shrinks chunks deep in a long context, where attention scores grow).
     Each yielded token has been fed to the cache unless it is the last one allowed. On
@@ -49,7 +54,7 @@ def generate_tokens(model, tokens: list[int], cache: list, sampler: Sampler, *,
 
         recent = mx.array(list(history) + list(tokens), dtype=mx.uint32) if processors else None
 
-        def step(inputs: mx.array, new: bool = True) -> mx.array:
+        def step(inputs: mx.array, new: bool = True) -> tuple[mx.array, mx.array | None]:
             nonlocal recent
             with seam.on(stream):
                 logits = model(inputs[None], cache=cache)[:, -1, :]
@@ -58,19 +63,25 @@ def generate_tokens(model, tokens: list[int], cache: list, sampler: Sampler, *,
                         recent = mx.concatenate([recent, inputs])[-1024:]
                     for process in processors:
                         logits = process(recent, logits)
-                return sampler(logits)
+                if scores is None:
+                    return sampler(logits), None
+                rows = logits.astype(mx.float32)
+                return sampler(logits), rows - mx.logsumexp(rows, axis=-1, keepdims=True)
 
-        y = step(prompt[done:], new=False)
+        y, rows = step(prompt[done:], new=False)
         mx.async_eval(y)
         for n in range(1, max_tokens + 1):
             if n < max_tokens:
-                next_y = step(y)
+                next_y, next_rows = step(y)
                 mx.async_eval(next_y)
-            yield y.item()
+            token = y.item()
+            if scores is not None:
+                scores.append(logprob_fields(rows, [token], top)[0])
+            yield token
             if n % 256 == 0:
                 mx.clear_cache()
             if n < max_tokens:
-                y = next_y
+                y, rows = next_y, next_rows
 
 
 def prefill(model, tokens: list[int], cache: list, stream, *, prefill_step: int = PREFILL_STEP,
@@ -271,14 +282,17 @@ def stream(model, tokenizer, prompt: list[int], sampler: Sampler, *, max_tokens:
            on_prefill: PrefillProgress | None = None,
            processors: list[Processor] = (),
            cut: Callable[[], bool] | None = None,
-           speculation=None, params=None) -> Iterator[Piece]:
+           speculation=None, params=None,
+           top_logprobs: int | None = None) -> Iterator[Piece]:
     """Generate a reply to ``prompt`` (token ids) as text pieces; the last carries the stats.
 
     With a ``cache`` that already holds part of the prompt, only the rest is computed; on
     return the cache holds prompt and reply (``cache.tokens`` says exactly what). ``cut``,
     asked after each token, ends the reply early as "length" (a server's time limit). With
     a ``speculation`` (:mod:`qwen_mlx.engine.speculative`; ``params``: the sampling settings
-    it keeps exactly), proposals are checked several at a time.
+    it keeps exactly), proposals are checked several at a time. ``top_logprobs`` (plain
+    decoding; a speculation carries its own): each piece's log-probability and that many
+    alternatives.
     """
     if not prompt:
         raise ValueError("empty prompt")
@@ -289,9 +303,11 @@ def stream(model, tokenizer, prompt: list[int], sampler: Sampler, *, max_tokens:
                   eos_ids=eos_ids, stop=stop)
     history = prompt[:len(prompt) - len(todo)]
     if speculation is None:
+        scored = None if top_logprobs is None else deque()
         tokens = generate_tokens(model, todo, cache.layers, sampler, max_tokens=max_tokens,
                                  prefill_step=prefill_step, chunk_at=chunk_at,
-                                 on_prefill=on_prefill, processors=processors, history=history)
+                                 on_prefill=on_prefill, processors=processors, history=history,
+                                 scores=scored, top=top_logprobs or 0)
     else:
         from .speculative import speculative_tokens
 
@@ -300,10 +316,10 @@ def stream(model, tokenizer, prompt: list[int], sampler: Sampler, *, max_tokens:
             prefill=lambda s: prefill(model, todo, cache.layers, s, prefill_step=prefill_step,
                                       chunk_at=chunk_at, on_prefill=on_prefill),
             processors=processors, history=history)
-    scored = speculation is not None and speculation.logprobs is not None
+        scored = speculation.scores if speculation.logprobs is not None else None
     try:
         for token in tokens:
-            piece = reply.add(token, **(speculation.scores.popleft() if scored else {}))
+            piece = reply.add(token, **(scored.popleft() if scored is not None else {}))
             if piece is not None:
                 yield piece
             if reply.done or (cut is not None and cut()):

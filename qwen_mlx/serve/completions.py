@@ -57,7 +57,7 @@ async def completions(server: Server, request: Request) -> Response:
 
     def build():
         stream, include_usage, continuous = common(server, body, FIELDS, NO_OPS)
-        top = server.check_logprobs(number(body, "logprobs", int, low=0, high=5), "logprobs")
+        top = number(body, "logprobs", int, low=0, high=5)
         echo = flag(body, "echo")
         scoring_only = echo and body.get("max_tokens") == 0
         if scoring_only and body.get("max_completion_tokens") is not None:

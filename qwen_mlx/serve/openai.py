@@ -187,7 +187,7 @@ async def chat_completions(server: Server, request: Request) -> Response:
     def build():
         stream, include_usage, continuous = common(server, body, SUPPORTED, NO_OPS)
         tools, forced, several = chosen_tools(body)
-        logprobs = server.check_logprobs(chat_logprobs(body), "logprobs")
+        logprobs = chat_logprobs(body)
         wanted = openai_format(body.get("response_format"))
         if wanted is not None and forced is not None:
             raise RequestError(400, "'response_format' and a forced tool_choice cannot be "

@@ -117,15 +117,6 @@ class Server:
         default) as :meth:`request`'s ``speculative``."""
         return self.speculation.kwargs(body.get("speculative"))
 
-    def check_logprobs(self, top: int | None, param: str) -> int | None:
-        """Log-probabilities come from the batch; the lone engine (--parallel 1, quantized
-        KV) does not compute them, so there they are refused rather than left out."""
-        if top is not None and not self.worker.batched:
-            raise RequestError(400, f"'{param}' needs the batched engine: this server runs "
-                                    f"one request at a time (--parallel 1 or --kv-bits)",
-                               param=param)
-        return top
-
     async def validate(self, build: Callable[[], T]) -> T:
         """Run ``build`` (parse, render, tokenize: a :class:`Request` and what goes with
         it) in a worker thread, so a big request never stalls the event loop."""

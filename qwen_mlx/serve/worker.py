@@ -339,7 +339,7 @@ class Worker:
         cache = self.pool.take(list(job.request.tokens))
         error = None
         pieces = self.model.stream(job.request, cache=cache, on_prefill=job.on_prefill,
-                                   cut=self._cut())
+                                   cut=self._cut(), top_logprobs=job.top_logprobs)
         for piece in pieces:
             self._collect(block=False)  # queued clients that leave meanwhile end now
             self._drop_cancelled()
