@@ -175,3 +175,65 @@ def test_a_long_input_is_cut_to_the_context_by_default(running, tiny_model):
     rows = embed.embedding_rows(model, [ids])
     want = embed.gathered(model.pooling(rows), 1)[0]
     assert np.abs(np.array(r.json()["embeddings"][0]) - np.array(want)).max() < 1e-6
+
+
+def test_requests_waiting_together_are_pooled_in_one_batch(model, tiny_model):
+    """Embedding requests queued while the engine is busy run as one pooled batch (their
+    rows sorted together), rerank and other dimensions in their own; each client gets its
+    own vectors, equal to its request alone."""
+    import asyncio
+    import threading
+
+    from qwen_mlx.serve import Server
+    from qwen_mlx.engine.embed import embedding_rows
+
+    from .serving import Running, poll
+
+    server = Server(model, MODEL)
+    calls, release = [], threading.Event()
+    pooling = model.pooling
+
+    def recorded(rows, **kwargs):
+        calls.append((len(rows), kwargs))
+        return pooling(rows, **kwargs)
+
+    def hold():  # a compute job that keeps the engine busy until released
+        release.wait(60)
+        yield []
+
+    running = Running(server)
+    try:
+        server.model.pooling = recorded
+        held = threading.Thread(target=lambda: asyncio.run(server.worker.compute(hold)))
+        held.start()
+        poll(lambda: server.worker.computing is not None)
+        bodies = [{"model": MODEL, "input": TEXTS[:2]}, {"model": MODEL, "input": TEXTS[2]},
+                  {"model": MODEL, "input": "Hi", "dimensions": 16},
+                  {"model": MODEL, "input": ["x", "y", "z"]}]
+        answers = [None] * len(bodies)
+
+        def send(i):
+            answers[i] = httpx.post(f"{running.url}/v1/embeddings", json=bodies[i],
+                                    timeout=120).json()
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+        for t in threads:
+            t.start()
+        poll(lambda: server.worker.jobs.qsize() == len(bodies))  # queued behind the hold
+        release.set()
+        for t in threads + [held]:
+            t.join(120)
+        assert sorted(calls, key=str) == sorted([(6, {"dimensions": None, "rerank": False}),
+                                                 (1, {"dimensions": 16, "rerank": False})],
+                                                key=str)
+        for body, answer in zip(bodies, answers):
+            texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+            alone = tiny_model.embed(texts, dimensions=body.get("dimensions"))
+            got = np.array([d["embedding"] for d in answer["data"]])
+            assert np.abs(got - alone).max() < 1e-4
+            assert answer["usage"]["prompt_tokens"] == \
+                sum(map(len, embedding_rows(tiny_model, texts)))
+    finally:
+        del server.model.pooling
+        release.set()
+        running.stop()

@@ -62,8 +62,7 @@ async def run(server: Server, rows: list[list[int]], *, rerank: bool = False,
               dims: int | None = None) -> list:
     """The rows' embeddings or scores, in order, computed on the engine thread."""
     try:
-        out = await server.worker.compute(
-            lambda: server.model.pooling(rows, dimensions=dims, rerank=rerank))
+        out = await server.worker.pooled(rows, dimensions=dims, rerank=rerank)
     except Ended as e:
         raise RequestError(e.status, str(e), code=e.code) from None
     return embed.gathered([out], len(rows))

@@ -40,6 +40,7 @@ from ..engine.batch import Batch, batchable
 from ..engine.speculative_batch import SpeculativeBatch
 from ..model import Model
 from .kv_room import SLOTS, CachePool, default_parallel, kv_budget, kv_token_bytes
+from .computation import Computation, Pooled, take_group
 
 log = logging.getLogger("qwen_mlx")
 
@@ -75,6 +76,7 @@ class Job:
     top_logprobs: int | None = None
     kind: str = "generate"  # or "compute": ``work`` runs, a chunk per step; nothing generated
     work: Callable[[], Iterator[list]] | None = None  # a compute job's chunks (made when it starts)
+    pooled: Pooled | None = None  # or its embedding/rerank rows, run with others like them
     made: int = 0  # tokens generated so far
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -113,7 +115,7 @@ class Worker:
         # compute jobs (scoring, embedding, reranking), oldest first, beside ``waiting``
         self.to_compute: deque[Job] = deque()
         # the one running: its job, its chunks still to come, its results so far
-        self.computing: tuple[Job, Iterator[list], list] | None = None
+        self.computing: Computation | None = None
         self.queued: set[Job] = set()  # not yet started (in ``jobs`` or ``waiting``)
         self.running: dict[int, Job] = {}  # in the batch, by its sequence id
         self.speculating: dict[int, Job] = {}  # in the speculative batch, by its id
@@ -181,7 +183,7 @@ class Worker:
         failure = EngineFailure(f"internal error: {self.fault}")
         jobs = list(self.running.values()) + list(self.speculating.values()) + \
             ([self.admitting] if self.admitting else []) + \
-            ([self.computing[0]] if self.computing else [])
+            (self.computing.jobs if self.computing else [])
         self.computing = None
         self.running.clear()
         self.speculating.clear()
@@ -234,27 +236,29 @@ class Worker:
     def _compute(self) -> None:
         """One chunk of the oldest compute job per step, between the batch's steps (a
         scoring prefill, a batch of embeddings), so the streams decoding beside a long
-        evaluation or a large embedding request go on. Its result is one item: every
-        chunk's results in order."""
+        evaluation or a large embedding request go on; embedding and rerank jobs waiting
+        together run as one (:mod:`qwen_mlx.serve.computation`). Each job's result is one
+        item."""
         if self.computing is None:
             if not self.to_compute:
                 return
-            job = self.to_compute.popleft()
-            self.queued.discard(job)
-            self.computing = (job, job.work(), [])
-        job, chunks, done = self.computing
-        if job.cancelled.is_set() or self.stopping.is_set():  # a client gone, the grace over
-            self.computing = None
-            chunks.close()
-            return self._close(job, None if job.cancelled.is_set() else
-                               ShuttingDown("the server is shutting down"))
-        part = next(chunks, None)  # an exception here reaches _failed, which ends it
-        if part is not None:
-            done.extend(part)
+            jobs = take_group(self.to_compute)
+            self.queued.difference_update(jobs)
+            self.computing = Computation(self.model, jobs)
+        work = self.computing
+        if self.stopping.is_set() or all(j.cancelled.is_set() for j in work.jobs):
+            self.computing = None  # its clients gone, or the grace over
+            work.close()
+            for job in work.jobs:
+                self._close(job, None if job.cancelled.is_set() else
+                            ShuttingDown("the server is shutting down"))
+            return
+        if work.advance():  # an exception here reaches _failed, which ends its jobs
             return
         self.computing = None
-        job.put(done)
-        self._close(job, None)
+        for job, result in work.results():
+            job.put(result)
+            self._close(job, None)
 
     def _admit(self) -> None:
         """Start waiting jobs, oldest first, while there is room: at most ``parallel``
@@ -366,10 +370,20 @@ class Worker:
 
     async def compute(self, work: Callable[[], Iterator[list]]) -> list:
         """Run ``work`` on the engine thread, a chunk per step between the batch's steps;
-        every chunk's results in order (scores, embeddings)."""
+        every chunk's results in order (scores)."""
+        return await self._result(Job(None, asyncio.get_running_loop(), kind="compute",
+                                      work=work))
+
+    async def pooled(self, rows: list[list[int]], *, dimensions: int | None = None,
+                     rerank: bool = False) -> list:
+        """Embeddings (or rerank scores) of token rows as [(row index, result)], pooled on
+        the engine thread together with the other such requests waiting beside it."""
+        return await self._result(Job(None, asyncio.get_running_loop(), kind="compute",
+                                      pooled=Pooled(rows, dimensions, rerank)))
+
+    async def _result(self, job: Job) -> list:
         results: list = []
-        async for item in self._submit(Job(None, asyncio.get_running_loop(), kind="compute",
-                                           work=work)):
+        async for item in self._submit(job):
             results = item
         return results
 
