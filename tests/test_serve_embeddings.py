@@ -3,7 +3,7 @@ computation from mlx-lm's hidden states and logits, pooled and scored in numpy a
 Qwen3-Embedding and Qwen3-Reranker cards say, batched and one at a time, with an instruction
 and with ``dimensions``; served over OpenAI's /v1/embeddings (the ``openai`` client, float and
 base64), Ollama's /api/embed and /api/embeddings (the ``ollama`` client), LangChain's
-OpenAIEmbeddings, and /v1/rerank; bad input is a 400 naming the field."""
+OpenAIEmbeddings, litellm, and /v1/rerank; bad input is a 400 naming the field."""
 
 from __future__ import annotations
 
@@ -115,6 +115,20 @@ def test_the_openai_and_ollama_clients_get_the_same_vectors(running, tiny_model)
 
     chain = OllamaEmbeddings(model=MODEL, base_url=running.url)
     assert np.abs(np.array(chain.embed_query(TEXTS[0])) - want[0]).max() < 1e-6
+
+
+def test_litellm_gets_the_same_vectors(running, tiny_model, monkeypatch):
+    """litellm.embedding through its OpenAI-compatible provider, as proxies and RAG tools
+    call it (its model-price table read from the package, not fetched)."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    out = litellm.embedding(model=f"openai/{MODEL}", input=TEXTS, api_key="x",
+                            api_base=f"{running.url}/v1")
+    got = np.array([d["embedding"] for d in out.data])
+    assert np.abs(got - tiny_model.embed(TEXTS)).max() < 1e-6
+    assert out.usage.prompt_tokens == sum(len(tiny_model.encode(t, raw=True)) + 1
+                                          for t in TEXTS)
 
 
 def test_rerank_over_http(running, tiny_model):
