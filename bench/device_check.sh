@@ -9,8 +9,9 @@
 # Qwen3 of the same vocabulary; prompt lookup on a code edit that copies its input), and
 # write results JSON. About 20 minutes on a GPU, where the check also requires 8 concurrent
 # streams to reach >= 2.5x the sequential throughput, prompt lookup >= 1.5x plain decode,
-# the other APIs >= 0.97x chat completions, echo scoring >= 0.9x a prefill and the q4
-# model's load from the cache < 2 s (exit 1 otherwise).
+# the other APIs >= 0.97x chat completions, echo scoring >= 0.9x a prefill, the q4
+# model's load from the cache < 2 s and embedding batched >= 1.0x one input at a time
+# (256 x 128 and 16 x 4,096 tokens; exit 1 otherwise).
 #
 #   bash bench/device_check.sh [--quick] [--out DIR] [--python PY]
 #
@@ -50,10 +51,11 @@ fi
 
 if [ "$quick" = 1 ]; then
     shape=tiny lengths=64 depths=0,64 gen=8 reps=1 turns=3 tokens=32 served=16
-    parity="--clients 2 --tokens 4 --reps 1 --prompts 2 --prompt-tokens 16"
+    parity="--clients 2 --tokens 4 --reps 1 --prompts 2 --prompt-tokens 16" embeds=8x32,2x256
 else
     shape=4b lengths=512,2048 depths=0,2048 gen=128 reps=3 turns=10 tokens=200 served=64
     parity="--clients 8 --tokens 64 --reps 3 --prompts 64 --prompt-tokens 256"
+    embeds=256x128,16x4096
 fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/qwen-mlx-device.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -78,8 +80,11 @@ for how in "draft $work/draft" "lookup 4"; do
     "$python" -m qwen_mlx bench "$work/q4" --prompt-lengths 16 --depths 0 --gen-tokens "$gen" \
         -n "$reps" --warmup 1 "--$1" "$2" --json "$out/speculative_$1.json"
 done
+"$python" -m qwen_mlx bench "$work/q4" --embed --embed-sets "$embeds" -n "$reps" \
+    --json "$out/embed.json"
 echo "wrote $out/bench.json, $out/chat_turns.json, $out/serve_batching.json," \
-    "$out/api_parity.json, $out/speculative_draft.json and $out/speculative_lookup.json" >&2
+    "$out/api_parity.json, $out/speculative_draft.json, $out/speculative_lookup.json" \
+    "and $out/embed.json" >&2
 if [ "$backend" != cpu ]; then  # decode is bandwidth-bound on a GPU: batching must pay
     "$python" - "$out" <<'EOF'
 import json, sys
@@ -97,8 +102,12 @@ parity = json.load(open(f"{out}/api_parity.json"))
 print(f"APIs: /v1/responses at {parity['responses_over_chat']:.2f}x and /v1/messages at "
       f"{parity['messages_over_chat']:.2f}x chat completions (goal 0.97x); echo scoring at "
       f"{parity['echo_over_prefill']:.2f}x a prefill (goal 0.9x)", file=sys.stderr)
+embed = [s["batched_over_one_at_a_time"]
+         for s in json.load(open(f"{out}/embed.json"))["results"][0]["sets"]]
+print("embedding: batched at " + ", ".join(f"{r:.2f}x" for r in embed) +
+      " one input at a time (goal 1.0x)", file=sys.stderr)
 sys.exit(0 if ratio >= 2.5 and lookup["speedup"] >= 1.5 and load < 2.0 and
          min(parity["responses_over_chat"], parity["messages_over_chat"]) >= 0.97 and
-         parity["echo_over_prefill"] >= 0.9 else 1)
+         parity["echo_over_prefill"] >= 0.9 and min(embed) >= 1.0 else 1)
 EOF
 fi

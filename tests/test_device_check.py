@@ -1,9 +1,9 @@
 """bench/device_check.sh, the one command a GPU machine runs, at its --quick size on the CPU:
 it builds, converts, benchmarks against mlx-lm, times chat turns and serves 8 concurrent
-streams beside mlx_lm.server, compares the APIs, and runs speculative decoding (a draft,
-prompt lookup) against plain, writing six JSONs. Run as a user runs it: without
---python, so it makes its own virtual environment (.venv-device) with the [bench] extra
-(a fresh checkout's once lacked the serving benchmark's httpx)."""
+streams beside mlx_lm.server, compares the APIs, runs speculative decoding (a draft,
+prompt lookup) against plain and measures embedding, writing seven JSONs. Run as a user
+runs it: without --python, so it makes its own virtual environment (.venv-device) with the
+[bench] extra (a fresh checkout's once lacked the serving benchmark's httpx)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ def test_device_check_quick_writes_every_result(tmp_path):
     parity = json.loads((tmp_path / "api_parity.json").read_text())
     assert parity["script"] == "bench/api_parity.py" and parity["echo_over_prefill"] > 0
     assert set(parity["median_tokens_per_s"]) == {"chat", "responses", "messages"}
+    embedded = json.loads((tmp_path / "embed.json").read_text())
+    sets = embedded["results"][0]["sets"]
+    assert [(s["inputs"], s["tokens"]) for s in sets] == [(8, 32), (2, 256)]
+    assert all(s["memory"]["peak"] > 0 and s["memory"]["estimate"] for s in sets)
     for how in ("draft", "lookup"):
         spec = json.loads((tmp_path / f"speculative_{how}.json").read_text())
         run = spec["results"][0]["speculative"]
