@@ -39,7 +39,6 @@ from qwen_mlx.quant import allocate as mixed_bits
 from qwen_mlx.evaluate import quality
 from qwen_mlx.models.checkpoint import Checkpoint
 from qwen_mlx.quant.fitted import Fit
-from qwen_mlx.models.loader import load_weights
 from qwen_mlx.models.sizes import planned_bytes, write_order
 from qwen_mlx.quant.convert import convert
 from qwen_mlx.models.recipes import Recipe

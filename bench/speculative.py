@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from checkpoints import RESULTS, parser  # noqa: E402 - bench/ is run as a script folder
+from checkpoints import parser  # noqa: E402 - bench/ is run as a script folder
 from provenance import header  # noqa: E402
 
 PROMPT = ("Rename `total` to `subtotal` in this function and return it unchanged otherwise:\n"
