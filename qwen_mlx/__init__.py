@@ -51,10 +51,7 @@ def load(model: str | Path | None = None, *, recipe: str | Recipe = "q4",
     from .models import loader
     from .models.context import parse_context, rope_overrides
     from .engine import KVSpec
-    from dataclasses import replace
-
     from .engine.memory_plan import plan_for, weight_bytes_of_folder
-    from .engine.request import MAX_DRAFT_TOKENS
     from .model import Model
 
     recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
@@ -69,8 +66,6 @@ def load(model: str | Path | None = None, *, recipe: str | Recipe = "q4",
     plan = plan_for(config, weights=weight_bytes_of_folder(folder, compute_bytes),
                     compute_bytes=compute_bytes, kv=kv, prefill_step=prefill_step,
                     memory=memory, draft=draft.plan if draft is not None else None)
-    if draft is not None:  # a step verifies up to MAX_DRAFT_TOKENS proposals and one more
-        plan = replace(plan, verify_rows=MAX_DRAFT_TOKENS + 1)
     limit = wanted if wanted is not None else plan.largest_context()
     if not limit:  # not even the weights fit: refused (with the numbers) unless forced
         plan.check(plan.shape.positions, force)

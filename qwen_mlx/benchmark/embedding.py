@@ -25,9 +25,6 @@ import mlx.core as mx
 from ..model import Model
 from ..models.loader import param_bytes
 
-SETS = ((256, 128), (16, 4096))  # (inputs, tokens each): many short, a few long
-
-
 def parse_sets(text: str) -> list[tuple[int, int]]:
     """'256x128,16x4096' -> [(256, 128), (16, 4096)]; ValueError names the bad part."""
     sets = []
@@ -79,12 +76,12 @@ def measure_set(model: Model, count: int, tokens: int, reps: int, warmup: int,
             if way == "batched":
                 peak = max(peak, mx.get_peak_memory())
     rates = {way: statistics.median(s) for way, s in samples.items()}
-    estimate = None
+    per_forward = estimate = None
     if model.plan is not None:
-        chunk = min(count, model.plan.pooling_rows(tokens))
-        estimate = param_bytes(model.net) + model.plan.pooling_bytes(chunk, tokens)
-    return {"inputs": count, "tokens": tokens,
-            "rows_per_forward": model.plan.pooling_rows(tokens) if model.plan else None,
+        per_forward = model.plan.pooling_rows(tokens)
+        estimate = param_bytes(model.net) + model.plan.pooling_bytes(min(count, per_forward),
+                                                                     tokens)
+    return {"inputs": count, "tokens": tokens, "rows_per_forward": per_forward,
             "tokens_per_second": rates, "samples": samples,
             "batched_over_one_at_a_time": rates["batched"] / rates["one_at_a_time"],
             "memory": {"peak": peak, "estimate": estimate,

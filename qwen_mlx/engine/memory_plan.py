@@ -213,14 +213,18 @@ def plan_for(config: dict, *, weights: int, compute_bytes: int | None, kv: KVSpe
              parallel: int = 1, draft: "MemoryPlan | None" = None) -> MemoryPlan:
     """The plan on this machine (or for ``memory`` bytes of RAM) for a model with this
     config (overrides applied) whose weights take ``weights`` bytes once loaded, beside a
-    ``draft`` model (its own plan: its weights and KV per token are counted)."""
+    ``draft`` model (its own plan: its weights and KV per token are counted, and the logits
+    of a step verifying up to MAX_DRAFT_TOKENS proposals and one more)."""
     import mlx.core as mx
+
+    from .request import MAX_DRAFT_TOKENS
 
     return MemoryPlan(Shape.of(config), weights, this_machine(memory),
                       dtype_bytes=compute_bytes or 2, kv=kv, prefill_step=prefill_step,
                       fused_attention=mx.default_device().type == mx.DeviceType.gpu,
                       parallel=parallel, draft_weights=draft.weights if draft else 0,
-                      draft_kv_per_token=draft.kv_bytes_per_token() if draft else 0.0)
+                      draft_kv_per_token=draft.kv_bytes_per_token() if draft else 0.0,
+                      verify_rows=MAX_DRAFT_TOKENS + 1 if draft else 1)
 
 
 def context_option(tokens: int) -> str:

@@ -114,7 +114,7 @@ class Worker:
         self.waiting: deque[Job] = deque()
         # compute jobs (scoring, embedding, reranking), oldest first, beside ``waiting``
         self.to_compute: deque[Job] = deque()
-        # the one running: its job, its chunks still to come, its results so far
+        # the one running: its jobs, their chunks still to come, the results so far
         self.computing: Computation | None = None
         self.queued: set[Job] = set()  # not yet started (in ``jobs`` or ``waiting``)
         self.running: dict[int, Job] = {}  # in the batch, by its sequence id
