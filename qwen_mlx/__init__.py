@@ -32,7 +32,8 @@ def load(model: str | Path | None = None, *, recipe: str | Recipe = "q4",
          adapter: str | Path | None = None, dtype: str = "auto", convert=None,
          context: int | str | None = None, kv_bits: int | None = None, kv_group_size: int = 64,
          kv_start: int = 0, prefill_step: int = 512, memory: str | int | None = None,
-         force: bool = False, draft: "Model | None" = None) -> "Model":
+         force: bool = False, draft: "Model | None" = None, kv_disk: str | Path | None = None,
+         kv_disk_size: int | str | None = None) -> "Model":
     """Load a model by alias, hub repo id or folder; convert it into the cache if needed.
 
     ``dtype`` is the compute type: "auto" (float32 on the CPU backend, the stored type on
@@ -46,6 +47,9 @@ def load(model: str | Path | None = None, *, recipe: str | Recipe = "q4",
     head size; the first ``kv_start`` tokens stay full precision). ``memory`` plans for less
     RAM than the machine has ("12GB"). A ``draft`` model (loaded first, for speculative
     decoding) is counted in the plan: its weights, and its cache beside every cache.
+    ``kv_disk`` (a folder) keeps prompt caches there too, up to ``kv_disk_size`` bytes
+    ("32GB" by default), so a long prompt's head is read back instead of computed again, in
+    this process or the next (:mod:`qwen_mlx.engine.kv_disk`).
     """
     from .hub import resolver as hub
     from .models import loader
@@ -74,9 +78,12 @@ def load(model: str | Path | None = None, *, recipe: str | Recipe = "q4",
     adapter = None if adapter is None else Path(adapter)
     net, config = loader.load_weights(folder, adapter=adapter, dtype=dtype, overrides=overrides)
     tokenizer = loader.load_tokenizer(folder, spec.eos_ids)
-    return Model(net, tokenizer, config, folder, spec.eos_ids, adapter, kv=kv,
-                 context_limit=limit, prefill_step=prefill_step, plan=plan,
-                 defaults=spec.sampling_defaults())
+    out = Model(net, tokenizer, config, folder, spec.eos_ids, adapter, kv=kv,
+                context_limit=limit, prefill_step=prefill_step, plan=plan,
+                defaults=spec.sampling_defaults())
+    if kv_disk is not None:
+        out.keep_kv_on_disk(kv_disk, kv_disk_size)
+    return out
 
 
 def generate(prompt, model: "Model | str | None" = None, **kwargs) -> "Completion":

@@ -81,6 +81,7 @@ class Model:
         self._same_vocab: dict[int, bool] = {}
         self._draft_nets: dict[int, object] = {}
         self._draft_caches: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+        self.kv_disk = None  # a KVDisk once keep_kv_on_disk is called
 
     @property
     def context_length(self) -> int:
@@ -97,6 +98,17 @@ class Model:
         """A cache to pass to :meth:`stream` across calls, so shared prefixes are reused.
         It stores keys and values as the model's ``kv`` spec says (quantized or not)."""
         return PromptCache(self.net, self.kv)
+
+    def keep_kv_on_disk(self, folder: str | Path, size: int | str | None = None) -> None:
+        """Keep prompt caches in ``folder`` too, up to ``size`` bytes (every model's
+        together): :meth:`stream` then starts from the longest stored head of a prompt, and
+        writes the cache it made for itself when the reply ends."""
+        from .engine.kv_disk import DEFAULT_SIZE, KVDisk, model_key
+        from .units import parse_size
+
+        cap = DEFAULT_SIZE if size is None else \
+            parse_size(size, "a KV disk size") if isinstance(size, str) else int(size)
+        self.kv_disk = KVDisk(Path(folder), model_key(self), cap)
 
     def encode(self, prompt: Prompt, *, raw: bool = False, tools: list | None = None,
                enable_thinking: bool | None = None) -> list[int]:
@@ -280,8 +292,11 @@ class Model:
             req = prompt
         else:
             req = self.request(prompt, **request)
+        own = cache is None
         cache = self.new_cache() if cache is None else cache
-        return engine.stream(self.net, self.tokenizer, list(req.tokens),
+        if self.kv_disk is not None:
+            self.kv_disk.fill(cache, req.tokens)
+        pieces = engine.stream(self.net, self.tokenizer, list(req.tokens),
                              engine.make_sampler(req.params), max_tokens=req.params.max_tokens,
                              cache=cache, eos_ids=self.eos_ids, stop=req.stop,
                              on_prefill=on_prefill, processors=self.processors(req), cut=cut,
@@ -289,6 +304,7 @@ class Model:
                                                           top_logprobs),
                              params=req.params, top_logprobs=top_logprobs,
                              **self.chunking(prefill_step))
+        return _saved(pieces, cache, self.kv_disk) if own and self.kv_disk else pieces
 
     def speculation(self, settings: Speculative | None, cache: PromptCache,
                     top_logprobs: int | None = None):
@@ -473,6 +489,21 @@ def _answer(value) -> str:
         return value
     raise QwenMlxError(f"on_call must return True, False, 'yes', 'no' or 'always', not "
                        f"{value!r}")
+
+
+def _saved(pieces: Iterator[Piece], cache: PromptCache, disk) -> Iterator[Piece]:
+    """The pieces, then the cache handed to the disk tier: when the reply ended or the
+    caller stopped reading it, not after a failure (its layers may be half updated)."""
+    ended = False
+    try:
+        yield from pieces
+        ended = True
+    except GeneratorExit:
+        ended = True
+        raise
+    finally:
+        if ended:
+            disk.save(cache)
 
 
 def _template_problem(e: Exception) -> str:

@@ -77,6 +77,8 @@ def chat(model: str | None, system: str | None, think: bool | None, max_context:
                  allowed_tools=allowed_with(allowed_tools, toolbox),
                  max_tool_rounds=max_tool_rounds).run(
                 None if interactive else stdin.lines())
+        if llm.kv_disk is not None:  # the conversation's head, for the next chat to read
+            llm.kv_disk.save(session.cache, block=True)
     finally:
         if toolbox is not None:
             toolbox.close()

@@ -65,6 +65,13 @@ memory_options = stack_options(
                  show_default=True, help="Prompt tokens computed per chunk."),
     memory_option,
 )
+kv_disk_options = stack_options(
+    click.option("--kv-disk-size", metavar="SIZE", help="Most bytes of prompt caches kept on "
+                 "disk, every model's together (least recently used dropped first) [default: "
+                 "32GB]. They live in $QWEN_MLX_KV_DISK, or $QWEN_MLX_HOME/kv."),
+    click.option("--no-kv-disk", is_flag=True, help="Keep prompt caches in memory only: "
+                 "none read from disk, none written."),
+)
 force_option = click.option("--force", is_flag=True, help="Load even if the memory plan "
                             "says the context will not fit.")
 MEMORY_KEYS = ("context", "kv_bits", "kv_group_size", "kv_start", "prefill_step", "memory",
@@ -82,12 +89,30 @@ def memory_kwargs(options: dict) -> dict:
     """Pop the memory options out of a command's keyword arguments; KV options that would do
     nothing without --kv-bits are refused."""
     memory = {k: options.pop(k) for k in MEMORY_KEYS if k in options}
+    if "no_kv_disk" in options:  # a command that keeps prompt caches on disk
+        memory.update(kv_disk_kwargs(options.pop("no_kv_disk"), options.pop("kv_disk_size")))
     if memory.get("kv_bits") is None:
         for name in ("kv_start", "kv_group_size"):
             if name in memory and given(name):
                 raise QwenMlxError(f"--{name.replace('_', '-')} applies to a quantized KV "
                                    f"cache: add --kv-bits 8 or 4, or drop it")
     return memory
+
+
+def kv_disk_kwargs(off: bool, size: str | None) -> dict:
+    """load()'s disk tier arguments: on by default, in its folder, under its cap."""
+    from ..storage.home import kv_folder
+    from ..units import parse_size
+
+    if off:
+        if size is not None:
+            raise QwenMlxError("--kv-disk-size sizes the prompt caches on disk, which "
+                               "--no-kv-disk turns off: drop one")
+        return {}
+    out = {"kv_disk": kv_folder()}
+    if size is not None:
+        out["kv_disk_size"] = parse_size(size, "--kv-disk-size")
+    return out
 
 
 def check_recipe_applies(model: str | None, recipe: str) -> None:
@@ -131,4 +156,4 @@ speculative_options = stack_options(
 
 # Everything a command that loads a model and generates takes (generate, chat).
 generation_options = stack_options(sampling_options, stop_option, speculative_options,
-                                   load_options, memory_options, force_option)
+                                   load_options, memory_options, kv_disk_options, force_option)

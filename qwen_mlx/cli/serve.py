@@ -11,8 +11,8 @@ from ..errors import QwenMlxError
 from .console import PrefillBars, err, open_draft, open_model
 from .fleet import fleet_of, served_name, server_speculation
 from .models_file import read_models_file
-from .options import (MODEL_HELP, force_option, load_options, memory_kwargs, memory_options,
-                      speculative_options)
+from .options import (MODEL_HELP, force_option, kv_disk_options, load_options, memory_kwargs,
+                      memory_options, speculative_options)
 from ..tools.config import default_file
 from .tools import open_tools, page_tool_options, tool_servers
 
@@ -69,6 +69,7 @@ loaded on its first request and kept for --keep-alive (Ollama's way; /api/pull a
 @page_tool_options
 @load_options
 @memory_options
+@kv_disk_options
 @force_option
 def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, cache_slots: int,
           parallel: int | None, max_body: str, request_timeout: float | None,

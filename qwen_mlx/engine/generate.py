@@ -122,6 +122,7 @@ class Stats:
     prompt_tokens: int = 0
     prefill_tokens: int = 0  # prompt tokens computed now (the rest came from the cache)
     cached_tokens: int = 0
+    disk_tokens: int = 0  # of the cached tokens, those read from the disk tier
     generated_tokens: int = 0
     time_to_first_token: float = 0.0
     decode_seconds: float = 0.0
@@ -158,8 +159,11 @@ class Stats:
         speculated = (f", {self.acceptance_rate:.0%} of {self.draft_tokens} proposals kept, "
                       f"{self.tokens_per_forward:.2f} tokens per forward"
                       if self.target_forwards else "")
+        cached = f"{self.cached_tokens} cached" + (
+            f": {self.cached_tokens - self.disk_tokens} from memory, {self.disk_tokens} from "
+            f"disk" if self.disk_tokens else "")
         return (f"{self.prompt_tokens} prompt tokens ({self.prefill_tokens} prefilled, "
-                f"{self.cached_tokens} cached) at {self.prompt_tps:.1f} tok/s, "
+                f"{cached}) at {self.prompt_tps:.1f} tok/s, "
                 f"{self.generated_tokens} generated at {self.generation_tps:.1f} tok/s, first "
                 f"token {self.time_to_first_token * 1000:.0f} ms, peak memory "
                 f"{self.peak_memory / 1e9:.2f} GB{speculated} ({self.finish_reason})")
@@ -230,9 +234,11 @@ class Reply:
     """
 
     def __init__(self, tokenizer, *, prompt_tokens: int, cached_tokens: int,
-                 eos_ids: Iterable[int] = (), stop: Iterable[str] = ()) -> None:
+                 disk_tokens: int = 0, eos_ids: Iterable[int] = (),
+                 stop: Iterable[str] = ()) -> None:
         self.stats = Stats(prompt_tokens=prompt_tokens, prefill_tokens=prompt_tokens - cached_tokens,
-                           cached_tokens=cached_tokens, finish_reason="length")
+                           cached_tokens=cached_tokens, disk_tokens=disk_tokens,
+                           finish_reason="length")
         self.eos = set(eos_ids)
         self.stops = StopStrings(stop)
         self.detok = seam.detokenizer(tokenizer)
@@ -300,7 +306,7 @@ def stream(model, tokenizer, prompt: list[int], sampler: Sampler, *, max_tokens:
     todo = cache.reuse(prompt)
     mx.reset_peak_memory()  # the stats report this reply's own peak
     reply = Reply(tokenizer, prompt_tokens=len(prompt), cached_tokens=len(prompt) - len(todo),
-                  eos_ids=eos_ids, stop=stop)
+                  disk_tokens=cache.disk_hit, eos_ids=eos_ids, stop=stop)
     history = prompt[:len(prompt) - len(todo)]
     if speculation is None:
         scored = None if top_logprobs is None else deque()

@@ -34,12 +34,15 @@ class PromptCache:
         self.spec = spec
         self.layers = make_cache(model, spec)
         self.tokens: list[int] = []
+        self.from_disk = 0  # tokens just loaded from the disk tier (engine.kv_disk)
+        self.disk_hit = 0  # of the tokens the last reuse kept, those that came from disk
 
     @classmethod
     def holding(cls, spec: KVSpec, layers: list, tokens: list[int]) -> "PromptCache":
         """A cache around layers that already hold ``tokens`` (handed back by a batch)."""
         cache = cls.__new__(cls)
         cache.spec, cache.layers, cache.tokens = spec, layers, tokens
+        cache.from_disk = cache.disk_hit = 0
         return cache
 
     def __len__(self) -> int:
@@ -94,6 +97,7 @@ class PromptCache:
         """
         common = min(common_prefix(self.tokens, prompt), len(prompt) - 1)
         self.trim(common)
+        self.disk_hit, self.from_disk = min(self.from_disk, common), 0
         return prompt[common:]
 
 

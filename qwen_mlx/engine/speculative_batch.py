@@ -80,7 +80,8 @@ class SpeculativeBatch:
                                 max_tokens=request.params.max_tokens,
                                 processors=self.model.processors(request))
         reply = Reply(self.model.tokenizer, prompt_tokens=len(prompt),
-                      cached_tokens=len(prompt) - len(todo), eos_ids=self.model.eos_ids,
+                      cached_tokens=len(prompt) - len(todo), disk_tokens=cache.disk_hit,
+                      eos_ids=self.model.eos_ids,
                       stop=request.stop)
         reply.peak = 0  # this request's own peak, from the steps it is part of
         draft = speculation.draft_cache

@@ -43,4 +43,7 @@ def run(server: Server, host: str = "127.0.0.1", port: int = 11434, *,
             sys.stderr.flush()
             os._exit(1)
         server.worker.pool.caches.clear()
+        from ..engine.kv_disk import finish_writes
+
+        finish_writes()  # the caches the engines handed to the disk tier
         gc.collect()  # here, not in whichever thread collects while the interpreter exits

@@ -25,7 +25,11 @@ class CachePool:
     """Up to ``slots`` prompt caches, most recently used first, holding together no more
     than ``budget`` bytes, measured (the least recently used are dropped first). A cache is
     moved out for a request and back after it, never copied (mlx-lm's LRUPromptCache copies
-    the cache it hands out, which would hold a conversation twice during its request)."""
+    the cache it hands out, which would hold a conversation twice during its request).
+
+    With the model's disk tier (:mod:`qwen_mlx.engine.kv_disk`), a cache that leaves the pool
+    is handed to it, and a request whose head is on disk beyond what any kept cache shares
+    starts from the disk's copy."""
 
     def __init__(self, model: Model, slots: int, budget: int) -> None:
         self.model, self.slots, self.budget = model, slots, budget
@@ -43,6 +47,11 @@ class CachePool:
         first tokens), so that conversation's cache stays for its next turn."""
         shared = [(common_prefix(c.tokens, tokens), c) for c in self.caches]
         common, best = max(shared, key=lambda pair: pair[0], default=(0, None))
+        disk = getattr(self.model, "kv_disk", None)
+        if disk is not None:
+            cache = self.model.new_cache()
+            if disk.fill(cache, tokens, have=common):
+                return cache
         if common == 0:
             return self.model.new_cache()
         if 2 * common < len(best.tokens):
@@ -51,13 +60,29 @@ class CachePool:
         return best
 
     def give_back(self, cache: PromptCache) -> None:
-        self.caches = [cache, *self.caches][:self.slots]
+        self.caches.insert(0, cache)
+        while len(self.caches) > self.slots:
+            self._leave(self.caches.pop())
         self.shrink(self.budget)
 
     def shrink(self, nbytes: int) -> None:
         """Drop the least recently used caches until the rest hold at most ``nbytes``."""
         while self.caches and self.nbytes > nbytes:
-            self.caches.pop()
+            self._leave(self.caches.pop())
+
+    def spill(self) -> None:
+        """Empty the pool, every cache handed to the disk tier (a clean shutdown): the
+        engine waits for room in the writer's queue rather than skip one."""
+        disk = getattr(self.model, "kv_disk", None)
+        for cache in self.caches:
+            if disk is not None:
+                disk.save(cache, block=True)
+        self.caches.clear()
+
+    def _leave(self, cache: PromptCache) -> None:
+        disk = getattr(self.model, "kv_disk", None)
+        if disk is not None:
+            disk.save(cache)
 
 
 def kv_budget(model: Model, parallel: int) -> int:

@@ -105,10 +105,16 @@ def options(body: dict) -> tuple[dict, list[str], int | None]:
 
 
 def final(server: Server, stats, started: float, **fields) -> dict:
+    """The last record: Ollama's counts (``prompt_eval_count`` is the whole prompt, as in
+    Ollama; ``prompt_eval_cached_count`` the part that was cached, when any was), and ours:
+    of those, the tokens read from the disk tier, when any were."""
+    cached = {"prompt_eval_cached_count": stats.cached_tokens} if stats.cached_tokens else {}
+    if stats.disk_tokens:
+        cached["prompt_eval_disk_cached_count"] = stats.disk_tokens
     return {"model": server.model_id, "created_at": now(), **fields, "done": True,
             "done_reason": stats.finish_reason,
             "total_duration": int((time.perf_counter() - started) * 1e9), "load_duration": 0,
-            "prompt_eval_count": stats.prompt_tokens,
+            "prompt_eval_count": stats.prompt_tokens, **cached,
             "prompt_eval_duration": int(stats.time_to_first_token * 1e9),
             "eval_count": stats.generated_tokens,
             "eval_duration": int(stats.decode_seconds * 1e9), **usage_record(stats)}

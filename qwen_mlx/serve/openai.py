@@ -110,11 +110,14 @@ def thinking(body: dict) -> bool | None:
 
 
 def usage(stats) -> dict:
-    """OpenAI's usage, and ours for a reply that speculated (``speculative``)."""
+    """OpenAI's usage, and ours: of the cached tokens, those read from the disk tier
+    (``disk_cached_tokens``, when any were), and a speculating reply's ``speculative``."""
+    details = {"cached_tokens": stats.cached_tokens}
+    if stats.disk_tokens:
+        details["disk_cached_tokens"] = stats.disk_tokens
     return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.generated_tokens,
             "total_tokens": stats.prompt_tokens + stats.generated_tokens,
-            "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
-            **usage_record(stats)}
+            "prompt_tokens_details": details, **usage_record(stats)}
 
 
 def openai_calls(server: Server, calls: list[dict]) -> list[dict]:

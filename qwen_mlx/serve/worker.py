@@ -159,6 +159,7 @@ class Worker:
                 self._failed(e)
         if self.batch is not None:
             self.batch.close()
+        self.pool.spill()  # a clean end: the kept caches go to the disk tier, if any
 
     def _step(self) -> None:
         self._collect(block=not (self.running or self.speculating or self.waiting or
