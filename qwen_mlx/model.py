@@ -304,7 +304,7 @@ class Model:
                                                           top_logprobs),
                              params=req.params, top_logprobs=top_logprobs,
                              **self.chunking(prefill_step))
-        return _saved(pieces, cache, self.kv_disk) if own and self.kv_disk else pieces
+        return self.kv_disk.saving(pieces, cache) if own and self.kv_disk else pieces
 
     def speculation(self, settings: Speculative | None, cache: PromptCache,
                     top_logprobs: int | None = None):
@@ -489,21 +489,6 @@ def _answer(value) -> str:
         return value
     raise QwenMlxError(f"on_call must return True, False, 'yes', 'no' or 'always', not "
                        f"{value!r}")
-
-
-def _saved(pieces: Iterator[Piece], cache: PromptCache, disk) -> Iterator[Piece]:
-    """The pieces, then the cache handed to the disk tier: when the reply ended or the
-    caller stopped reading it, not after a failure (its layers may be half updated)."""
-    ended = False
-    try:
-        yield from pieces
-        ended = True
-    except GeneratorExit:
-        ended = True
-        raise
-    finally:
-        if ended:
-            disk.save(cache)
 
 
 def _template_problem(e: Exception) -> str:

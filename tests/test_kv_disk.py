@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from qwen_mlx import load
-from qwen_mlx.engine import kv_disk
-from qwen_mlx.engine.kv_disk import BLOCK, KVDisk, finish_writes
+from qwen_mlx.engine import kv_blocks, kv_disk
+from qwen_mlx.engine.kv_disk import BLOCK, finish_writes
 
 REPLY = 6
 
@@ -138,7 +138,7 @@ def test_a_full_disk_stops_writing_with_one_line(tiny_q4_f32, folder, caplog, mo
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")  # what a full volume's write raises
-    monkeypatch.setattr(KVDisk, "_write_block", full)
+    monkeypatch.setattr(kv_blocks, "write", full)
     with caplog.at_level(logging.WARNING, logger="qwen_mlx"):
         reply(model, prompt_of(1300))
         finish_writes()
@@ -236,3 +236,33 @@ def test_kv_disk_options_are_checked(tiny_q4_f32):
             (["--kv-disk-size", "lots"], "cannot read 'lots' as --kv-disk-size")):
         out = CliRunner().invoke(main, ["generate", str(tiny_q4_f32), "-p", "hi", *args])
         assert out.exit_code != 0 and message in out.output, out.output
+
+
+def test_two_processes_writing_the_same_blocks_leave_them_whole(tiny_q4_f32, tmp_path,
+                                                                 caplog):
+    """Two `generate` processes on one folder, the same document at the same time: every
+    block each writes is renamed into place whole, and a third reads them all."""
+    import os
+    import subprocess
+    import sys
+
+    from qwen_mlx.engine.documents import with_document
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text(" ".join(random.Random(6).choice(["alpha", "beta", "gamma", "delta"])
+                            for _ in range(1500)))
+    folder = tmp_path / "shared-kv"
+    env = {**os.environ, "QWEN_MLX_KV_DISK": str(folder)}
+    procs = [subprocess.Popen([sys.executable, "-m", "qwen_mlx", "generate", str(tiny_q4_f32),
+                               "--file", str(doc), "-p", "Sum up.", "--max-tokens", "4",
+                               "--temp", "0", "-q"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(300) == 0, proc.stderr.read()
+    assert [p.name for p in folder.glob("*/.*")] == []  # no temporary left behind
+    model = fresh(tiny_q4_f32, folder)
+    prompt = model.encode(with_document(doc, "Sum up."))
+    with caplog.at_level(logging.WARNING, logger="qwen_mlx"):
+        _, stats = reply(model, prompt)
+    assert stats.disk_tokens == (len(prompt) - 1) // BLOCK * BLOCK >= 1024
+    assert not [r for r in caplog.records if "KV on disk" in r.getMessage()]

@@ -27,20 +27,16 @@ import errno
 import hashlib
 import json
 import logging
-import mmap
 import os
 import queue
-import struct
 import threading
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
-import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import QuantizedKVCache
 
+from . import kv_blocks
 from ..models import provenance
 from ..storage import leftovers
 from .prompt_cache import PromptCache, common_prefix
@@ -48,15 +44,11 @@ from .prompt_cache import PromptCache, common_prefix
 BLOCK = 256  # tokens per file: a prompt shares a stored head in whole blocks
 MIN_TOKENS = 4 * BLOCK  # shorter caches are quick to prefill again: not written
 DEFAULT_SIZE = 32 * 10**9  # the root's cap, every tier together
-MAGIC = b"QMLXKV\x00\x01"
-FORMAT = 1
 SUFFIX = ".kv"
 # Caches queued for the writer beside the one it writes; a save past that is skipped (and
 # counted). A handed-over cache keeps its memory until it is written, so this bounds what
 # the tier holds beyond the memory plan's budget: two caches.
 PENDING = 1
-# How each cached dtype is stored: numpy has no bfloat16, so its bits go as uint16.
-STORED = {"bfloat16": "<u2", "float16": "<f2", "float32": "<f4", "uint32": "<u4"}
 
 log = logging.getLogger("qwen_mlx")
 _open: "weakref.WeakSet[KVDisk]" = weakref.WeakSet()
@@ -64,7 +56,7 @@ _open: "weakref.WeakSet[KVDisk]" = weakref.WeakSet()
 
 def tier_key(facts: dict) -> str:
     """The hex key of everything that changes a cache's numbers (see the module's doc)."""
-    text = json.dumps({"format": FORMAT, **facts}, sort_keys=True, default=str)
+    text = json.dumps({"format": kv_blocks.FORMAT, **facts}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -96,32 +88,6 @@ def block_keys(tier: str, tokens: Sequence[int]) -> list[str]:
         previous = h.digest()
         keys.append(h.hexdigest())
     return keys
-
-
-def _parts(layer) -> tuple:
-    """A layer's caches: itself, or the full-precision head and quantized tail of a
-    prefix cache (:class:`~qwen_mlx.engine.kv_cache.PrefixQuantizedKVCache`)."""
-    return tuple(getattr(layer, "caches", None) or (layer,))
-
-
-def _arrays(part) -> list[mx.array]:
-    """A part's keys then values: two arrays, or two (packed, scales, biases) triples."""
-    flat = lambda x: list(x) if isinstance(x, tuple) else [x]
-    return flat(part.keys) + flat(part.values)
-
-
-@dataclass
-class _Snapshot:
-    """What the writer needs of a cache the engine no longer uses: its tokens (whole
-    blocks) and, per layer and part, the positions it holds and its arrays (bfloat16 seen
-    as uint16, all evaluated: the writer thread only reads their memory)."""
-
-    tokens: list[int]
-    layers: list[list[tuple[int, list[mx.array], list[str]]]]
-
-
-class Corrupt(Exception):
-    """A block file that must not be loaded (the message says why)."""
 
 
 class KVDisk:
@@ -166,16 +132,18 @@ class KVDisk:
         its checks is deleted, and the blocks before it are used."""
         prompt = list(prompt)
         have = common_prefix(cache.tokens, prompt) if have is None else have
+        if have >= (len(prompt) - 1) // BLOCK * BLOCK:
+            return 0  # memory holds every block the disk could (no hashing, no lookups)
         n = self.stored(prompt)
         if n <= have:
             return 0
-        expected = [[len(_arrays(part)) if part.keys is not None else _fresh_count(part)
-                     for part in _parts(layer)] for layer in cache.layers]
+        expected = kv_blocks.expected_layout(cache)
         blocks = []
         for i, key in enumerate(block_keys(self.key, prompt[:n])):
             try:
-                blocks.append(self._read(key, prompt[i * BLOCK:(i + 1) * BLOCK], expected))
-            except Corrupt as e:
+                blocks.append(kv_blocks.read(self.path(key), {"tier": self.key, "block": key},
+                                             prompt[i * BLOCK:(i + 1) * BLOCK], expected))
+            except kv_blocks.Corrupt as e:
                 self._drop(self.path(key), str(e))
                 break
             except FileNotFoundError:  # evicted meanwhile (by another server on the folder)
@@ -183,77 +151,12 @@ class KVDisk:
         n = len(blocks) * BLOCK
         if n <= have:
             return 0
-        self._assemble(cache, blocks)
+        kv_blocks.assemble(cache, blocks)
         cache.tokens, cache.from_disk = prompt[:n], n
         self.loaded += len(blocks)
         for key in block_keys(self.key, prompt[:n]):  # recently used: dropped last
             _touch(self.path(key))
         return n
-
-    def _read(self, key: str, tokens: list[int], expected: list[list[int]]) -> list:
-        """A block's arrays as numpy views of the mapped file, per layer and part, after
-        every check."""
-        path = self.path(key)
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < len(MAGIC) + 4:
-                raise Corrupt("truncated")
-            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        if data[:len(MAGIC)] != MAGIC:
-            raise Corrupt("not a qwen-mlx KV block")
-        (length,) = struct.unpack("<I", data[len(MAGIC):len(MAGIC) + 4])
-        start = len(MAGIC) + 4 + length
-        try:
-            header = json.loads(data[len(MAGIC) + 4:start])
-            arrays = header["arrays"]
-            if (header["format"], header["tier"], header["block"]) != (FORMAT, self.key, key):
-                raise Corrupt("made for another model, KV setting or block")
-            if header["tokens"] != tokens:
-                raise Corrupt("holds other tokens")
-            nbytes = [int(np.prod(shape)) * np.dtype(STORED[dtype]).itemsize
-                      for _, _, dtype, shape in arrays]
-        except (ValueError, KeyError, TypeError) as e:
-            raise Corrupt(f"unreadable header ({type(e).__name__})") from None
-        if start + sum(nbytes) != size:
-            raise Corrupt("truncated" if start + sum(nbytes) > size else "has extra bytes")
-        if hashlib.sha256(memoryview(data)[start:]).hexdigest() != header.get("sha256"):
-            raise Corrupt("checksum mismatch")
-        out = [[[] for _ in parts] for parts in expected]
-        offset = start
-        for (layer, part, dtype, shape), count in zip(arrays, nbytes):
-            view = np.frombuffer(data, STORED[dtype], count // np.dtype(STORED[dtype]).itemsize,
-                                 offset).reshape(shape)
-            try:
-                out[layer][part].append((dtype, view))
-            except (IndexError, TypeError):
-                raise Corrupt("has another layout") from None
-            offset += count
-        for parts, counts in zip(out, expected):
-            if any(len(got) not in (0, n) for got, n in zip(parts, counts)):
-                raise Corrupt("has another layout")
-        return out
-
-    def _assemble(self, cache: PromptCache, blocks: list) -> None:
-        """Set each layer's parts to the blocks' arrays joined along the positions."""
-        for i, layer in enumerate(cache.layers):
-            for j, part in enumerate(_parts(layer)):
-                pieces = [block[i][j] for block in blocks if block[i][j]]
-                if not pieces:
-                    part.keys = part.values = None
-                    part.offset = 0
-                    continue
-                joined = []
-                for k, (dtype, _) in enumerate(pieces[0]):
-                    host = np.concatenate([p[k][1] for p in pieces], axis=2)
-                    joined.append(mx.array(host).view(getattr(mx, dtype)))
-                half = len(joined) // 2
-                if isinstance(part, QuantizedKVCache):
-                    part.keys, part.values = tuple(joined[:half]), tuple(joined[half:])
-                else:
-                    part.keys, part.values = joined
-                part.offset = joined[0].shape[2]
-        mx.eval([_arrays(p) for layer in cache.layers for p in _parts(layer)
-                 if p.keys is not None])
 
     def _drop(self, path: Path, why: str) -> None:
         log.warning("KV on disk: deleted %s: %s; its tokens are computed again", path.name,
@@ -274,19 +177,9 @@ class KVDisk:
         n = min(len(cache.tokens), cache.offset) // BLOCK * BLOCK
         if self.off is not None or n < MIN_TOKENS:
             return False
-        layers = []
-        for layer in cache.layers:
-            parts = []
-            for part in _parts(layer):
-                arrays = _arrays(part) if part.keys is not None else []
-                if any(str(a.dtype).split(".")[-1] not in STORED for a in arrays):
-                    return False  # a type this format does not store
-                parts.append((part.offset, [a.view(mx.uint16) if a.dtype == mx.bfloat16
-                                            else a for a in arrays],
-                              [str(a.dtype).split(".")[-1] for a in arrays]))
-            layers.append(parts)
-        mx.eval([a for parts in layers for _, arrays, _ in parts for a in arrays])
-        snapshot = _Snapshot(list(cache.tokens[:n]), layers)
+        snapshot = kv_blocks.snapshot(cache, n)
+        if snapshot is None:
+            return False  # a type the format does not store
         self._start()
         try:
             self._queue.put(snapshot, block=block)
@@ -294,6 +187,21 @@ class KVDisk:
             self.skipped += 1
             return False
         return True
+
+    def saving(self, pieces: Iterator, cache: PromptCache) -> Iterator:
+        """``pieces`` (a reply streamed into ``cache``), then ``cache`` handed over: when
+        the reply ended or its reader stopped, not after a failure (its layers may be half
+        updated)."""
+        ended = False
+        try:
+            yield from pieces
+            ended = True
+        except GeneratorExit:
+            ended = True
+            raise
+        finally:
+            if ended:
+                self.save(cache)
 
     def flush(self) -> None:
         """Wait until every handed-over cache is written."""
@@ -326,7 +234,7 @@ class KVDisk:
             finally:
                 self._queue.task_done()
 
-    def _write(self, snapshot: _Snapshot) -> None:
+    def _write(self, snapshot: kv_blocks.Snapshot) -> None:
         hosts = [[(offset, [np.asarray(a) for a in arrays], dtypes)
                   for offset, arrays, dtypes in parts] for parts in snapshot.layers]
         keys = block_keys(self.key, snapshot.tokens)
@@ -335,9 +243,13 @@ class KVDisk:
             if path.is_file():
                 _touch(path)
                 continue
+            # this process's and thread's own temporary (two tiers of one model may write the
+            # same block at once); another run's leftover is cleaned by the folder's next tier
+            tmp = leftovers.temp_file(path.with_name(
+                f"{path.stem}-{threading.get_ident()}{path.suffix}"))
             try:
-                self._write_block(path, key, i, snapshot.tokens[i * BLOCK:(i + 1) * BLOCK],
-                                  hosts)
+                kv_blocks.write(path, tmp, {"tier": self.key, "block": key}, i,
+                                snapshot.tokens[i * BLOCK:(i + 1) * BLOCK], hosts, BLOCK)
             except OSError as e:
                 full = e.errno in (errno.ENOSPC, errno.EDQUOT)
                 self._stop_writing("the disk is full" if full else
@@ -346,41 +258,13 @@ class KVDisk:
             self.written += 1
         self._keep_under_cap()
 
-    def _write_block(self, path: Path, key: str, index: int, tokens: list[int],
-                     hosts: list) -> None:
-        lo, hi = index * BLOCK, (index + 1) * BLOCK
-        arrays, chunks, digest = [], [], hashlib.sha256()
-        for i, parts in enumerate(hosts):
-            start = 0  # the first position this part holds
-            for j, (offset, host, dtypes) in enumerate(parts):
-                a, b = max(lo, start) - start, min(hi, start + offset) - start
-                start += offset
-                if b <= a:
-                    continue
-                for x, dtype in zip(host, dtypes):
-                    chunk = np.ascontiguousarray(x[..., a:b, :])
-                    arrays.append([i, j, dtype, list(chunk.shape)])
-                    chunks.append(chunk)
-                    digest.update(chunk.data)
-        header = json.dumps({"format": FORMAT, "tier": self.key, "block": key,
-                             "index": index, "tokens": tokens, "arrays": arrays,
-                             "sha256": digest.hexdigest()}).encode()
-        tmp = leftovers.temp_file(path)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(MAGIC + struct.pack("<I", len(header)) + header)
-                for chunk in chunks:
-                    f.write(chunk.data)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
     def _keep_under_cap(self) -> None:
         """Drop the least recently used block files under the root (every tier's) until
         they hold at most ``cap`` bytes."""
         files = []
         for path in self.root.glob(f"*/*{SUFFIX}"):
+            if path.name.startswith("."):
+                continue  # a block being written (by this process or another)
             try:
                 st = path.stat()
             except OSError:
@@ -401,11 +285,6 @@ class KVDisk:
             self.off = why
             log.warning("KV on disk: writing stopped: %s (%s); serving goes on", why,
                         self.folder)
-
-
-def _fresh_count(part) -> int:
-    """Arrays an empty part would hold: two, or two triples when quantized."""
-    return 6 if isinstance(part, QuantizedKVCache) else 2
 
 
 def _touch(path: Path) -> None:
