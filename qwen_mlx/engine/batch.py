@@ -39,10 +39,12 @@ Progress = Callable[[int, int], None]
 
 
 def batchable(model) -> bool:
-    """Whether this model's caches can join a batch: full-precision KV only. (Asking the
-    caches for ``merge`` is not enough: the prefix-quantized cache inherits one from
-    mlx-lm's CacheList that BatchGenerator cannot use.)"""
-    return model.kv.bits is None
+    """Whether this model's caches can join a batch: full precision, or quantized from the
+    first token (:mod:`qwen_mlx.engine.quantized_batch`). Not with ``--kv-start``: its rows
+    would split full precision from quantized at different columns. (Asking the caches for
+    ``merge`` is not enough: the prefix-quantized cache inherits one from mlx-lm's CacheList
+    that BatchGenerator cannot use.)"""
+    return model.kv.bits is None or model.kv.start == 0
 
 
 @dataclass

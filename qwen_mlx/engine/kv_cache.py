@@ -17,6 +17,7 @@ from mlx_lm.models.cache import CacheList, KVCache, QuantizedKVCache, make_promp
 
 from ..errors import QwenMlxError
 from ..models import mlx_lm_seam as seam
+from .quantized_batch import QuantizedCache
 
 KV_BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)  # what mx.quantize supports
@@ -59,8 +60,8 @@ def make_cache(model, spec: KVSpec) -> list:
     if spec.bits is None:
         return make_prompt_cache(model)
     n = len(model.layers)
-    if spec.start == 0:
-        return [QuantizedKVCache(spec.group_size, spec.bits) for _ in range(n)]
+    if spec.start == 0:  # able to join the continuous batch
+        return [QuantizedCache(spec.group_size, spec.bits) for _ in range(n)]
     return [PrefixQuantizedKVCache(spec.start, spec.group_size, spec.bits) for _ in range(n)]
 
 
@@ -153,9 +154,18 @@ class PrefixQuantizedKVCache(CacheList):
 
 
 def savable(layers: list) -> list:
-    """Caches mlx-lm's save_prompt_cache can write (and its load_prompt_cache read back)."""
-    return [CacheList(*c.caches) if isinstance(c, PrefixQuantizedKVCache) else c
-            for c in layers]
+    """Caches mlx-lm's save_prompt_cache can write (and its load_prompt_cache read back):
+    it stores each by its class name, so ours are saved as the mlx-lm classes they extend."""
+    out = []
+    for c in layers:
+        if isinstance(c, PrefixQuantizedKVCache):
+            c = CacheList(*c.caches)
+        elif isinstance(c, QuantizedCache):
+            plain = QuantizedKVCache(c.group_size, c.bits)
+            plain.keys, plain.values, plain.offset = c.keys, c.values, c.offset
+            c = plain
+        out.append(c)
+    return out
 
 
 def restore(layers: list, spec: KVSpec) -> list:
@@ -165,6 +175,10 @@ def restore(layers: list, spec: KVSpec) -> list:
         if isinstance(layer, CacheList) and spec.bits and spec.start:
             cache = PrefixQuantizedKVCache(spec.start, spec.group_size, spec.bits)
             cache.caches = tuple(layer.caches)
+            layer = cache
+        elif type(layer) is QuantizedKVCache:
+            cache = QuantizedCache(layer.group_size, layer.bits)
+            cache.keys, cache.values, cache.offset = layer.keys, layer.values, layer.offset
             layer = cache
         out.append(layer)
     return out

@@ -33,7 +33,7 @@ class RaggedRows:
 
     def join(self, uid: int, layers: list) -> None:
         """Add a sequence's own per-layer caches as a new row (copied in: drop them)."""
-        merged = [BatchKVCache.merge([layer]) for layer in layers]
+        merged = [layer.merge([layer]) for layer in layers]  # full precision or quantized
         if self.layers is None:
             self.layers = merged
         else:
