@@ -51,9 +51,13 @@ def test_a_new_load_reads_the_head_from_disk_and_replies_the_same(tiny_q4_f32, f
     finish_writes()
     # prompt and reply (the last token is never fed back): 1,305 tokens, five whole blocks
     assert len(blocks(folder)) == 5
-    again, stats = reply(fresh(tiny_q4_f32, folder), prompt)
+    model = fresh(tiny_q4_f32, folder)
+    cache = model.new_cache()
+    again, stats = reply(model, prompt, cache)
     assert again == first
     assert (stats.cached_tokens, stats.disk_tokens, stats.prefill_tokens) == (1280, 1280, 20)
+    # the first token's time counts the read, as the user waited for it
+    assert 0 < cache.disk_seconds < stats.time_to_first_token
     assert "1280 cached: 0 from memory, 1280 from disk" in stats.summary()
 
 
@@ -173,6 +177,7 @@ def test_a_restarted_server_reads_the_head_from_disk(tiny_q4_f32):
             answers.append(client.chat.completions.create(
                 model=tiny_q4_f32.name, messages=messages, max_tokens=6, temperature=0))
             if run:
+                counts = httpx.get(f"http://127.0.0.1:{port}/health").json()["kv_disk"]
                 ollama = httpx.post(f"http://127.0.0.1:{port}/api/chat", json={
                     "model": tiny_q4_f32.name, "messages": messages, "stream": False,
                     "options": {"temperature": 0, "num_predict": 6}}, timeout=120).json()
@@ -187,6 +192,8 @@ def test_a_restarted_server_reads_the_head_from_disk(tiny_q4_f32):
     details = second.usage.prompt_tokens_details
     assert (details.cached_tokens, details.model_extra) == (
         whole, {"disk_cached_tokens": whole})
+    assert counts == {"blocks_loaded": whole // BLOCK, "blocks_written": 0,
+                      "blocks_deleted": 0, "saves_skipped": 0, "writing": True}
     # the same conversation again: its cache is in memory now, and all but one token kept
     assert (ollama["prompt_eval_count"], ollama["prompt_eval_cached_count"]) == (
         prompt, prompt - 1)
@@ -266,3 +273,26 @@ def test_two_processes_writing_the_same_blocks_leave_them_whole(tiny_q4_f32, tmp
         _, stats = reply(model, prompt)
     assert stats.disk_tokens == (len(prompt) - 1) // BLOCK * BLOCK >= 1024
     assert not [r for r in caplog.records if "KV on disk" in r.getMessage()]
+
+
+def test_a_new_chat_reads_the_file_an_earlier_chat_sent(tiny_q4_f32, tmp_path):
+    """`chat` hands its conversation to the disk tier when it ends; the next chat that sends
+    the same file prefills only what follows its last whole block."""
+    import os
+    import subprocess
+    import sys
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text(" ".join(random.Random(7).choice(["north", "south", "east", "west"])
+                            for _ in range(1500)))
+    env = {**os.environ, "QWEN_MLX_KV_DISK": str(tmp_path / "kv")}
+    lines = []
+    for question in ("Which way first?", "Which way last?"):
+        proc = subprocess.run([sys.executable, "-m", "qwen_mlx", "chat", str(tiny_q4_f32),
+                               "--temp", "0", "--max-tokens", "4"],
+                              input=f"/file {doc} {question}\n", capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        lines.append([x for x in proc.stderr.splitlines() if "prompt tokens" in x][-1])
+    assert "from disk" not in lines[0]
+    assert ": 0 from memory, " in lines[1] and "from disk" in lines[1], lines[1]

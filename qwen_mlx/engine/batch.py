@@ -111,7 +111,7 @@ class Batch:
                                  all_tokens=[prompt[:kept]], samplers=[self._sampler(params)],
                                  logits_processors=[self.model.processors(request)])
         reply = Reply(self.model.tokenizer, prompt_tokens=len(prompt), cached_tokens=kept,
-                      disk_tokens=cache.disk_hit,
+                      disk_tokens=cache.disk_hit, disk_seconds=cache.disk_seconds,
                       eos_ids=self.model.eos_ids, stop=request.stop)
         reply.peak = 0  # this request's own peak, from the steps it is part of
         self.sequences[uid] = _Sequence(

@@ -234,7 +234,7 @@ class Reply:
     """
 
     def __init__(self, tokenizer, *, prompt_tokens: int, cached_tokens: int,
-                 disk_tokens: int = 0, eos_ids: Iterable[int] = (),
+                 disk_tokens: int = 0, disk_seconds: float = 0.0, eos_ids: Iterable[int] = (),
                  stop: Iterable[str] = ()) -> None:
         self.stats = Stats(prompt_tokens=prompt_tokens, prefill_tokens=prompt_tokens - cached_tokens,
                            cached_tokens=cached_tokens, disk_tokens=disk_tokens,
@@ -245,7 +245,8 @@ class Reply:
         self.generated: list[int] = []
         self.peak: int | None = None  # the batch's per-step peaks (None: the process's)
         self.done = False
-        self.start = self.first = time.perf_counter()
+        # the clock started when the request did: reading its head from disk counts
+        self.start = self.first = time.perf_counter() - disk_seconds
 
     def add(self, token: int, **extra) -> Piece | None:
         """The piece for one new token (None for an eos, which shows nothing); ``extra``
@@ -306,7 +307,8 @@ def stream(model, tokenizer, prompt: list[int], sampler: Sampler, *, max_tokens:
     todo = cache.reuse(prompt)
     mx.reset_peak_memory()  # the stats report this reply's own peak
     reply = Reply(tokenizer, prompt_tokens=len(prompt), cached_tokens=len(prompt) - len(todo),
-                  disk_tokens=cache.disk_hit, eos_ids=eos_ids, stop=stop)
+                  disk_tokens=cache.disk_hit, disk_seconds=cache.disk_seconds,
+                  eos_ids=eos_ids, stop=stop)
     history = prompt[:len(prompt) - len(todo)]
     if speculation is None:
         scored = None if top_logprobs is None else deque()

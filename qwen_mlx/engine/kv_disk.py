@@ -30,6 +30,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -109,6 +110,13 @@ class KVDisk:
             self._stop_writing(f"cannot use {self.folder}: {e.strerror or e}")
         _open.add(self)
 
+    @property
+    def counts(self) -> dict:
+        """What this tier did since it opened (the server's /health shows it)."""
+        return {"blocks_loaded": self.loaded, "blocks_written": self.written,
+                "blocks_deleted": self.dropped, "saves_skipped": self.skipped,
+                "writing": self.off is None}
+
     # -- reading (the engine thread) ----------------------------------------------------
 
     def path(self, key: str) -> Path:
@@ -134,6 +142,7 @@ class KVDisk:
         have = common_prefix(cache.tokens, prompt) if have is None else have
         if have >= (len(prompt) - 1) // BLOCK * BLOCK:
             return 0  # memory holds every block the disk could (no hashing, no lookups)
+        started = time.perf_counter()
         n = self.stored(prompt)
         if n <= have:
             return 0
@@ -153,6 +162,7 @@ class KVDisk:
             return 0
         kv_blocks.assemble(cache, blocks)
         cache.tokens, cache.from_disk = prompt[:n], n
+        cache.loading = time.perf_counter() - started
         self.loaded += len(blocks)
         for key in block_keys(self.key, prompt[:n]):  # recently used: dropped last
             _touch(self.path(key))

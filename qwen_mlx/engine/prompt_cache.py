@@ -35,7 +35,9 @@ class PromptCache:
         self.layers = make_cache(model, spec)
         self.tokens: list[int] = []
         self.from_disk = 0  # tokens just loaded from the disk tier (engine.kv_disk)
+        self.loading = 0.0  # the seconds that load took
         self.disk_hit = 0  # of the tokens the last reuse kept, those that came from disk
+        self.disk_seconds = 0.0  # and the seconds they took to read
 
     @classmethod
     def holding(cls, spec: KVSpec, layers: list, tokens: list[int]) -> "PromptCache":
@@ -43,6 +45,7 @@ class PromptCache:
         cache = cls.__new__(cls)
         cache.spec, cache.layers, cache.tokens = spec, layers, tokens
         cache.from_disk = cache.disk_hit = 0
+        cache.loading = cache.disk_seconds = 0.0
         return cache
 
     def __len__(self) -> int:
@@ -98,6 +101,7 @@ class PromptCache:
         common = min(common_prefix(self.tokens, prompt), len(prompt) - 1)
         self.trim(common)
         self.disk_hit, self.from_disk = min(self.from_disk, common), 0
+        self.disk_seconds, self.loading = (self.loading if self.disk_hit else 0.0), 0.0
         return prompt[common:]
 
 

@@ -81,6 +81,7 @@ class SpeculativeBatch:
                                 processors=self.model.processors(request))
         reply = Reply(self.model.tokenizer, prompt_tokens=len(prompt),
                       cached_tokens=len(prompt) - len(todo), disk_tokens=cache.disk_hit,
+                      disk_seconds=cache.disk_seconds,
                       eos_ids=self.model.eos_ids,
                       stop=request.stop)
         reply.peak = 0  # this request's own peak, from the steps it is part of

@@ -111,7 +111,8 @@ def create_app(server: Server) -> Guard:
 def health(server: Server) -> JSONResponse:
     """Liveness without the API key (load balancers and scripts poll it): 200 while
     serving, 503 once shutting down or if the engine thread has stopped; how many requests
-    run and wait, and the engine's failures survived (the last one named)."""
+    run and wait, the engine's failures survived (the last one named), and what the disk
+    tier for prompt caches did."""
     worker = server.worker
     status = "shutting down" if server.closing else \
         "ok" if worker.state == "ok" else "engine stopped"
@@ -120,7 +121,9 @@ def health(server: Server) -> JSONResponse:
                          "running": len(worker.running) + len(worker.speculating),
                          "waiting": worker.waiting_count,
                          "engine": {"state": worker.state, "faults": worker.faults,
-                                    "last_fault": worker.fault}},
+                                    "last_fault": worker.fault},
+                         **({"kv_disk": disk.counts} if (disk := getattr(
+                             server.model, "kv_disk", None)) is not None else {})},
                         status_code=200 if status == "ok" else 503)
 
 
