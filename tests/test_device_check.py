@@ -47,3 +47,16 @@ def test_device_check_quick_writes_every_result(tmp_path):
         run = spec["results"][0]["speculative"]
         assert run["method"] == how and run["identical"] and run["generated"] == 9
         assert run["tokens_per_forward"] >= 1.0 and 0 <= run["acceptance_rate"] <= 1
+    disk = json.loads((tmp_path / "kv_disk.json").read_text())
+    assert disk["script"] == "bench/kv_disk.py"
+    warm = disk["server"]["runs"][0]["warm"]
+    # the warm server read every whole block of the shared head from disk
+    assert warm["details"]["disk_cached_tokens"] == warm["details"]["cached_tokens"] >= 1024
+    second = disk["generate"]["runs"][0]["second"]
+    assert second["disk_tokens"] == second["cached_tokens"] >= 1024
+    assert disk["clients"]["runs"][0]["on"]["block_files"] > 0
+    assert disk["clients"]["runs"][0]["off"]["block_files"] == 0
+    batch = json.loads((tmp_path / "kv_batch.json").read_text())
+    assert [batch["runs"][0][k]["parallel"] for k in ("full", "8-bit", "4-bit")] == [2, 2, 2]
+    assert 0 < batch["bytes_per_token"]["4-bit"]["over_full"] < \
+        batch["bytes_per_token"]["8-bit"]["over_full"] < 1
