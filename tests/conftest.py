@@ -54,7 +54,8 @@ HEAVIEST = ["test_device_check", "test_quality", "test_speculative", "test_fitte
             "test_serve_shutdown", "test_install", "test_finetune_ranks",
             "test_serve_safety", "test_structured", "test_finetune",
             "test_web_models", "test_web", "test_serve_batching", "test_chat",
-            "test_serve_models", "test_tools", "test_long_context", "test_web_tools",
+            "test_serve_models", "test_tools", "test_kv_disk", "test_long_context",
+            "test_web_tools",
             "test_serve_engine", "test_serve_models_cli", "test_models_cache",
             "test_serve_responses", "test_bench", "test_speculative_batch", "test_convert",
             "test_serve_anthropic", "test_serve_scoring", "test_tools_everything"]
