@@ -101,12 +101,12 @@ class Model:
 
     def keep_kv_on_disk(self, folder: str | Path, size: int | str | None = None) -> None:
         """Keep prompt caches in ``folder`` too, up to ``size`` bytes (every model's
-        together): :meth:`stream` then starts from the longest stored head of a prompt, and
+        together; by default 32 GB, or a tenth of the volume's free room if less): :meth:`stream` then starts from the longest stored head of a prompt, and
         writes the cache it made for itself when the reply ends."""
-        from .engine.kv_disk import DEFAULT_SIZE, KVDisk, model_key
+        from .engine.kv_disk import KVDisk, model_key
         from .units import parse_size
 
-        cap = DEFAULT_SIZE if size is None else \
+        cap = None if size is None else \
             parse_size(size, "a KV disk size") if isinstance(size, str) else int(size)
         self.kv_disk = KVDisk(Path(folder), model_key(self), cap)
 

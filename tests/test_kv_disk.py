@@ -296,3 +296,15 @@ def test_a_new_chat_reads_the_file_an_earlier_chat_sent(tiny_q4_f32, tmp_path):
         lines.append([x for x in proc.stderr.splitlines() if "prompt tokens" in x][-1])
     assert "from disk" not in lines[0]
     assert ": 0 from memory, " in lines[1] and "from disk" in lines[1], lines[1]
+
+
+def test_the_default_cap_leaves_a_small_disk_room(tmp_path, monkeypatch):
+    """Without --kv-disk-size: 32 GB, or a tenth of the volume's free room if less."""
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    for free, cap in ((50 * 10**9, 5 * 10**9), (10**12, 32 * 10**9)):
+        monkeypatch.setattr(shutil, "disk_usage", lambda path, f=free: usage(2 * f, f, f))
+        assert kv_disk.KVDisk(tmp_path / "kv", "ab" * 32).cap == cap
+    assert kv_disk.KVDisk(tmp_path / "kv", "ab" * 32, cap=123).cap == 123

@@ -68,7 +68,8 @@ memory_options = stack_options(
 kv_disk_options = stack_options(
     click.option("--kv-disk-size", metavar="SIZE", help="Most bytes of prompt caches kept on "
                  "disk, every model's together (least recently used dropped first) [default: "
-                 "32GB]. They live in $QWEN_MLX_KV_DISK, or $QWEN_MLX_HOME/kv."),
+                 "32GB, or a tenth of the disk's free room if less]. They live in "
+                 "$QWEN_MLX_KV_DISK, or $QWEN_MLX_HOME/kv."),
     click.option("--no-kv-disk", is_flag=True, help="Keep prompt caches in memory only: "
                  "none read from disk, none written."),
 )

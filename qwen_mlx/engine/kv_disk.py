@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
 import weakref
@@ -44,7 +45,10 @@ from .prompt_cache import PromptCache, common_prefix
 
 BLOCK = 256  # tokens per file: a prompt shares a stored head in whole blocks
 MIN_TOKENS = 4 * BLOCK  # shorter caches are quick to prefill again: not written
-DEFAULT_SIZE = 32 * 10**9  # the root's cap, every tier together
+# The root's cap, every tier together, unless one is given: 32 GB, or a tenth of the room
+# its volume has free when the tier opens, if that is less (a Mac's small SSD stays usable).
+DEFAULT_SIZE = 32 * 10**9
+FREE_SHARE = 0.1
 SUFFIX = ".kv"
 # Caches queued for the writer beside the one it writes; a save past that is skipped (and
 # counted). A handed-over cache keeps its memory until it is written, so this bounds what
@@ -79,6 +83,15 @@ def model_key(model) -> str:
         "template": hashlib.sha256(json.dumps(template, default=str).encode()).hexdigest()})
 
 
+def default_cap(folder: Path) -> int:
+    """DEFAULT_SIZE, or FREE_SHARE of the free room on ``folder``'s volume if less."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return DEFAULT_SIZE
+    return min(DEFAULT_SIZE, int(free * FREE_SHARE))
+
+
 def block_keys(tier: str, tokens: Sequence[int]) -> list[str]:
     """One key per whole block of ``tokens``: each hashes the one before it and its block's
     ids, so equal keys mean equal heads."""
@@ -96,8 +109,8 @@ class KVDisk:
     with every other tier there. Thread-safe: the engine thread loads and hands over caches,
     the tier's own thread writes."""
 
-    def __init__(self, root: Path, key: str, cap: int = DEFAULT_SIZE) -> None:
-        self.root, self.key, self.cap = Path(root), key, cap
+    def __init__(self, root: Path, key: str, cap: int | None = None) -> None:
+        self.root, self.key = Path(root), key
         self.folder = self.root / key[:32]
         self.off: str | None = None  # why writing stopped, once it has
         self.loaded = self.written = self.skipped = self.dropped = 0  # blocks; saves skipped
@@ -108,6 +121,7 @@ class KVDisk:
             leftovers.clean_folder(self.folder)
         except OSError as e:
             self._stop_writing(f"cannot use {self.folder}: {e.strerror or e}")
+        self.cap = cap if cap is not None else default_cap(self.root)
         _open.add(self)
 
     @property
