@@ -157,7 +157,7 @@ def test_a_full_disk_stops_writing_with_one_line(tiny_q4_f32, folder, caplog, mo
 def test_a_restarted_server_reads_the_head_from_disk(tiny_q4_f32):
     """`qwen-mlx serve` writes its kept caches at a clean shutdown (Ctrl-C); the next server
     on the same folder answers the same long request from them, and says so in the usage
-    (the OpenAI SDK and Ollama's /api/chat)."""
+    (the OpenAI SDK's chat completions and Responses, Ollama's /api/chat)."""
     import signal
 
     import httpx
@@ -169,11 +169,16 @@ def test_a_restarted_server_reads_the_head_from_disk(tiny_q4_f32):
     rng = random.Random(4)
     messages = [{"role": "user", "content": " ".join(rng.choice(words) for _ in range(1400))}]
     answers = []
-    for run in range(2):
+    for run in range(3):
         port = free_port()
         proc = serve_process(tiny_q4_f32, port)
         try:
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+            if run == 2:  # the Responses API (Codex, the agents SDK), on a third server
+                response = client.responses.create(
+                    model=tiny_q4_f32.name, input=messages, max_output_tokens=6,
+                    temperature=0)
+                continue
             answers.append(client.chat.completions.create(
                 model=tiny_q4_f32.name, messages=messages, max_tokens=6, temperature=0))
             if run:
@@ -198,6 +203,9 @@ def test_a_restarted_server_reads_the_head_from_disk(tiny_q4_f32):
     assert (ollama["prompt_eval_count"], ollama["prompt_eval_cached_count"]) == (
         prompt, prompt - 1)
     assert "prompt_eval_disk_cached_count" not in ollama
+    details = response.usage.input_tokens_details
+    assert (response.output_text, details.cached_tokens, details.model_extra) == (
+        first.choices[0].message.content, whole, {"disk_cached_tokens": whole})
 
 
 def test_generate_file_reads_the_document_from_disk_in_a_new_process(tiny_q4_f32, tmp_path):

@@ -109,9 +109,13 @@ def sampling(body: dict) -> dict:
 
 
 def usage(stats, reasoning_tokens: int) -> dict:
+    """OpenAI's usage, and ours: of the cached tokens, those read from the disk tier
+    (``disk_cached_tokens``, when any were), as chat completions reports them."""
+    details = {"cached_tokens": stats.cached_tokens, "cache_write_tokens": 0}
+    if stats.disk_tokens:
+        details["disk_cached_tokens"] = stats.disk_tokens
     return {"input_tokens": stats.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": stats.cached_tokens,
-                                     "cache_write_tokens": 0},
+            "input_tokens_details": details,
             "output_tokens": stats.generated_tokens,
             "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
             "total_tokens": stats.prompt_tokens + stats.generated_tokens}
