@@ -126,15 +126,22 @@ def test_a_prefix_quantized_cache_comes_back_across_its_split(tiny_kv, folder):
 
 
 def test_the_cap_drops_the_least_recently_used_blocks(tiny_q4_f32, folder):
+    import os
+
     model = fresh(tiny_q4_f32, folder)
     reply(model, prompt_of(1100, seed=1))
     finish_writes()
     old = set(blocks(folder))
+    mine = folder / ("ab" * 16) / "notes.kv"  # a user's file, named unlike ours: never dropped
+    mine.parent.mkdir()
+    mine.write_text("mine")
+    os.utime(mine, (0, 0))  # and the least recently used of all
     model.kv_disk.cap = 6 * max(f.stat().st_size for f in old)  # headers differ by a few bytes
     reply(model, prompt_of(1100, seed=2))
     finish_writes()
-    kept = set(blocks(folder))
+    kept = set(blocks(folder)) - {mine}
     assert len(kept) == 6 and len(kept & old) == 2  # the four new ones and two old ones
+    assert mine.read_text() == "mine"
 
 
 def test_a_full_disk_stops_writing_with_one_line(tiny_q4_f32, folder, caplog, monkeypatch):

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -50,6 +51,8 @@ MIN_TOKENS = 4 * BLOCK  # shorter caches are quick to prefill again: not written
 DEFAULT_SIZE = 32 * 10**9
 FREE_SHARE = 0.1
 SUFFIX = ".kv"
+OURS = re.compile(r"[0-9a-f]{64}\.kv")  # a block file's name
+TIER = re.compile(r"[0-9a-f]{32}")  # a tier folder's
 # Caches queued for the writer beside the one it writes; a save past that is skipped (and
 # counted). A handed-over cache keeps its memory until it is written, so this bounds what
 # the tier holds beyond the memory plan's budget: two caches.
@@ -284,11 +287,14 @@ class KVDisk:
 
     def _keep_under_cap(self) -> None:
         """Drop the least recently used block files under the root (every tier's) until
-        they hold at most ``cap`` bytes."""
+        they hold at most ``cap`` bytes. Only files named as ours are counted or dropped
+        (a tier folder's 32 hex digits, a block's 64 and the suffix), so a user's own files
+        in a folder given as QWEN_MLX_KV_DISK are never touched, nor a block being
+        written (its temporary's name is hidden)."""
         files = []
         for path in self.root.glob(f"*/*{SUFFIX}"):
-            if path.name.startswith("."):
-                continue  # a block being written (by this process or another)
+            if not (OURS.fullmatch(path.name) and TIER.fullmatch(path.parent.name)):
+                continue
             try:
                 st = path.stat()
             except OSError:
