@@ -48,8 +48,9 @@ def load(model: str | Path | None = None, *, recipe: str | Recipe = "q4",
     RAM than the machine has ("12GB"). A ``draft`` model (loaded first, for speculative
     decoding) is counted in the plan: its weights, and its cache beside every cache.
     ``kv_disk`` (a folder) keeps prompt caches there too, up to ``kv_disk_size`` bytes
-    (by default 32 GB, or a tenth of the volume's free room if less), so a long prompt's head is read back instead of computed again, in
-    this process or the next (:mod:`qwen_mlx.engine.kv_disk`).
+    (by default 32 GB, or a tenth of the volume's free room if less), so a long prompt's
+    head is read back instead of computed again, in this process or the next
+    (:mod:`qwen_mlx.engine.kv_disk`).
     """
     from .hub import resolver as hub
     from .models import loader

@@ -101,8 +101,9 @@ class Model:
 
     def keep_kv_on_disk(self, folder: str | Path, size: int | str | None = None) -> None:
         """Keep prompt caches in ``folder`` too, up to ``size`` bytes (every model's
-        together; by default 32 GB, or a tenth of the volume's free room if less): :meth:`stream` then starts from the longest stored head of a prompt, and
-        writes the cache it made for itself when the reply ends."""
+        together; by default 32 GB, or a tenth of the volume's free room if less):
+        :meth:`stream` then starts from the longest stored head of a prompt, and writes the
+        cache it made for itself when the reply ends."""
         from .engine.kv_disk import KVDisk, model_key
         from .units import parse_size
 

@@ -5,7 +5,8 @@ A file is ``MAGIC``, a 4-byte header length, a JSON header (format, tier key, bl
 index, the block's token ids, each array's layer, part, type and shape, and the sha256 of
 the arrays) and the arrays' bytes. A reader checks all of it before using any of it and
 raises :class:`Corrupt` naming what failed; arrays come back as numpy views of the mapped
-file, so a cache is assembled with one copy of its bytes.
+file, and a cache is assembled one array at a time (numpy joins the blocks, MLX copies
+the result), so the process never holds every block's bytes at once.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def arrays(part) -> list[mx.array]:
     return flat(part.keys) + flat(part.values)
 
 
-def fresh_count(part) -> int:
-    """Arrays an empty part would hold: two, or two triples when quantized."""
+def array_count(part) -> int:
+    """Arrays a part holds (or will, while empty): two, or two triples when quantized."""
     return 6 if isinstance(part, QuantizedKVCache) else 2
 
 
@@ -82,8 +83,7 @@ def snapshot(cache: PromptCache, n: int) -> Snapshot | None:
 def expected_layout(cache: PromptCache) -> list[list[int]]:
     """Arrays per layer and part that a block for ``cache`` holds (or 0 where it holds
     none of a part's positions)."""
-    return [[len(arrays(part)) if part.keys is not None else fresh_count(part)
-             for part in parts(layer)] for layer in cache.layers]
+    return [[array_count(part) for part in parts(layer)] for layer in cache.layers]
 
 
 def write(path: Path, tmp: Path, fields: dict, index: int, tokens: list[int],

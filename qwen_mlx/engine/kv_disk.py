@@ -139,50 +139,54 @@ class KVDisk:
     def path(self, key: str) -> Path:
         return self.folder / f"{key}{SUFFIX}"
 
-    def stored(self, prompt: Sequence[int]) -> int:
-        """Tokens at the head of ``prompt`` whose blocks are all on disk (at least its last
-        token is left to compute: generation needs its logits)."""
+    def head(self, prompt: Sequence[int], have: int = 0) -> list[str]:
+        """The keys of the blocks at the head of ``prompt`` that are all on disk, when they
+        hold more than ``have`` tokens (else none). At least the prompt's last token is
+        left to compute: generation needs its logits."""
         usable = (len(prompt) - 1) // BLOCK * BLOCK
-        n = 0
+        if have >= usable:
+            return []  # memory holds every block the disk could (no hashing, no lookups)
+        keys = []
         for key in block_keys(self.key, prompt[:usable]):
             if not self.path(key).is_file():
                 break
-            n += BLOCK
-        return n
+            keys.append(key)
+        return keys if len(keys) * BLOCK > have else []
 
     def fill(self, cache: PromptCache, prompt: Sequence[int], have: int | None = None) -> int:
         """Load into ``cache`` (replacing what it holds) the longest stored head of
         ``prompt``, when that is longer than ``have`` (default: what the cache already
-        shares with the prompt). Returns the tokens loaded, 0 for none; a block that fails
-        its checks is deleted, and the blocks before it are used."""
+        shares with the prompt). Returns the tokens loaded, 0 for none."""
         prompt = list(prompt)
         have = common_prefix(cache.tokens, prompt) if have is None else have
-        if have >= (len(prompt) - 1) // BLOCK * BLOCK:
-            return 0  # memory holds every block the disk could (no hashing, no lookups)
+        return self.load(cache, prompt, self.head(prompt, have), have)
+
+    def load(self, cache: PromptCache, prompt: Sequence[int], keys: list[str],
+             have: int = 0) -> int:
+        """Load the blocks ``keys`` (from :meth:`head`) into ``cache``, replacing what it
+        holds, unless fewer than ``have`` tokens' worth pass their checks (a block that
+        fails is deleted, and the blocks before it are used). Returns the tokens loaded."""
         started = time.perf_counter()
-        n = self.stored(prompt)
-        if n <= have:
-            return 0
         expected = kv_blocks.expected_layout(cache)
         blocks = []
-        for i, key in enumerate(block_keys(self.key, prompt[:n])):
+        for i, key in enumerate(keys):
             try:
                 blocks.append(kv_blocks.read(self.path(key), {"tier": self.key, "block": key},
-                                             prompt[i * BLOCK:(i + 1) * BLOCK], expected))
+                                             list(prompt[i * BLOCK:(i + 1) * BLOCK]),
+                                             expected))
             except kv_blocks.Corrupt as e:
                 self._drop(self.path(key), str(e))
                 break
             except FileNotFoundError:  # evicted meanwhile (by another server on the folder)
                 break
+            _touch(self.path(key))  # recently used: dropped last
         n = len(blocks) * BLOCK
         if n <= have:
             return 0
         kv_blocks.assemble(cache, blocks)
-        cache.tokens, cache.from_disk = prompt[:n], n
+        cache.tokens, cache.from_disk = list(prompt[:n]), n
         cache.loading = time.perf_counter() - started
         self.loaded += len(blocks)
-        for key in block_keys(self.key, prompt[:n]):  # recently used: dropped last
-            _touch(self.path(key))
         return n
 
     def _drop(self, path: Path, why: str) -> None:

@@ -141,9 +141,8 @@ class BatchQuantizedKVCache(BatchKVCache):
     def merge(cls, caches: list) -> "BatchQuantizedKVCache":
         lengths = [c.offset if c.keys is not None else 0 for c in caches]
         longest = max(lengths)
-        first = next((c for c in caches), None)
         if longest == 0:
-            return cls([0] * len(caches), first.group_size, first.bits)
+            return cls([0] * len(caches), caches[0].group_size, caches[0].bits)
         full = next(c for c in caches if c.keys is not None)
         padding = [longest - n for n in lengths]
         shape = lambda x: (len(caches), x.shape[1], longest, x.shape[3])  # noqa: E731

@@ -122,8 +122,8 @@ def health(server: Server) -> JSONResponse:
                          "waiting": worker.waiting_count,
                          "engine": {"state": worker.state, "faults": worker.faults,
                                     "last_fault": worker.fault},
-                         **({"kv_disk": disk.counts} if (disk := getattr(
-                             server.model, "kv_disk", None)) is not None else {})},
+                         **({"kv_disk": server.model.kv_disk.counts}
+                            if server.model.kv_disk is not None else {})},
                         status_code=200 if status == "ok" else 503)
 
 

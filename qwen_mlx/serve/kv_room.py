@@ -47,10 +47,11 @@ class CachePool:
         first tokens), so that conversation's cache stays for its next turn."""
         shared = [(common_prefix(c.tokens, tokens), c) for c in self.caches]
         common, best = max(shared, key=lambda pair: pair[0], default=(0, None))
-        disk = getattr(self.model, "kv_disk", None)
-        if disk is not None:
+        disk = self.model.kv_disk
+        keys = disk.head(tokens, common) if disk is not None else []
+        if keys:  # the disk holds more of this head than any kept cache shares
             cache = self.model.new_cache()
-            if disk.fill(cache, tokens, have=common):
+            if disk.load(cache, tokens, keys, common):
                 return cache
         if common == 0:
             return self.model.new_cache()
@@ -73,16 +74,13 @@ class CachePool:
     def spill(self) -> None:
         """Empty the pool, every cache handed to the disk tier (a clean shutdown): the
         engine waits for room in the writer's queue rather than skip one."""
-        disk = getattr(self.model, "kv_disk", None)
         for cache in self.caches:
-            if disk is not None:
-                disk.save(cache, block=True)
+            self._leave(cache, block=True)
         self.caches.clear()
 
-    def _leave(self, cache: PromptCache) -> None:
-        disk = getattr(self.model, "kv_disk", None)
-        if disk is not None:
-            disk.save(cache)
+    def _leave(self, cache: PromptCache, block: bool = False) -> None:
+        if self.model.kv_disk is not None:
+            self.model.kv_disk.save(cache, block=block)
 
 
 def kv_budget(model: Model, parallel: int) -> int:

@@ -110,14 +110,20 @@ def thinking(body: dict) -> bool | None:
 
 
 def usage(stats) -> dict:
-    """OpenAI's usage, and ours: of the cached tokens, those read from the disk tier
-    (``disk_cached_tokens``, when any were), and a speculating reply's ``speculative``."""
+    """OpenAI's usage, and ours: a speculating reply's ``speculative``."""
+    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.generated_tokens,
+            "total_tokens": stats.prompt_tokens + stats.generated_tokens,
+            "prompt_tokens_details": cached_details(stats), **usage_record(stats)}
+
+
+def cached_details(stats) -> dict:
+    """The prompt's reused tokens (``cached_tokens``), and ours: of those, the ones read
+    from the disk tier (``disk_cached_tokens``, when any were). Chat completions' and
+    Responses' usage both carry it."""
     details = {"cached_tokens": stats.cached_tokens}
     if stats.disk_tokens:
         details["disk_cached_tokens"] = stats.disk_tokens
-    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.generated_tokens,
-            "total_tokens": stats.prompt_tokens + stats.generated_tokens,
-            "prompt_tokens_details": details, **usage_record(stats)}
+    return details
 
 
 def openai_calls(server: Server, calls: list[dict]) -> list[dict]:

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..engine.constraint import Constraint
 from .formats import json_schema, tool_choice
-from .openai import STREAM_HEADERS, read_json
+from .openai import STREAM_HEADERS, cached_details, read_json
 from .response_items import as_messages, input_messages, new_id, output_items
 from .response_store import Stored
 from .server import Delta, RequestError, Server, flag, number, refuse_unsupported
@@ -109,13 +109,8 @@ def sampling(body: dict) -> dict:
 
 
 def usage(stats, reasoning_tokens: int) -> dict:
-    """OpenAI's usage, and ours: of the cached tokens, those read from the disk tier
-    (``disk_cached_tokens``, when any were), as chat completions reports them."""
-    details = {"cached_tokens": stats.cached_tokens, "cache_write_tokens": 0}
-    if stats.disk_tokens:
-        details["disk_cached_tokens"] = stats.disk_tokens
     return {"input_tokens": stats.prompt_tokens,
-            "input_tokens_details": details,
+            "input_tokens_details": {**cached_details(stats), "cache_write_tokens": 0},
             "output_tokens": stats.generated_tokens,
             "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
             "total_tokens": stats.prompt_tokens + stats.generated_tokens}
