@@ -57,6 +57,8 @@ def test_device_check_quick_writes_every_result(tmp_path):
     assert disk["clients"]["runs"][0]["on"]["block_files"] > 0
     assert disk["clients"]["runs"][0]["off"]["block_files"] == 0
     batch = json.loads((tmp_path / "kv_batch.json").read_text())
-    assert [batch["runs"][0][k]["parallel"] for k in ("full", "8-bit", "4-bit")] == [2, 2, 2]
+    assert [batch["runs"][0][k]["parallel"] for k in ("full", "8-bit", "4-bit", "8-bit start")] \
+        == [2, 2, 2, 2]  # every setting batched, --kv-start's too
     assert 0 < batch["bytes_per_token"]["4-bit"]["over_full"] < \
-        batch["bytes_per_token"]["8-bit"]["over_full"] < 1
+        batch["bytes_per_token"]["8-bit"]["over_full"] < \
+        batch["bytes_per_token"]["8-bit start"]["over_full"] < 1

@@ -16,7 +16,8 @@ from qwen_mlx.cli import main
 from qwen_mlx.models.context import parse_context, rope_overrides
 from qwen_mlx.engine.documents import with_document
 from qwen_mlx.engine import KVSpec
-from qwen_mlx.engine.kv_cache import PrefixQuantizedKVCache, make_cache
+from qwen_mlx.engine.kv_cache import make_cache
+from qwen_mlx.engine.prefix_kv import PrefixQuantizedKVCache
 from qwen_mlx.errors import QwenMlxError
 
 TEXT = "The quick brown fox jumps over the lazy dog while the cat watches. " * 12

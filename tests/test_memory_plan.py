@@ -322,3 +322,20 @@ def test_quantized_kv_admits_more_tokens_to_the_same_batch():
         budgets.append(kv_budget(served, 8))
     assert budgets == [room // 147_456, (room - 512 * 2**20) // 78_336,
                        (room - 512 * 2**20) // 41_472] == [65_074, 115_639, 218_430]
+
+
+def test_kv_start_heads_are_counted_per_sequence():
+    """--kv-start 4096 with 8-bit KV: each of 8 sequences keeps 4,096 tokens at full
+    precision, 147,456 - 78,336 = 69,120 bytes more per token than the quantized count, so
+    the plan holds 8 x 4,096 x 69,120 bytes = 2.11 GiB fewer for the rest: 115,639 tokens
+    without the start, (room - 512 MiB - 2,264,924,160) / 78,336 = 86,726 with it."""
+    from dataclasses import replace
+
+    plan = replace(qwen3_4b_plan(KVSpec(8, 64, 4096)), parallel=8, verify_rows=17)
+    without = replace(plan, kv=KVSpec(8, 64))
+    room = 12 * GIB - 2_262_920_192 - RUNTIME_BYTES - plan.activation_bytes()
+    assert plan.head_bytes(100_000) == 8 * 4096 * 69_120 == 2_264_924_160
+    assert plan.head_bytes(1000) == 8 * 1000 * 69_120  # a short context: its own tokens
+    assert without.largest_context() == 115_639
+    assert plan.largest_context() == (room - 512 * 2**20 - 2_264_924_160) // 78_336 == 86_726
+    assert plan.needed(50_000) - without.needed(50_000) == 2_264_924_160

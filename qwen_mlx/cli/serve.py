@@ -36,8 +36,7 @@ loaded on its first request and kept for --keep-alive (Ollama's way; /api/pull a
               help="Most conversations whose KV caches are kept for reuse; the KV memory "
                    "budget may keep fewer [default: 16].")
 @click.option("--parallel", type=click.IntRange(1, 64), default=None,
-              help="Most requests decoded at once [default: from the memory plan, 1 to 8; "
-                   "1 with --kv-start].")
+              help="Most requests decoded at once [default: from the memory plan, 1 to 8].")
 @click.option("--max-body", default="8MB", show_default=True,
               help="Largest request body; larger ones get 413 before they are parsed.")
 @click.option("--request-timeout", type=click.FloatRange(0, min_open=True), default=None,
@@ -103,10 +102,6 @@ def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, ca
         err.print(f"[yellow]serving on {host} without --api-key: anyone who can reach this "
                   f"machine can use the model[/yellow]", soft_wrap=True)
     kwargs = memory_kwargs(options)
-    if parallel and parallel > 1 and kwargs.get("kv_bits") and kwargs.get("kv_start"):
-        raise QwenMlxError("--parallel cannot batch --kv-start: its full-precision head and "
-                           "quantized tail would split at a different column in every row "
-                           "(drop --kv-start or --parallel)")
     draft = open_draft(options, recipe)
     llm = open_model(model, recipe=recipe, adapter=adapter, draft=draft, **kwargs)
     speculation = server_speculation(llm, options, draft)

@@ -12,8 +12,8 @@ next request of the same conversation.
 What BatchGenerator lacks, and so what stays outside it:
 
 * quantized KV caches cannot be merged into a batch (mlx-lm's ``QuantizedKVCache`` has no
-  ``merge``): a model loaded with ``--kv-bits`` is served one request at a time
-  (:func:`batchable` says which);
+  ``merge``): ours can (:mod:`qwen_mlx.engine.quantized_batch`, and
+  :mod:`qwen_mlx.engine.prefix_kv` for ``--kv-start``);
 * its prefill step is one size at every depth, where our memory plan shrinks chunks deep
   in a long context on backends that materialise attention scores: the batch uses the
   plan's chunk for the deepest context it allows, so no chunk outgrows the plan;
@@ -36,15 +36,6 @@ from .request import Request
 from .sampling import make_sampler, top_logprobs
 
 Progress = Callable[[int, int], None]
-
-
-def batchable(model) -> bool:
-    """Whether this model's caches can join a batch: full precision, or quantized from the
-    first token (:mod:`qwen_mlx.engine.quantized_batch`). Not with ``--kv-start``: its rows
-    would split full precision from quantized at different columns. (Asking the caches for
-    ``merge`` is not enough: the prefix-quantized cache inherits one from mlx-lm's CacheList
-    that BatchGenerator cannot use.)"""
-    return model.kv.bits is None or model.kv.start == 0
 
 
 @dataclass

@@ -37,7 +37,7 @@ class Corrupt(Exception):
 
 def parts(layer) -> tuple:
     """A layer's caches: itself, or the full-precision head and quantized tail of a
-    prefix cache (:class:`~qwen_mlx.engine.kv_cache.PrefixQuantizedKVCache`)."""
+    prefix cache (:class:`~qwen_mlx.engine.prefix_kv.PrefixQuantizedKVCache`)."""
     return tuple(getattr(layer, "caches", None) or (layer,))
 
 

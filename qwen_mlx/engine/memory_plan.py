@@ -88,6 +88,15 @@ class MemoryPlan:
     def kv_bytes_per_token(self, kv: KVSpec | None = None) -> float:
         return kv_bytes_per_token(self.shape, kv or self.kv, self.dtype_bytes)
 
+    def head_bytes(self, context: int, kv: KVSpec | None = None) -> int:
+        """``--kv-start``: what every sequence's first tokens, kept at full precision, cost
+        beyond the quantized bytes :meth:`kv_bytes_per_token` counts for them."""
+        kv = kv or self.kv
+        if kv.bits is None or not kv.start:
+            return 0
+        extra = self.kv_bytes_per_token(replace(kv, bits=None)) - self.kv_bytes_per_token(kv)
+        return math.ceil(self.parallel * min(kv.start, context) * extra)
+
     def materialises_scores(self, kv: KVSpec | None = None) -> bool:
         return (kv or self.kv).bits is not None or not self.fused_attention
 
@@ -106,12 +115,12 @@ class MemoryPlan:
     def needed(self, context: int, kv: KVSpec | None = None) -> int:
         return math.ceil(self.weights + self.draft_weights + RUNTIME_BYTES
                          + self.activation_bytes() + self.score_bytes(context, kv)
-                         + context * (self.kv_bytes_per_token(kv) + self.draft_kv_per_token))
+                         + self.head_bytes(context, kv) + context * (self.kv_bytes_per_token(kv) + self.draft_kv_per_token))
 
     def largest_context(self, kv: KVSpec | None = None) -> int:
         """The most tokens that fit (capped at the model's positions); 0 if nothing fits."""
         room = self.machine.budget_bytes - self.weights - self.draft_weights - RUNTIME_BYTES \
-            - self.activation_bytes()
+            - self.activation_bytes() - self.head_bytes(self.shape.positions, kv)
         per_token = self.kv_bytes_per_token(kv) + self.draft_kv_per_token
         if room <= 0:
             return 0

@@ -10,9 +10,8 @@ budget together with the kept caches of recent conversations.
 
 A chat client resends its whole history with every request: each request starts from the
 kept cache sharing the longest prefix with it, so only the new part is prefilled, and its
-cache is kept again when it ends. With ``parallel`` 1, or a model whose caches cannot be
-batched (quantized KV), requests run one at a time through the lone engine, with the same
-cancellation, time limit and shutdown.
+cache is kept again when it ends. With ``parallel`` 1 requests run one at a time through
+the lone engine, with the same cancellation, time limit and shutdown.
 
 A speculative request (``serve --draft/--lookup``, or its ``speculative`` field) runs in
 the speculative batch (:class:`qwen_mlx.engine.speculative_batch.SpeculativeBatch`): every
@@ -36,7 +35,7 @@ from typing import AsyncIterator, Callable, Iterator
 import mlx.core as mx
 
 from ..engine import Piece, PromptCache, Request
-from ..engine.batch import Batch, batchable
+from ..engine.batch import Batch
 from ..engine.speculative_batch import SpeculativeBatch
 from ..model import Model
 from .kv_room import SLOTS, CachePool, default_parallel, kv_budget, kv_token_bytes
@@ -99,9 +98,8 @@ class Worker:
     def __init__(self, model: Model, slots: int = SLOTS, parallel: int | None = None,
                  time_limit: float | None = None, draft: Model | None = None) -> None:
         self.model = model
-        # one at a time (the lone engine, no batch bookkeeping) when asked, or when the
-        # caches cannot be batched
-        self.parallel = (parallel or default_parallel(model)) if batchable(model) else 1
+        # one at a time (the lone engine, no batch bookkeeping) when asked
+        self.parallel = parallel or default_parallel(model)
         self.batched = self.parallel > 1
         self.time_limit = time_limit
         # a draft model keeps a cache beside every cache of the model's
