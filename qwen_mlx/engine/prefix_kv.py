@@ -65,6 +65,9 @@ class PrefixQuantizedKVCache(CacheList):
     def __init__(self, start: int, group_size: int, bits: int) -> None:
         super().__init__(KVCache(), QuantizedKVCache(group_size, bits))
         self.start = start
+        # the head grows in steps of at most ``start`` positions: a short start (32) is not
+        # held in mlx-lm's 256-position step at full precision
+        self.head.step = max(1, min(KVCache.step, start))
         _route_attention()
 
     @property
