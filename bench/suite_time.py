@@ -1,6 +1,6 @@
 """How long the test suite and its installs take here: what the suite's speed figures quote.
 
-    python bench/suite_time.py suite [--clone] [--out bench/results/suite_time.json]
+    python bench/suite_time.py suite [--clone | --cpu] [--out bench/results/suite_time.json]
     python bench/suite_time.py install [--reps 3] [--out bench/results/install_time.json]
 
 ``suite`` runs the README's test command's pytest (``python -m pytest -p no:random_order
@@ -8,6 +8,9 @@
 fresh ``git clone`` of this checkout's last commit (its venv and install included, and
 ``../shared`` beside it when there is one, as CI runs it), and
 records the wall time, pytest's own time, the count of tests and the 20 slowest tests.
+With ``--cpu`` (in this checkout) the plugin ``bench/suite_cpu.py`` also records every
+test's CPU seconds (its worker's and the processes it waited for) beside its wall seconds:
+the totals say how far the suite is bound by the machine's two cores.
 ``install`` times what `install.sh` and `bench/device_check.sh` do, a fresh virtual
 environment and a pip install of the package from this checkout (from pip's cache), with
 pip's byte-compiling of every installed file and with ``--no-compile``, alternated, and
@@ -35,7 +38,7 @@ DURATION = re.compile(r"^\s*([\d.]+)s (setup|call|teardown)\s+(\S+)")
 SUMMARY = re.compile(r"(\d+) passed(?:, (\d+) skipped)?.* in ([\d.]+)s")
 
 
-def suite(clone: bool) -> dict:
+def suite(clone: bool, cpu: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if clone:
             repo = Path(tmp) / "clone"
@@ -47,22 +50,34 @@ def suite(clone: bool) -> dict:
         else:
             cmd = [sys.executable, "-m", "pytest", "-p", "no:random_order"]
             cwd, env = ROOT, dict(os.environ)
+            if cpu:
+                cmd += ["-p", "suite_cpu"]
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "bench"),
+                                                                  env.get("PYTHONPATH")]))
+                env["SUITE_CPU_OUT"] = f"{tmp}/cpu"
         cmd = cmd if clone else cmd + ["--durations=0"]
         start = time.perf_counter()
         done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
+        rows = [row for f in sorted(Path(f"{tmp}/cpu").glob("*.json"))
+                for row in json.loads(f.read_text())] if cpu else []
     out = done.stdout.splitlines()
     found = [SUMMARY.search(line) for line in out]
     summary = next((m for m in reversed(found) if m), None)
-    rows = sorted(((float(m[1]), f"{m[3]} ({m[2]})") for m in map(DURATION.match, out) if m),
-                  reverse=True)
+    slowest = sorted(((float(m[1]), f"{m[3]} ({m[2]})") for m in map(DURATION.match, out)
+                      if m), reverse=True)
+    times = {"tests": len(rows), "wall_seconds": round(sum(r["wall"] for r in rows), 1),
+             "cpu_seconds": round(sum(r["cpu"] for r in rows), 1),
+             "most_cpu": sorted(rows, key=lambda r: -r["cpu"])[:20],
+             "most_waiting": sorted(rows, key=lambda r: r["cpu"] - r["wall"])[:10]} \
+        if cpu else None
     return {"command": " ".join(cmd), "cwd": "fresh git clone" if clone else str(ROOT),
             "exit_code": done.returncode, "wall_seconds": round(wall, 1),
             "pytest_seconds": float(summary[3]) if summary else None,
             "passed": int(summary[1]) if summary else None,
             "skipped": int(summary[2] or 0) if summary else None,
-            "slowest": [{"seconds": s, "test": t} for s, t in rows[:20]],
-            "tail": out[-3:]}
+            "slowest": [{"seconds": s, "test": t} for s, t in slowest[:20]],
+            **({"per_test_cpu": times} if times else {}), "tail": out[-3:]}
 
 
 def install(reps: int) -> dict:
@@ -88,16 +103,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["suite", "install"])
     ap.add_argument("--clone", action="store_true", help="suite: .ci/run in a fresh clone")
+    ap.add_argument("--cpu", action="store_true",
+                    help="suite: every test's CPU seconds beside its wall seconds")
     ap.add_argument("--reps", type=int, default=3, help="install: runs of each way")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     if a.what == "suite":
+        if a.clone and a.cpu:
+            ap.error("--cpu runs in this checkout: not with --clone")
         how = ("one run of .ci/run (fresh venv, pip install -e '.[dev]', python -m pytest) "
                "in a fresh git clone, CI=true" if a.clone else
-               "one run of python -m pytest -p no:random_order --durations=0 in this checkout")
-        record = {**header("bench/suite_time.py", how), **suite(a.clone)}
-        out = a.out or ROOT / "bench/results" / ("suite_time_clone.json" if a.clone
-                                                  else "suite_time.json")
+               "one run of python -m pytest -p no:random_order --durations=0 in this checkout"
+               + (", with bench/suite_cpu.py's per-test CPU seconds" if a.cpu else ""))
+        record = {**header("bench/suite_time.py", how), **suite(a.clone, a.cpu)}
+        out = a.out or ROOT / "bench/results" / ("suite_time_clone.json" if a.clone else
+                                                  "suite_cpu.json" if a.cpu else
+                                                  "suite_time.json")
     else:
         record = {**header("bench/suite_time.py", f"median of {a.reps} alternated runs of "
                                                   "each way, pip's cache warm"),
