@@ -14,6 +14,8 @@ from qwen_mlx.engine.batch import Batch
 from qwen_mlx.engine.prefix_kv import BatchPrefixQuantizedKVCache, PrefixQuantizedKVCache
 from qwen_mlx.engine.speculative_batch import SpeculativeBatch
 
+from .test_quantized_batch import PROMPTS, drain
+
 HEADS, DIM, START = 2, 64, 8
 
 
@@ -121,20 +123,6 @@ def test_batched_attention_is_each_rows_own():
 def kv_start(tiny_kv):
     # prompts of 9-17 tokens: two cross the start in their prefill, one while decoding
     return load(tiny_kv, kv_bits=8, kv_group_size=32, kv_start=12)
-
-
-PROMPTS = ["Tell me a story about a lighthouse.", "Hi", "Count: one two three four five six"]
-
-
-def drain(batch, requests: list, joins: dict[int, list]) -> list[str]:
-    texts, keys, step = [""] * len(requests), {}, 0
-    while len(batch) or any(s >= step for s in joins):
-        for i in joins.get(step, []):
-            keys[batch.add(requests[i], batch.model.new_cache())] = i
-        for event in batch.step():
-            texts[keys[event.uid]] += event.piece.text
-        step += 1
-    return texts
 
 
 def test_prefix_quantized_sequences_batched_reply_as_each_alone(kv_start):
