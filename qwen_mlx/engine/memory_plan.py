@@ -115,7 +115,8 @@ class MemoryPlan:
     def needed(self, context: int, kv: KVSpec | None = None) -> int:
         return math.ceil(self.weights + self.draft_weights + RUNTIME_BYTES
                          + self.activation_bytes() + self.score_bytes(context, kv)
-                         + self.head_bytes(context, kv) + context * (self.kv_bytes_per_token(kv) + self.draft_kv_per_token))
+                         + self.head_bytes(context, kv)
+                         + context * (self.kv_bytes_per_token(kv) + self.draft_kv_per_token))
 
     def largest_context(self, kv: KVSpec | None = None) -> int:
         """The most tokens that fit (capped at the model's positions); 0 if nothing fits."""

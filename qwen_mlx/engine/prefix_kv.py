@@ -145,15 +145,19 @@ class BatchPrefixQuantizedKVCache(BatchQuantizedKVCache):
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         prev = self._idx
         super().update_and_fetch(keys, values)
-        self._write_head(keys, values, prev)
-        self._cut(self.step)
+        # read once per update (every layer's cache steps): the rows' paddings, as numbers
+        padding = self.left_padding.tolist()
+        self._write_head(keys, values, prev, padding)
+        self._cut(self.step, padding)
         return self, self  # attend reads both parts from the cache itself
 
-    def _write_head(self, keys: mx.array, values: mx.array, prev: int) -> None:
+    def _write_head(self, keys: mx.array, values: mx.array, prev: int,
+                    padding: list[int]) -> None:
         """Copy each row's new positions under ``start`` into the head, at their columns."""
         n = keys.shape[2]
         spans = []
-        for row, first in enumerate((prev - self.left_padding).tolist()):
+        for row, pad in enumerate(padding):
+            first = prev - pad  # the row's position at column ``prev``
             low, high = max(first, 0), min(first + n, self.start)
             if low < high:
                 spans.append((row, low, high, low - first))
@@ -175,14 +179,16 @@ class BatchPrefixQuantizedKVCache(BatchQuantizedKVCache):
         self.head = grown if self.head is None else \
             tuple(mx.concatenate([old, new], axis=2) for old, new in zip(self.head, grown))
 
-    def _cut(self, least: int) -> None:
+    def _cut(self, least: int, padding: list[int] | None = None) -> None:
         """Drop the tail's first columns when every row holds only padding or copies of
         head positions there, and at least ``least`` of them (each cut costs the next
-        write a copy of the tail)."""
-        if self.keys is None:
+        write a copy of the tail). ``padding``: the rows' left padding, if already read."""
+        least = max(least, 1)
+        if self.keys is None or self._idx < least:  # a cut is never more than ``_idx``
             return
-        cut = min(min((self.left_padding + self.start).tolist()), self._idx)
-        if cut >= max(least, 1):
+        padding = self.left_padding.tolist() if padding is None else padding
+        cut = min(min(padding) + self.start, self._idx)
+        if cut >= least:
             self.keys, self.values = tree_map(lambda x: x[..., cut:, :],
                                               (self.keys, self.values))
             self._idx -= cut
@@ -268,9 +274,10 @@ class BatchPrefixQuantizedKVCache(BatchQuantizedKVCache):
             batch.head = tuple(mx.zeros((len(caches), x.shape[1], held, x.shape[3]), x.dtype)
                                for x in (like.keys, like.values))
             for i, c in enumerate(caches):
+                if not c.head.offset:
+                    continue
                 for part, theirs in zip(batch.head, (c.head.keys, c.head.values)):
-                    if c.head.offset:
-                        part[i:i + 1, :, :c.head.offset] = theirs[..., :c.head.offset, :]
+                    part[i:i + 1, :, :c.head.offset] = theirs[..., :c.head.offset, :]
         if width:
             like = next(c.tail for c in caches if c.tail.offset)
             batch.keys, batch.values = tree_map(
