@@ -10,11 +10,10 @@ import mlx.core as mx
 import pytest
 
 from qwen_mlx import load
-from qwen_mlx.engine.batch import Batch
 from qwen_mlx.engine.prefix_kv import BatchPrefixQuantizedKVCache, PrefixQuantizedKVCache
-from qwen_mlx.engine.speculative_batch import SpeculativeBatch
 
-from .test_quantized_batch import PROMPTS, drain
+from .test_quantized_batch import (PROMPTS, batched_replies_are_lone_ones,
+                                   speculating_replies_are_lone_ones)
 
 HEADS, DIM, START = 2, 64, 8
 
@@ -126,17 +125,9 @@ def kv_start(tiny_kv):
 
 
 def test_prefix_quantized_sequences_batched_reply_as_each_alone(kv_start):
-    alone = [kv_start.generate(p, temperature=0, max_tokens=20).text for p in PROMPTS]
     assert [len(kv_start.request(p).tokens) for p in PROMPTS] == [17, 9, 16]
-    requests = [kv_start.request(p, temperature=0, max_tokens=20) for p in PROMPTS]
-    batch = Batch(kv_start, parallel=3)
-    try:
-        assert drain(batch, requests, {0: [0, 1], 3: [2]}) == alone
-    finally:
-        batch.close()
+    batched_replies_are_lone_ones(kv_start)
 
 
 def test_prefix_quantized_sequences_speculate_together_as_each_alone(kv_start):
-    alone = [kv_start.generate(p, temperature=0, max_tokens=16).text for p in PROMPTS]
-    requests = [kv_start.request(p, temperature=0, max_tokens=16, lookup=3) for p in PROMPTS]
-    assert drain(SpeculativeBatch(kv_start), requests, {0: [0, 1], 2: [2]}) == alone
+    speculating_replies_are_lone_ones(kv_start)

@@ -112,18 +112,29 @@ def drain(batch, requests: list, joins: dict[int, list] | None = None) -> list[s
     return texts
 
 
-def test_quantized_sequences_batched_reply_as_each_alone(kv8):
-    alone = [kv8.generate(p, temperature=0, max_tokens=20).text for p in PROMPTS]
-    requests = [kv8.request(p, temperature=0, max_tokens=20) for p in PROMPTS]
-    batch = Batch(kv8, parallel=3)
+def batched_replies_are_lone_ones(model) -> None:
+    """PROMPTS in the batch, two at once and the third joining while they run: each one's
+    greedy text is the one it gets alone."""
+    alone = [model.generate(p, temperature=0, max_tokens=20).text for p in PROMPTS]
+    requests = [model.request(p, temperature=0, max_tokens=20) for p in PROMPTS]
+    batch = Batch(model, parallel=3)
     try:
-        # two at once, the third joining while they run
         assert drain(batch, requests, {0: [0, 1], 3: [2]}) == alone
     finally:
         batch.close()
 
 
+def speculating_replies_are_lone_ones(model) -> None:
+    """PROMPTS in the speculative batch (prompt lookup), the third joining two steps late:
+    each one's greedy text is the one it gets alone."""
+    alone = [model.generate(p, temperature=0, max_tokens=16).text for p in PROMPTS]
+    requests = [model.request(p, temperature=0, max_tokens=16, lookup=3) for p in PROMPTS]
+    assert drain(SpeculativeBatch(model), requests, {0: [0, 1], 2: [2]}) == alone
+
+
+def test_quantized_sequences_batched_reply_as_each_alone(kv8):
+    batched_replies_are_lone_ones(kv8)
+
+
 def test_quantized_sequences_speculate_together_as_each_alone(kv8):
-    alone = [kv8.generate(p, temperature=0, max_tokens=16).text for p in PROMPTS]
-    requests = [kv8.request(p, temperature=0, max_tokens=16, lookup=3) for p in PROMPTS]
-    assert drain(SpeculativeBatch(kv8), requests, {0: [0, 1], 2: [2]}) == alone
+    speculating_replies_are_lone_ones(kv8)
